@@ -1,0 +1,193 @@
+"""The one place for facts the whole project agrees on.
+
+Sentinel-2 band names and their MMEarth order, the L1C / L2A variants and the default
+normalisation statistics live here. The model, the data pipeline, the export metadata and the
+QGIS plugin all read this module, so it imports nothing heavier than the standard library.
+
+Band order is always carried by *name*. MMEarth stores B8A before B8; most GeoTIFF stacks put
+B8 before B8A, so any code that assumes positions silently swaps two channels.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Optional, Sequence
+
+
+@dataclass(frozen=True)
+class S2Band:
+    name: str
+    common_name: str
+    wavelength_nm: float
+    resolution_m: int
+
+
+#: Every Sentinel-2 MSI band, in the order the MMEarth HDF5 files store them (B8A before B8).
+S2_BANDS: tuple[S2Band, ...] = (
+    S2Band("B1", "coastal", 443, 60),
+    S2Band("B2", "blue", 490, 10),
+    S2Band("B3", "green", 560, 10),
+    S2Band("B4", "red", 665, 10),
+    S2Band("B5", "rededge1", 705, 20),
+    S2Band("B6", "rededge2", 740, 20),
+    S2Band("B7", "rededge3", 783, 20),
+    S2Band("B8A", "nir08", 865, 20),
+    S2Band("B8", "nir", 842, 10),
+    S2Band("B9", "nir09", 945, 60),
+    S2Band("B10", "cirrus", 1375, 60),
+    S2Band("B11", "swir16", 1610, 20),
+    S2Band("B12", "swir22", 2190, 20),
+)
+S2_BAND_BY_NAME = {b.name: b for b in S2_BANDS}
+
+#: The 13 bands of an MMEarth ``sentinel2`` dataset, in storage order.
+S2_STORAGE_ORDER: tuple[str, ...] = tuple(b.name for b in S2_BANDS)
+#: The 12 bands the MMEarth models take (B10 dropped), in model input order.
+S2_MMEARTH_BANDS: tuple[str, ...] = tuple(n for n in S2_STORAGE_ORDER if n != "B10")
+#: RGB subset used by the ``rgb`` reference target set.
+S2_RGB_BANDS: tuple[str, ...] = ("B4", "B3", "B2")
+
+#: Processing levels an MMEarth tile can have; statistics are chosen per tile by this.
+S2_LEVELS: tuple[str, ...] = ("l1c", "l2a")
+
+#: Sentinel-2 nodata value in the raw uint16 digital numbers.
+S2_NODATA = 0
+#: Raw digital numbers are reflectance x 10000; products from processing baseline 04.00 on
+#: (25 January 2022) add this offset, which must be subtracted before using MMEarth statistics.
+S2_QUANTIFICATION = 10000.0
+S2_BASELINE_04_OFFSET = 1000.0
+
+_COMMON_NAMES = {b.common_name: b.name for b in S2_BANDS}
+# Spellings seen in the wild for the same bands (STAC, GEE, SNAP, band descriptions).
+_COMMON_NAMES.update({
+    "aerosol": "B1", "coastal_aerosol": "B1", "coastalaerosol": "B1",
+    "red_edge_1": "B5", "rededge_1": "B5", "red_edge_2": "B6", "rededge_2": "B6",
+    "red_edge_3": "B7", "rededge_3": "B7", "nir08": "B8A", "narrow_nir": "B8A",
+    "nirnarrow": "B8A", "nir_narrow": "B8A", "red_edge_4": "B8A", "rededge4": "B8A",
+    "water_vapour": "B9", "water_vapor": "B9", "watervapour": "B9", "wv": "B9",
+    "swir1": "B11", "swir_1": "B11", "swir2": "B12", "swir_2": "B12",
+})
+
+# "B8A", "B08", "b4", "S2_B11", "T33UUU_20170216T102101_B04", "Band 8A"... The band token must not
+# be glued to other letters or digits on either side (so "SB12X" or "B123" are not bands).
+_BAND_TOKEN = re.compile(r"(?<![A-Z0-9])B(?:AND)?[ _-]?0?(1[0-2]|[1-9])(A?)(?![A-Z0-9])")
+
+
+def canonical_s2_band(label: Optional[str]) -> Optional[str]:
+    """The canonical Sentinel-2 band name ("B8A", "B4", ...) a free-text band label denotes.
+
+    Accepts band names with or without zero padding ("B04", "B4", "B8A"), names embedded in
+    file-style labels ("T33UUU_20170216T102101_B04", "sentinel2_B11") and STAC / eo common names
+    ("red", "nir08", "swir16"). Returns None when the label names no band, or names several.
+    Plain numbers ("1", "Band 1") are *not* accepted: band numbers say nothing about which
+    wavelength a stack holds.
+    """
+    if not label:
+        return None
+    text = label.strip()
+    key = re.sub(r"[\s\-]+", "_", text.lower())
+    if key in _COMMON_NAMES:
+        return _COMMON_NAMES[key]
+    found = {f"B{num}{a}" for num, a in _BAND_TOKEN.findall(text.upper())}
+    # "Band 8" style tokens with a bare number are ambiguous with band *indices*: refuse them.
+    bare = re.fullmatch(r"(?i)band[ _-]?\d+", text)
+    if bare or len(found) != 1:
+        return None
+    name = found.pop()
+    if name == "B8A" or name in S2_BAND_BY_NAME:
+        return name
+    return None
+
+
+@dataclass
+class BandMatch:
+    """How the bands of a raster map onto the bands a model wants.
+
+    ``source_index[i]`` is the 0-based raster band that feeds wanted band ``wanted[i]``, or None.
+    """
+
+    wanted: tuple[str, ...]
+    labels: tuple[Optional[str], ...]
+    source_index: tuple[Optional[int], ...]
+    unused: tuple[int, ...]
+    duplicates: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(w for w, s in zip(self.wanted, self.source_index) if s is None)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.duplicates
+
+    @property
+    def is_identity(self) -> bool:
+        return self.complete and list(self.source_index) == list(range(len(self.wanted)))
+
+    def describe_problem(self) -> str:
+        """A message that names what is wrong and how to fix it; empty when the match is complete."""
+        problems = []
+        if self.duplicates:
+            dup = "; ".join(
+                f"{name} is named by raster bands {', '.join(str(i + 1) for i in idx)}"
+                for name, idx in self.duplicates.items()
+            )
+            problems.append(f"ambiguous band names ({dup}): give each band a unique description")
+        if self.missing:
+            named = sum(1 for lab in self.labels if canonical_s2_band(lab))
+            hint = (
+                "the raster's bands have no Sentinel-2 band names in their descriptions; set them "
+                "(e.g. gdal_edit.py -mo or a VRT with <Description>B4</Description>) or map the bands by hand"
+                if named == 0
+                else "add these bands to the stack, or map the bands by hand"
+            )
+            problems.append(f"missing band(s) {', '.join(self.missing)}: {hint}")
+        return "; ".join(problems)
+
+
+def match_bands(labels: Sequence[Optional[str]], wanted: Sequence[str] = S2_MMEARTH_BANDS) -> BandMatch:
+    """Match raster band labels (descriptions) to the wanted Sentinel-2 bands, by name only."""
+    wanted = tuple(wanted)
+    for w in wanted:
+        if w not in S2_BAND_BY_NAME:
+            raise ValueError(f"unknown Sentinel-2 band {w!r}; known bands: {', '.join(S2_STORAGE_ORDER)}")
+    by_name: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        name = canonical_s2_band(lab)
+        if name is not None:
+            by_name.setdefault(name, []).append(i)
+    duplicates = {n: idx for n, idx in by_name.items() if len(idx) > 1 and n in wanted}
+    source = tuple(by_name[w][0] if w in by_name and w not in duplicates else None for w in wanted)
+    used = {s for s in source if s is not None}
+    unused = tuple(i for i in range(len(labels)) if i not in used)
+    return BandMatch(wanted, tuple(labels), source, unused, duplicates)
+
+
+@lru_cache(maxsize=None)
+def _default_stats_file() -> dict:
+    text = resources.files("mpmae_core.resources").joinpath("mmearth_s2_band_stats.json").read_text()
+    return json.loads(text)
+
+
+def s2_default_statistics(level: str, bands: Sequence[str] = S2_MMEARTH_BANDS) -> tuple[list[float], list[float]]:
+    """Default per-band (mean, std) of raw Sentinel-2 DNs for ``level`` ('l1c' or 'l2a').
+
+    These are the published MMEarth statistics (third-party copies; see the JSON's provenance).
+    A real MMEarth download ships its own ``_band_stats.json``, which must take precedence.
+    """
+    level = level.lower()
+    if level not in S2_LEVELS:
+        raise ValueError(f"unknown Sentinel-2 processing level {level!r}; expected one of {S2_LEVELS}")
+    raw = _default_stats_file()
+    entry = raw["sentinel2_l2a"] if level == "l2a" else raw["sentinel2_l1c_without_B10"]
+    order = raw["band_order_l2a"]  # both entries are stored in the 12-band MMEarth order
+    mean = dict(zip(order, entry["mean"]))
+    std = dict(zip(order, entry["std"]))
+    missing = [b for b in bands if b not in mean]
+    if missing:
+        raise ValueError(f"no default {level.upper()} statistics for band(s) {', '.join(missing)}")
+    return [mean[b] for b in bands], [std[b] for b in bands]

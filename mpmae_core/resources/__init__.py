@@ -1,0 +1,1 @@
+"""Data files shipped with mpmae_core (default statistics)."""

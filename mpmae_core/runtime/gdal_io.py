@@ -1,0 +1,69 @@
+"""GDAL access for the runtime: opening rasters with messages a GIS analyst understands.
+
+GDAL's exception mode is process-global and QGIS code relies on the default, so this module never
+switches it: it checks return values, collects GDAL's own error text, and copes with either mode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class RasterError(ValueError):
+    """A raster cannot be used as given. The message names the problem and the fix."""
+
+
+def gdal():
+    """The ``osgeo.gdal`` module, or a clear error saying how to install it."""
+    try:
+        from osgeo import gdal as _gdal
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise RasterError(
+            "GDAL's Python bindings (osgeo.gdal) are not installed. On Debian/Ubuntu: "
+            "apt-get install python3-gdal (QGIS always ships them)."
+        ) from exc
+    return _gdal
+
+
+def _is_gdal_path(source: str) -> bool:
+    """True when ``source`` is a GDAL connection string rather than a plain file path."""
+    return source.startswith("/vsi") or (":" in source.split("/")[0] and not Path(source).exists())
+
+
+def open_raster(source: str | os.PathLike):
+    """Open ``source`` read-only with GDAL, or raise :class:`RasterError` naming the problem."""
+    g = gdal()
+    source = os.fspath(source)
+    if not _is_gdal_path(source):
+        path = Path(source)
+        if not path.exists():
+            raise RasterError(f"The file '{source}' does not exist. Check the path (and that the drive is mounted).")
+    g.PushErrorHandler("CPLQuietErrorHandler")
+    g.ErrorReset()
+    try:
+        try:
+            ds = g.Open(source, g.GA_ReadOnly)
+        except RuntimeError as exc:  # GDAL in exception mode
+            ds, detail = None, str(exc)
+        else:
+            detail = g.GetLastErrorMsg()
+    finally:
+        g.PopErrorHandler()
+    if ds is None:
+        why = f" (GDAL says: {detail.strip()})" if detail and detail.strip() else ""
+        raise RasterError(
+            f"'{source}' is not a raster GDAL can read{why}. Give a raster file such as a GeoTIFF (.tif), "
+            "a VRT or a JPEG2000; vector files and archives must be converted first."
+        )
+    if ds.RasterCount == 0:
+        subs = ds.GetSubDatasets()
+        hint = (
+            f" It holds {len(subs)} subdatasets; open one of them, e.g. '{subs[0][0]}'." if subs else ""
+        )
+        raise RasterError(f"'{source}' opens with GDAL but has no raster bands.{hint}")
+    return ds
+
+
+def data_type_name(gdal_type: int) -> str:
+    return gdal().GetDataTypeName(gdal_type)
