@@ -48,8 +48,10 @@ S2_BAND_BY_NAME = {b.name: b for b in S2_BANDS}
 S2_STORAGE_ORDER: tuple[str, ...] = tuple(b.name for b in S2_BANDS)
 #: The 12 bands the MMEarth models take (B10 dropped), in model input order.
 S2_MMEARTH_BANDS: tuple[str, ...] = tuple(n for n in S2_STORAGE_ORDER if n != "B10")
-#: RGB subset used by the ``rgb`` reference target set.
-S2_RGB_BANDS: tuple[str, ...] = ("B4", "B3", "B2")
+#: RGB input bands of the ``rgb`` reference configuration, in the reference's order (blue, green, red).
+S2_RGB_BANDS: tuple[str, ...] = ("B2", "B3", "B4")
+#: Red, green, blue: the order for displaying a Sentinel-2 image.
+S2_RGB_DISPLAY: tuple[str, ...] = ("B4", "B3", "B2")
 
 #: Processing levels an MMEarth tile can have; statistics are chosen per tile by this.
 S2_LEVELS: tuple[str, ...] = ("l1c", "l2a")
@@ -191,3 +193,123 @@ def s2_default_statistics(level: str, bands: Sequence[str] = S2_MMEARTH_BANDS) -
     if missing:
         raise ValueError(f"no default {level.upper()} statistics for band(s) {', '.join(missing)}")
     return [mean[b] for b in bands], [std[b] for b in bands]
+
+
+# --------------------------------------------------------------------------------------------
+# Pretext tasks (MMEarth modalities predicted by MP-MAE)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One pretext task: what is predicted, at which level, with which loss.
+
+    ``channels`` is the number of regression channels or of classes. ``level`` is "pixel"
+    (patch prediction from each cell of the decoder map) or "image" (pooled prediction).
+    ``loss`` is "mse" or "ce". ``nodata`` states the rule the data pipeline applies: raw
+    values equal to it (or non-finite values) are invalid and excluded from the loss; class
+    maps are remapped to 0-based labels with invalid pixels -1.
+    """
+
+    name: str
+    channels: int
+    level: str
+    loss: str
+    band_names: tuple[str, ...]
+    nodata: str
+    description: str
+
+    @property
+    def is_pixel(self) -> bool:
+        return self.level == "pixel"
+
+    @property
+    def is_classification(self) -> bool:
+        return self.loss == "ce"
+
+
+_ERA5 = tuple(f"{period}_{var}" for period in ("prev_month", "curr_month", "year")
+              for var in ("avg_temp", "min_temp", "max_temp", "total_precip"))
+
+#: Every pretext task: pixel-level first, then image-level. (This is our order; the reference's own
+#: is REFERENCE_TASK_ORDER.)
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (
+    TaskSpec("sentinel2", 12, "pixel", "mse", S2_MMEARTH_BANDS, "0 in raw uint16",
+             "masked reconstruction of the input bands (norm_pix_loss)"),
+    TaskSpec("sentinel1", 8, "pixel", "mse",
+             ("asc_VV", "asc_VH", "asc_HH", "asc_HV", "desc_VV", "desc_VH", "desc_HH", "desc_HV"),
+             "-inf / NaN", "Sentinel-1 backscatter (HH/HV mostly missing)"),
+    TaskSpec("aster", 2, "pixel", "mse", ("elevation", "slope"), "-inf / NaN / tile NO_DATA",
+             "ASTER GDEM elevation and slope"),
+    TaskSpec("canopy_height_eth", 2, "pixel", "mse", ("height", "std"), "255 / tile NO_DATA",
+             "ETH global canopy height and its standard deviation"),
+    TaskSpec("dynamic_world", 9, "pixel", "ce", ("landcover",), "0 (classes 1..9 -> 0..8)",
+             "Dynamic World landcover classes"),
+    TaskSpec("esa_worldcover", 11, "pixel", "ce", ("map",), "255 or 0 (classes 10..100 -> 0..10)",
+             "ESA WorldCover landcover classes"),
+    TaskSpec("era5", 12, "image", "mse", _ERA5, "NaN / inf",
+             "ERA5 temperature and precipitation: previous month, current month, year"),
+    TaskSpec("lat", 2, "image", "mse", ("sin", "cos"), "-inf / NaN", "latitude (sin, cos)"),
+    TaskSpec("lon", 2, "image", "mse", ("sin", "cos"), "-inf / NaN", "longitude (sin, cos)"),
+    TaskSpec("month", 2, "image", "mse", ("sin_month", "cos_month"), "-inf / NaN", "month (sin, cos)"),
+    TaskSpec("biome", 14, "image", "ce", ("biome",), "255 / all-zero one-hot", "RESOLVE biome (one-hot stored)"),
+    TaskSpec("eco_region", 846, "image", "ce", ("eco_region",), "65535 / all-zero one-hot",
+             "RESOLVE ecoregion (one-hot stored)"),
+)}
+
+#: The order of the reference's OUT_MODALITIES, hence of ``loss_fn.log_vars`` in its checkpoints
+#: when their ``args.out_modalities`` cannot be read.
+REFERENCE_TASK_ORDER: tuple[str, ...] = (
+    "sentinel2", "sentinel1", "aster", "era5", "dynamic_world", "canopy_height_eth",
+    "lat", "lon", "biome", "eco_region", "month", "esa_worldcover",
+)
+
+PIXEL_TASKS = tuple(n for n, t in TASKS.items() if t.is_pixel)
+IMAGE_TASKS = tuple(n for n, t in TASKS.items() if not t.is_pixel)
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    """A pretraining configuration of the reference checkpoints: input bands and pretext tasks."""
+
+    name: str
+    input_bands: tuple[str, ...]
+    tasks: tuple[str, ...]
+    description: str
+
+
+#: The target sets of the released MMEarth checkpoints (their names are the checkpoints' names).
+TARGET_SETS: dict[str, TargetSet] = {t.name: t for t in (
+    TargetSet("S2", S2_MMEARTH_BANDS, ("sentinel2",), "Sentinel-2 reconstruction only (plain FCMAE)"),
+    TargetSet("all_mod", S2_MMEARTH_BANDS, tuple(TASKS), "all twelve pretext tasks"),
+    TargetSet("pix_mod", S2_MMEARTH_BANDS, PIXEL_TASKS, "Sentinel-2 plus the pixel-level tasks"),
+    TargetSet("img_mod", S2_MMEARTH_BANDS, ("sentinel2",) + IMAGE_TASKS, "Sentinel-2 plus the image-level tasks"),
+    TargetSet("rgb", S2_RGB_BANDS, ("sentinel2",), "RGB input (B2, B3, B4), reconstruction of the same bands"),
+)}
+
+
+def task_spec(name: str, input_bands: Sequence[str] = S2_MMEARTH_BANDS) -> TaskSpec:
+    """The spec of task ``name``; the ``sentinel2`` task reconstructs exactly the input bands."""
+    if name not in TASKS:
+        raise ValueError(f"unknown pretext task {name!r}; known tasks: {', '.join(TASKS)}")
+    spec = TASKS[name]
+    if name == "sentinel2" and tuple(input_bands) != spec.band_names:
+        spec = TaskSpec(spec.name, len(input_bands), spec.level, spec.loss, tuple(input_bands),
+                        spec.nodata, spec.description)
+    return spec
+
+
+def resolve_tasks(tasks: "str | Sequence[str]") -> tuple[str, ...]:
+    """A target set name ("all_mod", "S2", ...) or a list of task names -> task names in MMEarth order."""
+    if isinstance(tasks, str):
+        if tasks in TARGET_SETS:
+            return TARGET_SETS[tasks].tasks
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(
+            f"unknown pretext task(s) {', '.join(unknown)}; known tasks: {', '.join(TASKS)}; "
+            f"target sets: {', '.join(TARGET_SETS)}"
+        )
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"duplicate pretext tasks in {list(tasks)}")
+    return tuple(t for t in TASKS if t in tasks)

@@ -73,7 +73,7 @@ def test_match_duplicate_names_are_ambiguous():
 
 
 def test_match_rgb_subset():
-    m = registry.match_bands(["B02", "B03", "B04"], registry.S2_RGB_BANDS)
+    m = registry.match_bands(["B04", "B03", "B02"], registry.S2_RGB_BANDS)
     assert list(m.source_index) == [2, 1, 0]
 
 
