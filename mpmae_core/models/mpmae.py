@@ -163,6 +163,10 @@ class MPMAE(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], mask: Optional[Tensor] = None,
                 generator: Optional[torch.Generator] = None) -> MPMAEOutput:
+        absent = [t for t in self.tasks if t not in batch]
+        if absent:
+            raise ValueError(f"the batch has no target for task(s) {', '.join(absent)}; samples without a "
+                             "modality carry NaN (values) or -1 (classes) so the loss skips them")
         s2 = batch["sentinel2"]
         n, _, hh, ww = s2.shape
         p = self.patch_size

@@ -1,0 +1,1 @@
+"""Command-line front ends: argument parsing, then one call into mpmae_core."""
