@@ -65,6 +65,39 @@ def test_hidden_input_cannot_leak_into_visible_outputs(patch, size_px):
     assert y1.permute(0, 2, 3, 1)[mask].abs().max() == 0  # hidden cells are exactly empty
 
 
+@pytest.mark.parametrize("patch", [16, 8])
+def test_gathered_tokens_equal_the_dense_masked_computation(patch):
+    torch.manual_seed(7)
+    enc = build_encoder("atto", patch_size=patch).eval()
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if ".grn." in name:  # trained GRNs are far from their zero initialisation
+                p.normal_(std=0.2)
+    x = torch.randn(3, 12, 7 * patch, 7 * patch)
+    mask = random_mask(3, 7, 7, 0.6)
+    with torch.no_grad():
+        gathered = enc(x, mask)
+        enc.gather_visible = False
+        dense = enc(x, mask)
+    torch.testing.assert_close(gathered, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_unequal_masks_use_the_dense_path_and_do_not_leak():
+    torch.manual_seed(8)
+    enc = build_encoder("atto", patch_size=16).eval()
+    x = torch.randn(2, 12, 64, 64)
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[0, :2] = True  # 8 hidden cells in sample 0, 3 in sample 1
+    mask[1, 3, :3] = True
+    hidden = _hidden_pixels(mask, 16, 12)
+    x2 = x.clone()
+    x2[hidden] = 50.0
+    with torch.no_grad():
+        y1, y2 = enc(x, mask), enc(x2, mask)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=1e-6)
+    assert y1.permute(0, 2, 3, 1)[mask].abs().max() == 0
+
+
 def test_masked_rectangle_equals_dense_encoder_on_the_crop():
     """Sparse semantics, checked independently: a visible rectangle surrounded by hidden cells
     sees hidden cells as the image border, so it must equal the plain encoder on the crop."""

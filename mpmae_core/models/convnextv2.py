@@ -9,7 +9,9 @@ re-applied after every operation whose output at a hidden position could leak in
 (after the stem, after every downsampler, inside each block before GRN and on the residual
 branch). Per-position operations (LayerNorm, Linear, GELU) need no mask; GRN's statistics are
 taken per sample over visible positions only (hidden positions are exactly zero when they are
-taken). Masks are aligned with the final grid, so every stride-2 window is wholly visible or
+taken). When every sample keeps the same number of cells (MP-MAE's random masks do), the
+pointwise part of each block runs on the gathered visible positions only, like the sparse
+network, which saves most of the arithmetic. Masks are aligned with the final grid, so every stride-2 window is wholly visible or
 wholly hidden. Consequences, tested in tests/test_models.py: the encoder output at visible cells
 does not depend on the input inside hidden cells, hidden cells output exactly zero, and every
 sample is independent of the rest of its batch (the reference's sparse GRN pools over the whole
@@ -108,8 +110,22 @@ class Block(nn.Module):
         self.pwconv2 = nn.Linear(4 * dim, dim)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
-        """x (N, C, H, W), zero at hidden positions when ``keep`` (N, 1, H, W) is given."""
+    def forward(self, x: Tensor, keep: Optional[Tensor] = None, visible: Optional[Tensor] = None) -> Tensor:
+        """x (N, C, H, W), zero at hidden positions when a mask is given.
+
+        ``visible`` (N, V) indexes the visible positions of the flattened map when every sample has
+        the same number of them: the pointwise part of the block (LayerNorm, MLP, GRN) then runs on
+        those V tokens only, as the sparse network does, and the result is scattered back (hidden
+        positions stay exactly zero). Otherwise ``keep`` (N, 1, H, W) masks the dense computation.
+        """
+        if visible is not None:
+            n, c, h, w = x.shape
+            index = visible.unsqueeze(1).expand(n, c, visible.shape[1])
+            t = self.dwconv(x).flatten(2).gather(2, index).transpose(1, 2)  # (N, V, C)
+            t = self.act(self.pwconv1(self.norm(t)))
+            t = self.grn(t.unsqueeze(2)).squeeze(2)  # statistics over the V visible tokens
+            t = self.drop_path(self.pwconv2(t))
+            return x.flatten(2).scatter_add(2, index, t.transpose(1, 2)).view(n, c, h, w)
         y = self.dwconv(x).permute(0, 2, 3, 1)
         y = self.act(self.pwconv1(self.norm(y)))
         y = self.grn(y, None if keep is None else keep.permute(0, 2, 3, 1))
@@ -125,6 +141,16 @@ def upsample_mask(mask: Tensor, scale: int) -> Tensor:
         return mask
     n, c, h, w = mask.shape
     return mask[:, :, :, None, :, None].expand(n, c, h, scale, w, scale).reshape(n, c, h * scale, w * scale)
+
+
+def visible_positions(keep: Tensor, count: int) -> Tensor:
+    """Flat indices (N, count) of the visible positions of an (N, 1, H, W) keep-mask, in raster order.
+
+    Every sample must have exactly ``count`` visible positions (MP-MAE's masks do).
+    """
+    flat = keep.flatten(1)
+    # stable sort: ones (visible) first, each group in raster order
+    return flat.argsort(dim=1, descending=True, stable=True)[:, :count]
 
 
 class ConvNeXtV2Encoder(nn.Module):
@@ -151,6 +177,9 @@ class ConvNeXtV2Encoder(nn.Module):
         self.depths, self.dims = tuple(depths), tuple(dims)
         self.in_chans, self.patch_size, self.convention = in_chans, patch_size, convention
         self.grn_eps = GRN_EPS[convention]
+        #: Run blocks on gathered visible tokens when all samples keep equally many cells (same
+        #: result as the dense masked computation, much less arithmetic). False forces the dense path.
+        self.gather_visible = True
         ref = convention == "reference_dense"
         k = patch_size // 8
         self.initial_conv = nn.Sequential(
@@ -210,13 +239,16 @@ class ConvNeXtV2Encoder(nn.Module):
                 x = self.stages[i](x)
             return x
         keep = (~mask).unsqueeze(1).to(x.dtype)  # (N, 1, h, w), 1 = visible
+        counts = (~mask).flatten(1).sum(1)
+        gather = self.gather_visible and bool((counts == counts[0]).all())
         x = x * upsample_mask(keep, self.patch_size)
         x = self.stem(self.initial_conv(x))
         for i in range(4):
             k = upsample_mask(keep, 8 >> i)  # stage i runs at 2**(3-i) x the final grid
             x = x * k if i == 0 else self.downsample_layers[i - 1](x) * k
+            visible = visible_positions(k, int(counts[0]) * (8 >> i) ** 2) if gather else None
             for block in self.stages[i]:
-                x = block(x, k)
+                x = block(x, k, visible)
         return x
 
     def forward_pooled(self, x: Tensor) -> Tensor:
