@@ -313,3 +313,54 @@ def resolve_tasks(tasks: "str | Sequence[str]") -> tuple[str, ...]:
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"duplicate pretext tasks in {list(tasks)}")
     return tuple(t for t in TASKS if t in tasks)
+
+
+# --------------------------------------------------------------------------------------------
+# How MMEarth stores each modality in its HDF5 files (data_<name>.h5)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """One HDF5 dataset of an MMEarth file.
+
+    ``kind``: "pixel" (N, C, H, W), "image" (N, C) values, "onehot" (N, K) one-hot classes.
+    ``nodata``: raw values that mean "no data" besides non-finite floats (compared after reading
+    with the stored dtype; a tile's own ``NO_DATA`` entry adds to these). ``classes``: raw class
+    values of a class map, in label order (anything else is invalid).
+    """
+
+    name: str
+    dtype: str
+    channels: int
+    kind: str
+    nodata: tuple = ()
+    classes: tuple = ()
+
+
+#: ESA WorldCover v100/v200 class values, in label order (tree cover 10 -> label 0).
+ESA_WORLDCOVER_CLASSES = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
+ESA_WORLDCOVER_NAMES = ("tree cover", "shrubland", "grassland", "cropland", "built-up", "bare / sparse vegetation",
+                        "snow and ice", "permanent water bodies", "herbaceous wetland", "mangroves", "moss and lichen")
+#: Dynamic World classes 1..9 (0 = no data), in label order.
+DYNAMIC_WORLD_CLASSES = tuple(range(1, 10))
+DYNAMIC_WORLD_NAMES = ("water", "trees", "grass", "flooded vegetation", "crops", "shrub and scrub", "built",
+                       "bare", "snow and ice")
+
+STORAGE: dict[str, StorageSpec] = {s.name: s for s in (
+    StorageSpec("sentinel2", "uint16", 13, "pixel", nodata=(0,)),
+    StorageSpec("sentinel1", "float32", 8, "pixel"),
+    StorageSpec("aster", "int16", 2, "pixel", nodata=(-32768,)),
+    # The reference writes 255 into an int8 dataset, which reads back as -1.
+    StorageSpec("canopy_height_eth", "int8", 2, "pixel", nodata=(-1, 255)),
+    StorageSpec("dynamic_world", "uint8", 1, "pixel", classes=DYNAMIC_WORLD_CLASSES),
+    StorageSpec("esa_worldcover", "uint8", 1, "pixel", classes=ESA_WORLDCOVER_CLASSES),
+    StorageSpec("era5", "float32", 12, "image"),
+    StorageSpec("lat", "float32", 2, "image"),
+    StorageSpec("lon", "float32", 2, "image"),
+    StorageSpec("month", "float32", 2, "image"),
+    StorageSpec("biome", "uint8", 14, "onehot", nodata=(255,)),
+    StorageSpec("eco_region", "uint16", 846, "onehot", nodata=(65535,)),
+)}
+
+#: Band-stats keys of the S2 statistics, chosen per tile by its processing level.
+S2_STATS_KEYS = {"l1c": "sentinel2_l1c", "l2a": "sentinel2_l2a"}
