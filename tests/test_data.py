@@ -212,6 +212,11 @@ def test_band_stats_that_do_not_fit(h5):
     bad = dict(stats, sentinel1={"mean": [0.0] * 3, "std": [1.0] * 3})
     with pytest.raises(DataError, match="'sentinel1' have 3 means.*8 channels"):
         MMEarthDataset(h5, band_stats=bad, crop=32)
+    no_s1 = {k: v for k, v in stats.items() if k != "sentinel1"}
+    ds = MMEarthDataset(h5, split=None, crop=32, tasks=["sentinel2", "sentinel1"], band_stats=no_s1)
+    ds[CASES["sentinel1_absent"]]  # absent there: nothing to normalise
+    with pytest.raises(DataError, match="no 'sentinel1' entry, but tile SYNTHETIC_00000 has sentinel1 data"):
+        ds[0]
     twelve = {k: v for k, v in stats.items()}
     twelve["sentinel2_l1c"] = {"mean": [1.0] * 12, "std": [2.0] * 12}  # the 12-band MMEarth order is accepted
     ds = MMEarthDataset(h5, split=None, crop=None, tasks="S2", band_stats=twelve)

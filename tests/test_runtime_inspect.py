@@ -127,3 +127,21 @@ def test_atomic_output_renames_only_on_success(tmp_path):
             raise RuntimeError("cancelled")
     assert dest.read_text() == "first"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["report.html"]
+
+
+def test_atomic_output_moves_gdal_sidecars_and_sets_normal_permissions(tmp_path):
+    import os
+
+    dest = tmp_path / "map.tif"
+    with atomic_output(dest) as tmp:
+        tmp.write_bytes(b"raster")
+        (tmp.parent / (tmp.name + ".aux.xml")).write_text("<PAMDataset/>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map.tif.aux.xml"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output(tmp_path / "other.tif") as tmp:
+            (tmp.parent / (tmp.name + ".aux.xml")).write_text("<PAMDataset/>")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.tif", "map.tif.aux.xml"]

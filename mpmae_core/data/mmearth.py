@@ -280,6 +280,7 @@ class MMEarthDataset(torch.utils.data.Dataset):
     def _prepare_stats(self) -> dict:
         """Per-modality (mean, std) arrays for the channels we read; validated against the bands."""
         out = {}
+        self._missing_stats: set[str] = set()
         levels = sorted(set(self.source.s2_types))
         for level in levels:
             key = registry.S2_STATS_KEYS.get(level)
@@ -293,7 +294,8 @@ class MMEarthDataset(torch.utils.data.Dataset):
             entry = self.band_stats.get(name)
             if entry is None:
                 if spec.kind == "pixel":
-                    raise DataError(f"the band-stats file has no '{name}' entry; it is needed to normalise {name}")
+                    # Fine while the modality is absent from every tile read; an error once one has data.
+                    self._missing_stats.add(name)
                 continue  # image values without statistics (lat/lon/month sin, cos) stay as they are
             if len(entry["mean"]) != spec.channels or len(entry["std"]) != spec.channels:
                 raise DataError(f"band stats for '{name}' have {len(entry['mean'])} means and {len(entry['std'])} "
@@ -365,6 +367,9 @@ class MMEarthDataset(torch.utils.data.Dataset):
         if spec.kind == "onehot":
             return np.int64(onehot_label(raw, nodata))
         bad = invalid_mask(raw, nodata, raw.dtype)
+        if task in self._missing_stats and not bad.all():
+            raise DataError(f"the band-stats file has no '{task}' entry, but tile {self.source.tile_ids[index]} has "
+                            f"{task} data to normalise: add '{task}' statistics or drop the task")
         if task in self._stats:
             mean, std = self._stats[task]
             return normalise(raw, bad, mean, std)

