@@ -19,3 +19,5 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     rows = (out / "scene_bands.csv").read_text().splitlines()
     assert len(rows) == 14 and rows[0].startswith("band,description")
     assert "can be fed" in (out / "scene_inspect.html").read_text()
+    described = (out / "mmearth_sample.txt").read_text()
+    assert "72 tiles of 128 px" in described and "train 60, val 6, test 6" in described
