@@ -68,6 +68,7 @@ def test_registry_and_runtime_stay_torch_free():
     loaded = _run(
         "import sys, json\n"
         "import mpmae_core, mpmae_core.registry, mpmae_core.runtime.inspect, mpmae_core.runtime.files\n"
+        "import mpmae_core.data.sample, mpmae_core.data.layout, mpmae_core.data.convert\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))\n"
     )
     assert loaded == []
