@@ -274,6 +274,21 @@ class ImportedCheckpoint:
             raise CheckpointError(f"internal mapping error, unexpected keys {result.unexpected_keys}")
         return enc
 
+    def load_into(self, model: "MPMAE | ConvNeXtV2Encoder") -> ImportReport:
+        """Load the imported weights into an existing encoder or MP-MAE of the same size and patch
+        size (refused otherwise, naming both); decoders and heads are loaded where both have them."""
+        encoder = model.encoder if isinstance(model, MPMAE) else model
+        size = size_from_dims(encoder.dims, encoder.depths) or f"dims {list(encoder.dims)}"
+        check_compatible(self.report, size, encoder.patch_size)
+        if encoder.in_chans != self.report.in_chans:
+            raise CheckpointError(f"checkpoint takes {self.report.in_chans} input bands, the model {encoder.in_chans}")
+        encoder.load_state_dict(self.encoder_state, strict=False)
+        if isinstance(model, MPMAE):
+            own = model.state_dict()
+            model.load_state_dict({k: v for k, v in self.mpmae_state.items() if k in own and own[k].shape == v.shape},
+                                  strict=False)
+        return self.report
+
     def build_mpmae(self, convention: str = "reference_dense") -> MPMAE:
         r = self.report
         if not r.tasks:

@@ -142,6 +142,19 @@ def test_mismatched_size_or_patch_is_refused_naming_both():
         C.check_compatible(r, "tiny", 8)
 
 
+def test_load_into_refuses_another_size_and_fills_a_matching_model():
+    source = _randomised(build_mpmae("atto", "S2", patch_size=16), seed=5)
+    imported = C.import_reference_state(C.export_reference_layout(source))
+    with pytest.raises(C.CheckpointError, match="atto with patch size 16, but the model is atto with patch size 8"):
+        imported.load_into(build_encoder("atto", patch_size=8))
+    with pytest.raises(C.CheckpointError, match="but the model is femto with patch size 16"):
+        imported.load_into(build_mpmae("femto", "S2"))
+    target = build_mpmae("atto", "S2", patch_size=16)
+    imported.load_into(target)
+    torch.testing.assert_close(target.encoder.stages[3][1].pwconv2.weight, source.encoder.stages[3][1].pwconv2.weight)
+    torch.testing.assert_close(target.heads["sentinel2"].pred.weight, source.heads["sentinel2"].pred.weight)
+
+
 def test_unknown_layouts_are_refused():
     with pytest.raises(C.CheckpointError, match="original ConvNeXt stem"):
         C.import_reference_state({"stem_orig.0.weight": torch.zeros(1)})
