@@ -282,3 +282,14 @@ def test_batches_feed_the_model(npy):
     out = model(batch)
     assert torch.isfinite(out.loss)
     out.loss.backward()
+
+
+def test_masks_are_drawn_per_sample_like_crops(h5):
+    ds = MMEarthDataset(h5, split=None, crop=48, tasks="S2", mask_ratio=0.6, patch_size=16, seed=4)
+    a, b = ds[(3, 1)], ds[(3, 1)]
+    assert a["mask"].dtype == torch.bool and a["mask"].shape == (3, 3)
+    assert torch.equal(a["mask"], b["mask"])
+    assert int((~a["mask"]).sum()) == int(9 * 0.4)
+    assert len({tuple(ds[(3, e)]["mask"].flatten().tolist()) for e in range(30)}) > 5
+    with pytest.raises(DataError, match="multiple of the patch size 16"):
+        MMEarthDataset(h5, split=None, crop=40, tasks="S2", mask_ratio=0.6, patch_size=16)

@@ -202,6 +202,15 @@ def onehot_label(raw: np.ndarray, nodata: Sequence[float]) -> int:
     return int(raw.argmax())
 
 
+def sample_mask(grid: int, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """A (grid, grid) bool mask hiding all but ``int(grid*grid*(1-ratio))`` random cells (True = hidden)."""
+    length = grid * grid
+    keep = int(length * (1 - ratio))
+    mask = np.ones(length, dtype=bool)
+    mask[rng.permutation(length)[:keep]] = False
+    return mask.reshape(grid, grid)
+
+
 # ------------------------------------------------------------------------------------------
 # The dataset
 # ------------------------------------------------------------------------------------------
@@ -219,11 +228,15 @@ class MMEarthDataset(torch.utils.data.Dataset):
         random_crop: False takes the centre crop (evaluation).
         seed: crops derive from (seed, epoch, index).
         band_stats: a band-stats dict overriding the side file (e.g. other statistics).
+        mask_ratio, patch_size: when given, each sample also carries ``mask``, a bool
+            (crop/patch, crop/patch) grid with True = hidden, drawn from (seed, epoch, index) like
+            the crop, so masks do not depend on workers, ranks or resume points.
     """
 
     def __init__(self, path: str | os.PathLike, split: Optional[str] = "train", tasks="all_mod",
                  crop: Optional[int] = 112, s2_bands: Sequence[str] = registry.S2_MMEARTH_BANDS,
-                 random_crop: bool = True, seed: int = 0, band_stats: Optional[dict] = None):
+                 random_crop: bool = True, seed: int = 0, band_stats: Optional[dict] = None,
+                 mask_ratio: Optional[float] = None, patch_size: Optional[int] = None):
         self.source = open_source(path)
         self.tasks = registry.resolve_tasks(tasks)
         self.s2_bands = tuple(s2_bands)
@@ -252,6 +265,12 @@ class MMEarthDataset(torch.utils.data.Dataset):
         self.crop = crop or self.tile_size
         if self.crop > self.tile_size:
             raise DataError(f"crop {self.crop} is larger than the tiles ({self.tile_size} px)")
+        self.mask_ratio, self.patch_size = mask_ratio, patch_size
+        if mask_ratio is not None:
+            if not patch_size or self.crop % patch_size:
+                raise DataError(f"crop {self.crop} must be a multiple of the patch size {patch_size} to draw masks")
+            if not 0 <= mask_ratio < 1:
+                raise DataError(f"mask ratio must be in [0, 1), got {mask_ratio}")
         self._stats = self._prepare_stats()
         self._luts = {t: class_lut(registry.STORAGE[t].classes) for t in ("dynamic_world", "esa_worldcover")}
 
@@ -351,6 +370,9 @@ class MMEarthDataset(torch.utils.data.Dataset):
             present.append(bool(torch.isfinite(sample[task]).any()) if sample[task].is_floating_point()
                            else bool((sample[task] >= 0).any()))
         sample["present"] = torch.tensor(present)
+        if self.mask_ratio is not None:
+            sample["mask"] = torch.from_numpy(sample_mask(self.crop // self.patch_size, self.mask_ratio,
+                                                          np.random.default_rng([self.seed, epoch, index, 1])))
         return sample
 
     def _target(self, task: str, index: int, window, info: dict):
