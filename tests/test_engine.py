@@ -123,3 +123,36 @@ def test_two_process_gloo_ddp_equals_one_process_with_the_same_global_batch(h5, 
     moved = [k for k in init if (a["model"][k] - init[k]).abs().max() > 1e-4]
     assert len(moved) > 50  # training really changed the weights, so the equality is not trivial
     assert list((tmp_path / "two").glob("checkpoint-*.pt")) and not list((tmp_path / "two").glob("*rank*"))
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(h5, tmp_path):
+    """SIGKILL the real command after its first mid-epoch checkpoint; the same command resumes."""
+    import signal
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    extra = ["--epochs", "3", "--checkpoint-every", "2", "--batch-size", "2", "--img-size", "64"]
+
+    def cmd(out):
+        base = _pretrain_cmd(h5, out, 2, 1)
+        return base + extra
+
+    full = subprocess.run(cmd(tmp_path / "full"), capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(out.glob("checkpoint-00000002.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    last = latest_checkpoint(out)
+    assert last is not None and safe_load(last)["step"] < 24  # killed before the end (8 steps per epoch x 3)
+    resumed = subprocess.run(cmd(out), capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = safe_load(latest_checkpoint(tmp_path / "full"))
+    b = safe_load(latest_checkpoint(out))
+    assert a["step"] == b["step"] == 24
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=0, atol=1e-6, msg=key)
