@@ -1,6 +1,7 @@
 """The README's main command, end to end, as a newcomer runs it."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +22,9 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     assert "can be fed" in (out / "scene_inspect.html").read_text()
     described = (out / "mmearth_sample.txt").read_text()
     assert "72 tiles of 128 px" in described and "train 60, val 6, test 6" in described
+    log = (out / "pretrain.log").read_text()
+    first, last = map(float, re.search(r"\[pretrain\]\s+sentinel2\s+([-\d.]+) -> ([-\d.]+)", log).groups())
+    assert last < first  # the masked reconstruction of the real scene improves
+    assert list((out / "pretrain").glob("checkpoint-*.pt"))
+    assert (out / "pretrain" / "previews" / "epoch_0030.png").is_file()
+    assert (out / "pretrain" / "metrics.csv").read_text().count("\n") > 30
