@@ -252,6 +252,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "train_config": self.cfg.to_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "world_size": self.dist.world_size,
+            # how the inputs were normalised: the export writes it into the model's metadata
+            "normalisation": getattr(self.dataset, "s2_normalisation", dict)(),
         }
 
     def save(self) -> Optional[Path]:

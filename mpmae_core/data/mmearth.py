@@ -338,6 +338,15 @@ class MMEarthDataset(torch.utils.data.Dataset):
         idx = [order.index(b) for b in self.s2_bands]
         return np.asarray(entry["mean"], np.float32)[idx], np.asarray(entry["std"], np.float32)[idx]
 
+    def s2_normalisation(self) -> dict:
+        """level -> {"mean", "std"} of the Sentinel-2 input bands, for every level the stats file has."""
+        out = {}
+        for level, key in registry.S2_STATS_KEYS.items():
+            if key in self.band_stats:
+                mean, std = self._s2_stats(key)
+                out[level] = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        return out
+
     # -- samples -------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.indices)

@@ -1,0 +1,185 @@
+"""ONNX export of encoders and heads, with the metadata the runtime needs inside the file.
+
+Graphs (all with dynamic batch, and dynamic height and width in multiples of the patch size):
+- encoder: ``image`` (N, C, H, W) normalised -> ``embedding`` (N, D, H/p, W/p);
+- pretext segmenter (the MP-MAE's own Dynamic World / ESA WorldCover head): ``image`` -> ``logits``
+  (N, K, H, W). MP-MAE trains its pixel heads on hidden cells only, so the graph runs the masked
+  encoder twice with complementary checkerboard masks and takes each cell's prediction from the
+  pass in which it was hidden (the dense masked path, which exports without data-dependent ops);
+- head: ``embedding`` (N, D, h, w) -> ``logits`` (N, K, h, w), a 1x1 convolution (few-shot heads).
+
+Every file is checked against torch on a random input before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mpmae_core import registry
+from mpmae_core.models.convnextv2 import ConvNeXtV2Encoder, size_from_dims
+from mpmae_core.models.losses import unpatchify
+from mpmae_core.models.mpmae import MPMAE
+from mpmae_core.runtime.files import atomic_output
+from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata
+
+CLASS_INFO = {
+    "esa_worldcover": (registry.ESA_WORLDCOVER_NAMES,
+                       [[0, 100, 0], [255, 187, 34], [255, 255, 76], [240, 150, 255], [250, 0, 0], [180, 180, 180],
+                        [240, 240, 240], [0, 100, 200], [0, 150, 160], [0, 207, 117], [250, 230, 160]]),
+    "dynamic_world": (registry.DYNAMIC_WORLD_NAMES,
+                      [[65, 155, 223], [57, 125, 73], [136, 176, 83], [122, 135, 198], [228, 150, 53],
+                       [223, 195, 90], [196, 40, 27], [165, 155, 143], [179, 159, 225]]),
+}
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, encoder: ConvNeXtV2Encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.encoder(image)
+
+
+def checkerboard(n: int, h: int, w: int, device=None) -> Tensor:
+    """Bool (n, h, w), True on cells where (row + column) is even."""
+    rows = torch.arange(h, device=device).unsqueeze(1)
+    cols = torch.arange(w, device=device).unsqueeze(0)
+    return ((rows + cols) % 2 == 0).unsqueeze(0).expand(n, h, w)
+
+
+class PretextSegmenter(nn.Module):
+    """Image -> per-pixel logits of one pixel-level classification task of an MP-MAE."""
+
+    def __init__(self, model: MPMAE, task: str):
+        super().__init__()
+        spec = model.specs.get(task)
+        if spec is None or not (spec.is_pixel and spec.is_classification):
+            pixel_classes = [t for t, s in model.specs.items() if s.is_pixel and s.is_classification]
+            raise ValueError(f"the model has no pixel classification head '{task}'; it has {pixel_classes or 'none'}")
+        self.model, self.task, self.p = model, task, model.patch_size
+        self.model.encoder.gather_visible = False  # data-dependent gathers do not export
+
+    def forward(self, image: Tensor) -> Tensor:
+        n, _, hh, ww = image.shape
+        h, w = hh // self.p, ww // self.p
+        first = checkerboard(n, h, w, image.device)
+        out = None
+        for hidden in (first, ~first):
+            latent = self.model.encoder(image, hidden)
+            pred = self.model.heads[self.task](self.model.decoders[self.task](self._tokens(latent, hidden)))
+            out = pred if out is None else torch.where(hidden.flatten(1).unsqueeze(-1), pred, out)
+        return unpatchify(out, self.p, h, w)
+
+    def _tokens(self, latent: Tensor, hidden: Tensor) -> Tensor:
+        x = self.model.proj(latent)
+        return torch.lerp(x, self.model.mask_token.expand_as(x), hidden.unsqueeze(1).to(x.dtype))
+
+
+class HeadGraph(nn.Module):
+    """A linear classifier on embeddings as a 1x1 convolution: (N, D, h, w) -> (N, K, h, w)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor):
+        super().__init__()
+        self.conv = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight.reshape(weight.shape[0], weight.shape[1], 1, 1))
+            self.conv.bias.copy_(bias)
+
+    def forward(self, embedding: Tensor) -> Tensor:
+        return self.conv(embedding)
+
+
+def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, output_name: str,
+            metadata: ModelMetadata, multiple: int, tolerance: float = 1e-4) -> float:
+    """Export with dynamic batch/height/width, add the metadata, check parity, write atomically."""
+    import onnx
+    import onnxruntime as ort
+
+    module = module.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    h = torch.export.Dim("h", min=1, max=4096)
+    w = torch.export.Dim("w", min=1, max=4096)
+    if example.shape[0] < 2 or min(example.shape[2:]) < 2 * multiple:
+        raise ValueError("export examples need batch >= 2 and at least 2 cells per side (size-1 dims become static)")
+    dims = {0: batch, 2: multiple * h, 3: multiple * w} if multiple > 1 else {0: batch, 2: h, 3: w}
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        with torch.no_grad():
+            torch.onnx.export(module, (example,), str(tmp), dynamo=True, input_names=[input_name],
+                              output_names=[output_name], dynamic_shapes={input_name: dims}, optimize=True,
+                              verbose=False)
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, metadata.to_json()
+        onnx.save(proto, str(tmp))
+        # parity on an input of another size than the example: the dynamic axes really work
+        probe = torch.randn(example.shape[0] + 1, example.shape[1], example.shape[2] + multiple, example.shape[3])
+        with torch.no_grad():
+            expected = module(probe).float().numpy()
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, {input_name: probe.numpy()})[0]
+        diff = float(np.abs(got - expected).max())
+        if not diff <= tolerance:
+            raise RuntimeError(f"exported model differs from torch by {diff:g} (> {tolerance:g}); not written")
+    return diff
+
+
+def encoder_metadata(encoder: ConvNeXtV2Encoder, input_bands: Sequence[str], normalisation: dict, **kw) -> ModelMetadata:
+    return ModelMetadata(kind="encoder", input_bands=list(input_bands), normalisation=normalisation,
+                         patch_size=encoder.patch_size, embedding_dim=encoder.embed_dim, convention=encoder.convention,
+                         output_stride=encoder.patch_size,
+                         model_size=size_from_dims(encoder.dims, encoder.depths) or "", **kw)
+
+
+def export_encoder(encoder: ConvNeXtV2Encoder, path: str | os.PathLike, input_bands: Sequence[str],
+                   normalisation: dict, source: str = "") -> tuple[Path, float]:
+    if len(input_bands) != encoder.in_chans:
+        raise ValueError(f"{len(input_bands)} band names for an encoder with {encoder.in_chans} inputs")
+    meta = encoder_metadata(encoder, input_bands, normalisation, source=source)
+    # batch 2 and no dimension of 1: torch.export treats size-1 example dimensions as static
+    example = torch.randn(2, encoder.in_chans, 2 * encoder.patch_size, 3 * encoder.patch_size)
+    graph = EncoderGraph(copy.deepcopy(encoder).eval())
+    diff = _export(graph, example, Path(path), "image", "embedding", meta, multiple=encoder.patch_size)
+    return Path(path), diff
+
+
+def export_pretext_segmenter(model: MPMAE, task: str, path: str | os.PathLike, normalisation: dict,
+                             source: str = "") -> tuple[Path, float]:
+    model = copy.deepcopy(model).eval()
+    if model.encoder.convention != "sparse":
+        # masked encoding needs the sparse convention; the weights are the same
+        enc = model.encoder
+        sparse = ConvNeXtV2Encoder(enc.depths, enc.dims, enc.in_chans, enc.patch_size, convention="sparse")
+        sparse.load_state_dict(enc.state_dict())
+        model.encoder = sparse
+    names, colours = CLASS_INFO.get(task, ([], []))
+    meta = encoder_metadata(model.encoder, model.input_bands, normalisation, source=source)
+    meta.kind, meta.task, meta.output_stride = "segmenter", task, 1
+    meta.class_names, meta.class_colours = list(names), [list(c) for c in colours]
+    meta.embedding_dim = 0
+    graph = PretextSegmenter(model, task)
+    p = model.patch_size
+    example = torch.randn(2, model.encoder.in_chans, 4 * p, 4 * p)
+    diff = _export(graph, example, Path(path), "image", "logits", meta, multiple=p)
+    return Path(path), diff
+
+
+def export_head(weight: Tensor, bias: Tensor, path: str | os.PathLike, class_names: Sequence[str],
+                class_colours: Optional[Sequence[Sequence[int]]] = None, task: str = "few-shot",
+                patch_size: int = 16, source: str = "") -> tuple[Path, float]:
+    """A linear head (K, D) + (K,) as an ONNX graph on embedding maps."""
+    k, d = weight.shape
+    meta = ModelMetadata(kind="head", task=task, class_names=list(class_names),
+                         class_colours=[list(c) for c in class_colours] if class_colours else [],
+                         embedding_dim=d, patch_size=patch_size, output_stride=patch_size, source=source)
+    graph = HeadGraph(weight.float(), bias.float())
+    diff = _export(graph, torch.randn(2, d, 3, 5), Path(path), "embedding", "logits", meta, multiple=1)
+    return Path(path), diff

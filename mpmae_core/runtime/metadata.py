@@ -1,0 +1,117 @@
+"""The metadata inside every ONNX model we export: one schema, written by export, read by the runtime.
+
+Stored as one JSON string under the ONNX metadata key ``mmearth`` (read back with onnxruntime's
+``custom_metadata_map``, so the runtime needs no ``onnx`` package). Pure Python.
+
+Radiometry: inputs are Sentinel-2 digital numbers (reflectance x 10000). Products from processing
+baseline 04.00 on (25 January 2022) add +1000 to every DN; the models expect DNs without that
+offset, so the runtime subtracts ``dn_offset`` (from the raster's metadata, or the user) before
+normalising with the statistics of the raster's processing level.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from mpmae_core import registry
+
+METADATA_KEY = "mmearth"
+FORMAT_VERSION = 1
+KINDS = ("encoder", "segmenter", "head")
+
+
+class MetadataError(ValueError):
+    """A model file lacks our metadata or carries metadata we cannot use."""
+
+
+@dataclass
+class ModelMetadata:
+    kind: str  # encoder: image -> embedding; segmenter: image -> class logits; head: embedding -> logits
+    input_bands: list = field(default_factory=list)  # band names in input order (encoder, segmenter)
+    normalisation: dict = field(default_factory=dict)  # level ("l1c"/"l2a") -> {"mean": [...], "std": [...]}
+    patch_size: int = 16
+    gsd_m: float = 10.0
+    embedding_dim: int = 0
+    convention: str = "sparse"
+    task: str = "embedding"  # "embedding", or the name of what the classes are (e.g. "esa_worldcover")
+    class_names: list = field(default_factory=list)
+    class_colours: list = field(default_factory=list)  # [r, g, b] per class
+    output_stride: int = 16  # pixels per output cell (1 = per pixel)
+    nodata: float = registry.S2_NODATA
+    dn_scale: float = registry.S2_QUANTIFICATION
+    dn_offset_baseline_04: float = registry.S2_BASELINE_04_OFFSET
+    model_size: str = ""
+    source: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def validate(self) -> "ModelMetadata":
+        if self.kind not in KINDS:
+            raise MetadataError(f"unknown model kind {self.kind!r}; expected one of {KINDS}")
+        if self.format_version > FORMAT_VERSION:
+            raise MetadataError(f"metadata format {self.format_version} is newer than this runtime reads "
+                                f"({FORMAT_VERSION}): update mpmae_core")
+        if self.kind != "head":
+            unknown = [b for b in self.input_bands if b not in registry.S2_BAND_BY_NAME]
+            if not self.input_bands or unknown:
+                raise MetadataError(f"input bands {self.input_bands} are not Sentinel-2 band names")
+            if not self.normalisation:
+                raise MetadataError("the model has no normalisation statistics")
+            for level, stats in self.normalisation.items():
+                if level not in registry.S2_LEVELS:
+                    raise MetadataError(f"normalisation for unknown level {level!r}")
+                if len(stats.get("mean", [])) != len(self.input_bands) or len(stats.get("std", [])) != len(self.input_bands):
+                    raise MetadataError(f"{level} statistics do not have one mean and std per input band")
+        if self.class_names and self.class_colours and len(self.class_names) != len(self.class_colours):
+            raise MetadataError("class names and colours differ in number")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self.validate()))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelMetadata":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MetadataError(f"the model's '{METADATA_KEY}' metadata is not valid JSON: {exc}") from None
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known}).validate()
+
+    @classmethod
+    def from_custom_map(cls, custom: dict, source: str = "the model") -> "ModelMetadata":
+        if METADATA_KEY not in custom:
+            raise MetadataError(
+                f"{source} has no MMEarth metadata (ONNX metadata key '{METADATA_KEY}'): it was not exported by "
+                "`python -m training.export`, so its bands, normalisation and patch size are unknown. Export it "
+                "with that command."
+            )
+        return cls.from_json(custom[METADATA_KEY])
+
+    def statistics(self, level: str) -> tuple[list, list]:
+        level = level.lower()
+        if level not in self.normalisation:
+            raise MetadataError(f"the model has no {level.upper()} statistics; it has "
+                                f"{', '.join(k.upper() for k in self.normalisation)}")
+        s = self.normalisation[level]
+        return s["mean"], s["std"]
+
+
+def default_normalisation(bands) -> dict:
+    """MMEarth's published L1C and L2A statistics for ``bands`` (those a level lacks are left out)."""
+    out = {}
+    for level in registry.S2_LEVELS:
+        try:
+            mean, std = registry.s2_default_statistics(level, bands)
+        except ValueError:
+            continue
+        out[level] = {"mean": mean, "std": std}
+    return out
+
+
+def optional_float(value: Optional[str]) -> Optional[float]:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
