@@ -1,0 +1,106 @@
+"""Headless inference, no torch needed: numpy, GDAL and onnxruntime only.
+
+    python -m mpmae_core.runtime embed   INPUT.tif MODEL.onnx OUTPUT.tif [--upsample] [--dtype float16]
+    python -m mpmae_core.runtime segment INPUT.tif MODEL.onnx OUTPUT.tif [--head HEAD.onnx] [--probabilities P.tif]
+    python -m mpmae_core.runtime inspect INPUT.tif
+
+Bands are matched by name to the model's metadata (or --band-map 1,2,...). Tiles of --tile px
+overlap by --overlap px and are blended without seams; memory stays bounded whatever the raster
+size. Outputs are tiled, compressed GeoTIFFs (--cog for Cloud Optimized) written under a temporary
+name and renamed when complete; Ctrl-C leaves no half file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+class Bar:
+    def __init__(self, label: str):
+        self.label, self.t0, self.last = label, time.time(), -1.0
+
+    def __call__(self, fraction: float) -> None:
+        now = time.time()
+        if fraction < 1 and now - self.last < 0.2:
+            return
+        self.last = now
+        elapsed = now - self.t0
+        eta = elapsed / fraction - elapsed if fraction > 0 else 0
+        filled = int(30 * fraction)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {fraction:5.1%} "
+                         f"elapsed {elapsed:5.1f} s, ETA {eta:5.1f} s")
+        if fraction >= 1:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _band_map(text):
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"band map must be comma-separated band numbers, got {text!r}") from None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mpmae_core.runtime", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("input")
+    common.add_argument("model")
+    common.add_argument("output")
+    common.add_argument("--tile", type=int, default=512, help="tile side in pixels (multiple of the patch size)")
+    common.add_argument("--overlap", type=int, default=128, help="overlap between tiles in pixels")
+    common.add_argument("--batch", type=int, default=4, help="tiles per model call")
+    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    common.add_argument("--level", default="auto", choices=["auto", "l1c", "l2a"], help="Sentinel-2 processing level")
+    common.add_argument("--dn-offset", default="auto", help="DN offset to subtract: auto, 0, or 1000 (baseline >= 04.00)")
+    common.add_argument("--band-map", type=_band_map, help="raster band numbers feeding the model's bands, in order")
+    common.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    e = sub.add_parser("embed", parents=[common], help="embedding raster")
+    e.add_argument("--upsample", action="store_true", help="embeddings per pixel instead of per patch")
+    e.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    s = sub.add_parser("segment", parents=[common], help="class map")
+    s.add_argument("--head", help="a head model on the encoder's embeddings (e.g. a few-shot head)")
+    s.add_argument("--probabilities", help="also write class probabilities to this file")
+    i = sub.add_parser("inspect", help="can this raster feed a Sentinel-2 model?")
+    i.add_argument("input")
+    args = p.parse_args(argv)
+
+    from mpmae_core.runtime.gdal_io import RasterError
+    from mpmae_core.runtime.metadata import MetadataError
+    from mpmae_core.runtime.model import ModelError
+    from mpmae_core.runtime.predict import Cancelled, embed, segment
+
+    log = lambda m: print(f"[mmearth] {m}", file=sys.stderr)  # noqa: E731
+    try:
+        if args.cmd == "inspect":
+            from mpmae_core.runtime.inspect import inspect_raster, summary_lines
+
+            print("\n".join(summary_lines(inspect_raster(args.input))))
+            return 0
+        offset = args.dn_offset if args.dn_offset == "auto" else float(args.dn_offset)
+        common_kw = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device, level=args.level,
+                         dn_offset=offset, band_map=args.band_map, cog=args.cog, progress=Bar(args.cmd), log=log)
+        if args.cmd == "embed":
+            res = embed(args.input, args.model, args.output, dtype=args.dtype, upsample=args.upsample, **common_kw)
+        else:
+            res = segment(args.input, args.model, args.output, head_path=args.head,
+                          probabilities_path=args.probabilities, **common_kw)
+    except (RasterError, ModelError, MetadataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Cancelled):
+        print("\ncancelled: no output written", file=sys.stderr)
+        return 130
+    log(f"wrote {res['output']} on {res['provider']}: {res['run']} tiles run, {res['skipped']} empty tiles "
+        f"skipped; input level {res['level'].upper()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""An exported model: its ONNX Runtime session and its metadata.
+
+onnxruntime is imported here, lazily, so that importing the runtime package never needs it; a
+missing onnxruntime is reported with the command that installs it for the running Python.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from mpmae_core.runtime.metadata import MetadataError, ModelMetadata
+
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+class ModelError(ValueError):
+    """A model file cannot be used; the message says why and what to do."""
+
+
+def onnxruntime():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ModelError(
+            "onnxruntime is not installed for this Python. Install it with:\n"
+            f"  {sys.executable} -m pip install onnxruntime-gpu\n"
+            "(the -gpu package also runs on computers without a GPU)"
+        ) from exc
+    return ort
+
+
+def cuda_driver_present() -> bool:
+    """Whether an NVIDIA driver can be loaded: onnxruntime-gpu lists CUDA even where there is none."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def choose_providers(device: str) -> list[str]:
+    """Execution providers for 'auto', 'cpu' or 'cuda' (in preference order)."""
+    device = device.lower()
+    if device == "auto":
+        available = onnxruntime().get_available_providers()
+        use_cuda = "CUDAExecutionProvider" in available and cuda_driver_present()
+        return PROVIDERS["cuda"] if use_cuda else PROVIDERS["cpu"]
+    if device not in PROVIDERS:
+        raise ModelError(f"unknown device {device!r}: choose auto, cpu or cuda")
+    return PROVIDERS[device]
+
+
+class OnnxModel:
+    """Load an exported model; ``run(x)`` returns its single output as float32."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", log: Callable[[str], None] = lambda m: None,
+                 threads: Optional[int] = None):
+        ort = onnxruntime()
+        ort.set_default_logger_severity(3)  # our own message says what happened with the providers
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"model file '{self.path}' does not exist")
+        wanted = choose_providers(device)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # our own message says what happened with the providers
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
+            raise ModelError(f"'{self.path}' is not a valid ONNX model (corrupt, truncated or another file type): "
+                             f"{str(exc).splitlines()[0][:300]}") from None
+        self.providers = self.session.get_providers()
+        if wanted[0] != self.providers[0]:
+            log(f"{wanted[0]} is not available here; running on {self.providers[0]} instead")
+        try:
+            self.metadata = ModelMetadata.from_custom_map(self.session.get_modelmeta().custom_metadata_map,
+                                                          f"'{self.path.name}'")
+        except MetadataError as exc:
+            raise ModelError(str(exc)) from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]

@@ -1,0 +1,236 @@
+"""Sliding-window inference over rasters of any size: embeddings and class maps.
+
+The raster is padded (virtually) to a multiple of the patch size and covered by overlapping tiles
+aligned to the patch grid (``tiling``). Tiles are read in windows, run in batches, and their
+outputs blended with smooth weights into accumulators that hold one band of tile rows only:
+finished rows are written and dropped, so memory depends on the raster's width, never its height.
+Nodata in gives nodata out; tiles with no valid pixel are not run. ``progress(fraction)`` is
+called after each batch and ``cancelled()`` is checked before each: a cancel raises ``Cancelled``
+and leaves no output file.
+
+Note on equality with untiled inference: ConvNeXt V2's GRN normalises each channel by its L2 norm
+over the whole window, so an embedding depends (weakly) on everything in its tile, not only on a
+local neighbourhood. Large tiles, generous overlap and the blending keep tiled results close to
+the untiled ones and free of seams; they cannot make them identical.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from mpmae_core.runtime.model import OnnxModel
+from mpmae_core.runtime.raster import PreparedInput, RasterWriter, output_geotransform, read_block
+from mpmae_core.runtime.tiling import blend_weights, round_up, tile_windows
+
+
+class Cancelled(Exception):
+    """The run was cancelled; nothing was written."""
+
+
+@dataclass
+class TileSpec:
+    tile: int = 512  # pixels, a multiple of the patch size
+    overlap: int = 128  # pixels, a multiple of the patch size
+    batch: int = 4
+
+
+def upsample_bilinear(x: np.ndarray, factor: int) -> np.ndarray:
+    """(C, h, w) -> (C, h*f, w*f), bilinear with half-pixel centres (edges clamped)."""
+    if factor == 1:
+        return x
+
+    def axis_weights(n: int):
+        pos = (np.arange(n * factor) + 0.5) / factor - 0.5
+        lo = np.clip(np.floor(pos).astype(int), 0, n - 1)
+        hi = np.clip(lo + 1, 0, n - 1)
+        frac = np.clip(pos - np.floor(pos), 0, 1).astype(np.float32)
+        frac[pos < 0] = 0.0
+        return lo, hi, frac
+
+    ly, hy, fy = axis_weights(x.shape[1])
+    lx, hx, fx = axis_weights(x.shape[2])
+    rows = x[:, ly] * (1 - fy)[None, :, None] + x[:, hy] * fy[None, :, None]
+    return rows[:, :, lx] * (1 - fx)[None, None, :] + rows[:, :, hx] * fx[None, None, :]
+
+
+def softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class TiledPredictor:
+    """Run ``model`` (and an optional ``head`` on its output) over a prepared raster.
+
+    mode "embed": encoder output at patch stride (or upsampled to pixels);
+    mode "probabilities": class probabilities at pixel resolution, from a segmenter model or
+    from an encoder followed by a head.
+    """
+
+    def __init__(self, model: OnnxModel, prep: PreparedInput, spec: TileSpec, mode: str = "embed",
+                 head: Optional[OnnxModel] = None, upsample: bool = False):
+        meta = model.metadata
+        if mode not in ("embed", "probabilities"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.model, self.head, self.prep, self.mode = model, head, prep, mode
+        self.p = meta.patch_size
+        for name, value in (("tile", spec.tile), ("overlap", spec.overlap)):
+            if value % self.p:
+                raise ValueError(f"{name} ({value} px) must be a multiple of the model's patch size {self.p}")
+        self.spec = spec
+        self.pad_h, self.pad_w = round_up(prep.height, self.p), round_up(prep.width, self.p)
+        self.stride = 1 if (mode == "probabilities" or upsample) else self.p
+        self.out_h = math.ceil(prep.height / self.stride)
+        self.out_w = math.ceil(prep.width / self.stride)
+        probe = np.zeros((1, len(prep.band_numbers), 2 * self.p, 2 * self.p), np.float32)
+        self.channels = self._run(probe).shape[1]
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, th, tw) normalised -> (B, channels, th/stride, tw/stride) float32."""
+        out = self.model.run(x)
+        if self.mode == "embed":
+            return np.stack([upsample_bilinear(o, self.p) for o in out]) if self.stride == 1 else out
+        factor = self.model.metadata.output_stride
+        if self.head is not None:
+            out = self.head.run(out)  # logits at patch stride
+            factor = self.p
+        probs = softmax(out, axis=1)
+        return np.stack([upsample_bilinear(o, factor) for o in probs]) if factor > 1 else probs
+
+    def run(self, write: Callable[[int, np.ndarray, np.ndarray], None],
+            progress: Callable[[float], None] = lambda f: None, cancelled: Callable[[], bool] = lambda: False) -> dict:
+        """Process every tile; ``write(row, values (C, rows, out_w), valid (rows, out_w))`` receives
+        finished output rows in order (NaN where invalid). Returns counts of tiles run and skipped."""
+        rows = tile_windows(self.pad_h, self.pad_w, self.spec.tile, self.spec.overlap)
+        s = self.stride
+        ramp_cells = max(1, self.spec.overlap // s)
+        th, tw = rows[0][0].h, rows[0][0].w
+        width = self.pad_w // s
+        total = sum(len(r) for r in rows)
+        done = run_count = skipped = 0
+        acc = np.zeros((self.channels, 0, width), np.float32)
+        wsum = np.zeros((0, width), np.float64)
+        acc_y = 0  # output row of acc[:, 0]
+        for r, row in enumerate(rows):
+            end = (row[0].y + th) // s - acc_y
+            if end > acc.shape[1]:  # grow the accumulators to this tile row's bottom
+                acc = np.concatenate([acc, np.zeros((self.channels, end - acc.shape[1], width), np.float32)], axis=1)
+                wsum = np.concatenate([wsum, np.zeros((end - wsum.shape[0], width))], axis=0)
+            for start in range(0, len(row), self.spec.batch):
+                if cancelled():
+                    raise Cancelled("cancelled by the user; no output was written")
+                batch = row[start:start + self.spec.batch]
+                inputs = [(win, *read_block(self.prep, win.y, win.x, th, tw)) for win in batch]
+                todo = [(win, x, valid) for win, x, valid in inputs if valid.any()]
+                skipped += len(inputs) - len(todo)
+                if todo:
+                    outs = self._run(np.stack([x for _, x, _ in todo]))
+                    run_count += len(todo)
+                    for (win, _, valid), out in zip(todo, outs):
+                        oh, ow = out.shape[1:]
+                        cell_valid = valid.reshape(oh, s, ow, s).any(axis=(1, 3)) if s > 1 else valid
+                        weight = blend_weights(win, oh, ow, ramp_cells) * cell_valid
+                        ry, rx = win.y // s - acc_y, win.x // s
+                        acc[:, ry:ry + oh, rx:rx + ow] += out * weight[None].astype(np.float32)
+                        wsum[ry:ry + oh, rx:rx + ow] += weight
+                done += len(batch)
+                progress(done / total)
+            finish = min(rows[r + 1][0].y // s if r + 1 < len(rows) else self.out_h, self.out_h)
+            if finish > acc_y:
+                n = finish - acc_y
+                valid = wsum[:n, :self.out_w] > 0
+                values = acc[:, :n, :self.out_w] / np.maximum(wsum[:n, :self.out_w], 1e-12)[None].astype(np.float32)
+                values[:, ~valid] = np.nan
+                write(acc_y, values, valid)
+                acc, wsum, acc_y = acc[:, n:], wsum[n:], finish
+        return {"tiles": total, "run": run_count, "skipped": skipped}
+
+
+# ------------------------------------------------------------------------------------------
+# What the command line and the QGIS plugin call
+# ------------------------------------------------------------------------------------------
+
+def _writer_guard(writers, fn):
+    try:
+        result = fn()
+    except BaseException as exc:
+        for w in writers:
+            w.abort(exc)
+        raise
+    return result
+
+
+def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 4, device: str = "auto",
+          dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto", band_map=None,
+          cog: bool = False, progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
+    """Embedding raster (D bands) at patch stride, or upsampled to pixels; NaN where no data."""
+    from mpmae_core.runtime.raster import prepare_input
+
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    model = OnnxModel(model_path, device=device, log=log)
+    if model.metadata.kind != "encoder":
+        raise ValueError(f"'{model_path}' is a {model.metadata.kind} model; embed needs an encoder model")
+    prep = prepare_input(source, model.metadata, level=level, dn_offset=dn_offset, band_map=band_map, log=log)
+    for note in prep.notes:
+        log(note)
+    runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch), "embed", upsample=upsample)
+    writer = RasterWriter(output, runner.out_w, runner.out_h, runner.channels, "float32",
+                          output_geotransform(prep.geotransform, runner.stride), prep.projection, nodata=float("nan"),
+                          descriptions=[f"embedding_{i}" for i in range(runner.channels)],
+                          half_float=dtype == "float16", cog=cog)
+    stats = _writer_guard([writer], lambda: runner.run(lambda y, v, ok: writer.write_rows(y, v), progress, cancelled))
+    writer.close()
+    return dict(stats, output=str(output), provider=model.providers[0], level=prep.level, dn_offset=prep.dn_offset,
+                width=runner.out_w, height=runner.out_h, bands=runner.channels)
+
+
+def segment(source, model_path, output, *, head_path=None, probabilities_path=None, tile: int = 512,
+            overlap: int = 128, batch: int = 4, device: str = "auto", level: str = "auto", dn_offset="auto",
+            band_map=None, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
+            log=lambda m: None) -> dict:
+    """Class map (uint8, 255 = no data, colour table and class names) and optional probabilities."""
+    from mpmae_core.runtime.raster import prepare_input
+
+    model = OnnxModel(model_path, device=device, log=log)
+    head = OnnxModel(head_path, device=device, log=log) if head_path else None
+    meta = model.metadata
+    if head is not None:
+        if meta.kind != "encoder" or head.metadata.kind != "head":
+            raise ValueError("with a head, the model must be an encoder and the head a head model")
+        if head.metadata.embedding_dim not in (0, meta.embedding_dim):
+            raise ValueError(f"the head takes {head.metadata.embedding_dim}-dim embeddings but the encoder gives "
+                             f"{meta.embedding_dim}: train the head on this encoder's embeddings")
+        classes = head.metadata
+    elif meta.kind == "segmenter":
+        classes = meta
+    else:
+        raise ValueError(f"'{model_path}' is an encoder without a class head: give a head model (--head), or export "
+                         "a segmenter with `python -m training.export CKPT --head esa_worldcover`")
+    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log)
+    for note in prep.notes:
+        log(note)
+    runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch), "probabilities", head=head)
+    names = classes.class_names or [f"class {i}" for i in range(runner.channels)]
+    gt = output_geotransform(prep.geotransform, 1)
+    writers = [RasterWriter(output, runner.out_w, runner.out_h, 1, "uint8", gt, prep.projection, nodata=255,
+                            descriptions=[classes.task or "class"], cog=cog, class_names=names,
+                            class_colours=classes.class_colours)]
+    if probabilities_path:
+        writers.append(RasterWriter(probabilities_path, runner.out_w, runner.out_h, runner.channels, "float32", gt,
+                                    prep.projection, nodata=float("nan"), descriptions=list(names), cog=cog))
+
+    def write(y, values, valid):
+        classes_block = np.where(valid, np.nan_to_num(values).argmax(0), 255).astype(np.uint8)
+        writers[0].write_rows(y, classes_block[None])
+        if len(writers) > 1:
+            writers[1].write_rows(y, values)
+
+    stats = _writer_guard(writers, lambda: runner.run(write, progress, cancelled))
+    for w in writers:
+        w.close()
+    return dict(stats, output=str(output), probabilities=str(probabilities_path or ""), provider=model.providers[0],
+                level=prep.level, classes=list(names))
