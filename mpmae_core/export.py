@@ -13,6 +13,7 @@ Every file is checked against torch on a random input before it is renamed into 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -97,6 +98,16 @@ class HeadGraph(nn.Module):
         return self.conv(embedding)
 
 
+@contextlib.contextmanager
+def _removed(path: Path):
+    """Delete ``path`` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, output_name: str,
             metadata: ModelMetadata, multiple: int, tolerance: float = 1e-4) -> float:
     """Export with dynamic batch/height/width, add the metadata, check parity, write atomically."""
@@ -111,15 +122,15 @@ def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, out
         raise ValueError("export examples need batch >= 2 and at least 2 cells per side (size-1 dims become static)")
     dims = {0: batch, 2: multiple * h, 3: multiple * w} if multiple > 1 else {0: batch, 2: h, 3: w}
     path = Path(path)
-    with atomic_output(path) as tmp:
+    with atomic_output(path) as tmp, _removed(Path(f"{tmp}.data")):
         with torch.no_grad():
             torch.onnx.export(module, (example,), str(tmp), dynamo=True, input_names=[input_name],
                               output_names=[output_name], dynamic_shapes={input_name: dims}, optimize=True,
                               verbose=False)
-        proto = onnx.load(str(tmp))
+        proto = onnx.load(str(tmp))  # also reads weights the exporter put in an external .data file
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, metadata.to_json()
-        onnx.save(proto, str(tmp))
+        onnx.save(proto, str(tmp))  # one self-contained file (models here are far below 2 GB)
         # parity on an input of another size than the example: the dynamic axes really work
         probe = torch.randn(example.shape[0] + 1, example.shape[1], example.shape[2] + multiple, example.shape[3])
         with torch.no_grad():
