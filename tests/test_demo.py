@@ -28,3 +28,11 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     assert list((out / "pretrain").glob("checkpoint-*.pt"))
     assert (out / "pretrain" / "previews" / "epoch_0030.png").is_file()
     assert (out / "pretrain" / "metrics.csv").read_text().count("\n") > 30
+    from osgeo import gdal
+
+    from mpmae_core.data import sample
+
+    emb, scene = gdal.Open(str(out / "scene_embeddings.tif")), gdal.Open(str(sample.stack_path()))
+    assert (emb.RasterXSize, emb.RasterYSize, emb.RasterCount) == (96, 48, 320)
+    gt, sgt = emb.GetGeoTransform(), scene.GetGeoTransform()
+    assert (gt[0], gt[3], gt[1], gt[5]) == (sgt[0], sgt[3], 16 * sgt[1], 16 * sgt[5])

@@ -307,3 +307,34 @@ def test_command_line(models, scene, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mpmae_core.runtime", "embed", str(tmp_path / "nope.tif"),
                           str(models["enc_path"]), str(tmp_path / "y.tif")], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_reference_checkpoint_exports_with_the_reference_convention(tmp_path):
+    from mpmae_core.checkpoints import export_reference_layout
+
+    model = _nontrivial(build_mpmae("atto", "all_mod", share_decoder=True), seed=2)
+    ref = tmp_path / "checkpoint-199.pth"
+    torch.save({"model": export_reference_layout(model)}, ref)
+    out = tmp_path / "ref.onnx"
+    proc = subprocess.run([sys.executable, "-m", "training.export", str(ref), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = OnnxModel(out, device="cpu").metadata
+    assert meta.convention == "reference_dense" and meta.source.startswith("reference checkpoint")
+    wc = tmp_path / "ref_wc.onnx"
+    proc = subprocess.run([sys.executable, "-m", "training.export", str(ref), "--head", "esa_worldcover", "--out", str(wc)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert OnnxModel(wc, device="cpu").metadata.class_names[9] == "mangroves"
+
+
+def test_cuda_request_falls_back_to_cpu_with_a_message(models):
+    from mpmae_core.runtime.model import cuda_driver_present
+
+    if cuda_driver_present():
+        pytest.skip("a CUDA driver is present: no fallback to observe")
+    messages = []
+    model = OnnxModel(models["enc_path"], device="cuda", log=messages.append)
+    assert model.device == "cpu"
+    assert messages and "CUDAExecutionProvider is not available" in messages[0]
+    assert OnnxModel(models["enc_path"], device="auto", log=messages.append).device == "cpu"

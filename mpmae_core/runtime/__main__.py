@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     common.add_argument("output")
     common.add_argument("--tile", type=int, default=512, help="tile side in pixels (multiple of the patch size)")
     common.add_argument("--overlap", type=int, default=128, help="overlap between tiles in pixels")
-    common.add_argument("--batch", type=int, default=4, help="tiles per model call")
+    common.add_argument("--batch", type=int, default=0, help="tiles per model call (default: 1 on CPU, 8 on CUDA)")
     common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     common.add_argument("--level", default="auto", choices=["auto", "l1c", "l2a"], help="Sentinel-2 processing level")
     common.add_argument("--dn-offset", default="auto", help="DN offset to subtract: auto, 0, or 1000 (baseline >= 04.00)")
@@ -77,6 +77,14 @@ def main(argv=None) -> int:
     from mpmae_core.runtime.predict import Cancelled, embed, segment
 
     log = lambda m: print(f"[mmearth] {m}", file=sys.stderr)  # noqa: E731
+    import os
+
+    if "GDAL_CACHEMAX" not in os.environ:
+        # GDAL's block cache defaults to 5 % of RAM and would dominate peak memory on large rasters;
+        # output rows are written once, so a small cache costs nothing.
+        from mpmae_core.runtime.gdal_io import gdal
+
+        gdal().SetCacheMax(256 * 1024 * 1024)
     try:
         if args.cmd == "inspect":
             from mpmae_core.runtime.inspect import inspect_raster, summary_lines

@@ -35,7 +35,13 @@ class Cancelled(Exception):
 class TileSpec:
     tile: int = 512  # pixels, a multiple of the patch size
     overlap: int = 128  # pixels, a multiple of the patch size
-    batch: int = 4
+    batch: int = 1  # tiles per model call
+
+
+def auto_batch(model: OnnxModel) -> int:
+    """Tiles per call: batching buys nothing on CPU but costs memory (ORT's arena grows with the
+    batch: about 0.5 GB at 1 tile of 512 px, 1.8 GB at 4); on a GPU it keeps the device busy."""
+    return 8 if model.device == "cuda" else 1
 
 
 def upsample_bilinear(x: np.ndarray, factor: int) -> np.ndarray:
@@ -163,7 +169,7 @@ def _writer_guard(writers, fn):
     return result
 
 
-def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 4, device: str = "auto",
+def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 0, device: str = "auto",
           dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto", band_map=None,
           cog: bool = False, progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
     """Embedding raster (D bands) at patch stride, or upsampled to pixels; NaN where no data."""
@@ -177,7 +183,7 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
     prep = prepare_input(source, model.metadata, level=level, dn_offset=dn_offset, band_map=band_map, log=log)
     for note in prep.notes:
         log(note)
-    runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch), "embed", upsample=upsample)
+    runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "embed", upsample=upsample)
     writer = RasterWriter(output, runner.out_w, runner.out_h, runner.channels, "float32",
                           output_geotransform(prep.geotransform, runner.stride), prep.projection, nodata=float("nan"),
                           descriptions=[f"embedding_{i}" for i in range(runner.channels)],
@@ -189,7 +195,7 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
 
 
 def segment(source, model_path, output, *, head_path=None, probabilities_path=None, tile: int = 512,
-            overlap: int = 128, batch: int = 4, device: str = "auto", level: str = "auto", dn_offset="auto",
+            overlap: int = 128, batch: int = 0, device: str = "auto", level: str = "auto", dn_offset="auto",
             band_map=None, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
             log=lambda m: None) -> dict:
     """Class map (uint8, 255 = no data, colour table and class names) and optional probabilities."""
@@ -213,7 +219,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log)
     for note in prep.notes:
         log(note)
-    runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch), "probabilities", head=head)
+    runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "probabilities", head=head)
     names = classes.class_names or [f"class {i}" for i in range(runner.channels)]
     gt = output_geotransform(prep.geotransform, 1)
     writers = [RasterWriter(output, runner.out_w, runner.out_h, 1, "uint8", gt, prep.projection, nodata=255,
