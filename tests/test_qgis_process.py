@@ -21,7 +21,7 @@ def qgis_process(tmp_path_factory):
     """Run scripts/qgis_process in a fresh profile (so enabling the plugin is part of the test)."""
     profile = tmp_path_factory.mktemp("qgis-profile")
     env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(profile),
-               MMEARTH_VENV=str(Path(sys.executable).resolve().parents[1]) if sys.prefix != sys.base_prefix
+               MMEARTH_VENV=sys.prefix if sys.prefix != sys.base_prefix
                else os.environ.get("MMEARTH_VENV", str(ROOT / ".venv")))
 
     def run(*args, timeout=120):

@@ -2,6 +2,8 @@
 
 
 def all_algorithms():
+    from .embed import EmbedAlgorithm
     from .inspect_raster import InspectRasterAlgorithm
+    from .segment import SegmentAlgorithm
 
-    return [InspectRasterAlgorithm()]
+    return [InspectRasterAlgorithm(), EmbedAlgorithm(), SegmentAlgorithm()]

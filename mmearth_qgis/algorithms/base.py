@@ -26,6 +26,9 @@ def raster_problem(raw) -> str:
 class MMEarthAlgorithm(QgsProcessingAlgorithm):
     """Base class: every mmearth algorithm is re-creatable and reports errors an analyst understands."""
 
+    #: File parameters that also accept a model name from the models folder.
+    MODEL_PARAMS: tuple = ()
+
     def createInstance(self):  # noqa: N802
         return type(self)()
 
@@ -33,7 +36,18 @@ class MMEarthAlgorithm(QgsProcessingAlgorithm):
         return ""
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """QGIS's own check says 'not found' for any raster it cannot load; say precisely why."""
+        """QGIS's own check says 'not found' for any raster it cannot load, and refuses model names:
+        resolve model names first, and say precisely why a raster cannot be used."""
+        from ..models import resolve_model
+
+        parameters = dict(parameters)
+        for name in self.MODEL_PARAMS:
+            value = parameters.get(name)
+            if isinstance(value, str) and value:
+                try:
+                    parameters[name] = resolve_model(value)
+                except QgsProcessingException as exc:
+                    return False, str(exc)
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             for definition in self.parameterDefinitions():
@@ -61,3 +75,84 @@ class MMEarthAlgorithm(QgsProcessingAlgorithm):
                 "rasters through GDAL. Save it as a GeoTIFF (Export > Save As...) and use that file."
             )
         return layer.source()
+
+
+DEVICES = ["auto", "cpu", "cuda"]
+LEVELS = ["auto", "l1c", "l2a"]
+
+
+class InferenceAlgorithm(MMEarthAlgorithm):
+    """Shared parameters and error handling of the algorithms that run a model over a raster."""
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    MODEL_PARAMS = ("MODEL",)
+    TILE = "TILE"
+    OVERLAP = "OVERLAP"
+    DEVICE = "DEVICE"
+    LEVEL = "LEVEL"
+    BAND_MAP = "BAND_MAP"
+
+    def add_model_parameters(self):
+        from qgis.core import QgsProcessingParameterFile
+
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Sentinel-2 raster"))
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL, "Model (.onnx file, or a model name from the models folder)", extension="onnx"))
+
+    def add_advanced_parameters(self):
+        from qgis.core import (
+            QgsProcessingParameterDefinition,
+            QgsProcessingParameterEnum,
+            QgsProcessingParameterNumber,
+            QgsProcessingParameterString,
+        )
+
+        params = [
+            QgsProcessingParameterNumber(self.TILE, "Tile size (pixels, multiple of the patch size)",
+                                         QgsProcessingParameterNumber.Integer, 512, minValue=16),
+            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (pixels)", QgsProcessingParameterNumber.Integer,
+                                         128, minValue=0),
+            QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
+            QgsProcessingParameterEnum(self.LEVEL, "Sentinel-2 processing level", LEVELS, defaultValue=0),
+            QgsProcessingParameterString(self.BAND_MAP, "Band map (raster band numbers for the model's bands, "
+                                         "comma-separated; only for rasters without band names)", optional=True),
+        ]
+        for p in params:
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
+
+    def inference_options(self, parameters, context) -> dict:
+        text = (self.parameterAsString(parameters, self.BAND_MAP, context) or "").strip()
+        band_map = None
+        if text:
+            try:
+                band_map = [int(v) for v in text.replace(" ", "").split(",")]
+            except ValueError:
+                raise QgsProcessingException(f"Band map '{text}' is not a list of band numbers such as 1,2,3") from None
+        return dict(tile=self.parameterAsInt(parameters, self.TILE, context),
+                    overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+                    device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                    level=LEVELS[self.parameterAsEnum(parameters, self.LEVEL, context)],
+                    band_map=band_map)
+
+    def model_path(self, parameters, name, context, what="model") -> str:
+        from ..models import resolve_model
+
+        return resolve_model(self.parameterAsString(parameters, name, context), what)
+
+    @staticmethod
+    def run_guarded(fn, feedback):
+        """Run a runtime call with QGIS progress and cancel; turn its errors into Processing errors."""
+        from mpmae_core.runtime.gdal_io import RasterError
+        from mpmae_core.runtime.metadata import MetadataError
+        from mpmae_core.runtime.model import ModelError
+        from mpmae_core.runtime.predict import Cancelled
+
+        try:
+            return fn(progress=lambda f: feedback.setProgress(100.0 * f), cancelled=feedback.isCanceled,
+                      log=feedback.pushInfo)
+        except Cancelled:
+            raise QgsProcessingException("Cancelled: no output was written.") from None
+        except (RasterError, ModelError, MetadataError, ValueError) as exc:
+            raise QgsProcessingException(str(exc)) from None

@@ -73,6 +73,16 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
                   band_map: Optional[Sequence[int]] = None, log: Callable[[str], None] = lambda m: None) -> PreparedInput:
     facts = read_raster_facts(source, sample=False)
     require_georeferenced(facts)
+    if facts.crs_is_geographic:
+        raise RasterError(
+            f"'{source}' is in a geographic CRS ({facts.crs_authid or facts.crs_name}, degrees); the model needs "
+            f"square {meta.gsd_m:g} m pixels: reproject it to its UTM zone at {meta.gsd_m:g} m first "
+            "(QGIS: Raster > Projections > Warp, or gdalwarp -t_srs EPSG:326NN -tr 10 10)")
+    if facts.crs_unit_to_metre:
+        px = [v * facts.crs_unit_to_metre for v in facts.pixel_size]
+        if any(abs(v - meta.gsd_m) > 0.05 * meta.gsd_m for v in px):
+            log(f"pixel size is {px[0]:g} x {px[1]:g} m but the model was trained at {meta.gsd_m:g} m: results "
+                f"will be poor unless the raster is resampled to {meta.gsd_m:g} m")
     ds = open_raster(source)
     descriptions = [b.description for b in facts.bands]
     notes = []

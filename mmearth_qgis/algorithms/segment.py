@@ -1,0 +1,62 @@
+"""mmearth:segment - a raster, a model and a head (or the model's own landcover head) -> a class map."""
+
+from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterRasterDestination
+
+from .base import InferenceAlgorithm
+
+
+class SegmentAlgorithm(InferenceAlgorithm):
+    HEAD = "HEAD"
+    MODEL_PARAMS = ("MODEL", "HEAD")
+    OUTPUT = "OUTPUT"
+    PROBABILITIES = "PROBABILITIES"
+
+    def name(self):
+        return "segment"
+
+    def displayName(self):  # noqa: N802
+        return "Landcover map (segment)"
+
+    def group(self):
+        return "Embeddings and landcover"
+
+    def groupId(self):  # noqa: N802
+        return "inference"
+
+    def shortHelpString(self):  # noqa: N802
+        return (
+            "Produces a class map from a Sentinel-2 raster: either with an encoder and a head trained on it (for "
+            "instance a few-shot head from 'Train few-shot head'), or with a segmenter model that carries its own "
+            "landcover head (e.g. ESA WorldCover, exported with `python -m training.export CKPT --head "
+            "esa_worldcover`). The class map carries the class names and colours; 255 marks pixels without data. "
+            "Optionally writes one probability band per class."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.add_model_parameters()
+        self.addParameter(QgsProcessingParameterFile(
+            self.HEAD, "Head (.onnx; leave empty for a segmenter model)", extension="onnx", optional=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.PROBABILITIES, "Class probabilities", optional=True, createByDefault=False))
+        self.add_advanced_parameters()
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        from mpmae_core.runtime.predict import segment
+
+        source = self.raster_source(parameters, self.INPUT, context)
+        model = self.model_path(parameters, self.MODEL, context)
+        head_value = self.parameterAsString(parameters, self.HEAD, context)
+        head = self.model_path(parameters, self.HEAD, context, "head") if head_value else None
+        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        probs = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context) \
+            if parameters.get(self.PROBABILITIES) else None
+        opts = self.inference_options(parameters, context)
+        res = self.run_guarded(lambda **kw: segment(source, model, out, head_path=head, probabilities_path=probs,
+                                                    **opts, **kw), feedback)
+        feedback.pushInfo(f"classes: {', '.join(res['classes'])}; {res['run']} tiles run, {res['skipped']} empty "
+                          f"tiles skipped, on {res['provider']}")
+        results = {self.OUTPUT: out}
+        if probs:
+            results[self.PROBABILITIES] = probs
+        return results
