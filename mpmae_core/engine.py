@@ -6,8 +6,9 @@
 - ``Trainer``: builds data, model and optimizer, trains with gradient accumulation, bf16 autocast
   and channels_last on CUDA (fp32 on CPU), optional torch.compile, DDP when launched by torchrun,
   stops cleanly on a non-finite loss, writes atomic checkpoints (last k kept) and resumes exactly:
-  model, optimizer, scaler, epoch and position in the epoch (masks and crops derive from
-  (seed, epoch, index), so no RNG state is needed to replay the same batches).
+  model, optimizer, torch RNG states, epoch and position in the epoch. Masks and crops derive from
+  (seed, epoch, index), so the same batches replay on any number of processes; bf16 autocast
+  needs no gradient scaler, so there is none to save.
 """
 
 from __future__ import annotations
@@ -254,6 +255,9 @@ class Trainer:
             "world_size": self.dist.world_size,
             # how the inputs were normalised: the export writes it into the model's metadata
             "normalisation": getattr(self.dataset, "s2_normalisation", dict)(),
+            # masks and crops derive from (seed, epoch, index); the torch RNG still drives drop_path
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.cuda else []},
         }
 
     def save(self) -> Optional[Path]:
@@ -272,6 +276,11 @@ class Trainer:
         self.model.load_state_dict(obj["model"])
         self.optimizer.load_state_dict(obj["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = obj["step"], obj["epoch"], obj["batch_in_epoch"]
+        rng = obj.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if self.cuda and rng.get("cuda"):
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     # -- training ---------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:

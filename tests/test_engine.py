@@ -71,9 +71,14 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(h5, tmp_path):
     assert interrupted.steps == 3 and interrupted.epochs_done == 0  # stopped mid-epoch 0
     ckpt = safe_load(interrupted.last_checkpoint)
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (3, 0, 6)
+    assert ckpt["rng"]["torch"].dtype == torch.uint8  # torch RNG state saved with the checkpoint
     # a save killed half-way leaves a temporary file: resume must ignore it
     (tmp_path / "cut" / ".checkpoint-00000006.abc.partial.pt").write_bytes(b"half a file")
-    resumed = Trainer(_cfg(h5, tmp_path / "cut", **common)).train()
+    trainer = Trainer(_cfg(h5, tmp_path / "cut", **common))
+    trainer.load(interrupted.last_checkpoint)
+    assert torch.equal(torch.get_rng_state(), ckpt["rng"]["torch"])  # restored on resume
+    trainer.step = trainer.epoch = trainer.batch_in_epoch = 0
+    resumed = trainer.train()
     assert resumed.history[0].step == 4 and resumed.steps == 8
     a, b = safe_load(full.last_checkpoint)["model"], safe_load(resumed.last_checkpoint)["model"]
     for key in a:
