@@ -294,7 +294,7 @@ class ImportedCheckpoint:
         if not r.tasks:
             raise CheckpointError("this checkpoint has no decoders or heads (a fine-tuning checkpoint?): "
                                   "build the encoder only")
-        bands = {3: registry.S2_RGB_BANDS, 12: registry.S2_MMEARTH_BANDS}.get(r.in_chans)
+        bands = registry.default_input_bands(r.in_chans)
         if bands is None:
             raise CheckpointError(f"{r.in_chans} input bands match neither the 12-band nor the RGB configuration")
         weighting = "uncertainty" if "weighting.log_vars" in self.mpmae_state else "equal"

@@ -75,13 +75,9 @@ class PretextSegmenter(nn.Module):
         out = None
         for hidden in (first, ~first):
             latent = self.model.encoder(image, hidden)
-            pred = self.model.heads[self.task](self.model.decoders[self.task](self._tokens(latent, hidden)))
+            pred = self.model.heads[self.task](self.model.decoders[self.task](self.model.tokens(latent, hidden)))
             out = pred if out is None else torch.where(hidden.flatten(1).unsqueeze(-1), pred, out)
         return unpatchify(out, self.p, h, w)
-
-    def _tokens(self, latent: Tensor, hidden: Tensor) -> Tensor:
-        x = self.model.proj(latent)
-        return torch.lerp(x, self.model.mask_token.expand_as(x), hidden.unsqueeze(1).to(x.dtype))
 
 
 class HeadGraph(nn.Module):

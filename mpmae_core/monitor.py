@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mpmae_core import registry
+from mpmae_core.models.convnextv2 import upsample_mask
 from mpmae_core.runtime.files import atomic_output
 
 
@@ -106,7 +107,7 @@ def save_preview(model, batch: dict, path: Path, n: int = 4) -> Path:
     images = model.prediction_images(out)
     model.train(was_training)
     p = model.patch_size
-    mask = out.mask.float().repeat_interleave(p, 1).repeat_interleave(p, 2).cpu().numpy()
+    mask = upsample_mask(out.mask.unsqueeze(1).float(), p)[:, 0].cpu().numpy()
     bands = model.input_bands
     pixel_tasks = [t for t in model.tasks if model.specs[t].is_pixel]
     cols = 2 + len(pixel_tasks)

@@ -287,6 +287,12 @@ TARGET_SETS: dict[str, TargetSet] = {t.name: t for t in (
 )}
 
 
+def default_input_bands(n_bands: int) -> Optional[tuple[str, ...]]:
+    """The input bands of a model that takes ``n_bands`` bands and says no more (reference checkpoints):
+    the 12 MMEarth bands or the RGB configuration; None for any other count."""
+    return {len(S2_MMEARTH_BANDS): S2_MMEARTH_BANDS, len(S2_RGB_BANDS): S2_RGB_BANDS}.get(n_bands)
+
+
 def task_spec(name: str, input_bands: Sequence[str] = S2_MMEARTH_BANDS) -> TaskSpec:
     """The spec of task ``name``; the ``sentinel2`` task reconstructs exactly the input bands."""
     if name not in TASKS:

@@ -24,19 +24,18 @@ def load_any(path: str):
             raise
         imported = import_reference_checkpoint(path)
         model = imported.build_mpmae() if imported.report.tasks else imported.build_encoder()
-        bands = model.input_bands if hasattr(model, "input_bands") else None
-        return model, default_normalisation(bands or _bands_for(model)), f"reference checkpoint {path}"
+        return model, default_normalisation(_input_bands(model)), f"reference checkpoint {path}"
     model = mpmae_from_config(obj["config"]) if obj["kind"] == "mpmae" else encoder_from_config(obj["config"])
     model.load_state_dict(obj["model"])
-    bands = getattr(model, "input_bands", None) or _bands_for(model)
-    norm = obj.get("normalisation") or default_normalisation(bands)
+    norm = obj.get("normalisation") or default_normalisation(_input_bands(model))
     return model, norm, f"checkpoint {path} (step {obj.get('step', '?')})"
 
 
-def _bands_for(encoder):
+def _input_bands(model):
+    """An MP-MAE knows its bands; a bare encoder only its band count."""
     from mpmae_core import registry
 
-    return {12: registry.S2_MMEARTH_BANDS, 3: registry.S2_RGB_BANDS}.get(encoder.in_chans, ())
+    return getattr(model, "input_bands", None) or registry.default_input_bands(model.in_chans) or ()
 
 
 def main(argv=None) -> int:
@@ -57,8 +56,7 @@ def main(argv=None) -> int:
             path, diff = export_pretext_segmenter(model, args.head, args.out, norm, source=source)
         else:
             encoder = model.encoder if isinstance(model, MPMAE) else model
-            bands = model.input_bands if isinstance(model, MPMAE) else _bands_for(model)
-            path, diff = export_encoder(encoder, args.out, bands, norm, source=source)
+            path, diff = export_encoder(encoder, args.out, _input_bands(model), norm, source=source)
     except (CheckpointError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -93,6 +93,12 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     LEVEL = "LEVEL"
     BAND_MAP = "BAND_MAP"
 
+    def group(self):
+        return "Embeddings and landcover"
+
+    def groupId(self):  # noqa: N802
+        return "inference"
+
     def add_model_parameters(self):
         from qgis.core import QgsProcessingParameterFile
 

@@ -23,12 +23,6 @@ class EmbedAlgorithm(InferenceAlgorithm):
     def displayName(self):  # noqa: N802
         return "Compute embeddings"
 
-    def group(self):
-        return "Embeddings and landcover"
-
-    def groupId(self):  # noqa: N802
-        return "inference"
-
     def shortHelpString(self):  # noqa: N802
         return (
             "Runs an MMEarth encoder (an .onnx model exported with its metadata) over a Sentinel-2 raster and "

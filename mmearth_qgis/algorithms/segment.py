@@ -17,12 +17,6 @@ class SegmentAlgorithm(InferenceAlgorithm):
     def displayName(self):  # noqa: N802
         return "Landcover map (segment)"
 
-    def group(self):
-        return "Embeddings and landcover"
-
-    def groupId(self):  # noqa: N802
-        return "inference"
-
     def shortHelpString(self):  # noqa: N802
         return (
             "Produces a class map from a Sentinel-2 raster: either with an encoder and a head trained on it (for "

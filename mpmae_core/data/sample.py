@@ -226,7 +226,7 @@ def build_labels(src: Path, stack: Path, out: Path) -> Path:
     return out
 
 
-def _tile_centres_wgs84(gdal_mod, wkt: str, centres: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def _tile_centres_wgs84(wkt: str, centres: list[tuple[float, float]]) -> list[tuple[float, float]]:
     from osgeo import osr
 
     src = osr.SpatialReference()
@@ -263,7 +263,7 @@ def build_mmearth_file(stack: Path, out_h5: Path) -> Path:
             x0, y0 = gt[0] + c * TILE * gt[1], gt[3] + r * TILE * gt[5]
             origins.append((x0, y0))
             centres.append((x0 + TILE * gt[1] / 2, y0 + TILE * gt[5] / 2))
-    lonlat = _tile_centres_wgs84(g, wkt, centres)
+    lonlat = _tile_centres_wgs84(wkt, centres)
     month = 2
     n = len(tiles)
     sincos = lambda deg: [math.sin(math.radians(deg)), math.cos(math.radians(deg))]  # noqa: E731

@@ -134,11 +134,14 @@ class MPMAE(nn.Module):
             "norm_pix_loss": self.norm_pix_loss, "loss_weighting": self.weighting.mode,
         }
 
+    def tokens(self, latent: Tensor, mask: Tensor) -> Tensor:
+        """Decoder input: the projected latent with hidden cells replaced by the mask token."""
+        x = self.proj(latent)
+        return torch.lerp(x, self.mask_token.to(x.dtype).expand_as(x), mask.unsqueeze(1).to(x.dtype))
+
     def decode(self, latent: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Decoder and heads: raw predictions, (N, L, p*p*C) per pixel task and (N, C) per image task."""
-        x = self.proj(latent)
-        hidden = mask.unsqueeze(1).to(x.dtype)
-        x = torch.lerp(x, self.mask_token.to(x.dtype).expand_as(x), hidden)
+        x = self.tokens(latent, mask)
         cache: dict[int, Tensor] = {}
         preds = {}
         for task in self.tasks:

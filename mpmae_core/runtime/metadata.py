@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 from mpmae_core import registry
 
@@ -109,9 +108,3 @@ def default_normalisation(bands) -> dict:
         out[level] = {"mean": mean, "std": std}
     return out
 
-
-def optional_float(value: Optional[str]) -> Optional[float]:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
