@@ -77,8 +77,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(h5, tmp_path):
     trainer = Trainer(_cfg(h5, tmp_path / "cut", **common))
     trainer.load(interrupted.last_checkpoint)
     assert torch.equal(torch.get_rng_state(), ckpt["rng"]["torch"])  # restored on resume
-    trainer.step = trainer.epoch = trainer.batch_in_epoch = 0
-    resumed = trainer.train()
+    resumed = trainer.train()  # resumes from the latest checkpoint itself
     assert resumed.history[0].step == 4 and resumed.steps == 8
     a, b = safe_load(full.last_checkpoint)["model"], safe_load(resumed.last_checkpoint)["model"]
     for key in a:
