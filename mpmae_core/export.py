@@ -6,7 +6,8 @@ Graphs (all with dynamic batch, and dynamic height and width in multiples of the
   (N, K, H, W). MP-MAE trains its pixel heads on hidden cells only, so the graph runs the masked
   encoder twice with complementary checkerboard masks and takes each cell's prediction from the
   pass in which it was hidden (the dense masked path, which exports without data-dependent ops);
-- head: ``embedding`` (N, D, h, w) -> ``logits`` (N, K, h, w), a 1x1 convolution (few-shot heads).
+- head: ``embedding`` (N, D, h, w) -> ``logits`` (N, K, h, w), a linear map per cell (few-shot heads),
+  written without torch by ``runtime.onnx_writer``.
 
 Every file is checked against torch on a random input before it is renamed into place.
 """
@@ -78,20 +79,6 @@ class PretextSegmenter(nn.Module):
             pred = self.model.heads[self.task](self.model.decoders[self.task](self.model.tokens(latent, hidden)))
             out = pred if out is None else torch.where(hidden.flatten(1).unsqueeze(-1), pred, out)
         return unpatchify(out, self.p, h, w)
-
-
-class HeadGraph(nn.Module):
-    """A linear classifier on embeddings as a 1x1 convolution: (N, D, h, w) -> (N, K, h, w)."""
-
-    def __init__(self, weight: Tensor, bias: Tensor):
-        super().__init__()
-        self.conv = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=1)
-        with torch.no_grad():
-            self.conv.weight.copy_(weight.reshape(weight.shape[0], weight.shape[1], 1, 1))
-            self.conv.bias.copy_(bias)
-
-    def forward(self, embedding: Tensor) -> Tensor:
-        return self.conv(embedding)
 
 
 @contextlib.contextmanager
@@ -179,14 +166,27 @@ def export_pretext_segmenter(model: MPMAE, task: str, path: str | os.PathLike, n
     return Path(path), diff
 
 
-def export_head(weight: Tensor, bias: Tensor, path: str | os.PathLike, class_names: Sequence[str],
+def export_head(weight, bias, path: str | os.PathLike, class_names: Sequence[str],
                 class_colours: Optional[Sequence[Sequence[int]]] = None, task: str = "few-shot",
                 patch_size: int = 16, source: str = "") -> tuple[Path, float]:
-    """A linear head (K, D) + (K,) as an ONNX graph on embedding maps."""
+    """A linear head (K, D) + (K,) as an ONNX graph on embedding maps, written by the torch-free
+    ``runtime.onnx_writer`` (the QGIS plugin writes its few-shot heads the same way). Returns the
+    path and the largest difference between onnxruntime and numpy on a probe input."""
+    import onnxruntime as ort
+
+    from mpmae_core.runtime import onnx_writer
+
+    to_np = (lambda t: t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t))
+    weight, bias = to_np(weight).astype(np.float32), to_np(bias).astype(np.float32)
     k, d = weight.shape
     meta = ModelMetadata(kind="head", task=task, class_names=list(class_names),
                          class_colours=[list(c) for c in class_colours] if class_colours else [],
                          embedding_dim=d, patch_size=patch_size, output_stride=patch_size, source=source)
-    graph = HeadGraph(weight.float(), bias.float())
-    diff = _export(graph, torch.randn(2, d, 3, 5), Path(path), "embedding", "logits", meta, multiple=1)
-    return Path(path), diff
+    data = onnx_writer.linear_head(weight, bias, metadata={METADATA_KEY: meta.to_json()})
+    probe = np.random.default_rng(0).normal(size=(2, d, 3, 5)).astype(np.float32)
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"embedding": probe})[0]
+    diff = float(np.abs(got - onnx_writer.head_reference(probe, weight, bias)).max())
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return path, diff

@@ -203,7 +203,7 @@ def test_outputs_cog_float16_and_upsampled(models, scene, tmp_path):
     info = gdal.Info(str(tmp_path / "cog.tif"), format="json")
     assert info["metadata"]["IMAGE_STRUCTURE"].get("LAYOUT") == "COG"
     assert info["bands"][0]["metadata"]["IMAGE_STRUCTURE"].get("NBITS") == "16"
-    assert sorted(p.name for p in tmp_path.iterdir() if "cog" in p.name) == ["cog.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "cog" in p.name) == ["cog.qml", "cog.tif"]  # + its style
     embed(path, models["enc_path"], tmp_path / "up.tif", tile=640, overlap=0, upsample=True, device="cpu")
     up = gdal.Open(str(tmp_path / "up.tif"))
     assert (up.RasterXSize, up.RasterYSize) == (640, 400) and up.GetGeoTransform()[1] == 10.0

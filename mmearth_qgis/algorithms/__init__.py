@@ -5,5 +5,7 @@ def all_algorithms():
     from .embed import EmbedAlgorithm
     from .inspect_raster import InspectRasterAlgorithm
     from .segment import SegmentAlgorithm
+    from .similarity import SimilarityAlgorithm
+    from .train_head import TrainHeadAlgorithm
 
-    return [InspectRasterAlgorithm(), EmbedAlgorithm(), SegmentAlgorithm()]
+    return [InspectRasterAlgorithm(), EmbedAlgorithm(), TrainHeadAlgorithm(), SegmentAlgorithm(), SimilarityAlgorithm()]

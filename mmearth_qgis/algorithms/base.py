@@ -92,6 +92,7 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     DEVICE = "DEVICE"
     LEVEL = "LEVEL"
     BAND_MAP = "BAND_MAP"
+    EMBEDDINGS = "EMBEDDINGS"
 
     def group(self):
         return "Embeddings and landcover"
@@ -155,10 +156,105 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         from mpmae_core.runtime.model import ModelError
         from mpmae_core.runtime.predict import Cancelled
 
+        def log(message: str):
+            if message.startswith("warning: "):
+                feedback.pushWarning(message[len("warning: "):])
+            else:
+                feedback.pushInfo(message)
+
         try:
-            return fn(progress=lambda f: feedback.setProgress(100.0 * f), cancelled=feedback.isCanceled,
-                      log=feedback.pushInfo)
+            return fn(progress=lambda f: feedback.setProgress(100.0 * f), cancelled=feedback.isCanceled, log=log)
         except Cancelled:
             raise QgsProcessingException("Cancelled: no output was written.") from None
         except (RasterError, ModelError, MetadataError, ValueError) as exc:
             raise QgsProcessingException(str(exc)) from None
+
+    @staticmethod
+    def style_on_load(context, output: str) -> None:
+        """Apply the .qml the runtime wrote beside ``output`` when Processing loads it into the project."""
+        from mpmae_core.runtime.styles import style_path
+
+        if context.willLoadLayerOnCompletion(output):
+            details = context.layerToLoadOnCompletionDetails(output)
+            details.setPostProcessor(LoadStyle.create(str(style_path(output))))
+
+    def embeddings_source(self, parameters, context):
+        """The optional precomputed embeddings raster (EMBEDDINGS), or None."""
+        if not parameters.get(self.EMBEDDINGS):
+            return None
+        return self.raster_source(parameters, self.EMBEDDINGS, context)
+
+    def grid_crs(self, parameters, context):
+        """The CRS labels are reprojected to: the embeddings raster's, else the input raster's."""
+        name = self.EMBEDDINGS if parameters.get(self.EMBEDDINGS) else self.INPUT
+        return self.parameterAsRasterLayer(parameters, name, context).crs()
+
+    def add_embeddings_parameter(self):
+        from qgis.core import QgsProcessingParameterDefinition
+
+        p = QgsProcessingParameterRasterLayer(
+            self.EMBEDDINGS, "Precomputed embeddings (from 'Compute embeddings' with this model; optional)",
+            optional=True)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(p)
+
+    def features_in(self, parameters, name, context, feedback, crs, class_field=None):
+        """(WKB in ``crs``, class value, feature id) per feature of a vector parameter, reprojected when needed;
+        features without a geometry or class are warned about and skipped."""
+        from qgis.core import QgsFeatureRequest
+
+        source = self.parameterAsSource(parameters, name, context)
+        if source is None:
+            raise QgsProcessingException(f"Could not load the vector layer given for {name}.")
+        if not source.sourceCrs().isValid():
+            raise QgsProcessingException(
+                f"The layer given for {name} has no CRS: set its CRS (Layer Properties > Source) so its features can "
+                "be placed on the raster.")
+        request = QgsFeatureRequest()
+        if source.sourceCrs() != crs:
+            feedback.pushInfo(f"reprojecting {name.lower()} from {source.sourceCrs().authid() or 'their CRS'} to the "
+                              f"raster's {crs.authid() or crs.description()}")
+            request.setDestinationCrs(crs, context.transformContext())
+        out, missing = [], 0
+        index = source.fields().lookupField(class_field) if class_field else -1
+        if class_field and index < 0:
+            raise QgsProcessingException(f"The labels have no field '{class_field}'; they have "
+                                         f"{', '.join(source.fields().names())}.")
+        for feature in source.getFeatures(request):
+            if feedback.isCanceled():
+                raise QgsProcessingException("Cancelled: no output was written.")
+            value = feature.attribute(index) if index >= 0 else 0
+            geom = feature.geometry()
+            if value is None or (hasattr(value, "isNull") and value.isNull()) or str(value).strip() == "" \
+                    or geom is None or geom.isEmpty():
+                missing += 1
+                continue
+            out.append((bytes(geom.asWkb()), value, feature.id()))
+        if missing:
+            feedback.pushWarning(f"skipped {missing} feature(s) of {name.lower()} without a geometry or class value")
+        if not out:
+            raise QgsProcessingException(f"The layer given for {name} has no usable features.")
+        return out
+
+
+class LoadStyle:
+    """Post-processor applying a .qml to a layer Processing loads; instances are kept alive here
+    (QGIS holds only a C++ pointer, and a collected Python object would crash it)."""
+
+    _alive: list = []
+
+    @classmethod
+    def create(cls, qml_path: str):
+        from qgis.core import QgsProcessingLayerPostProcessorInterface
+
+        class _Apply(QgsProcessingLayerPostProcessorInterface):
+            def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+                import os
+
+                if layer is not None and os.path.exists(qml_path):
+                    layer.loadNamedStyle(qml_path)
+                    layer.triggerRepaint()
+
+        inst = _Apply()
+        cls._alive.append(inst)
+        return inst

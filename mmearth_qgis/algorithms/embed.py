@@ -50,6 +50,7 @@ class EmbedAlgorithm(InferenceAlgorithm):
         res = self.run_guarded(lambda **kw: embed(
             source, model, out, upsample=self.parameterAsBool(parameters, self.UPSAMPLE, context),
             dtype=DTYPES[self.parameterAsEnum(parameters, self.DTYPE, context)], **opts, **kw), feedback)
+        self.style_on_load(context, out)
         feedback.pushInfo(f"{res['bands']} embedding bands, {res['width']} x {res['height']} cells; {res['run']} tiles "
                           f"run, {res['skipped']} empty tiles skipped, on {res['provider']}")
         return {self.OUTPUT: out}

@@ -50,6 +50,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
                                                     **opts, **kw), feedback)
         feedback.pushInfo(f"classes: {', '.join(res['classes'])}; {res['run']} tiles run, {res['skipped']} empty "
                           f"tiles skipped, on {res['provider']}")
+        self.style_on_load(context, out)
         results = {self.OUTPUT: out}
         if probs:
             results[self.PROBABILITIES] = probs

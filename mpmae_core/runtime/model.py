@@ -22,16 +22,47 @@ class ModelError(ValueError):
     """A model file cannot be used; the message says why and what to do."""
 
 
+def python_executable() -> str:
+    """The Python interpreter of this process, also inside QGIS, where ``sys.executable`` is often
+    the QGIS program itself rather than its Python."""
+    exe = Path(sys.executable) if sys.executable else None
+    if exe is not None and exe.name.lower().startswith("python"):
+        return str(exe)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for base in (Path(sys.exec_prefix), Path(sys.base_exec_prefix)):
+        for candidate in (base / "bin" / f"python{version}", base / "bin" / "python3", base / "python.exe",
+                          base / "bin" / "python3.exe"):
+            if candidate.is_file():
+                return str(candidate)
+    return f"python{version}"
+
+
+def install_command(package: str = "onnxruntime-gpu") -> str:
+    """The exact command that installs ``package`` for this Python (Debian's system Python needs
+    --user and --break-system-packages for pip to agree)."""
+    exe = python_executable()
+    extra = ""
+    if sys.prefix == sys.base_prefix and (Path(sys.prefix) / "lib" / f"python{sys.version_info.major}."
+                                           f"{sys.version_info.minor}" / "EXTERNALLY-MANAGED").exists():
+        extra = " --user --break-system-packages"
+    return f"{exe} -m pip install{extra} {package}"
+
+
 def onnxruntime():
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise ModelError(
             "onnxruntime is not installed for this Python. Install it with:\n"
-            f"  {sys.executable} -m pip install onnxruntime-gpu\n"
+            f"  {install_command()}\n"
             "(the -gpu package also runs on computers without a GPU)"
         ) from exc
     return ort
+
+
+def read_metadata(path) -> ModelMetadata:
+    """A model file's metadata (opens a CPU session, which also proves the file is a valid model)."""
+    return OnnxModel(path, device="cpu").metadata
 
 
 def cuda_driver_present() -> bool:

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from mpmae_core.runtime.model import OnnxModel
+from mpmae_core.runtime.styles import PALETTE, BandMoments, paletted_qml, write_style
 from mpmae_core.runtime.raster import PreparedInput, RasterWriter, output_geotransform, read_block
 from mpmae_core.runtime.tiling import blend_weights, round_up, tile_windows
 
@@ -171,8 +172,10 @@ def _writer_guard(writers, fn):
 
 def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 0, device: str = "auto",
           dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto", band_map=None,
-          cog: bool = False, progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
-    """Embedding raster (D bands) at patch stride, or upsampled to pixels; NaN where no data."""
+          cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
+          log=lambda m: None) -> dict:
+    """Embedding raster (D bands) at patch stride, or upsampled to pixels; NaN where no data. With
+    ``style``, a .qml beside it shows the three bands of largest spread as RGB."""
     from mpmae_core.runtime.raster import prepare_input
 
     if dtype not in ("float32", "float16"):
@@ -188,17 +191,26 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
                           output_geotransform(prep.geotransform, runner.stride), prep.projection, nodata=float("nan"),
                           descriptions=[f"embedding_{i}" for i in range(runner.channels)],
                           half_float=dtype == "float16", cog=cog)
-    stats = _writer_guard([writer], lambda: runner.run(lambda y, v, ok: writer.write_rows(y, v), progress, cancelled))
+    moments = BandMoments(runner.channels)
+
+    def write(y, values, valid):
+        writer.write_rows(y, values)
+        moments.add(values, valid)
+
+    stats = _writer_guard([writer], lambda: runner.run(write, progress, cancelled))
     writer.close()
+    if style:
+        write_style(output, moments.three_component_qml())
     return dict(stats, output=str(output), provider=model.providers[0], level=prep.level, dn_offset=prep.dn_offset,
                 width=runner.out_w, height=runner.out_h, bands=runner.channels)
 
 
 def segment(source, model_path, output, *, head_path=None, probabilities_path=None, tile: int = 512,
             overlap: int = 128, batch: int = 0, device: str = "auto", level: str = "auto", dn_offset="auto",
-            band_map=None, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
+            band_map=None, cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
             log=lambda m: None) -> dict:
-    """Class map (uint8, 255 = no data, colour table and class names) and optional probabilities."""
+    """Class map (uint8, 255 = no data, colour table and class names; with ``style`` a .qml whose
+    legend names the classes) and optional probabilities."""
     from mpmae_core.runtime.raster import prepare_input
 
     model = OnnxModel(model_path, device=device, log=log)
@@ -221,10 +233,11 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         log(note)
     runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "probabilities", head=head)
     names = classes.class_names or [f"class {i}" for i in range(runner.channels)]
+    colours = classes.class_colours or [PALETTE[i % len(PALETTE)] for i in range(len(names))]
     gt = output_geotransform(prep.geotransform, 1)
     writers = [RasterWriter(output, runner.out_w, runner.out_h, 1, "uint8", gt, prep.projection, nodata=255,
                             descriptions=[classes.task or "class"], cog=cog, class_names=names,
-                            class_colours=classes.class_colours)]
+                            class_colours=colours)]
     if probabilities_path:
         writers.append(RasterWriter(probabilities_path, runner.out_w, runner.out_h, runner.channels, "float32", gt,
                                     prep.projection, nodata=float("nan"), descriptions=list(names), cog=cog))
@@ -238,5 +251,30 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     stats = _writer_guard(writers, lambda: runner.run(write, progress, cancelled))
     for w in writers:
         w.close()
+    if style:
+        write_style(output, paletted_qml(names, colours))
     return dict(stats, output=str(output), probabilities=str(probabilities_path or ""), provider=model.providers[0],
                 level=prep.level, classes=list(names))
+
+
+def embeddings_for(source, model_path, embeddings, workdir, *, progress=lambda f: None, **embed_kw) -> tuple:
+    """(embedding raster path, encoder metadata): the given ``embeddings`` raster after checking it
+    fits the model, or a fresh one computed from ``source`` into ``workdir``."""
+    from pathlib import Path
+
+    from mpmae_core.runtime.gdal_io import open_raster
+    from mpmae_core.runtime.model import read_metadata
+
+    meta = read_metadata(model_path)
+    if meta.kind != "encoder":
+        raise ValueError(f"'{model_path}' is a {meta.kind} model; an encoder model is needed")
+    if embeddings:
+        ds = open_raster(embeddings)
+        if ds.RasterCount != meta.embedding_dim:
+            raise ValueError(f"the embeddings raster '{embeddings}' has {ds.RasterCount} bands but the model gives "
+                             f"{meta.embedding_dim}-dim embeddings: compute them with this model (mmearth:embed), or "
+                             "leave the embeddings empty to compute them now")
+        return str(embeddings), meta
+    out = Path(workdir) / "embeddings.tif"
+    embed(source, model_path, out, style=False, progress=progress, **embed_kw)
+    return str(out), meta

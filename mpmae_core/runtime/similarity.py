@@ -1,0 +1,92 @@
+"""Similarity maps: how much each place's embedding resembles the embeddings at a few query points.
+
+Cosine similarity after centring on the scene's mean embedding: embeddings of one scene share a
+large common component that would otherwise push every similarity towards 1. With several
+queries, each cell gets its best match (``max``) or the similarity to the queries' mean (``mean``).
+The map is on the embedding grid (one cell per patch), with NaN where there is no data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpmae_core.runtime.gdal_io import open_raster
+from mpmae_core.runtime.raster import RasterWriter
+
+AGGREGATES = ("max", "mean")
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def centred_cosine(cells: np.ndarray, queries: np.ndarray, centre: np.ndarray, aggregate: str = "max") -> np.ndarray:
+    """(n, D) cells, (q, D) queries -> (n,) similarity in [-1, 1]."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    q = _unit(queries - centre)
+    if aggregate == "mean":
+        q = _unit(q.mean(0, keepdims=True))
+    return (_unit(cells - centre) @ q.T).max(1)
+
+
+def _row_blocks(ds, rows: int = 64):
+    for y in range(0, ds.RasterYSize, rows):
+        n = min(rows, ds.RasterYSize - y)
+        block = ds.ReadAsArray(0, y, ds.RasterXSize, n).astype(np.float64).reshape(ds.RasterCount, n, ds.RasterXSize)
+        yield y, block
+
+
+def similarity(source, model_path, queries, output, *, embeddings=None, aggregate: str = "max", style: bool = True,
+               progress=lambda f: None, cancelled=lambda: False, log=lambda m: None, **embed_kw) -> dict:
+    """``queries``: WKB points/polygons in the embeddings raster's CRS. Writes a one-band float32 map."""
+    import tempfile
+
+    from mpmae_core.runtime.fewshot import FewShotError
+    from mpmae_core.runtime.labels import label_cells, read_cells
+    from mpmae_core.runtime.predict import Cancelled, embeddings_for
+    from mpmae_core.runtime.styles import pseudocolor_qml, write_style
+
+    queries = list(queries)
+    with tempfile.TemporaryDirectory(prefix="mmearth-sim-") as work:
+        emb, _ = embeddings_for(source, model_path, embeddings, work, cancelled=cancelled, log=log,
+                                progress=lambda f: progress(0.8 * f), **embed_kw)
+        ds = open_raster(emb)
+        cells = label_cells([(wkb, 0) for wkb in queries], ds.GetGeoTransform(), ds.RasterXSize, ds.RasterYSize)
+        if cells.outside:
+            log(f"warning: skipped {len(cells.outside)} query feature(s) outside the raster")
+        q = read_cells(emb, cells.rows, cells.cols)
+        q = q[np.isfinite(q).all(1)]
+        if not len(q):
+            raise FewShotError("no query point lies over valid pixels of the raster: put the query points inside "
+                               "the raster, where it has data")
+        total, count = np.zeros(ds.RasterCount), 0
+        for _, block in _row_blocks(ds):
+            flat = block.reshape(ds.RasterCount, -1)
+            ok = np.isfinite(flat).all(0)
+            total += flat[:, ok].sum(1)
+            count += int(ok.sum())
+        centre = total / max(count, 1)
+        writer = RasterWriter(output, ds.RasterXSize, ds.RasterYSize, 1, "float32", ds.GetGeoTransform(),
+                              ds.GetProjection(), nodata=float("nan"), descriptions=[f"similarity ({aggregate})"])
+        try:
+            lo, hi = np.inf, -np.inf
+            for y, block in _row_blocks(ds):
+                if cancelled():
+                    raise Cancelled("cancelled by the user; no output was written")
+                flat = block.reshape(ds.RasterCount, -1).T
+                ok = np.isfinite(flat).all(1)
+                sim = np.full(len(flat), np.nan, np.float32)
+                if ok.any():
+                    sim[ok] = centred_cosine(flat[ok], q, centre, aggregate)
+                    lo, hi = min(lo, float(sim[ok].min())), max(hi, float(sim[ok].max()))
+                writer.write_rows(y, sim.reshape(1, block.shape[1], block.shape[2]))
+                progress(0.8 + 0.2 * min(1.0, (y + block.shape[1]) / ds.RasterYSize))
+        except BaseException as exc:
+            writer.abort(exc)
+            raise
+        writer.close()
+        ds = None
+    if style and np.isfinite(lo):
+        write_style(output, pseudocolor_qml(max(lo, -1.0), min(hi, 1.0)))
+    return {"output": str(output), "queries": int(len(q)), "min": lo, "max": hi}
