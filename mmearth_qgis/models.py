@@ -23,8 +23,8 @@ def set_models_folder(path) -> None:
     QgsSettings().setValue(SETTINGS_KEY, str(path))
 
 
-def available_models() -> list:
-    folder = models_folder()
+def available_models(folder=None) -> list:
+    folder = Path(folder) if folder else models_folder()
     return sorted(p.stem for p in folder.glob("*.onnx")) if folder.is_dir() else []
 
 

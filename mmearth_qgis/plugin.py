@@ -7,6 +7,7 @@ class MMEarthPlugin:
     def __init__(self, iface=None):
         self.iface = iface
         self.provider = None
+        self.options_factory = None
 
     def initProcessing(self):  # noqa: N802 - QGIS's name; called by qgis_process and by initGui
         if self.provider is None:
@@ -19,8 +20,22 @@ class MMEarthPlugin:
 
     def initGui(self):  # noqa: N802
         self.initProcessing()
+        if self.iface is not None:
+            from .settings import MMEarthOptionsFactory, onnxruntime_status
+
+            self.options_factory = MMEarthOptionsFactory()
+            self.iface.registerOptionsWidgetFactory(self.options_factory)
+            status = onnxruntime_status()
+            if status.startswith("onnxruntime is not installed"):
+                from qgis.core import Qgis, QgsMessageLog
+
+                QgsMessageLog.logMessage(status, "MMEarth", Qgis.Warning)
+                self.iface.messageBar().pushMessage("MMEarth", status.replace("\n", " "), Qgis.Warning, 0)
 
     def unload(self):
+        if self.options_factory is not None and self.iface is not None:
+            self.iface.unregisterOptionsWidgetFactory(self.options_factory)
+            self.options_factory = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None

@@ -63,13 +63,16 @@ def run_alg(qgis_app):
     class RecordingFeedback(QgsProcessingFeedback):
         def __init__(self):
             super().__init__()
-            self.errors, self.infos = [], []
+            self.errors, self.infos, self.warnings = [], [], []
 
         def reportError(self, error, fatalError=False):  # noqa: N802,N803
             self.errors.append(error)
 
         def pushInfo(self, info):  # noqa: N802
             self.infos.append(info)
+
+        def pushWarning(self, warning):  # noqa: N802
+            self.warnings.append(warning)
 
     def run(alg_id, params):
         feedback = RecordingFeedback()
@@ -83,3 +86,28 @@ def run_alg(qgis_app):
         return result, feedback
 
     return run
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """A random-weight atto encoder and a 3-class head, in a models folder set as $MMEARTH_MODELS."""
+    import torch
+
+    from mpmae_core import registry
+    from mpmae_core.export import export_encoder, export_head
+    from mpmae_core.models import build_encoder
+    from mpmae_core.runtime.metadata import default_normalisation
+
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    export_encoder(build_encoder("atto", patch_size=16).eval(), d / "atto_test.onnx", registry.S2_MMEARTH_BANDS,
+                   default_normalisation(registry.S2_MMEARTH_BANDS))
+    export_head(torch.randn(3, 320) * 0.2, torch.zeros(3), d / "head3.onnx", ["water", "forest", "field"],
+                [[0, 0, 255], [0, 128, 0], [255, 255, 0]])
+    old = os.environ.get("MMEARTH_MODELS")
+    os.environ["MMEARTH_MODELS"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("MMEARTH_MODELS", None)
+    else:
+        os.environ["MMEARTH_MODELS"] = old

@@ -7,35 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from osgeo import gdal
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 from helpers import write_geotiff
-from mpmae_core import registry
-from mpmae_core.export import export_encoder, export_head
-from mpmae_core.models import build_encoder
-from mpmae_core.runtime.metadata import default_normalisation
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    export_encoder(build_encoder("atto", patch_size=16).eval(), d / "atto_test.onnx", registry.S2_MMEARTH_BANDS,
-                   default_normalisation(registry.S2_MMEARTH_BANDS))
-    export_head(torch.randn(3, 320) * 0.2, torch.zeros(3), d / "head3.onnx", ["water", "forest", "field"],
-                [[0, 0, 255], [0, 128, 0], [255, 255, 0]])
-    old = os.environ.get("MMEARTH_MODELS")
-    os.environ["MMEARTH_MODELS"] = str(d)
-    yield d
-    if old is None:
-        os.environ.pop("MMEARTH_MODELS", None)
-    else:
-        os.environ["MMEARTH_MODELS"] = old
 
 
 @pytest.fixture(scope="module")

@@ -226,6 +226,66 @@ def build_labels(src: Path, stack: Path, out: Path) -> Path:
     return out
 
 
+def label_points(out: Path, per_class: int = 8, seed: int = 0, classes=None, cell: int = 16,
+                 epsg: int | None = None) -> dict:
+    """A few labelled points per OSM class, as an analyst would digitise them: centres of
+    ``cell`` x ``cell`` pixel blocks at least 80 % of one class, drawn at random (seeded).
+    Written as a GeoPackage (fields ``landuse`` and ``class_id``) in the scene's CRS or ``epsg``.
+    Returns the number of points per class."""
+    from osgeo import ogr, osr
+
+    from mpmae_core.runtime.files import atomic_output
+    from mpmae_core.runtime.gdal_io import gdal
+
+    g = gdal()
+    ds = g.Open(str(labels_path()))
+    lab = ds.GetRasterBand(1).ReadAsArray()
+    gt = ds.GetGeoTransform()
+    h, w = lab.shape[0] // cell, lab.shape[1] // cell
+    blocks = lab[:h * cell, :w * cell].reshape(h, cell, w, cell)
+    rng = np.random.default_rng(seed)
+    wanted = list(classes) if classes else list(OSM_CLASSES)
+    unknown = [c for c in wanted if c not in OSM_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; the sample's classes are {', '.join(OSM_CLASSES)}")
+    src_srs = osr.SpatialReference(wkt=ds.GetProjection())
+    dst_srs = src_srs
+    transform = None
+    if epsg:
+        dst_srs = osr.SpatialReference()
+        dst_srs.ImportFromEPSG(int(epsg))
+        for srs in (src_srs, dst_srs):
+            srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        transform = osr.CoordinateTransformation(src_srs, dst_srs)
+    counts = {}
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        tmp.unlink()  # the GPKG driver creates the file itself
+        vec = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp))
+        layer = vec.CreateLayer("labels", srs=dst_srs, geom_type=ogr.wkbPoint)
+        layer.CreateField(ogr.FieldDefn("landuse", ogr.OFTString))
+        layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
+        for name in wanted:
+            value = OSM_CLASSES.index(name) + 1
+            rows, cols = np.nonzero((blocks == value).mean(axis=(1, 3)) >= 0.8)
+            pick = rng.choice(len(rows), min(per_class, len(rows)), replace=False) if len(rows) else []
+            counts[name] = len(pick)
+            for i in pick:
+                x = gt[0] + (cols[i] + 0.5) * cell * gt[1]
+                y = gt[3] + (rows[i] + 0.5) * cell * gt[5]
+                if transform is not None:
+                    x, y, _ = transform.TransformPoint(x, y)
+                feat = ogr.Feature(layer.GetLayerDefn())
+                feat.SetField("landuse", name)
+                feat.SetField("class_id", value)
+                point = ogr.Geometry(ogr.wkbPoint)
+                point.AddPoint_2D(float(x), float(y))
+                feat.SetGeometry(point)
+                layer.CreateFeature(feat)
+        vec = None
+    return counts
+
+
 def _tile_centres_wgs84(wkt: str, centres: list[tuple[float, float]]) -> list[tuple[float, float]]:
     from osgeo import osr
 
@@ -325,8 +385,21 @@ def build(verbose: bool = True) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mpmae_core.data.sample", description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["build", "path"], help="build the sample (idempotent) or print its path")
+    p.add_argument("command", choices=["build", "path", "points"],
+                   help="build the sample (idempotent), print its path, or write labelled points (OUT)")
+    p.add_argument("out", nargs="?", help="points: the GeoPackage to write")
+    p.add_argument("--per-class", type=int, default=8, help="points: points per class (default 8)")
+    p.add_argument("--classes", default="", help="points: comma-separated OSM classes (default: all)")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.command == "points":
+        if not args.out:
+            p.error("points needs OUT, the GeoPackage to write")
+        build(verbose=False)
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()] or None
+        counts = label_points(Path(args.out), args.per_class, args.seed, classes)
+        print(f"[sample] wrote {args.out}: " + ", ".join(f"{n} {c}" for c, n in counts.items()))
+        return 0
     if args.command == "build":
         paths = build()
         print(f"[sample] ready: {paths['stack']}")

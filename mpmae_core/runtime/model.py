@@ -23,17 +23,17 @@ class ModelError(ValueError):
 
 
 def python_executable() -> str:
-    """The Python interpreter of this process, also inside QGIS, where ``sys.executable`` is often
-    the QGIS program itself rather than its Python."""
+    """The interpreter of this process's Python installation, also inside QGIS, where
+    ``sys.executable`` is often the QGIS program or whatever ``python3`` comes first on PATH."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    prefix = Path(sys.prefix)
+    for candidate in (prefix / "bin" / f"python{version}", prefix / "bin" / "python3", prefix / "python.exe",
+                      prefix / "bin" / "python"):
+        if candidate.is_file():
+            return str(candidate)
     exe = Path(sys.executable) if sys.executable else None
     if exe is not None and exe.name.lower().startswith("python"):
         return str(exe)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for base in (Path(sys.exec_prefix), Path(sys.base_exec_prefix)):
-        for candidate in (base / "bin" / f"python{version}", base / "bin" / "python3", base / "python.exe",
-                          base / "bin" / "python3.exe"):
-            if candidate.is_file():
-                return str(candidate)
     return f"python{version}"
 
 
@@ -45,7 +45,10 @@ def install_command(package: str = "onnxruntime-gpu") -> str:
     if sys.prefix == sys.base_prefix and (Path(sys.prefix) / "lib" / f"python{sys.version_info.major}."
                                            f"{sys.version_info.minor}" / "EXTERNALLY-MANAGED").exists():
         extra = " --user --break-system-packages"
-    return f"{exe} -m pip install{extra} {package}"
+    command = f"{exe} -m pip install{extra} {package}"
+    if extra:
+        command += "   (if pip itself is missing: sudo apt install python3-pip)"
+    return command
 
 
 def onnxruntime():
