@@ -32,12 +32,8 @@ from mpmae_core.runtime.files import atomic_output
 from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata
 
 CLASS_INFO = {
-    "esa_worldcover": (registry.ESA_WORLDCOVER_NAMES,
-                       [[0, 100, 0], [255, 187, 34], [255, 255, 76], [240, 150, 255], [250, 0, 0], [180, 180, 180],
-                        [240, 240, 240], [0, 100, 200], [0, 150, 160], [0, 207, 117], [250, 230, 160]]),
-    "dynamic_world": (registry.DYNAMIC_WORLD_NAMES,
-                      [[65, 155, 223], [57, 125, 73], [136, 176, 83], [122, 135, 198], [228, 150, 53],
-                       [223, 195, 90], [196, 40, 27], [165, 155, 143], [179, 159, 225]]),
+    "esa_worldcover": (registry.ESA_WORLDCOVER_NAMES, registry.ESA_WORLDCOVER_COLOURS),
+    "dynamic_world": (registry.DYNAMIC_WORLD_NAMES, registry.DYNAMIC_WORLD_COLOURS),
 }
 
 

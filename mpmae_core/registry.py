@@ -351,6 +351,48 @@ ESA_WORLDCOVER_NAMES = ("tree cover", "shrubland", "grassland", "cropland", "bui
 DYNAMIC_WORLD_CLASSES = tuple(range(1, 10))
 DYNAMIC_WORLD_NAMES = ("water", "trees", "grass", "flooded vegetation", "crops", "shrub and scrub", "built",
                        "bare", "snow and ice")
+#: The products' own legend colours (RGB), in label order.
+ESA_WORLDCOVER_COLOURS = ((0, 100, 0), (255, 187, 34), (255, 255, 76), (240, 150, 255), (250, 0, 0), (180, 180, 180),
+                          (240, 240, 240), (0, 100, 200), (0, 150, 160), (0, 207, 117), (250, 230, 160))
+DYNAMIC_WORLD_COLOURS = ((65, 155, 223), (57, 125, 73), (136, 176, 83), (122, 135, 198), (228, 150, 53),
+                         (223, 195, 90), (196, 40, 27), (165, 155, 143), (179, 159, 225))
+
+#: Distinct colours for classes no rule below recognises.
+CLASS_PALETTE = ((31, 120, 180), (51, 160, 44), (227, 26, 28), (255, 127, 0), (106, 61, 154), (177, 89, 40),
+                 (166, 206, 227), (178, 223, 138), (251, 154, 153), (253, 191, 111), (202, 178, 214), (255, 255, 153),
+                 (128, 128, 128), (0, 0, 0), (247, 129, 191), (102, 194, 165))
+
+#: Words in a user's class name -> the Dynamic World class whose colour it gets.
+_CLASS_WORDS = (
+    (("water", "lake", "river", "sea", "reservoir", "pond"), "water"),
+    (("wetland", "marsh", "swamp", "bog", "flooded", "mangrove"), "flooded vegetation"),
+    (("tree", "forest", "wood"), "trees"),
+    (("shrub", "scrub", "heath", "bush"), "shrub and scrub"),
+    (("grass", "meadow", "pasture", "lawn", "park"), "grass"),
+    (("crop", "farm", "agri", "arable", "field", "orchard", "vineyard"), "crops"),
+    (("built", "urban", "residential", "industrial", "commercial", "settlement", "town", "city", "road",
+      "building"), "built"),
+    (("bare", "sand", "rock", "quarry", "soil"), "bare"),
+    (("snow", "ice", "glacier"), "snow and ice"),
+)
+
+
+def suggest_class_colours(names) -> list:
+    """A colour per class name: the Dynamic World colour of a recognised landcover word (water is
+    blue, forest green, ...), else distinct palette colours; no two classes share a colour."""
+    out, used = [], set()
+    for name in names:
+        key = str(name).lower()
+        colour = None
+        for words, dw in _CLASS_WORDS:
+            if any(w in key for w in words):
+                colour = DYNAMIC_WORLD_COLOURS[DYNAMIC_WORLD_NAMES.index(dw)]
+                break
+        if colour is None or colour in used:
+            colour = next((c for c in CLASS_PALETTE if c not in used), CLASS_PALETTE[len(out) % len(CLASS_PALETTE)])
+        used.add(colour)
+        out.append(list(colour))
+    return out
 
 STORAGE: dict[str, StorageSpec] = {s.name: s for s in (
     StorageSpec("sentinel2", "uint16", 13, "pixel", nodata=(0,)),

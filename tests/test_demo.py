@@ -4,7 +4,10 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +39,15 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     assert (emb.RasterXSize, emb.RasterYSize, emb.RasterCount) == (96, 48, 320)
     gt, sgt = emb.GetGeoTransform(), scene.GetGeoTransform()
     assert (gt[0], gt[3], gt[1], gt[5]) == (sgt[0], sgt[3], 16 * sgt[1], 16 * sgt[5])
+    # the few-shot landcover map through qgis_process, its report, its picture, the plugin zip
+    classes = gdal.Open(str(out / "scene_landcover.tif"))
+    assert classes.GetGeoTransform() == sgt and classes.GetSpatialRef().IsSame(scene.GetSpatialRef())
+    band = classes.GetRasterBand(1)
+    band.GetNoDataValue()
+    assert band.GetCategoryNames()[:5] == ["farm", "forest", "meadow", "residential", "water"]
+    assert set(np.unique(band.ReadAsArray())) <= {0, 1, 2, 3, 4, 255}
+    assert "Confusion matrix" in (out / "fewshot_head.html").read_text()
+    assert "CV accuracy" in proc.stdout
+    assert (out / "scene_landcover.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "scene_landcover.qml").is_file()
+    assert zipfile.is_zipfile(out / "mmearth_qgis.zip")

@@ -200,3 +200,37 @@ def test_centred_cosine():
     np.testing.assert_allclose(centred_cosine(cells, q, centre, "max"), [1.0, 0.0, 0.0, np.sqrt(0.5)], atol=1e-12)
     np.testing.assert_allclose(centred_cosine(cells, q, centre, "mean"), [np.sqrt(0.5), 0.0, -np.sqrt(0.5), 1.0],
                                atol=1e-12)
+
+
+def test_class_colours_follow_landcover_words_and_stay_distinct():
+    from mpmae_core import registry
+
+    names = ["Water bodies", "forest", "grass", "meadow", "Residential area", "class 7"]
+    colours = registry.suggest_class_colours(names)
+    dw = dict(zip(registry.DYNAMIC_WORLD_NAMES, map(list, registry.DYNAMIC_WORLD_COLOURS)))
+    assert colours[0] == dw["water"] and colours[1] == dw["trees"] and colours[4] == dw["built"]
+    assert colours[2] == dw["grass"] and colours[3] != dw["grass"]  # meadow is grass too, but needs its own colour
+    assert len({tuple(c) for c in colours}) == len(names)
+
+
+def test_preview_reads_class_colours_names_and_natural_colour(tmp_path):
+    from helpers import write_geotiff
+    from mpmae_core.runtime.preview import class_map_rgb, natural_colour, side_by_side
+    from mpmae_core.runtime.raster import RasterWriter
+
+    arr = np.array([[0, 1, 255], [1, 1, 0]], np.uint8)
+    w = RasterWriter(tmp_path / "c.tif", 3, 2, 1, "uint8", (0, 10, 0, 20, 0, -10), "", nodata=255,
+                     class_names=["water", "forest"], class_colours=[(0, 0, 255), (0, 128, 0)])
+    w.write_rows(0, arr[None])
+    w.close()
+    rgba, legend = class_map_rgb(tmp_path / "c.tif")
+    assert legend == [("water", (0, 0, 255)), ("forest", (0, 128, 0))]
+    np.testing.assert_allclose(rgba[0, 1], [0, 128 / 255, 0, 1])
+    assert rgba[0, 2, 3] == 0  # no data is transparent
+    bands = np.stack([np.full((2, 3), v, np.uint16) for v in (100, 200, 300)])
+    bands[:, 0, 0] = [1000, 0, 0]  # B2 brightest at (0, 0), darkest elsewhere
+    scene = write_geotiff(tmp_path / "s.tif", bands, ["B02", "B03", "B04"])
+    rgb = natural_colour(scene)
+    assert rgb.shape == (2, 3, 3) and rgb[0, 0, 2] == 1.0 and rgb[1, 1, 2] == 0.0  # blue channel is B2
+    out = side_by_side(scene, tmp_path / "c.tif", tmp_path / "p.png", "t")
+    assert out.read_bytes()[:4] == b"\x89PNG"

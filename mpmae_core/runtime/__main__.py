@@ -3,6 +3,7 @@
     python -m mpmae_core.runtime embed   INPUT.tif MODEL.onnx OUTPUT.tif [--upsample] [--dtype float16]
     python -m mpmae_core.runtime segment INPUT.tif MODEL.onnx OUTPUT.tif [--head HEAD.onnx] [--probabilities P.tif]
     python -m mpmae_core.runtime inspect INPUT.tif
+    python -m mpmae_core.runtime preview SCENE.tif CLASSES.tif OUT.png   (needs matplotlib)
 
 Bands are matched by name to the model's metadata (or --band-map 1,2,...). Tiles of --tile px
 overlap by --overlap px and are blended without seams; memory stays bounded whatever the raster
@@ -69,6 +70,11 @@ def main(argv=None) -> int:
     s.add_argument("--probabilities", help="also write class probabilities to this file")
     i = sub.add_parser("inspect", help="can this raster feed a Sentinel-2 model?")
     i.add_argument("input")
+    v = sub.add_parser("preview", help="PNG of a class map next to its scene in natural colour")
+    v.add_argument("scene")
+    v.add_argument("classes")
+    v.add_argument("output")
+    v.add_argument("--title", default="")
     args = p.parse_args(argv)
 
     from mpmae_core.runtime.gdal_io import RasterError
@@ -90,6 +96,11 @@ def main(argv=None) -> int:
             from mpmae_core.runtime.inspect import inspect_raster, summary_lines
 
             print("\n".join(summary_lines(inspect_raster(args.input))))
+            return 0
+        if args.cmd == "preview":
+            from mpmae_core.runtime.preview import side_by_side
+
+            log(f"wrote {side_by_side(args.scene, args.classes, args.output, args.title)}")
             return 0
         offset = args.dn_offset if args.dn_offset == "auto" else float(args.dn_offset)
         common_kw = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device, level=args.level,

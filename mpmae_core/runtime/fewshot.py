@@ -23,10 +23,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mpmae_core import registry
 from mpmae_core.runtime import metrics, onnx_writer
 from mpmae_core.runtime.files import atomic_output
 from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata
-from mpmae_core.runtime.styles import PALETTE
 
 LN_EPS = 1e-6
 
@@ -108,7 +108,7 @@ class LinearHead:
         mean, std = feats.mean(0), feats.std(0)
         std = np.where(std > 1e-6, std, 1.0)
         weight, bias = fit_softmax((feats - mean) / std, y, k, l2=l2, iters=iters)
-        colours = [list(c) for c in (class_colours or [PALETTE[i % len(PALETTE)] for i in range(k)])]
+        colours = [list(c) for c in (class_colours or registry.suggest_class_colours(class_names))]
         return cls(weight, bias, mean, std, list(class_names), colours)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
