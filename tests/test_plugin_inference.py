@@ -120,3 +120,34 @@ def test_qgis_process_runs_segment_headless(models_dir, scene, tmp_path):
                            f"OUTPUT={out}"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(np.unique(gdal.Open(str(out)).ReadAsArray())) <= {0, 1, 2}
+
+
+def test_vrt_and_project_layers_are_accepted(run_alg, models_dir, scene, tmp_path):
+    """A VRT mosaic of two halves and a layer loaded in the project give the same embeddings as the file."""
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    path, arr = scene
+    src = gdal.Open(str(path))
+    gt = src.GetGeoTransform()
+    halves = []
+    for i, (x0, w) in enumerate(((0, 160), (160, 160))):
+        half = gdal.Translate(str(tmp_path / f"half{i}.tif"), src, srcWin=[x0, 0, w, 256])
+        half = None
+        halves.append(str(tmp_path / f"half{i}.tif"))
+    vrt = gdal.BuildVRT(str(tmp_path / "mosaic.vrt"), halves)
+    for b in range(vrt.RasterCount):  # BuildVRT drops band descriptions; a user's VRT would name them
+        vrt.GetRasterBand(b + 1).SetDescription(src.GetRasterBand(b + 1).GetDescription())
+    vrt = None
+    assert gdal.Open(str(tmp_path / "mosaic.vrt")).GetGeoTransform() == gt
+    run_alg("mmearth:embed", {"INPUT": str(tmp_path / "mosaic.vrt"), "MODEL": "atto_test",
+                              "OUTPUT": str(tmp_path / "vrt.tif")})
+    layer = QgsRasterLayer(str(path), "scene in project")
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        run_alg("mmearth:embed", {"INPUT": layer.id(), "MODEL": "atto_test", "OUTPUT": str(tmp_path / "layer.tif")})
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    run_alg("mmearth:embed", {"INPUT": str(path), "MODEL": "atto_test", "OUTPUT": str(tmp_path / "file.tif")})
+    ref = gdal.Open(str(tmp_path / "file.tif")).ReadAsArray()
+    np.testing.assert_array_equal(gdal.Open(str(tmp_path / "vrt.tif")).ReadAsArray(), ref)
+    np.testing.assert_array_equal(gdal.Open(str(tmp_path / "layer.tif")).ReadAsArray(), ref)

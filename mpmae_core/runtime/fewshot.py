@@ -271,7 +271,7 @@ def cap_per_class(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
 
 
 def train_head(source, model_path, features, class_names, output, *, embeddings=None, report_path=None, feature_ids=None,
-               class_colours=None, l2: float = 1e-2, folds: int = 5, max_cells_per_class: int = 5000, seed: int = 0,
+               class_colours=None, l2: float = 1e-2, folds: int = 5, max_cells_per_class: int = 2000, seed: int = 0,
                progress=lambda f: None, cancelled=lambda: False, log=lambda m: None, **embed_kw) -> dict:
     """Embed (or reuse ``embeddings``), sample under the labels, cross-validate, fit on everything
     and save the head (ONNX) and an HTML report. Both outputs appear whole or not at all."""
