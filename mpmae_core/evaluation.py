@@ -1,0 +1,340 @@
+"""Linear probing and few-shot benchmarks of frozen encoders against a raw-spectra baseline.
+
+Protocol (MMEarth paper, section on linear probing): the encoder is frozen; a sample's feature is
+the global average of the encoder's feature map over the sample's window; a LayerNorm and a
+linear layer are trained on top (``runtime.fewshot.LinearHead``: LayerNorm, standardisation,
+L2-regularised softmax regression). The raw-spectra baseline is the same classifier on the
+average of the window's normalised band values. Every representation sees the same splits in one
+run, so differences are paired.
+
+Tasks on a labelled scene (an image with a label raster):
+
+- classification: non-overlapping windows (default 32 px) labelled with the class covering at
+  least half of their pixels; k-shot (k per class for training, every other window for testing)
+  and a linear probe (half of each class for training), each over many seeds;
+- few-shot segmentation: k labelled cells (one patch, mostly one class) per class train a head on
+  cell embeddings; every labelled pixel outside those cells is predicted (the cell's class,
+  as the QGIS map does at patch resolution) and scored with mIoU. The spectra baseline trains on
+  every pixel of the same cells and predicts per pixel.
+
+Pure numpy functions (splits, aggregation, summaries) are kept apart from the torch parts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mpmae_core.runtime import fewshot, metrics
+
+SPECTRA = "raw spectra"
+
+
+# ----------------------------------------------------------------------------- splits (pure)
+
+def kshot_split(y: np.ndarray, k: int, seed: int, classes: Optional[Sequence[int]] = None) -> tuple:
+    """k random samples of each class to train on, every other sample of those classes to test.
+    Classes with k or fewer samples cannot be both trained and tested and are left out; the
+    classes used are returned as well."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    classes = [c for c in (np.unique(y) if classes is None else classes) if (y == c).sum() > k]
+    train = np.concatenate([rng.choice(np.flatnonzero(y == c), k, replace=False) for c in classes]) \
+        if classes else np.empty(0, int)
+    test = np.setdiff1d(np.flatnonzero(np.isin(y, classes)), train)
+    return np.sort(train), test, list(classes)
+
+
+def fraction_split(y: np.ndarray, fraction: float, seed: int) -> tuple:
+    """A stratified split: ``fraction`` of each class (at least one, never all) to train on."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    train = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < 2:
+            continue
+        n = int(np.clip(round(fraction * len(idx)), 1, len(idx) - 1))
+        train.append(rng.choice(idx, n, replace=False))
+    train = np.sort(np.concatenate(train)) if train else np.empty(0, int)
+    test = np.setdiff1d(np.flatnonzero(np.isin(y, np.unique(y[train]))), train)
+    return train, test, sorted(np.unique(y[train]).tolist())
+
+
+def window_labels(labels: np.ndarray, window: int, nodata: int = 0, min_share: float = 0.5) -> np.ndarray:
+    """(rows, cols) class of each ``window`` x ``window`` block: the class covering at least
+    ``min_share`` of the block's pixels, else ``nodata``."""
+    h, w = labels.shape[0] // window, labels.shape[1] // window
+    blocks = labels[:h * window, :w * window].reshape(h, window, w, window).transpose(0, 2, 1, 3).reshape(h, w, -1)
+    out = np.full((h, w), nodata, labels.dtype)
+    for c in np.unique(labels):
+        if c == nodata:
+            continue
+        share = (blocks == c).mean(-1)
+        out[share >= min_share] = c
+    return out
+
+
+def block_mean(x: np.ndarray, factor: int) -> np.ndarray:
+    """(C, H, W) -> (C, H/f, W/f) averages of f x f blocks (H, W cropped to multiples of f)."""
+    c, h, w = x.shape[0], x.shape[1] // factor, x.shape[2] // factor
+    return x[:, :h * factor, :w * factor].reshape(c, h, factor, w, factor).mean((2, 4))
+
+
+def mean_std(values) -> tuple[float, float]:
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
+
+
+# ----------------------------------------------------------------------------- the benchmark runs
+
+@dataclass
+class RunResult:
+    """Scores of one representation, one setting (k or 'probe'), one seed."""
+
+    representation: str
+    setting: str
+    seed: int
+    task: str  # "classification" or "segmentation"
+    confusion: np.ndarray
+    classes: list
+
+    def scores(self) -> dict:
+        s = metrics.summary(self.confusion, self.classes)
+        return {"accuracy": s["accuracy"], "balanced_accuracy": s["balanced_accuracy"], "miou": s["miou"],
+                "f1": {n: v["f1"] for n, v in s["per_class"].items()},
+                "iou": {n: v["iou"] for n, v in s["per_class"].items()}}
+
+
+def classify(features: dict, y: np.ndarray, class_names: Sequence[str], shots: Sequence[int], seeds: int,
+             probe_fraction: float = 0.5, l2: float = 1e-2, log=lambda m: None) -> list[RunResult]:
+    """k-shot and linear-probe classification for every representation on the same splits."""
+    out = []
+    settings = [(str(k), k) for k in shots] + [("probe", None)]
+    for name, k in settings:
+        for seed in range(seeds):
+            if k is None:
+                train, test, used = fraction_split(y, probe_fraction, seed)
+            else:
+                train, test, used = kshot_split(y, k, seed)
+            if len(used) < 2:
+                log(f"classification {name}-shot: fewer than 2 classes have more than {k} samples; skipped")
+                break
+            for rep, feats in features.items():
+                head = fewshot.LinearHead.fit(feats[train], y[train], list(class_names), l2=l2)
+                cm = metrics.confusion_matrix(y[test], head.predict(feats[test]), len(class_names))
+                out.append(RunResult(rep, name, seed, "classification", cm, list(class_names)))
+    return out
+
+
+def segment_cells(cell_features: dict, cell_labels: np.ndarray, pixel_labels: np.ndarray, patch: int,
+                  pixel_spectra: Optional[np.ndarray], class_names: Sequence[str], shots: Sequence[int], seeds: int,
+                  nodata: int = 0, l2: float = 1e-2, max_pixels: int = 2000) -> list[RunResult]:
+    """Few-shot segmentation: k cells per class train; every labelled pixel outside them is tested.
+
+    ``cell_features``: name -> (h, w, D) per-cell features; ``cell_labels`` (h, w) the class of
+    cells mostly one class (else ``nodata``); ``pixel_labels`` (h*patch, w*patch); ``pixel_spectra``
+    (C, h*patch, w*patch) for the per-pixel spectra baseline (or None)."""
+    h, w = cell_labels.shape
+    K = len(class_names)
+    flat = cell_labels.ravel()
+    candidates = np.flatnonzero(flat != nodata)
+    pix = pixel_labels[:h * patch, :w * patch]
+    out = []
+    for k in shots:
+        for seed in range(seeds):
+            train_idx, _, used = kshot_split(flat[candidates], k, seed)
+            if len(used) < 2:
+                break
+            cells = candidates[train_idx]
+            y_cells = flat[cells]
+            in_train = np.zeros((h, w), bool)
+            in_train.flat[cells] = True
+            test_mask = (pix != nodata) & ~np.kron(in_train, np.ones((patch, patch), bool)) & np.isin(pix, used)
+            truth = pix[test_mask]
+            for rep, feats in cell_features.items():
+                f = feats.reshape(h * w, -1)
+                head = fewshot.LinearHead.fit(f[cells], y_cells, list(class_names), l2=l2)
+                pred_cells = head.predict(f).reshape(h, w)
+                pred = np.kron(pred_cells, np.ones((patch, patch), pred_cells.dtype))[test_mask]
+                out.append(RunResult(rep, str(k), seed, "segmentation", metrics.confusion_matrix(truth, pred, K),
+                                     list(class_names)))
+            if pixel_spectra is not None:
+                c = pixel_spectra.shape[0]
+                spec = pixel_spectra[:, :h * patch, :w * patch].reshape(c, -1).T
+                train_pix = np.kron(in_train, np.ones((patch, patch), bool)).ravel() & (pix.ravel() != nodata)
+                xi, yi = spec[train_pix], pix.ravel()[train_pix]
+                keep = fewshot.cap_per_class(yi, max_pixels, seed)
+                head = fewshot.LinearHead.fit(xi[keep], yi[keep], list(class_names), l2=l2)
+                pred = head.predict(spec[test_mask.ravel()])
+                out.append(RunResult(SPECTRA, str(k), seed, "segmentation", metrics.confusion_matrix(truth, pred, K),
+                                     list(class_names)))
+    return out
+
+
+def aggregate(results: list[RunResult]) -> dict:
+    """task -> setting -> representation -> {metric: (mean, std), seeds, per-class means, confusion sum}."""
+    table: dict = {}
+    for r in results:
+        table.setdefault(r.task, {}).setdefault(r.setting, {}).setdefault(r.representation, []).append(r)
+    out: dict = {}
+    for task, by_setting in table.items():
+        for setting, by_rep in by_setting.items():
+            for rep, runs in by_rep.items():
+                scores = [r.scores() for r in runs]
+                entry = {m: mean_std([s[m] for s in scores]) for m in ("accuracy", "balanced_accuracy", "miou")}
+                names = runs[0].classes
+                entry["f1"] = {n: mean_std([s["f1"][n] for s in scores])[0] for n in names}
+                entry["iou"] = {n: mean_std([s["iou"][n] for s in scores])[0] for n in names}
+                entry["seeds"] = len(runs)
+                entry["confusion"] = np.sum([r.confusion for r in runs], axis=0).tolist()
+                entry["classes"] = names
+                out.setdefault(task, {}).setdefault(setting, {})[rep] = entry
+    return out
+
+
+def paired_difference(results: list[RunResult], task: str, setting: str, a: str, b: str,
+                      metric: str = "accuracy") -> tuple[float, float, int]:
+    """Mean and std over seeds of metric(a) - metric(b), seed by seed (same splits); and how many
+    seeds ``a`` wins."""
+    by = {(r.representation, r.seed): r.scores()[metric] for r in results if r.task == task and r.setting == setting}
+    seeds = sorted({s for rep, s in by if rep == a} & {s for rep, s in by if rep == b})
+    diffs = np.array([by[(a, s)] - by[(b, s)] for s in seeds])
+    if not len(diffs):
+        return float("nan"), float("nan"), 0
+    return float(diffs.mean()), float(diffs.std()), int((diffs > 0).sum())
+
+
+# ----------------------------------------------------------------------------- report
+
+@dataclass
+class Report:
+    title: str
+    dataset: str
+    representations: list
+    shots: list
+    seeds: int
+    summary: dict
+    comparisons: list = field(default_factory=list)  # (text) lines
+    notes: list = field(default_factory=list)
+
+
+def _fmt(ms) -> str:
+    m, s = ms
+    return "n/a" if not np.isfinite(m) else f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def markdown(report: Report, images: dict) -> str:
+    lines = [f"# {report.title}", "", f"Data: {report.dataset}", "",
+             f"Representations: {', '.join(report.representations)}. Each score is the mean ± standard deviation "
+             f"over {report.seeds} seeds (random splits, the same for every representation), in percent.", ""]
+    if report.comparisons:
+        lines += ["## Findings", ""] + [f"- {c}" for c in report.comparisons] + [""]
+    for task, by_setting in report.summary.items():
+        settings = sorted(by_setting, key=lambda s: (s == "probe", int(s) if s.isdigit() else 0))
+        lines += [f"## {task.capitalize()}", ""]
+        for metric, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("miou", "mIoU")):
+            lines += [f"**{label}**", "", "| representation | " + " | ".join(
+                f"{s}-shot" if s.isdigit() else "linear probe (50 %)" for s in settings) + " |",
+                "|---|" + "---|" * len(settings)]
+            for rep in report.representations:
+                cells = [_fmt(by_setting[s][rep][metric]) if rep in by_setting[s] else "n/a" for s in settings]
+                lines.append(f"| {rep} | " + " | ".join(cells) + " |")
+            lines.append("")
+        ref = "5" if "5" in by_setting else settings[0]
+        lines += [f"**per-class F1 and IoU at {ref}-shot** (mean over seeds)", ""]
+        names = next(iter(by_setting[ref].values()))["classes"]
+        lines += ["| representation | " + " | ".join(f"{n} F1 / IoU" for n in names) + " |",
+                  "|---|" + "---|" * len(names)]
+        for rep in report.representations:
+            if rep in by_setting[ref]:
+                e = by_setting[ref][rep]
+                lines.append(f"| {rep} | " + " | ".join(
+                    "n/a" if not np.isfinite(e["f1"][n]) else f"{100 * e['f1'][n]:.0f} / {100 * e['iou'][n]:.0f}"
+                    for n in names) + " |")
+        lines.append("")
+        for key in (f"{task}_shots", f"{task}_confusion"):
+            if key in images:
+                lines += [f"![{key}]({images[key]})", ""]
+    if report.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in report.notes] + [""]
+    return "\n".join(lines)
+
+
+def plots(report: Report, out_dir: Path) -> dict:
+    """PNG plots: accuracy vs shots (mean ± std) and pooled confusion matrices at 5 shots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mpmae_core.runtime.files import atomic_output
+
+    images = {}
+    for task, by_setting in report.summary.items():
+        metric = "accuracy" if task == "classification" else "miou"
+        shots = sorted((s for s in by_setting if s.isdigit()), key=int)
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        for rep in report.representations:
+            pts = [(int(s), *by_setting[s][rep][metric]) for s in shots if rep in by_setting[s]]
+            if pts:
+                k, m, sd = map(np.array, zip(*pts))
+                ax.errorbar(k, 100 * m, yerr=100 * sd, marker="o", capsize=3, label=rep)
+        ax.set_xscale("log")
+        ax.set_xticks([int(s) for s in shots])
+        ax.set_xticklabels(shots)
+        ax.set_xlabel("labelled samples per class (shots)")
+        ax.set_ylabel(f"{'accuracy' if metric == 'accuracy' else 'mIoU'} (%)")
+        ax.set_title(f"{task}: mean ± std over {report.seeds} seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"{task}_shots.png"
+        with atomic_output(out_dir / name) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        images[f"{task}_shots"] = name
+        ref = "5" if "5" in by_setting else shots[0] if shots else "probe"
+        reps = [r for r in report.representations if r in by_setting[ref]]
+        fig, axes = plt.subplots(1, len(reps), figsize=(3.6 * len(reps), 3.6), dpi=110, squeeze=False)
+        for ax, rep in zip(axes[0], reps):
+            e = by_setting[ref][rep]
+            cm = np.array(e["confusion"], np.float64)
+            norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+            ax.set_xticks(range(len(e["classes"])))
+            ax.set_xticklabels(e["classes"], rotation=60, fontsize=7)
+            ax.set_yticks(range(len(e["classes"])))
+            ax.set_yticklabels(e["classes"], fontsize=7)
+            ax.set_title(rep, fontsize=9)
+            ax.set_xlabel("predicted", fontsize=8)
+        axes[0][0].set_ylabel("true (rows sum to 1)", fontsize=8)
+        fig.suptitle(f"{task}, {ref}-shot: confusion pooled over seeds", fontsize=10)
+        fig.tight_layout()
+        name = f"{task}_confusion.png"
+        with atomic_output(out_dir / name) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        images[f"{task}_confusion"] = name
+    return images
+
+
+def write_report(report: Report, out_dir: Path, results: list[RunResult]) -> Path:
+    from mpmae_core.runtime.files import atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = plots(report, out_dir)
+    atomic_write_text(out_dir / "results.json", json.dumps({
+        "summary": report.summary, "comparisons": report.comparisons, "notes": report.notes,
+        "runs": [{"representation": r.representation, "setting": r.setting, "seed": r.seed, "task": r.task,
+                  **{k: v for k, v in r.scores().items() if k in ("accuracy", "balanced_accuracy", "miou")}}
+                 for r in results]}, indent=1, default=float))
+    path = out_dir / "report.md"
+    atomic_write_text(path, markdown(report, images))
+    return path
