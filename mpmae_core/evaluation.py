@@ -246,6 +246,13 @@ def markdown(report: Report, images: dict) -> str:
                 cells = [_fmt(by_setting[s][rep][metric]) if rep in by_setting[s] else "n/a" for s in settings]
                 lines.append(f"| {rep} | " + " | ".join(cells) + " |")
             lines.append("")
+        lines += ["**classes scored** (a k-shot setting uses the classes with more than k samples, so columns with "
+                  "different class sets are not comparable with each other; rows are):", ""]
+        for st in settings:
+            e = next(iter(by_setting[st].values()))
+            present = [n for n, row in zip(e["classes"], e["confusion"]) if sum(row)]
+            lines.append(f"- {st + '-shot' if st.isdigit() else 'linear probe'}: {', '.join(present)}")
+        lines.append("")
         ref = "5" if "5" in by_setting else settings[0]
         lines += [f"**per-class F1 and IoU at {ref}-shot** (mean over seeds)", ""]
         names = next(iter(by_setting[ref].values()))["classes"]

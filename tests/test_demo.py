@@ -39,6 +39,13 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     assert (emb.RasterXSize, emb.RasterYSize, emb.RasterCount) == (96, 48, 320)
     gt, sgt = emb.GetGeoTransform(), scene.GetGeoTransform()
     assert (gt[0], gt[3], gt[1], gt[5]) == (sgt[0], sgt[3], 16 * sgt[1], 16 * sgt[5])
+    # the evaluation: both pretrainings, a random encoder and raw spectra, 20 seeds, report and plots
+    report = (out / "evaluation" / "report.md").read_text()
+    for rep in ("multi-pretext", "S2-only", "random atto", "raw spectra"):
+        assert f"| {rep} |" in report
+    assert "paired over 20 seeds" in report
+    assert (out / "evaluation" / "classification_shots.png").is_file()
+    assert "[evaluate] report" in proc.stdout
     # the few-shot landcover map through qgis_process, its report, its picture, the plugin zip
     classes = gdal.Open(str(out / "scene_landcover.tif"))
     assert classes.GetGeoTransform() == sgt and classes.GetSpatialRef().IsSame(scene.GetSpatialRef())

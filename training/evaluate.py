@@ -193,14 +193,18 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
     reps = [SPECTRA] + [n for n, _ in encoders]
     comparisons = []
     for task, metric in (("classification", "accuracy"), ("segmentation", "miou")):
-        for name, _ in encoders:
-            if "5" in summary.get(task, {}):
-                d, s, wins = paired_difference(results, task, "5", name, SPECTRA, metric)
-                n = summary[task]["5"][name]["seeds"]
-                verdict = "beats" if d > 0 else "does not beat"
-                comparisons.append(f"{task}, 5-shot {metric}: '{name}' {verdict} the raw-spectra baseline by "
-                                   f"{100 * d:+.1f} ± {100 * s:.1f} points (paired over {n} seeds; better in {wins} "
-                                   f"of {n})")
+        if "5" not in summary.get(task, {}):
+            continue
+        pairs = [(name, SPECTRA) for name, _ in encoders]
+        names_ = [n for n, _ in encoders]
+        if "multi-pretext" in names_ and "S2-only" in names_:
+            pairs.append(("multi-pretext", "S2-only"))
+        for a, b in pairs:
+            d, s, wins = paired_difference(results, task, "5", a, b, metric)
+            n = summary[task]["5"][a]["seeds"]
+            verdict = "better" if d > 0 and wins > n / 2 else "not better"
+            comparisons.append(f"{task}, 5-shot {metric}: '{a}' minus '{b}' = {100 * d:+.1f} ± {100 * s:.1f} points "
+                               f"(paired over {n} seeds; '{a}' ahead in {wins} of {n}): {verdict}")
     notes = [f"windows of {window} px ({window * 10} m) for classification; cells of {patch} px for segmentation",
              f"seeds: {seeds}; classes with no more than k samples are left out of k-shot runs",
              f"evaluated in {time.time() - t0:.0f} s"]
