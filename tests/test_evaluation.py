@@ -167,3 +167,29 @@ def test_vector_labels_are_rasterised_onto_the_image():
             assert lab[row, col] == names.index(str(f.GetField("cid"))) + 1
             checked += 1
     assert checked >= 20
+
+
+def test_encoders_load_from_our_and_reference_checkpoints(tmp_path):
+    import torch
+
+    from mpmae_core import checkpoints as C
+    from mpmae_core.models import build_mpmae
+    from training.evaluate import load_encoder
+
+    torch.manual_seed(3)
+    model = build_mpmae("atto", "S2", patch_size=16)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # the encoder's final norm is frozen at identity, as in the reference
+                p.add_(torch.randn_like(p) * 0.01)
+    C.save_checkpoint(tmp_path / "ours.pt", model)
+    torch.save({"model": C.export_reference_layout(model)}, tmp_path / "checkpoint-199.pth")
+    expected = model.encoder.state_dict()
+    for spec, name in ((str(tmp_path / "ours.pt"), "ours"), (f"mmearth={tmp_path / 'checkpoint-199.pth'}", "mmearth")):
+        got_name, enc = load_encoder(spec)
+        assert got_name == name and not enc.training
+        state = enc.state_dict()
+        for key, value in expected.items():
+            if key in state and state[key].shape == value.shape:
+                torch.testing.assert_close(state[key], value)
+        assert sum(k in state for k in expected) >= len(expected) - 2

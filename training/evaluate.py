@@ -202,7 +202,9 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
         for a, b in pairs:
             d, s, wins = paired_difference(results, task, "5", a, b, metric)
             n = summary[task]["5"][a]["seeds"]
-            verdict = "better" if d > 0 and wins > n / 2 else "not better"
+            se = s / np.sqrt(max(n - 1, 1))  # standard error of the mean paired difference
+            verdict = ("better" if d > 2 * se else "worse" if d < -2 * se
+                       else "no clear difference (within 2 standard errors)")
             comparisons.append(f"{task}, 5-shot {metric}: '{a}' minus '{b}' = {100 * d:+.1f} ± {100 * s:.1f} points "
                                f"(paired over {n} seeds; '{a}' ahead in {wins} of {n}): {verdict}")
     notes = [f"windows of {window} px ({window * 10} m) for classification; cells of {patch} px for segmentation",
