@@ -282,6 +282,13 @@ def plots(report: Report, out_dir: Path) -> dict:
 
     from mpmae_core.runtime.files import atomic_output
 
+    def save(fig, name: str) -> str:
+        fig.tight_layout()
+        with atomic_output(out_dir / name) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        return name
+
     images = {}
     for task, by_setting in report.summary.items():
         metric = "accuracy" if task == "classification" else "miou"
@@ -300,12 +307,7 @@ def plots(report: Report, out_dir: Path) -> dict:
         ax.set_title(f"{task}: mean ± std over {report.seeds} seeds")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        name = f"{task}_shots.png"
-        with atomic_output(out_dir / name) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
-        images[f"{task}_shots"] = name
+        images[f"{task}_shots"] = save(fig, f"{task}_shots.png")
         ref = "5" if "5" in by_setting else shots[0] if shots else "probe"
         reps = [r for r in report.representations if r in by_setting[ref]]
         fig, axes = plt.subplots(1, len(reps), figsize=(3.6 * len(reps), 3.6), dpi=110, squeeze=False)
@@ -322,12 +324,7 @@ def plots(report: Report, out_dir: Path) -> dict:
             ax.set_xlabel("predicted", fontsize=8)
         axes[0][0].set_ylabel("true (rows sum to 1)", fontsize=8)
         fig.suptitle(f"{task}, {ref}-shot: confusion pooled over seeds", fontsize=10)
-        fig.tight_layout()
-        name = f"{task}_confusion.png"
-        with atomic_output(out_dir / name) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
-        images[f"{task}_confusion"] = name
+        images[f"{task}_confusion"] = save(fig, f"{task}_confusion.png")
     return images
 
 
