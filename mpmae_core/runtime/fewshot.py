@@ -262,6 +262,28 @@ def gather_samples(embeddings, features, class_names, log=lambda m: None, featur
     return x, y, groups, samples
 
 
+def labels_extent(source, features, workdir, log=lambda m: None, margin: int = 128, multiple: int = 32,
+                  max_share: float = 0.5) -> str:
+    """``source``, or a VRT window of it around the labels (plus ``margin`` px of context) when
+    that window is at most ``max_share`` of the raster: only that part needs embedding."""
+    from pathlib import Path
+
+    from mpmae_core.runtime.gdal_io import gdal, open_raster
+    from mpmae_core.runtime.labels import label_window
+
+    ds = open_raster(source)
+    window = label_window(features, ds.GetGeoTransform(), ds.RasterXSize, ds.RasterYSize, margin, multiple)
+    if window is None or window[2] * window[3] > max_share * ds.RasterXSize * ds.RasterYSize:
+        return str(source)
+    vrt = str(Path(workdir) / "labels_extent.vrt")
+    out = gdal().Translate(vrt, ds, format="VRT", srcWin=list(window))
+    if out is None:
+        return str(source)
+    out = None
+    log(f"embedding only the labels' extent: {window[2]} x {window[3]} of {ds.RasterXSize} x {ds.RasterYSize} px")
+    return vrt
+
+
 def cap_per_class(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
     """Indices keeping at most ``cap`` samples per class (random, seeded), in original order."""
     rng = np.random.default_rng(seed)
@@ -280,7 +302,10 @@ def train_head(source, model_path, features, class_names, output, *, embeddings=
     from mpmae_core.runtime.files import atomic_write_text
     from mpmae_core.runtime.predict import Cancelled, embeddings_for
 
+    features = list(features)
     with tempfile.TemporaryDirectory(prefix="mmearth-head-") as work:
+        if not embeddings:
+            source = labels_extent(source, features, work, log, embed_kw.get("overlap", 128))
         emb, meta = embeddings_for(source, model_path, embeddings, work, cancelled=cancelled, log=log,
                                    progress=lambda f: progress(0.9 * f), **embed_kw)
         x, y, groups, samples = gather_samples(emb, features, class_names, log, feature_ids)

@@ -103,3 +103,33 @@ def read_cells(path, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         if nd is not None and not np.isnan(nd):
             block[b][block[b] == nd] = np.nan
     return block[:, rows - r0, cols - c0].T.copy()
+
+
+def label_window(features, geotransform, width: int, height: int, margin: int, multiple: int):
+    """The pixel window (x0, y0, w, h) holding every labelled geometry plus ``margin`` pixels of
+    context, with its origin and size on the ``multiple`` grid (the model's patches stay aligned
+    with the full raster's), clipped to the raster; None when no geometry touches the raster.
+    ``features``: iterable of (WKB in the raster's CRS, anything)."""
+    from osgeo import ogr
+
+    gt = geotransform
+    xs, ys = [], []
+    for wkb, _ in features:
+        geom = ogr.CreateGeometryFromWkb(bytes(wkb)) if wkb else None
+        if geom is None or geom.IsEmpty():
+            continue
+        minx, maxx, miny, maxy = geom.GetEnvelope()
+        for x, y in ((minx, miny), (maxx, maxy)):
+            c, r = _grid_cell(gt, x, y)
+            xs.append(c)
+            ys.append(r)
+    if not xs:
+        return None
+    x0, x1 = max(min(xs) - margin, 0), min(max(xs) + 1 + margin, width)
+    y0, y1 = max(min(ys) - margin, 0), min(max(ys) + 1 + margin, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    x0, y0 = x0 - x0 % multiple, y0 - y0 % multiple
+    x1 = min(x1 + (-x1) % multiple, width)
+    y1 = min(y1 + (-y1) % multiple, height)
+    return x0, y0, x1 - x0, y1 - y0
