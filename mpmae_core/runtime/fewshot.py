@@ -31,7 +31,6 @@ from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata
 LN_EPS = 1e-6
 
 
-
 class FewShotError(ValueError):
     """The labels cannot give a head: too few classes or samples; the message says what to add."""
 
@@ -65,18 +64,17 @@ def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2, 
     reg = np.ones((d + 1, 1))
     reg[-1] = 0.0  # the bias is not regularised
 
-    def loss_grad(theta):
+    def gradient(theta):  # of the objective above (the restart rule needs no loss values)
         z = xb @ theta
         z -= z.max(1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-        loss = -(w * (onehot * logp).sum(1)).sum() + 0.5 * l2 * ((theta * reg) ** 2).sum()
-        grad = xb.T @ ((np.exp(logp) - onehot) * w[:, None]) + l2 * theta * reg
-        return loss, grad
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        return xb.T @ ((p - onehot) * w[:, None]) + l2 * theta * reg
 
     theta = np.zeros((d + 1, n_classes))
     look, t = theta.copy(), 1.0
     for _ in range(iters):
-        _, grad = loss_grad(look)
+        grad = gradient(look)
         new = look - step * grad
         if np.sum(grad * (new - theta)) > 0:  # adaptive restart (O'Donoghue and Candes): drop the momentum
             t = 1.0
@@ -266,8 +264,6 @@ def labels_extent(source, features, workdir, log=lambda m: None, margin: int = 1
                   max_share: float = 0.5) -> str:
     """``source``, or a VRT window of it around the labels (plus ``margin`` px of context) when
     that window is at most ``max_share`` of the raster: only that part needs embedding."""
-    from pathlib import Path
-
     from mpmae_core.runtime.gdal_io import gdal, open_raster
     from mpmae_core.runtime.labels import label_window
 
@@ -319,11 +315,10 @@ def train_head(source, model_path, features, class_names, output, *, embeddings=
     cv = cross_validate(x, y, groups, class_names, folds=folds, seed=seed, l2=l2)
     progress(0.97)
     head = LinearHead.fit(x, y, class_names, class_colours, l2=l2)
-    train_cm = metrics.confusion_matrix(y, head.predict(x), len(class_names))
     text = report_text(cv, samples)
     if report_path:
         atomic_write_text(report_path, report_html(cv, samples, f"Few-shot head: {Path(output).name}"))
     head.save(output, patch_size=meta.patch_size, source=f"few-shot head on {Path(model_path).name}")
     progress(1.0)
     return {"output": str(output), "report": str(report_path or ""), "text": text, "cv": cv, "samples": samples,
-            "train_accuracy": metrics.accuracy(train_cm), "classes": list(class_names)}
+            "classes": list(class_names)}
