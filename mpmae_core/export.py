@@ -29,7 +29,7 @@ from mpmae_core.models.convnextv2 import ConvNeXtV2Encoder, size_from_dims
 from mpmae_core.models.losses import unpatchify
 from mpmae_core.models.mpmae import MPMAE
 from mpmae_core.runtime.files import atomic_output
-from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata
+from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata, head_metadata
 
 CLASS_INFO = {
     "esa_worldcover": (registry.ESA_WORLDCOVER_NAMES, registry.ESA_WORLDCOVER_COLOURS),
@@ -175,9 +175,7 @@ def export_head(weight, bias, path: str | os.PathLike, class_names: Sequence[str
     to_np = (lambda t: t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t))
     weight, bias = to_np(weight).astype(np.float32), to_np(bias).astype(np.float32)
     k, d = weight.shape
-    meta = ModelMetadata(kind="head", task=task, class_names=list(class_names),
-                         class_colours=[list(c) for c in class_colours] if class_colours else [],
-                         embedding_dim=d, patch_size=patch_size, output_stride=patch_size, source=source)
+    meta = head_metadata(class_names, class_colours, d, task=task, patch_size=patch_size, source=source)
     data = onnx_writer.linear_head(weight, bias, metadata={METADATA_KEY: meta.to_json()})
     probe = np.random.default_rng(0).normal(size=(2, d, 3, 5)).astype(np.float32)
     got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"embedding": probe})[0]

@@ -26,7 +26,7 @@ import numpy as np
 from mpmae_core import registry
 from mpmae_core.runtime import metrics, onnx_writer
 from mpmae_core.runtime.files import atomic_output
-from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata
+from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata, head_metadata
 
 LN_EPS = 1e-6
 
@@ -115,11 +115,8 @@ class LinearHead:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.logits(x).argmax(1)
 
-    def metadata(self, task: str = "few-shot", patch_size: int = 16, source: str = "") -> ModelMetadata:
-        return ModelMetadata(kind="head", task=task, class_names=list(self.class_names),
-                             class_colours=[list(map(int, c)) for c in self.class_colours],
-                             embedding_dim=int(self.weight.shape[1]), patch_size=patch_size,
-                             output_stride=patch_size, source=source)
+    def metadata(self, **kw) -> ModelMetadata:
+        return head_metadata(self.class_names, self.class_colours, self.weight.shape[1], **kw)
 
     def onnx_bytes(self, **meta_kw) -> bytes:
         return onnx_writer.linear_head(self.weight, self.bias, mean=self.mean, std=self.std, layer_norm=True,

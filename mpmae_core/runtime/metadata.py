@@ -97,6 +97,15 @@ class ModelMetadata:
         return s["mean"], s["std"]
 
 
+def head_metadata(class_names, class_colours, embedding_dim: int, task: str = "few-shot", patch_size: int = 16,
+                  source: str = "") -> ModelMetadata:
+    """Metadata of a head on ``embedding_dim``-dim embeddings at patch stride."""
+    return ModelMetadata(kind="head", task=task, class_names=list(class_names),
+                         class_colours=[[int(v) for v in c] for c in class_colours or []],
+                         embedding_dim=int(embedding_dim), patch_size=patch_size, output_stride=patch_size,
+                         source=source)
+
+
 def default_normalisation(bands) -> dict:
     """MMEarth's published L1C and L2A statistics for ``bands`` (those a level lacks are left out)."""
     out = {}

@@ -22,9 +22,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from mpmae_core import registry
 from mpmae_core.runtime.model import OnnxModel
-from mpmae_core.runtime.styles import PALETTE, BandMoments, paletted_qml, write_style
 from mpmae_core.runtime.raster import PreparedInput, RasterWriter, output_geotransform, read_block
+from mpmae_core.runtime.styles import BandMoments, paletted_qml, write_style
 from mpmae_core.runtime.tiling import blend_weights, round_up, tile_windows
 
 
@@ -233,7 +234,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         log(note)
     runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "probabilities", head=head)
     names = classes.class_names or [f"class {i}" for i in range(runner.channels)]
-    colours = classes.class_colours or [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+    colours = classes.class_colours or registry.suggest_class_colours(names)
     gt = output_geotransform(prep.geotransform, 1)
     writers = [RasterWriter(output, runner.out_w, runner.out_h, 1, "uint8", gt, prep.projection, nodata=255,
                             descriptions=[classes.task or "class"], cog=cog, class_names=names,

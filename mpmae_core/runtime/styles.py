@@ -12,14 +12,10 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from mpmae_core import registry
 from mpmae_core.runtime.files import atomic_write_text
 
 _HEAD = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n<qgis version=\"3.22\" styleCategories=\"Symbology\">\n<pipe>\n"
 _TAIL = "</pipe>\n</qgis>\n"
-
-#: Colours for classes without colours of their own (the registry's one palette).
-PALETTE = list(registry.CLASS_PALETTE)
 
 #: Stops of a perceptually ordered ramp (dark purple -> yellow) for continuous maps.
 RAMP = [(0.0, (13, 8, 135)), (0.25, (126, 3, 168)), (0.5, (204, 71, 120)), (0.75, (248, 149, 64)),
