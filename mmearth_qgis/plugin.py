@@ -25,8 +25,8 @@ class MMEarthPlugin:
 
             self.options_factory = MMEarthOptionsFactory()
             self.iface.registerOptionsWidgetFactory(self.options_factory)
-            status = onnxruntime_status()
-            if status.startswith("onnxruntime is not installed"):
+            installed, status = onnxruntime_status()
+            if not installed:
                 from qgis.core import Qgis, QgsMessageLog
 
                 QgsMessageLog.logMessage(status, "MMEarth", Qgis.Warning)

@@ -8,19 +8,17 @@ from qgis.PyQt.QtWidgets import QFormLayout, QLabel
 from . import models
 
 
-def onnxruntime_status() -> str:
-    """One line: the onnxruntime version and devices, or the command that installs it."""
+def onnxruntime_status() -> tuple[bool, str]:
+    """(installed, one line for the analyst): the onnxruntime version and devices, or the
+    runtime's own message with the command that installs it for this Python."""
+    from mpmae_core.runtime.model import ModelError, cuda_driver_present, onnxruntime
+
     try:
-        import onnxruntime as ort
-    except ImportError:
-        from mpmae_core.runtime.model import install_command
-
-        return ("onnxruntime is not installed for QGIS's Python; the algorithms need it. Install it with:\n"
-                f"{install_command()}")
-    from mpmae_core.runtime.model import cuda_driver_present
-
+        ort = onnxruntime()
+    except ModelError as exc:
+        return False, str(exc)
     gpu = "CUDAExecutionProvider" in ort.get_available_providers() and cuda_driver_present()
-    return f"onnxruntime {ort.__version__} ({'GPU and CPU' if gpu else 'CPU'})"
+    return True, f"onnxruntime {ort.__version__} ({'GPU and CPU' if gpu else 'CPU'})"
 
 
 class MMEarthOptionsPage(QgsOptionsPageWidget):
@@ -33,7 +31,7 @@ class MMEarthOptionsPage(QgsOptionsPageWidget):
         self.folder.fileChanged.connect(self._update_listing)
         self.listing = QLabel()
         self.listing.setWordWrap(True)
-        self.runtime = QLabel(onnxruntime_status())
+        self.runtime = QLabel(onnxruntime_status()[1])
         self.runtime.setWordWrap(True)
         self.runtime.setTextInteractionFlags(Qt.TextSelectableByMouse)  # the install command can be copied
         layout.addRow("Models folder", self.folder)
