@@ -161,7 +161,8 @@ class TiledPredictor:
 # What the command line and the QGIS plugin call
 # ------------------------------------------------------------------------------------------
 
-def _writer_guard(writers, fn):
+def writer_guard(writers, fn):
+    """``fn()``; if it raises (cancel included), every writer drops its partial file first."""
     try:
         result = fn()
     except BaseException as exc:
@@ -198,7 +199,7 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
         writer.write_rows(y, values)
         moments.add(values, valid)
 
-    stats = _writer_guard([writer], lambda: runner.run(write, progress, cancelled))
+    stats = writer_guard([writer], lambda: runner.run(write, progress, cancelled))
     writer.close()
     if style:
         write_style(output, moments.three_component_qml())
@@ -249,7 +250,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         if len(writers) > 1:
             writers[1].write_rows(y, values)
 
-    stats = _writer_guard(writers, lambda: runner.run(write, progress, cancelled))
+    stats = writer_guard(writers, lambda: runner.run(write, progress, cancelled))
     for w in writers:
         w.close()
     if style:

@@ -44,7 +44,7 @@ def similarity(source, model_path, queries, output, *, embeddings=None, aggregat
 
     from mpmae_core.runtime.fewshot import FewShotError
     from mpmae_core.runtime.labels import label_cells, read_cells
-    from mpmae_core.runtime.predict import Cancelled, embeddings_for
+    from mpmae_core.runtime.predict import Cancelled, embeddings_for, writer_guard
     from mpmae_core.runtime.styles import pseudocolor_qml, write_style
 
     queries = list(queries)
@@ -69,7 +69,8 @@ def similarity(source, model_path, queries, output, *, embeddings=None, aggregat
         centre = total / max(count, 1)
         writer = RasterWriter(output, ds.RasterXSize, ds.RasterYSize, 1, "float32", ds.GetGeoTransform(),
                               ds.GetProjection(), nodata=float("nan"), descriptions=[f"similarity ({aggregate})"])
-        try:
+
+        def write_all():
             lo, hi = np.inf, -np.inf
             for y, block in _row_blocks(ds):
                 if cancelled():
@@ -82,9 +83,9 @@ def similarity(source, model_path, queries, output, *, embeddings=None, aggregat
                     lo, hi = min(lo, float(sim[ok].min())), max(hi, float(sim[ok].max()))
                 writer.write_rows(y, sim.reshape(1, block.shape[1], block.shape[2]))
                 progress(0.8 + 0.2 * min(1.0, (y + block.shape[1]) / ds.RasterYSize))
-        except BaseException as exc:
-            writer.abort(exc)
-            raise
+            return lo, hi
+
+        lo, hi = writer_guard([writer], write_all)
         writer.close()
         ds = None
     if style and np.isfinite(lo):
