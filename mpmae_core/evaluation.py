@@ -65,24 +65,16 @@ def fraction_split(y: np.ndarray, fraction: float, seed: int) -> tuple:
     return train, test, sorted(np.unique(y[train]).tolist())
 
 
-def window_labels(labels: np.ndarray, window: int, nodata: int = 0, min_share: float = 0.5) -> np.ndarray:
-    """(rows, cols) class of each ``window`` x ``window`` block: the class covering at least
-    ``min_share`` of the block's pixels, else ``nodata``."""
-    h, w = labels.shape[0] // window, labels.shape[1] // window
-    blocks = labels[:h * window, :w * window].reshape(h, window, w, window).transpose(0, 2, 1, 3).reshape(h, w, -1)
-    out = np.full((h, w), nodata, labels.dtype)
-    for c in np.unique(labels):
-        if c == nodata:
-            continue
-        share = (blocks == c).mean(-1)
-        out[share >= min_share] = c
-    return out
-
-
 def block_mean(x: np.ndarray, factor: int) -> np.ndarray:
     """(C, H, W) -> (C, H/f, W/f) averages of f x f blocks (H, W cropped to multiples of f)."""
     c, h, w = x.shape[0], x.shape[1] // factor, x.shape[2] // factor
     return x[:, :h * factor, :w * factor].reshape(c, h, factor, w, factor).mean((2, 4))
+
+
+def block_all(mask: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W) bool -> (H/f, W/f): whether every pixel of each f x f block is set (cropped to multiples of f)."""
+    h, w = mask.shape[0] // factor, mask.shape[1] // factor
+    return mask[:h * factor, :w * factor].reshape(h, factor, w, factor).all(axis=(1, 3))
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -155,7 +147,8 @@ def segment_cells(cell_features: dict, cell_labels: np.ndarray, pixel_labels: np
             y_cells = flat[cells]
             in_train = np.zeros((h, w), bool)
             in_train.flat[cells] = True
-            test_mask = (pix != nodata) & ~np.kron(in_train, np.ones((patch, patch), bool)) & np.isin(pix, used)
+            train_pixels = np.kron(in_train, np.ones((patch, patch), bool))
+            test_mask = (pix != nodata) & ~train_pixels & np.isin(pix, used)
             truth = pix[test_mask]
             for rep, feats in cell_features.items():
                 f = feats.reshape(h * w, -1)
@@ -167,7 +160,7 @@ def segment_cells(cell_features: dict, cell_labels: np.ndarray, pixel_labels: np
             if pixel_spectra is not None:
                 c = pixel_spectra.shape[0]
                 spec = pixel_spectra[:, :h * patch, :w * patch].reshape(c, -1).T
-                train_pix = np.kron(in_train, np.ones((patch, patch), bool)).ravel() & (pix.ravel() != nodata)
+                train_pix = train_pixels.ravel() & (pix.ravel() != nodata)
                 xi, yi = spec[train_pix], pix.ravel()[train_pix]
                 keep = fewshot.cap_per_class(yi, max_pixels, seed)
                 head = fewshot.LinearHead.fit(xi[keep], yi[keep], list(class_names), l2=l2)

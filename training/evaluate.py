@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.evaluation import (SPECTRA, Report, aggregate, block_mean, classify, paired_difference,
-                                   segment_cells, window_labels, write_report)
+from mpmae_core.evaluation import (SPECTRA, Report, aggregate, block_all, block_mean, classify, paired_difference,
+                                   segment_cells, write_report)
+from mpmae_core.runtime.labels import window_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,8 +141,7 @@ def cell_features(encoder, x: np.ndarray, valid: np.ndarray, tile: int = 512) ->
                 y1, x1 = min(y0 + tile, h * p), min(x0 + tile, w * p)
                 feats = encoder(torch.from_numpy(np.ascontiguousarray(x[None, :, y0:y1, x0:x1])))[0]
                 out[y0 // p:y1 // p, x0 // p:x1 // p] = feats.permute(1, 2, 0).numpy()
-    ok = valid[:h * p, :w * p].reshape(h, p, w, p).all(axis=(1, 3))
-    out[~ok] = np.nan
+    out[~block_all(valid, p)[:h, :w]] = np.nan
     return out
 
 
@@ -166,9 +166,7 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
 
     # classification samples: windows mostly one class, without nodata
     wl = window_labels(lab, window)
-    win_valid = valid[:wl.shape[0] * window, :wl.shape[1] * window].reshape(
-        wl.shape[0], window, wl.shape[1], window).all(axis=(1, 3))
-    take = (wl > 0) & win_valid
+    take = (wl > 0) & block_all(valid, window)
     y = wl[take] - 1
     log(f"[evaluate] {take.sum()} windows of {window} px mostly one class: " +
         ", ".join(f"{n} {int((y == i).sum())}" for i, n in enumerate(names)))
@@ -184,8 +182,7 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
     results = classify(cls_features, y, names, shots, seeds, log=log)
     # segmentation: cells mostly (80 %) one class are the labelled "points"
     cl = window_labels(lab, patch, min_share=0.8)
-    cl[~valid[:cl.shape[0] * patch, :cl.shape[1] * patch].reshape(cl.shape[0], patch, cl.shape[1], patch).all(
-        axis=(1, 3))] = 0
+    cl[~block_all(valid, patch)] = 0
     seg_features = {n: np.nan_to_num(f[:cl.shape[0], :cl.shape[1]]) for n, f in seg_features.items()}
     pix = np.where(valid, lab, 0) - 1  # -1: unlabelled; classes 0..K-1
     results += segment_cells(seg_features, cl - 1, pix, patch, x, names, shots, seeds, nodata=-1)

@@ -236,13 +236,13 @@ def label_points(out: Path, per_class: int = 8, seed: int = 0, classes=None, cel
 
     from mpmae_core.runtime.files import atomic_output
     from mpmae_core.runtime.gdal_io import gdal
+    from mpmae_core.runtime.labels import window_labels
 
     g = gdal()
     ds = g.Open(str(labels_path()))
     lab = ds.GetRasterBand(1).ReadAsArray()
     gt = ds.GetGeoTransform()
-    h, w = lab.shape[0] // cell, lab.shape[1] // cell
-    blocks = lab[:h * cell, :w * cell].reshape(h, cell, w, cell)
+    majority = window_labels(lab, cell, min_share=0.8)
     rng = np.random.default_rng(seed)
     wanted = list(classes) if classes else list(OSM_CLASSES)
     unknown = [c for c in wanted if c not in OSM_CLASSES]
@@ -267,7 +267,7 @@ def label_points(out: Path, per_class: int = 8, seed: int = 0, classes=None, cel
         layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
         for name in wanted:
             value = OSM_CLASSES.index(name) + 1
-            rows, cols = np.nonzero((blocks == value).mean(axis=(1, 3)) >= 0.8)
+            rows, cols = np.nonzero(majority == value)
             pick = rng.choice(len(rows), min(per_class, len(rows)), replace=False) if len(rows) else []
             counts[name] = len(pick)
             for i in pick:

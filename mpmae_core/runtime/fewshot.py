@@ -234,20 +234,23 @@ def gather_samples(embeddings, features, class_names, log=lambda m: None, featur
 
     features = list(features)
     ids = list(feature_ids) if feature_ids is not None else list(range(1, len(features) + 1))
+
+    def id_list(numbers, most: int = 10) -> str:
+        return ", ".join(str(ids[i]) for i in numbers[:most]) + (", ..." if len(numbers) > most else "")
+
     ds = open_raster(embeddings)
     cells = label_cells(features, ds.GetGeoTransform(), ds.RasterXSize, ds.RasterYSize)
     if cells.empty:
         log(f"warning: skipped {len(cells.empty)} feature(s) without a geometry")
     if cells.outside:
         log(f"warning: skipped {len(cells.outside)} of {len(features)} labelled feature(s) outside the raster "
-            f"(feature ids {', '.join(str(ids[i]) for i in cells.outside[:10])}"
-            f"{', ...' if len(cells.outside) > 10 else ''})")
+            f"(feature ids {id_list(cells.outside)})")
     x = read_cells(embeddings, cells.rows, cells.cols)
     ok = np.isfinite(x).all(1)
     nodata_features = sorted(set(cells.groups[~ok].tolist()) - set(cells.groups[ok].tolist()))
     if nodata_features:
         log(f"warning: skipped {len(nodata_features)} labelled feature(s) over pixels without data (feature ids "
-            f"{', '.join(str(ids[i]) for i in nodata_features[:10])}{', ...' if len(nodata_features) > 10 else ''})")
+            f"{id_list(nodata_features)})")
     if not ok.any():
         raise FewShotError("none of the labelled features lies over valid pixels of the raster: check that labels "
                            "and raster cover the same place (their CRS are reconciled automatically)")

@@ -133,3 +133,17 @@ def label_window(features, geotransform, width: int, height: int, margin: int, m
     x1 = min(x1 + (-x1) % multiple, width)
     y1 = min(y1 + (-y1) % multiple, height)
     return x0, y0, x1 - x0, y1 - y0
+
+
+def window_labels(labels: np.ndarray, window: int, nodata: int = 0, min_share: float = 0.5) -> np.ndarray:
+    """(rows, cols) class of each ``window`` x ``window`` block: the class covering at least
+    ``min_share`` of the block's pixels, else ``nodata``."""
+    h, w = labels.shape[0] // window, labels.shape[1] // window
+    blocks = labels[:h * window, :w * window].reshape(h, window, w, window).transpose(0, 2, 1, 3).reshape(h, w, -1)
+    out = np.full((h, w), nodata, labels.dtype)
+    for c in np.unique(labels):
+        if c == nodata:
+            continue
+        share = (blocks == c).mean(-1)
+        out[share >= min_share] = c
+    return out
