@@ -162,7 +162,6 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
     K = len(names)
     log(f"[evaluate] image {Path(image).name}: {prep.width} x {prep.height} px; labels {Path(labels).name}: "
         f"{K} classes ({', '.join(names)}), {(lab > 0).mean():.1%} of pixels labelled")
-    y_names = ["unlabelled"] + names
 
     # classification samples: windows mostly one class, without nodata
     wl = window_labels(lab, window)
@@ -207,7 +206,7 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
     notes = [f"windows of {window} px ({window * 10} m) for classification; cells of {patch} px for segmentation",
              f"seeds: {seeds}; classes with no more than k samples are left out of k-shot runs",
              f"evaluated in {time.time() - t0:.0f} s"]
-    report = Report(f"Linear probing and few-shot evaluation", f"{Path(image).name} with labels {Path(labels).name}",
+    report = Report("Linear probing and few-shot evaluation", f"{Path(image).name} with labels {Path(labels).name}",
                     reps, list(shots), seeds, summary, comparisons, notes)
     path = write_report(report, Path(out_dir), results)
     for c in comparisons:
