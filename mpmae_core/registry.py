@@ -46,6 +46,8 @@ S2_BAND_BY_NAME = {b.name: b for b in S2_BANDS}
 
 #: The 13 bands of an MMEarth ``sentinel2`` dataset, in storage order.
 S2_STORAGE_ORDER: tuple[str, ...] = tuple(b.name for b in S2_BANDS)
+#: The order of the ESA products and most GeoTIFF stacks (B8 before B8A).
+S2_PRODUCT_ORDER: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
 #: The 12 bands the MMEarth models take (B10 dropped), in model input order.
 S2_MMEARTH_BANDS: tuple[str, ...] = tuple(n for n in S2_STORAGE_ORDER if n != "B10")
 #: RGB input bands of the ``rgb`` reference configuration, in the reference's order (blue, green, red).
@@ -55,6 +57,8 @@ S2_RGB_DISPLAY: tuple[str, ...] = ("B4", "B3", "B2")
 
 #: Processing levels an MMEarth tile can have; statistics are chosen per tile by this.
 S2_LEVELS: tuple[str, ...] = ("l1c", "l2a")
+#: What a user may ask for: a level, or "auto" (from the raster's bands and metadata).
+S2_LEVEL_CHOICES: tuple[str, ...] = ("auto",) + S2_LEVELS
 
 #: Sentinel-2 nodata value in the raw uint16 digital numbers.
 S2_NODATA = 0
@@ -141,14 +145,31 @@ class BandMatch:
             problems.append(f"ambiguous band names ({dup}): give each band a unique description")
         if self.missing:
             named = sum(1 for lab in self.labels if canonical_s2_band(lab))
-            hint = (
-                "the raster's bands have no Sentinel-2 band names in their descriptions; set them "
-                "(e.g. gdal_edit.py -mo or a VRT with <Description>B4</Description>) or map the bands by hand"
-                if named == 0
-                else "add these bands to the stack, or map the bands by hand"
-            )
+            if named == 0:
+                hint = ("the raster's bands have no Sentinel-2 band names in their descriptions; map the bands by "
+                        "hand (--band-map, or 'Band map' in QGIS), or name them once, listing the names in the raster's "
+                        "own band order, with: " + set_descriptions_command("FILE.tif", S2_PRODUCT_ORDER))
+            else:
+                fill = [m for m in self.missing if m in FILLABLE_BANDS]
+                hint = "add these bands to the stack, or map the bands by hand"
+                if fill:
+                    hint += (f"; {', '.join(fill)} (atmospheric bands the landcover barely depends on) can be "
+                             "stood in for by a neighbouring band: a band map may repeat a band number, e.g. "
+                             f"{FILLABLE_BANDS[fill[0]]} for {fill[0]}")
             problems.append(f"missing band(s) {', '.join(self.missing)}: {hint}")
         return "; ".join(problems)
+
+
+#: Bands a user may stand in for by a neighbour (repeating a band in the band map), and which.
+FILLABLE_BANDS = {"B1": "the band number of B2", "B9": "the band number of B8A"}
+
+
+def set_descriptions_command(path: str, names: Sequence[str]) -> str:
+    """A shell command that writes Sentinel-2 band names into a raster's band descriptions
+    (gdal_edit.py cannot set descriptions)."""
+    return ("python3 -c \"from osgeo import gdal; ds = gdal.Open('" + path + "', gdal.GA_Update); "
+            "[ds.GetRasterBand(i + 1).SetDescription(n) for i, n in enumerate('"
+            + " ".join(names) + "'.split())]\"")
 
 
 def match_bands(labels: Sequence[Optional[str]], wanted: Sequence[str] = S2_MMEARTH_BANDS) -> BandMatch:

@@ -81,7 +81,7 @@ def test_reflectance_scaled_to_one_warns(tmp_path):
     arr = (_s2_like(np.random.default_rng(5)) / 12000.0).astype("float32")
     path = write_geotiff(tmp_path / "refl.tif", arr, PRODUCT_ORDER)
     a = rinspect.inspect_raster(path)
-    assert any("multiply by 10000" in f.message for f in a.findings)
+    assert any("reflectance scaled to 0-1" in f.message and "10000" in f.message for f in a.findings)
     assert any("no nodata value" in f.message for f in a.findings)
 
 

@@ -41,12 +41,19 @@ def _band_map(text):
     if not text:
         return None
     try:
-        return [int(v) for v in text.split(",")]
+        values = [int(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"band map must be comma-separated band numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"band map must be comma-separated band numbers such as 1,2,3, got {text!r}") \
+            from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"band numbers start at 1, got {text!r}")
+    return values
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from mpmae_core import registry
+    from mpmae_core.runtime import cli
+
     p = argparse.ArgumentParser(prog="python -m mpmae_core.runtime", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -54,17 +61,23 @@ def main(argv=None) -> int:
     common.add_argument("input")
     common.add_argument("model")
     common.add_argument("output")
-    common.add_argument("--tile", type=int, default=512, help="tile side in pixels (multiple of the patch size)")
-    common.add_argument("--overlap", type=int, default=128, help="overlap between tiles in pixels")
-    common.add_argument("--batch", type=int, default=0, help="tiles per model call (default: 1 on CPU, 8 on CUDA)")
-    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    common.add_argument("--level", default="auto", choices=["auto", "l1c", "l2a"], help="Sentinel-2 processing level")
-    common.add_argument("--dn-offset", default="auto", help="DN offset to subtract: auto, 0, or 1000 (baseline >= 04.00)")
-    common.add_argument("--band-map", type=_band_map, help="raster band numbers feeding the model's bands, in order")
+    common.add_argument("--tile", type=cli.positive_int, default=512, help="tile side in pixels (multiple of the patch size)")
+    common.add_argument("--overlap", type=cli.non_negative_int, default=128, help="overlap between tiles in pixels")
+    common.add_argument("--batch", type=cli.non_negative_int, default=0,
+                        help="tiles per model call (default 0: 1 on CPU, 8 on CUDA)")
+    common.add_argument("--device", default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))
+    common.add_argument("--level", default="auto", type=cli.choice_of(registry.S2_LEVEL_CHOICES, "processing level"),
+                        help="Sentinel-2 processing level: " + ", ".join(registry.S2_LEVEL_CHOICES))
+    common.add_argument("--dn-offset", default="auto", type=cli.dn_offset,
+                        help="DN offset to subtract: auto, 0, or 1000 (baseline >= 04.00)")
+    common.add_argument("--scale", type=cli.positive_float, default=1.0,
+                        help="multiply raw values by this first: 10000 for reflectance 0-1, 10 for reflectance x 1000")
+    common.add_argument("--band-map", type=_band_map,
+                        help="raster band numbers feeding the model's bands, in order (a number may repeat)")
     common.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
     e = sub.add_parser("embed", parents=[common], help="embedding raster")
     e.add_argument("--upsample", action="store_true", help="embeddings per pixel instead of per patch")
-    e.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    e.add_argument("--dtype", default="float32", type=cli.choice_of(["float32", "float16"], "dtype"))
     s = sub.add_parser("segment", parents=[common], help="class map")
     s.add_argument("--head", help="a head model on the encoder's embeddings (e.g. a few-shot head)")
     s.add_argument("--probabilities", help="also write class probabilities to this file")
@@ -75,50 +88,59 @@ def main(argv=None) -> int:
     v.add_argument("classes")
     v.add_argument("output")
     v.add_argument("--title", default="")
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from mpmae_core.runtime.cli import run_main
     from mpmae_core.runtime.gdal_io import RasterError
     from mpmae_core.runtime.metadata import MetadataError
     from mpmae_core.runtime.model import ModelError
-    from mpmae_core.runtime.predict import Cancelled, embed, segment
+    from mpmae_core.runtime.predict import Cancelled
 
     log = lambda m: print(f"[mmearth] {m}", file=sys.stderr)  # noqa: E731
-    import os
 
-    if "GDAL_CACHEMAX" not in os.environ:
-        # GDAL's block cache defaults to 5 % of RAM and would dominate peak memory on large rasters;
-        # output rows are written once, so a small cache costs nothing.
-        from mpmae_core.runtime.gdal_io import gdal
+    def body() -> int:
+        import os
 
-        gdal().SetCacheMax(256 * 1024 * 1024)
-    try:
+        from mpmae_core.runtime.predict import embed, segment
+
+        if "GDAL_CACHEMAX" not in os.environ:
+            # GDAL's block cache defaults to 5 % of RAM and would dominate peak memory on large rasters;
+            # output rows are written once, so a small cache costs nothing.
+            from mpmae_core.runtime.gdal_io import gdal
+
+            gdal().SetCacheMax(256 * 1024 * 1024)
         if args.cmd == "inspect":
             from mpmae_core.runtime.inspect import inspect_raster, summary_lines
 
             print("\n".join(summary_lines(inspect_raster(args.input))))
             return 0
         if args.cmd == "preview":
+            from mpmae_core.runtime.files import check_output
             from mpmae_core.runtime.preview import side_by_side
 
+            check_output(args.output, [args.scene, args.classes], "preview", (".png",), "a PNG image")
             log(f"wrote {side_by_side(args.scene, args.classes, args.output, args.title)}")
             return 0
-        offset = args.dn_offset if args.dn_offset == "auto" else float(args.dn_offset)
         common_kw = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device, level=args.level,
-                         dn_offset=offset, band_map=args.band_map, cog=args.cog, progress=Bar(args.cmd), log=log)
-        if args.cmd == "embed":
-            res = embed(args.input, args.model, args.output, dtype=args.dtype, upsample=args.upsample, **common_kw)
-        else:
-            res = segment(args.input, args.model, args.output, head_path=args.head,
-                          probabilities_path=args.probabilities, **common_kw)
-    except (RasterError, ModelError, MetadataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Cancelled):
-        print("\ncancelled: no output written", file=sys.stderr)
-        return 130
-    log(f"wrote {res['output']} on {res['provider']}: {res['run']} tiles run, {res['skipped']} empty tiles "
-        f"skipped; input level {res['level'].upper()}")
-    return 0
+                         dn_offset=args.dn_offset, band_map=args.band_map, scale=args.scale, cog=args.cog,
+                         progress=Bar(args.cmd), log=log)
+        try:
+            if args.cmd == "embed":
+                res = embed(args.input, args.model, args.output, dtype=args.dtype, upsample=args.upsample, **common_kw)
+            else:
+                res = segment(args.input, args.model, args.output, head_path=args.head,
+                              probabilities_path=args.probabilities, **common_kw)
+        except Cancelled:
+            raise KeyboardInterrupt from None
+        log(f"wrote {res['output']} on {res['provider']}: {res['run']} tiles run, {res['skipped']} empty tiles "
+            f"skipped; input level {res['level'].upper()}")
+        return 0
+
+    return run_main(body, (RasterError, ModelError, MetadataError, ValueError),
+                    interrupted=lambda: "no output written", prog="python -m mpmae_core.runtime")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ switches it: it checks return values, collects GDAL's own error text, and copes 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 
 class RasterError(ValueError):
@@ -63,6 +65,46 @@ def open_raster(source: str | os.PathLike):
         )
         raise RasterError(f"'{source}' opens with GDAL but has no raster bands.{hint}")
     return ds
+
+
+class GdalErrors(list):
+    """GDAL error messages (failures and worse) collected while a block ran."""
+
+    def text(self) -> str:
+        return "; ".join(dict.fromkeys(m.strip() for m in self if m and m.strip())) or "no reason given"
+
+    @property
+    def disk_full(self) -> bool:
+        t = self.text().lower()
+        return "no space left" in t or "disk space" in t or "free disk" in t
+
+
+@contextlib.contextmanager
+def gdal_errors() -> Iterator[GdalErrors]:
+    """Collect, quietly, the errors GDAL reports inside the block (this thread only).
+
+    Works whether or not GDAL's exception mode is on: an exception GDAL raises is recorded and
+    swallowed, so callers check ``errors`` (and return values) after the block.
+    """
+    g = gdal()
+    errors = GdalErrors()
+
+    def handler(err_class, err_no, message):
+        # GDAL 3.6 reports the padding of partial float16 blocks (outside the raster, never read) as
+        # out of range; values inside are clipped to float16's range before they are written.
+        if "beyond range of float16" in str(message):
+            return
+        if err_class >= g.CE_Failure:
+            errors.append(str(message))
+
+    g.PushErrorHandler(handler)
+    try:
+        try:
+            yield errors
+        except RuntimeError as exc:  # exception mode
+            errors.append(str(exc))
+    finally:
+        g.PopErrorHandler()
 
 
 def data_type_name(gdal_type: int) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime.gdal_io import RasterError, data_type_name, open_raster
+from mpmae_core.runtime.gdal_io import RasterError, data_type_name, gdal_errors, open_raster
 
 #: Pixels per side read for the sampled band statistics: bounded whatever the raster's size.
 SAMPLE_SIDE = 512
@@ -34,6 +35,9 @@ class BandFacts:
     sample_max: Optional[float] = None
     sample_mean: Optional[float] = None
     sample_valid_fraction: Optional[float] = None
+    sample_p50: Optional[float] = None
+    sample_p99: Optional[float] = None
+    read_error: str = ""  # GDAL's reason when a sampled block could not be read
 
 
 @dataclass
@@ -51,6 +55,7 @@ class RasterFacts:
     pixel_size: tuple[float, float]
     geotransform: tuple[float, ...]
     bands: list[BandFacts]
+    metadata: dict = field(default_factory=dict)  # the dataset's own metadata (default domain)
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Assessment:
     match: registry.BandMatch
     level_guess: str
     findings: list[Finding] = field(default_factory=list)
+    level_source: str = ""  # how the level was found: "band B10", "metadata", or "" (assumed)
 
     @property
     def compatible(self) -> bool:
@@ -97,21 +103,48 @@ def _crs_facts(ds) -> tuple[str, str, str, bool, Optional[str], Optional[float]]
 
 
 def _sample_band(band, nodata: Optional[float], side: int = SAMPLE_SIDE) -> tuple:
-    """Min, max, mean and valid fraction over a decimated read of at most side x side pixels."""
+    """Min, max, mean, valid fraction, median and 99th percentile over a decimated read of at most
+    side x side pixels, and GDAL's reason when the read failed ('' when it worked)."""
     w, h = band.XSize, band.YSize
     scale = max(w / side, h / side, 1.0)
     bw, bh = max(1, int(w / scale)), max(1, int(h / scale))
-    arr = band.ReadAsArray(0, 0, w, h, buf_xsize=bw, buf_ysize=bh)
-    if arr is None:
-        return None, None, None, None
+    with gdal_errors() as errors:
+        arr = band.ReadAsArray(0, 0, w, h, buf_xsize=bw, buf_ysize=bh)
+    if arr is None or errors:
+        return None, None, None, None, None, None, errors.text()
     arr = arr.astype(np.float64, copy=False)
     valid = np.isfinite(arr)
     if nodata is not None and not math.isnan(nodata):
         valid &= arr != nodata
     if not valid.any():
-        return None, None, None, 0.0
+        return None, None, None, 0.0, None, None, ""
     vals = arr[valid]
-    return float(vals.min()), float(vals.max()), float(vals.mean()), float(valid.mean())
+    p50, p99 = np.percentile(vals, [50, 99])
+    return (float(vals.min()), float(vals.max()), float(vals.mean()), float(valid.mean()), float(p50), float(p99),
+            "")
+
+
+#: Blocks read per band to find damaged tiles that a decimated read (or overviews) would not touch.
+PROBE_BLOCKS = 64
+
+
+def probe_blocks(band, max_blocks: int = PROBE_BLOCKS) -> str:
+    """Read up to ``max_blocks`` full-resolution blocks spread over the band (every block of a small
+    raster); GDAL's reason for the first one that fails, '' when all read."""
+    bx, by = band.GetBlockSize()
+    bx, by = max(1, min(bx, band.XSize)), max(1, min(by, band.YSize))
+    nx, ny = math.ceil(band.XSize / bx), math.ceil(band.YSize / by)
+    total = nx * ny
+    picks = range(total) if total <= max_blocks else np.linspace(0, total - 1, max_blocks).astype(int)
+    for k in picks:
+        j, i = divmod(int(k), nx)
+        x, y = i * bx, j * by
+        w, h = min(bx, band.XSize - x), min(by, band.YSize - y)
+        with gdal_errors() as errors:
+            arr = band.ReadAsArray(x, y, w, h)
+        if arr is None or errors:
+            return f"block at x {x}, y {y} ({w} x {h} px): {errors.text()}"
+    return ""
 
 
 def read_raster_facts(source: str | os.PathLike, sample: bool = True) -> RasterFacts:
@@ -125,41 +158,149 @@ def read_raster_facts(source: str | os.PathLike, sample: bool = True) -> RasterF
         nodata = b.GetNoDataValue()
         facts = BandFacts(i, b.GetDescription() or "", data_type_name(b.DataType), nodata)
         if sample:
-            (facts.sample_min, facts.sample_max, facts.sample_mean,
-             facts.sample_valid_fraction) = _sample_band(b, nodata)
+            (facts.sample_min, facts.sample_max, facts.sample_mean, facts.sample_valid_fraction,
+             facts.sample_p50, facts.sample_p99, facts.read_error) = _sample_band(b, nodata)
+            if not facts.read_error:
+                facts.read_error = probe_blocks(b)
         bands.append(facts)
     pixel = (abs(gt[1]), abs(gt[5])) if gt else (float("nan"), float("nan"))
     return RasterFacts(
         source=os.fspath(source), driver=ds.GetDriver().ShortName, width=ds.RasterXSize,
         height=ds.RasterYSize, crs_wkt=wkt, crs_name=name, crs_authid=authid,
         crs_is_geographic=geographic, crs_linear_unit=unit, crs_unit_to_metre=to_m,
-        pixel_size=pixel, geotransform=gt, bands=bands,
+        pixel_size=pixel, geotransform=gt, bands=bands, metadata=dict(ds.GetMetadata() or {}),
     )
 
 
-def require_georeferenced(facts: RasterFacts) -> None:
-    """Raise RasterError when the raster has no CRS or no geotransform: nothing can be mapped."""
+def georeference_problems(facts: RasterFacts) -> list[str]:
+    """What is missing for the raster to be placed on the ground, each with its fix ([] when fine)."""
+    problems = []
     if not facts.crs_wkt:
-        raise RasterError(
-            f"The raster '{facts.source}' has no coordinate reference system (CRS). MMEarth models need "
-            "georeferenced Sentinel-2 data: assign the correct CRS (QGIS: Raster > Projections > Assign "
-            "Projection, or gdal_edit.py -a_srs EPSG:32633 FILE) and run again."
-        )
+        problems.append("no coordinate reference system (CRS): assign the correct one (QGIS: Raster > Projections > "
+                        "Assign Projection; or gdal_edit.py -a_srs EPSG:32633 FILE, with your UTM zone)")
     if not facts.geotransform or facts.geotransform == (0.0, 1.0, 0.0, 0.0, 0.0, 1.0):
-        raise RasterError(
-            f"The raster '{facts.source}' has a CRS but no geotransform (pixel size and origin). "
-            "Georeference it (QGIS: Raster > Georeferencer, or gdal_edit.py -a_ullr) and run again."
-        )
+        problems.append("no geotransform (pixel size and origin): georeference it (QGIS: Raster > Georeferencer; or "
+                        "gdal_edit.py -a_ullr ULX ULY LRX LRY FILE with the corner coordinates in metres)")
+    return problems
+
+
+def require_georeferenced(facts: RasterFacts) -> None:
+    """Raise RasterError naming every fix at once when the raster has no CRS or no geotransform."""
+    problems = georeference_problems(facts)
+    if problems:
+        raise RasterError(f"The raster '{facts.source}' cannot be placed on the ground. MMEarth models need "
+                          "georeferenced Sentinel-2 data: it has " + "; and ".join(problems) + ". Then run again.")
+
+
+# ------------------------------------------------------------------------------------------
+# Processing level, DN offset and radiometry: pure rules shared by inspect and the runtime
+# ------------------------------------------------------------------------------------------
+
+_L2A = re.compile(r"L2A|LEVEL-?2A|MSI2A")  # MSIL2A, S2MSI2A, Level-2A
+_L1C = re.compile(r"L1C|LEVEL-?1C|MSI1C")  # MSIL1C, S2MSI1C, Level-1C
+
+
+def detect_level(descriptions: Sequence[str], metadata: dict) -> tuple[Optional[str], str]:
+    """('l1c' | 'l2a' | None, how it was found) from band names (B10 exists only in L1C) or the
+    raster's metadata (product type or level)."""
+    names = {registry.canonical_s2_band(d) for d in descriptions}
+    if "B10" in names:
+        return "l1c", "band B10 (cirrus) is present, which only Level-1C products carry"
+    text = " ".join(f"{k}={v}" for k, v in (metadata or {}).items()).upper()
+    if _L2A.search(text):
+        return "l2a", "the raster's metadata names a Level-2A product"
+    if _L1C.search(text):
+        return "l1c", "the raster's metadata names a Level-1C product"
+    return None, ""
+
+
+def detect_dn_offset(metadata: dict) -> Optional[float]:
+    """The DN offset to subtract, from Sentinel-2 metadata (BOA/RADIO_ADD_OFFSET, PROCESSING_BASELINE)."""
+    meta = {k.upper(): v for k, v in (metadata or {}).items()}
+    for key in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET"):
+        for k, v in meta.items():
+            if key in k:
+                try:
+                    return -float(v)  # the products state the offset as -1000
+                except ValueError:
+                    continue
+    for k, v in meta.items():
+        if "PROCESSING_BASELINE" in k:
+            try:
+                return registry.S2_BASELINE_04_OFFSET if float(v) >= 4.0 else 0.0
+            except ValueError:
+                continue
+    return None
+
+
+#: The 99th percentile of Sentinel-2 DNs (reflectance x 10000) over a scene's bands is above this
+#: for real scenes, even all-water ones at L2A; reflectance x 1000 ("DN/10") stays below it.
+PLAUSIBLE_P99_MIN = 500.0
+#: ... and below this (reflectance 2.5; saturated clouds reach about 1.6).
+PLAUSIBLE_P99_MAX = 25000.0
+
+SCALE_OPTION = "the scale factor (--scale on the command line, 'Scale factor' in QGIS)"
+OFFSET_OPTION = "the DN offset (--dn-offset on the command line, 'DN offset' in QGIS)"
+
+
+def radiometry_findings(p50: Sequence[float], p99: Sequence[float], data_types: Sequence[str],
+                        scale: float = 1.0, dn_offset: float = 0.0) -> list[Finding]:
+    """Warnings when the values read do not look like Sentinel-2 digital numbers after ``scale``
+    and ``dn_offset``, each naming the likely scale and the option that fixes it. ``p50``/``p99``
+    are per-band robust statistics of the raw values (None where a band had no data)."""
+    p50 = [v for v in p50 if v is not None]
+    p99 = [v for v in p99 if v is not None]
+    if not p99:
+        return []
+    top = max(p99) * scale
+    mid = float(np.median(p50)) * scale if p50 else top
+    out = []
+    if "Byte" in data_types and scale == 1.0:
+        return [Finding("warning", "8-bit data (values 0-255) is not Sentinel-2 digital numbers (reflectance x 10000, "
+                                   "uint16): it looks like a visualisation. Use the original product's bands")]
+    if top <= 2.0:
+        out.append(Finding("warning", f"values look like reflectance scaled to 0-1 (99th percentile {top:.3g}); the "
+                                      "models expect Sentinel-2 digital numbers (reflectance x 10000): set "
+                                      f"{SCALE_OPTION} to 10000"))
+    elif top < PLAUSIBLE_P99_MIN:
+        out.append(Finding("warning", f"values are small for Sentinel-2 digital numbers (99th percentile {top:.4g}, "
+                                      "real scenes exceed 500): they look like reflectance x 1000 (some processors "
+                                      f"write DN/10); if so, set {SCALE_OPTION} to 10"))
+    elif top > PLAUSIBLE_P99_MAX:
+        out.append(Finding("warning", f"values are too large for Sentinel-2 digital numbers (99th percentile "
+                                      f"{top:.5g}); check the data's scale and set {SCALE_OPTION} (e.g. 0.1)"))
+    if dn_offset and mid - dn_offset < 0:
+        out.append(Finding("warning", f"half the values are below the DN offset of {dn_offset:g} being subtracted "
+                                      f"(median {mid:.4g}): the raster probably has no offset; set {OFFSET_OPTION} "
+                                      "to 0"))
+    return out
+
+
+def robust_statistics(ds, band_numbers: Sequence[int], nodata: Optional[float], side: int = 256) -> tuple:
+    """Per-band (p50, p99) of valid raw values over a decimated read (bounded whatever the size)."""
+    p50, p99 = [], []
+    for b in band_numbers:
+        band = ds.GetRasterBand(b)
+        _, _, _, _, m, t, err = _sample_band(band, nodata, side)
+        p50.append(m)
+        p99.append(t)
+    return p50, p99
 
 
 def assess(facts: RasterFacts, wanted: Sequence[str] = registry.S2_MMEARTH_BANDS) -> Assessment:
     """Judge whether the raster can feed a Sentinel-2 model that takes the ``wanted`` bands."""
     match = registry.match_bands([b.description for b in facts.bands], wanted)
-    names = {registry.canonical_s2_band(b.description) for b in facts.bands}
-    level = "l1c" if "B10" in names else "unknown"
-    out = Assessment(facts, match, level)
+    level, how = detect_level([b.description for b in facts.bands], facts.metadata)
+    out = Assessment(facts, match, level or "unknown", level_source=how)
     add = out.findings.append
 
+    broken = [b for b in facts.bands if b.read_error]
+    for b in broken:
+        add(Finding("error", f"raster band {b.index} cannot be read: {b.read_error}. The file is damaged or "
+                             "incomplete: download or export it again (check it with gdalinfo -checksum)"))
+
+    found = len(wanted) - len(match.missing)
+    add(Finding("info", f"{found} of the {len(wanted)} bands the model takes were found by name"))
     if not match.complete:
         add(Finding("error", match.describe_problem()))
     elif not match.is_identity:
@@ -180,26 +321,26 @@ def assess(facts: RasterFacts, wanted: Sequence[str] = registry.S2_MMEARTH_BANDS
                         f"pixel size is {px[0]:g} x {px[1]:g} m but the models were trained at "
                         f"{MODEL_GSD_M:g} m: resample to {MODEL_GSD_M:g} m first"))
 
-    used = [facts.bands[s] for s in match.source_index if s is not None]
+    used = [facts.bands[s] for s in match.source_index if s is not None] or list(facts.bands)
     types = sorted({b.data_type for b in used})
-    if types and types != ["UInt16"]:
-        maxima = [b.sample_max for b in used if b.sample_max is not None]
-        if any(t.startswith("Float") for t in types) and maxima and max(maxima) <= 2.0:
-            add(Finding("warning",
-                        "values look like reflectance scaled to 0-1; the models expect Sentinel-2 digital "
-                        "numbers (reflectance x 10000): multiply by 10000 first"))
-        elif "Byte" in types:
-            add(Finding("warning",
-                        "8-bit data is not Sentinel-2 reflectance (uint16 digital numbers); an 8-bit "
-                        "visualisation cannot be fed to the model"))
-        else:
-            add(Finding("info", f"data type {', '.join(types)}; Sentinel-2 products are UInt16"))
+    offset = detect_dn_offset(facts.metadata) or 0.0
+    out.findings.extend(radiometry_findings([b.sample_p50 for b in used], [b.sample_p99 for b in used], types,
+                                            1.0, offset))
+    if types and types != ["UInt16"] and "Byte" not in types:
+        add(Finding("info", f"data type {', '.join(types)}; Sentinel-2 products are UInt16"))
     if used and all(b.nodata is None for b in used):
         add(Finding("info",
                     "no nodata value is set; Sentinel-2 marks empty pixels with 0: set nodata to 0 so "
                     "empty areas are skipped"))
-    if level == "l1c":
-        add(Finding("info", "band B10 (cirrus) is present, so this is probably Level-1C (top of atmosphere)"))
+    if level:
+        add(Finding("info", f"processing level {level.upper()}: {how}"))
+    else:
+        add(Finding("warning", "the raster does not say its processing level (no band B10, no product type in its "
+                               "metadata): the runtime will assume L2A (bottom of atmosphere). If it is Level-1C, "
+                               "set the processing level (--level l1c on the command line, 'Sentinel-2 processing "
+                               "level' in QGIS)"))
+    if offset:
+        add(Finding("info", f"processing baseline 04.00 or later: the offset of {offset:g} is subtracted from every DN"))
     return out
 
 

@@ -46,22 +46,64 @@ class ModelMetadata:
     format_version: int = FORMAT_VERSION
 
     def validate(self) -> "ModelMetadata":
+        def number(name, low, integer=False, inclusive=True):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            if ok and integer:
+                ok = float(value).is_integer()
+            if ok:
+                ok = value >= low if inclusive else value > low
+            if not ok:
+                kind = "a whole number" if integer else "a number"
+                raise MetadataError(f"'{name}' is {value!r}; it must be {kind} {'>=' if inclusive else '>'} {low}")
+            if integer:
+                setattr(self, name, int(value))
+
+        def strings(name):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise MetadataError(f"'{name}' must be a list of names, got {value!r}")
+
         if self.kind not in KINDS:
             raise MetadataError(f"unknown model kind {self.kind!r}; expected one of {KINDS}")
+        number("format_version", 1, integer=True)
         if self.format_version > FORMAT_VERSION:
             raise MetadataError(f"metadata format {self.format_version} is newer than this runtime reads "
                                 f"({FORMAT_VERSION}): update mpmae_core")
+        number("patch_size", 1, integer=True)
+        number("output_stride", 1, integer=True)
+        number("embedding_dim", 0, integer=True)
+        number("gsd_m", 0, inclusive=False)
+        number("dn_scale", 0, inclusive=False)
+        number("dn_offset_baseline_04", 0)
+        number("nodata", float("-inf"))
+        strings("input_bands")
+        strings("class_names")
+        if not isinstance(self.task, str) or not isinstance(self.convention, str):
+            raise MetadataError("'task' and 'convention' must be text")
+        if not isinstance(self.class_colours, list) or not all(
+                isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+                for c in self.class_colours):
+            raise MetadataError(f"'class_colours' must be a list of [r, g, b] values 0-255, got {self.class_colours!r}")
         if self.kind != "head":
             unknown = [b for b in self.input_bands if b not in registry.S2_BAND_BY_NAME]
             if not self.input_bands or unknown:
                 raise MetadataError(f"input bands {self.input_bands} are not Sentinel-2 band names")
-            if not self.normalisation:
+            if not isinstance(self.normalisation, dict) or not self.normalisation:
                 raise MetadataError("the model has no normalisation statistics")
             for level, stats in self.normalisation.items():
                 if level not in registry.S2_LEVELS:
                     raise MetadataError(f"normalisation for unknown level {level!r}")
-                if len(stats.get("mean", [])) != len(self.input_bands) or len(stats.get("std", [])) != len(self.input_bands):
+                if not isinstance(stats, dict):
+                    raise MetadataError(f"{level} statistics must be an object with 'mean' and 'std'")
+                mean, std = stats.get("mean", []), stats.get("std", [])
+                if not isinstance(mean, list) or not isinstance(std, list) or \
+                        len(mean) != len(self.input_bands) or len(std) != len(self.input_bands):
                     raise MetadataError(f"{level} statistics do not have one mean and std per input band")
+                if not all(isinstance(v, (int, float)) for v in mean + std) or any(v <= 0 for v in std):
+                    raise MetadataError(f"{level} statistics must be numbers, with positive standard deviations")
+        if self.kind == "segmenter" and not self.class_names:
+            raise MetadataError("a segmenter model must name its classes")
         if self.class_names and self.class_colours and len(self.class_names) != len(self.class_colours):
             raise MetadataError("class names and colours differ in number")
         return self
@@ -75,7 +117,12 @@ class ModelMetadata:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise MetadataError(f"the model's '{METADATA_KEY}' metadata is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise MetadataError(f"the model's '{METADATA_KEY}' metadata is a JSON {type(data).__name__}, not an object "
+                                "of named fields: the file was not written by `python -m training.export`")
         known = set(cls.__dataclass_fields__)
+        if "kind" not in data:
+            raise MetadataError(f"the model's '{METADATA_KEY}' metadata has no 'kind' (encoder, segmenter or head)")
         return cls(**{k: v for k, v in data.items() if k in known}).validate()
 
     @classmethod

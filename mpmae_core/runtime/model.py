@@ -121,12 +121,47 @@ class OnnxModel:
                                                           f"'{self.path.name}'")
         except MetadataError as exc:
             raise ModelError(str(exc)) from None
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_shape = self.session.get_inputs()[0].shape
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = inputs[0].name if inputs else ""
+        self.input_shape = inputs[0].shape if inputs else []
+        problem = graph_problem(self.metadata, [i.shape for i in inputs], [o.shape for o in outputs])
+        if problem:
+            raise ModelError(f"'{self.path}' cannot be used: its graph does not match its MMEarth metadata ({problem}). "
+                             "The file was altered or its metadata copied from another model: export it again with "
+                             "`python -m training.export` (heads: mmearth:train_head)")
 
     @property
     def device(self) -> str:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        try:
+            return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        except Exception as exc:  # onnxruntime's own exception types
+            raise ModelError(f"'{self.path}' failed on an input of shape {tuple(x.shape)}: "
+                             f"{str(exc).splitlines()[0][:300]}. The graph does not fit its metadata or the input; "
+                             "export the model again") from None
+
+
+def graph_problem(meta: ModelMetadata, input_shapes: list, output_shapes: list) -> str:
+    """Why a graph's inputs and outputs contradict its metadata ('' when they agree). Symbolic
+    (dynamic) dimensions are not judged."""
+    if len(input_shapes) != 1 or len(output_shapes) < 1:
+        return f"it has {len(input_shapes)} inputs and {len(output_shapes)} outputs; ours have one of each"
+    shape_in, shape_out = list(input_shapes[0]), list(output_shapes[0])
+    if len(shape_in) != 4 or len(shape_out) != 4:
+        return f"input rank {len(shape_in)} and output rank {len(shape_out)}; ours are (batch, channels, height, width)"
+    if meta.kind == "head":
+        want_in = meta.embedding_dim or None
+        want_out = len(meta.class_names) or None
+        what_in, what_out = "embedding channels", "classes"
+    else:
+        want_in = len(meta.input_bands)
+        want_out = (meta.embedding_dim or None) if meta.kind == "encoder" else len(meta.class_names) or None
+        what_in, what_out = "input bands", "embedding channels" if meta.kind == "encoder" else "classes"
+    have_in, have_out = shape_in[1], shape_out[1]
+    if isinstance(have_in, int) and want_in and have_in != want_in:
+        return f"the graph takes {have_in} channels but the metadata says {want_in} {what_in}"
+    if isinstance(have_out, int) and want_out and have_out != want_out:
+        return f"the graph gives {have_out} channels but the metadata says {want_out} {what_out}"
+    return ""

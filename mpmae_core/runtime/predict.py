@@ -23,10 +23,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from mpmae_core import registry
+from mpmae_core.runtime.files import GEOTIFF_EXTENSIONS, check_output
 from mpmae_core.runtime.model import OnnxModel
-from mpmae_core.runtime.raster import PreparedInput, RasterWriter, output_geotransform, read_block
-from mpmae_core.runtime.styles import BandMoments, paletted_qml, write_style
+from mpmae_core.runtime.raster import PreparedInput, RasterWriter, has_data, output_geotransform, read_block
+from mpmae_core.runtime.styles import BandMoments, paletted_qml, style_path
 from mpmae_core.runtime.tiling import blend_weights, round_up, tile_windows
+
+
+F16_MAX = float(np.finfo(np.float16).max)
 
 
 class Cancelled(Exception):
@@ -119,19 +123,21 @@ class TiledPredictor:
         width = self.pad_w // s
         total = sum(len(r) for r in rows)
         done = run_count = skipped = 0
-        acc = np.zeros((self.channels, 0, width), np.float32)
-        wsum = np.zeros((0, width), np.float64)
+        # Accumulators of one tile row's height, allocated once: finished rows are written, then the
+        # rest is shifted up, so memory depends on the width only.
+        depth = th // s
+        acc = np.zeros((self.channels, depth, width), np.float32)
+        wsum = np.zeros((depth, width), np.float64)
         acc_y = 0  # output row of acc[:, 0]
         for r, row in enumerate(rows):
-            end = (row[0].y + th) // s - acc_y
-            if end > acc.shape[1]:  # grow the accumulators to this tile row's bottom
-                acc = np.concatenate([acc, np.zeros((self.channels, end - acc.shape[1], width), np.float32)], axis=1)
-                wsum = np.concatenate([wsum, np.zeros((end - wsum.shape[0], width))], axis=0)
             for start in range(0, len(row), self.spec.batch):
                 if cancelled():
                     raise Cancelled("cancelled by the user; no output was written")
                 batch = row[start:start + self.spec.batch]
-                inputs = [(win, *read_block(self.prep, win.y, win.x, th, tw)) for win in batch]
+                # Windows the raster itself knows to be empty (VRT gaps, sparse blocks) are not read.
+                batch_in = [win for win in batch if has_data(self.prep, win.y, win.x, th, tw)]
+                skipped += len(batch) - len(batch_in)
+                inputs = [(win, *read_block(self.prep, win.y, win.x, th, tw)) for win in batch_in]
                 todo = [(win, x, valid) for win, x, valid in inputs if valid.any()]
                 skipped += len(inputs) - len(todo)
                 if todo:
@@ -150,10 +156,15 @@ class TiledPredictor:
             if finish > acc_y:
                 n = finish - acc_y
                 valid = wsum[:n, :self.out_w] > 0
-                values = acc[:, :n, :self.out_w] / np.maximum(wsum[:n, :self.out_w], 1e-12)[None].astype(np.float32)
-                values[:, ~valid] = np.nan
-                write(acc_y, values, valid)
-                acc, wsum, acc_y = acc[:, n:], wsum[n:], finish
+                if valid.any():
+                    values = acc[:, :n, :self.out_w] / np.maximum(wsum[:n, :self.out_w], 1e-12)[None].astype(np.float32)
+                    values[:, ~valid] = np.nan
+                    write(acc_y, values, valid)
+                acc[:, :depth - n] = acc[:, n:].copy()
+                acc[:, depth - n:] = 0
+                wsum[:depth - n] = wsum[n:].copy()
+                wsum[depth - n:] = 0
+                acc_y = finish
         return {"tiles": total, "run": run_count, "skipped": skipped}
 
 
@@ -172,9 +183,30 @@ def writer_guard(writers, fn):
     return result
 
 
+def input_files(source) -> list[str]:
+    """Every file GDAL reads for ``source`` (a VRT's sources too); [source] when it cannot tell."""
+    from mpmae_core.runtime.gdal_io import gdal_errors, gdal
+
+    g = gdal()
+    with gdal_errors():
+        ds = g.OpenEx(str(source), g.OF_RASTER | g.OF_READONLY)
+        files = list(ds.GetFileList() or []) if ds is not None else []
+        ds = None
+    return [str(source)] + files
+
+
+def check_outputs(outputs: dict, inputs: list) -> None:
+    """Refuse before any work: each output in ``outputs`` (what -> path, None skipped) must be a
+    writable GeoTIFF location, distinct from every input and from the other outputs."""
+    given = [(what, path) for what, path in outputs.items() if path]
+    for i, (what, path) in enumerate(given):
+        others = [p for _, p in given[:i]]
+        check_output(path, list(inputs) + others, what, GEOTIFF_EXTENSIONS, "a GeoTIFF")
+
+
 def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 0, device: str = "auto",
           dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto", band_map=None,
-          cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
+          scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
           log=lambda m: None) -> dict:
     """Embedding raster (D bands) at patch stride, or upsampled to pixels; NaN where no data. With
     ``style``, a .qml beside it shows the three bands of largest spread as RGB."""
@@ -182,10 +214,13 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    check_tiling(tile, overlap, batch)
+    check_outputs({"output": output}, input_files(source) + [str(model_path)])
     model = OnnxModel(model_path, device=device, log=log)
     if model.metadata.kind != "encoder":
         raise ValueError(f"'{model_path}' is a {model.metadata.kind} model; embed needs an encoder model")
-    prep = prepare_input(source, model.metadata, level=level, dn_offset=dn_offset, band_map=band_map, log=log)
+    prep = prepare_input(source, model.metadata, level=level, dn_offset=dn_offset, band_map=band_map, log=log,
+                         scale=scale)
     for note in prep.notes:
         log(note)
     runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "embed", upsample=upsample)
@@ -196,31 +231,46 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
     moments = BandMoments(runner.channels)
 
     def write(y, values, valid):
-        writer.write_rows(y, values)
+        if dtype == "float16":  # beyond float16's range GDAL would store infinities
+            np.clip(values, -F16_MAX, F16_MAX, out=values)
+        writer.write_rows(y, values, valid)
         moments.add(values, valid)
 
     stats = writer_guard([writer], lambda: runner.run(write, progress, cancelled))
-    writer.close()
-    if style:
-        write_style(output, moments.three_component_qml())
+    if stats["run"] == 0:
+        log("warning: the raster holds no valid pixel: the output is all no-data")
+    writer.close({style_path(output): moments.three_component_qml()} if style else None)
     return dict(stats, output=str(output), provider=model.providers[0], level=prep.level, dn_offset=prep.dn_offset,
                 width=runner.out_w, height=runner.out_h, bands=runner.channels)
 
 
+def check_tiling(tile, overlap, batch) -> None:
+    """Tile, overlap and batch as the runtime needs them, or a ValueError naming the fix."""
+    for name, value, low in (("tile", tile, 1), ("overlap", overlap, 0), ("batch", batch, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    if overlap >= tile:
+        raise ValueError(f"the overlap ({overlap} px) must be smaller than the tile ({tile} px)")
+
+
 def segment(source, model_path, output, *, head_path=None, probabilities_path=None, tile: int = 512,
             overlap: int = 128, batch: int = 0, device: str = "auto", level: str = "auto", dn_offset="auto",
-            band_map=None, cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
-            log=lambda m: None) -> dict:
+            band_map=None, scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None,
+            cancelled=lambda: False, log=lambda m: None) -> dict:
     """Class map (uint8, 255 = no data, colour table and class names; with ``style`` a .qml whose
     legend names the classes) and optional probabilities."""
     from mpmae_core.runtime.raster import prepare_input
 
+    check_tiling(tile, overlap, batch)
+    inputs = input_files(source) + [str(model_path)] + ([str(head_path)] if head_path else [])
+    check_outputs({"class map": output, "probabilities": probabilities_path}, inputs)
     model = OnnxModel(model_path, device=device, log=log)
     head = OnnxModel(head_path, device=device, log=log) if head_path else None
     meta = model.metadata
     if head is not None:
         if meta.kind != "encoder" or head.metadata.kind != "head":
-            raise ValueError("with a head, the model must be an encoder and the head a head model")
+            raise ValueError(f"with a head, the model must be an encoder and the head a head model; got a "
+                             f"{meta.kind} model and a {head.metadata.kind} head")
         if head.metadata.embedding_dim not in (0, meta.embedding_dim):
             raise ValueError(f"the head takes {head.metadata.embedding_dim}-dim embeddings but the encoder gives "
                              f"{meta.embedding_dim}: train the head on this encoder's embeddings")
@@ -230,31 +280,37 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     else:
         raise ValueError(f"'{model_path}' is an encoder without a class head: give a head model (--head), or export "
                          "a segmenter with `python -m training.export CKPT --head esa_worldcover`")
-    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log)
+    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale)
     for note in prep.notes:
         log(note)
     runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "probabilities", head=head)
     names = classes.class_names or [f"class {i}" for i in range(runner.channels)]
+    if len(names) != runner.channels:
+        raise ValueError(f"the model gives {runner.channels} classes but its metadata names {len(names)}: the file's "
+                         "graph and metadata do not belong together; export it again")
     colours = classes.class_colours or registry.suggest_class_colours(names)
     gt = output_geotransform(prep.geotransform, 1)
     writers = [RasterWriter(output, runner.out_w, runner.out_h, 1, "uint8", gt, prep.projection, nodata=255,
                             descriptions=[classes.task or "class"], cog=cog, class_names=names,
                             class_colours=colours)]
     if probabilities_path:
-        writers.append(RasterWriter(probabilities_path, runner.out_w, runner.out_h, runner.channels, "float32", gt,
-                                    prep.projection, nodata=float("nan"), descriptions=list(names), cog=cog))
+        writers.append(writer_guard(writers, lambda: RasterWriter(
+            probabilities_path, runner.out_w, runner.out_h, runner.channels, "float32", gt, prep.projection,
+            nodata=float("nan"), descriptions=list(names), cog=cog)))
 
     def write(y, values, valid):
         classes_block = np.where(valid, np.nan_to_num(values).argmax(0), 255).astype(np.uint8)
-        writers[0].write_rows(y, classes_block[None])
+        writers[0].write_rows(y, classes_block[None], valid)
         if len(writers) > 1:
-            writers[1].write_rows(y, values)
+            writers[1].write_rows(y, values, valid)
 
     stats = writer_guard(writers, lambda: runner.run(write, progress, cancelled))
-    for w in writers:
-        w.close()
-    if style:
-        write_style(output, paletted_qml(names, colours))
+    if stats["run"] == 0:
+        log("warning: the raster holds no valid pixel: the class map is all no-data")
+    # The probabilities first: the class map (the main output) appears only when everything worked.
+    writer_guard(writers, lambda: [w.close() for w in writers[1:]])
+    writer_guard(writers[:1], lambda: writers[0].close({style_path(output): paletted_qml(names, colours)}
+                                                       if style else None))
     return dict(stats, output=str(output), probabilities=str(probabilities_path or ""), provider=model.providers[0],
                 level=prep.level, classes=list(names))
 

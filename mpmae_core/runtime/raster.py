@@ -9,17 +9,19 @@ blocks under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime.files import atomic_output
-from mpmae_core.runtime.gdal_io import RasterError, gdal, open_raster
+from mpmae_core.runtime.files import PendingOutput, describe_os_error
+from mpmae_core.runtime.gdal_io import RasterError, gdal, gdal_errors, open_raster
+from mpmae_core.runtime import inspect as rinspect
 from mpmae_core.runtime.inspect import read_raster_facts, require_georeferenced
 from mpmae_core.runtime.metadata import ModelMetadata
 
@@ -39,38 +41,29 @@ class PreparedInput:
     geotransform: tuple
     projection: str
     notes: list
+    scale: float = 1.0  # raw values are multiplied by this before the DN offset is subtracted
+    files: list = field(default_factory=list)  # every file GDAL reads for this raster (VRT sources too)
 
 
 def detect_level(ds, descriptions: Sequence[str]) -> Optional[str]:
     """'l1c' / 'l2a' from band names or metadata, or None when the raster does not say."""
-    names = {registry.canonical_s2_band(d) for d in descriptions}
-    if "B10" in names:
-        return "l1c"
-    text = " ".join(f"{k}={v}" for k, v in (ds.GetMetadata() or {}).items()).upper()
-    if re.search(r"L2A|LEVEL-?2A|MSIL2A", text):
-        return "l2a"
-    if re.search(r"L1C|LEVEL-?1C|MSIL1C", text):
-        return "l1c"
-    return None
+    return rinspect.detect_level(descriptions, ds.GetMetadata() or {})[0]
 
 
 def detect_dn_offset(ds) -> Optional[float]:
     """The DN offset to subtract, from Sentinel-2 metadata (BOA/RADIO_ADD_OFFSET, PROCESSING_BASELINE)."""
-    meta = {k.upper(): v for k, v in (ds.GetMetadata() or {}).items()}
-    for key in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET"):
-        for k, v in meta.items():
-            if key in k:
-                with contextlib.suppress(ValueError):
-                    return -float(v)  # the products state the offset as -1000
-    for k, v in meta.items():
-        if "PROCESSING_BASELINE" in k:
-            with contextlib.suppress(ValueError):
-                return registry.S2_BASELINE_04_OFFSET if float(v) >= 4.0 else 0.0
-    return None
+    return rinspect.detect_dn_offset(ds.GetMetadata() or {})
+
+
+LEVEL_OPTION = "the processing level (--level on the command line, 'Sentinel-2 processing level' in QGIS)"
+BAND_MAP_OPTION = "a band map (--band-map 1,2,3,... on the command line, 'Band map' in QGIS)"
 
 
 def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "auto", dn_offset="auto",
-                  band_map: Optional[Sequence[int]] = None, log: Callable[[str], None] = lambda m: None) -> PreparedInput:
+                  band_map: Optional[Sequence[int]] = None, log: Callable[[str], None] = lambda m: None,
+                  scale: float = 1.0) -> PreparedInput:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise RasterError(f"the scale factor must be a positive number, got {scale!r}")
     facts = read_raster_facts(source, sample=False)
     require_georeferenced(facts)
     if facts.crs_is_geographic:
@@ -81,15 +74,15 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
     if facts.crs_unit_to_metre:
         px = [v * facts.crs_unit_to_metre for v in facts.pixel_size]
         if any(abs(v - meta.gsd_m) > 0.05 * meta.gsd_m for v in px):
-            log(f"pixel size is {px[0]:g} x {px[1]:g} m but the model was trained at {meta.gsd_m:g} m: results "
-                f"will be poor unless the raster is resampled to {meta.gsd_m:g} m")
+            log(f"warning: pixel size is {px[0]:g} x {px[1]:g} m but the model was trained at {meta.gsd_m:g} m: "
+                f"results will be poor unless the raster is resampled to {meta.gsd_m:g} m")
     ds = open_raster(source)
     descriptions = [b.description for b in facts.bands]
     notes = []
     if band_map:
         if len(band_map) != len(meta.input_bands):
             raise RasterError(f"the band map gives {len(band_map)} bands but the model takes {len(meta.input_bands)} "
-                              f"({', '.join(meta.input_bands)})")
+                              f"({', '.join(meta.input_bands)}); a band may be repeated to stand in for a missing one")
         bad = [b for b in band_map if not 1 <= int(b) <= ds.RasterCount]
         if bad:
             raise RasterError(f"band map refers to band(s) {bad}; the raster has bands 1..{ds.RasterCount}")
@@ -98,38 +91,55 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
         match = registry.match_bands(descriptions, meta.input_bands)
         if not match.complete:
             raise RasterError(f"'{source}' cannot feed this model: {match.describe_problem()}; the model takes "
-                              f"{', '.join(meta.input_bands)} (or give a band map, e.g. --band-map 1,2,3,...)")
+                              f"{', '.join(meta.input_bands)} (or give {BAND_MAP_OPTION})")
         numbers = [i + 1 for i in match.source_index]
         if not match.is_identity:
             notes.append("bands matched by name: " + ", ".join(f"{b}<-{n}" for b, n in zip(meta.input_bands, numbers)))
+    if level not in registry.S2_LEVEL_CHOICES:
+        raise RasterError(f"unknown processing level {level!r}: choose one of {', '.join(registry.S2_LEVEL_CHOICES)}")
     if level == "auto":
-        found = detect_level(ds, descriptions)
+        found, how = rinspect.detect_level(descriptions, facts.metadata)
         if found is None:
             found = "l2a" if "l2a" in meta.normalisation else next(iter(meta.normalisation))
-            log(f"processing level not stated by the raster: assuming {found.upper()} (set it with --level)")
+            log(f"warning: the raster does not state its processing level (no band B10, no product type in its "
+                f"metadata): assuming {found.upper()}; if that is wrong, set {LEVEL_OPTION}")
         level = found
     mean, std = meta.statistics(level)
     if dn_offset == "auto":
-        found = detect_dn_offset(ds)
+        found = rinspect.detect_dn_offset(facts.metadata)
         if found is None:
             found = 0.0
-            log("no processing-baseline metadata: assuming DNs without the +1000 offset of baseline 04.00 "
-                "(set --dn-offset 1000 for products from 2022-01-25 on)")
+            log("no processing-baseline metadata: assuming DNs without the +1000 offset of baseline 04.00 (for "
+                f"products from 2022-01-25 on, set {rinspect.OFFSET_OPTION} to 1000)")
         dn_offset = found
+    try:
+        dn_offset = float(dn_offset)
+    except (TypeError, ValueError):
+        raise RasterError(f"the DN offset must be 'auto' or a number such as 0 or 1000, got {dn_offset!r}") from None
+    if not math.isfinite(dn_offset):
+        raise RasterError(f"the DN offset must be a finite number, got {dn_offset!r}")
     if facts.width < meta.patch_size or facts.height < meta.patch_size:
         raise RasterError(f"'{source}' is {facts.width} x {facts.height} px, smaller than one patch of the model "
                           f"({meta.patch_size} x {meta.patch_size} px at {meta.gsd_m:g} m)")
     nd = ds.GetRasterBand(numbers[0]).GetNoDataValue()
-    return PreparedInput(ds, str(source), numbers, level, float(dn_offset), float(meta.nodata if nd is None else nd),
+    nodata = float(meta.nodata if nd is None else nd)
+    p50, p99 = rinspect.robust_statistics(ds, numbers, nodata)
+    types = sorted({facts.bands[n - 1].data_type for n in numbers})
+    for finding in rinspect.radiometry_findings(p50, p99, types, float(scale), dn_offset):
+        log(f"warning: {finding.message}")
+    return PreparedInput(ds, str(source), numbers, level, dn_offset, nodata,
                          np.asarray(mean, np.float32), np.asarray(std, np.float32), facts.width, facts.height,
-                         facts.geotransform, ds.GetProjection(), notes)
+                         facts.geotransform, ds.GetProjection(), notes, float(scale),
+                         list(ds.GetFileList() or [str(source)]))
 
 
 def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalised (C, h, w) float32 and a valid (h, w) mask; outside the raster counts as nodata.
 
     A pixel is invalid when any used band holds the nodata value (or is not finite); it is fed to
-    the model as 0 (the band mean) and its outputs are masked.
+    the model as 0 (the band mean) and its outputs are masked. Raw values are multiplied by
+    ``prep.scale``, then the DN offset is subtracted. A read error raises RasterError naming the
+    file, the window and GDAL's reason.
     """
     c = len(prep.band_numbers)
     out = np.zeros((c, h, w), np.float32)
@@ -138,9 +148,10 @@ def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.
     y1, x1 = min(y + h, prep.height), min(x + w, prep.width)
     if y1 <= y0 or x1 <= x0:
         return out, valid
-    raw = np.stack([prep.ds.GetRasterBand(b).ReadAsArray(x0, y0, x1 - x0, y1 - y0) for b in prep.band_numbers])
-    raw = raw.astype(np.float32)
+    raw = read_window(prep.ds, prep.band_numbers, x0, y0, x1 - x0, y1 - y0, prep.source).astype(np.float32)
     bad = (raw == prep.nodata).any(0) | ~np.isfinite(raw).all(0)
+    if prep.scale != 1.0:
+        raw *= np.float32(prep.scale)
     norm = (raw - prep.dn_offset - prep.mean[:, None, None]) / prep.std[:, None, None]
     norm[:, bad] = 0.0
     out[:, y0 - y:y1 - y, x0 - x:x1 - x] = norm
@@ -148,8 +159,52 @@ def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.
     return out, valid
 
 
+def read_window(ds, band_numbers: Sequence[int], x: int, y: int, w: int, h: int, source: str = "") -> np.ndarray:
+    """(len(band_numbers), h, w) raw values; a failed read raises RasterError with GDAL's reason."""
+    arrays = []
+    for b in band_numbers:
+        with gdal_errors() as errors:
+            arr = ds.GetRasterBand(b).ReadAsArray(x, y, w, h)
+        if arr is None or errors or arr.shape != (h, w):
+            raise RasterError(
+                f"could not read '{source or ds.GetDescription()}': band {b}, window x {x}..{x + w - 1}, "
+                f"y {y}..{y + h - 1} (GDAL says: {errors.text()}). The file is damaged or incomplete: "
+                "download or export it again (check it with gdalinfo -checksum).")
+        arrays.append(arr)
+    return np.stack(arrays)
+
+
+def has_data(prep: PreparedInput, y: int, x: int, h: int, w: int) -> bool:
+    """False only when the raster itself says the window holds no data (GDAL data coverage: a VRT
+    area no source covers, a sparse GeoTIFF's missing blocks); True when unsure."""
+    y0, x0 = max(y, 0), max(x, 0)
+    y1, x1 = min(y + h, prep.height), min(x + w, prep.width)
+    if y1 <= y0 or x1 <= x0:
+        return False
+    g = gdal()
+    empty = getattr(g, "GDAL_DATA_COVERAGE_STATUS_EMPTY", 2)
+    data = getattr(g, "GDAL_DATA_COVERAGE_STATUS_DATA", 4)
+    for b in prep.band_numbers:
+        try:
+            flags, _ = prep.ds.GetRasterBand(b).GetDataCoverageStatus(x0, y0, x1 - x0, y1 - y0)
+        except (AttributeError, RuntimeError, TypeError):
+            return True
+        if flags & data or not flags & empty:
+            return True
+    return False
+
+
 class RasterWriter:
-    """A GeoTIFF written in row blocks, under a temporary name, renamed when ``close``d."""
+    """A GeoTIFF written in row blocks under a temporary name; ``close`` verifies it and renames it.
+
+    Every GDAL call is checked: a write error (a full disk included) raises RasterError at once, and
+    ``close`` re-opens the finished file and reads its last rows before the rename, so a target is
+    only ever replaced by a complete, readable file. Blocks without any valid value are not
+    written at all (sparse GeoTIFF: they read as nodata), so empty regions cost nothing.
+    ``sidecars`` (final path -> text) are written with the raster and appear together with it.
+    """
+
+    BLOCK = 256
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, bands: int, dtype: str,
                  geotransform: Sequence[float], projection: str, nodata=None, descriptions: Sequence[str] = (),
@@ -157,67 +212,147 @@ class RasterWriter:
                  class_colours: Sequence[Sequence[int]] = ()):
         g = gdal()
         self.path, self.cog = Path(path), cog
-        self._ctx = atomic_output(self.path)
-        self.tmp = self._ctx.__enter__()
+        self.width, self.height, self.bands = width, height, bands
+        self.class_names = list(class_names) if bands == 1 else []
+        self.pending = PendingOutput(self.path)
+        self.tmp = self.pending.tmp
+        self.ds = None
         gdt = {"uint8": g.GDT_Byte, "float32": g.GDT_Float32, "uint16": g.GDT_UInt16}[dtype]
-        options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER",
-                   "PREDICTOR=3" if dtype == "float32" else "PREDICTOR=2", "INTERLEAVE=BAND" if bands > 1 else "INTERLEAVE=PIXEL"]
+        options = ["TILED=YES", f"BLOCKXSIZE={self.BLOCK}", f"BLOCKYSIZE={self.BLOCK}", "COMPRESS=DEFLATE",
+                   "BIGTIFF=IF_SAFER", "SPARSE_OK=TRUE",
+                   "PREDICTOR=3" if dtype == "float32" else "PREDICTOR=2",
+                   "INTERLEAVE=BAND" if bands > 1 else "INTERLEAVE=PIXEL"]
         if half_float:
             options.append("NBITS=16")
-        target = str(self.tmp) + ".gtiff.tif" if cog else str(self.tmp)
-        self._gtiff_path = target
-        self.ds = g.GetDriverByName("GTiff").Create(target, width, height, bands, gdt, options=options)
-        if self.ds is None:
-            self._ctx.__exit__(RuntimeError, RuntimeError("create"), None)
-            raise RasterError(f"GDAL cannot create '{path}': {g.GetLastErrorMsg()}")
-        self.ds.SetGeoTransform(list(geotransform))
-        self.ds.SetProjection(projection)
-        for i in range(bands):
-            band = self.ds.GetRasterBand(i + 1)
-            if nodata is not None:
-                band.SetNoDataValue(nodata)
-            if i < len(descriptions):
-                band.SetDescription(descriptions[i])
-        if class_names and bands == 1:
-            band = self.ds.GetRasterBand(1)
-            band.SetCategoryNames(list(class_names))
-            if class_colours:
-                table = g.ColorTable()
-                for k, rgb in enumerate(class_colours):
-                    table.SetColorEntry(k, tuple(int(v) for v in rgb) + (255,))
-                band.SetRasterColorTable(table)
-        self.height = height
+        self._gtiff_path = str(self.tmp) + ".gtiff.tif" if cog else str(self.tmp)
+        try:
+            with gdal_errors() as errors:
+                self.ds = g.GetDriverByName("GTiff").Create(self._gtiff_path, width, height, bands, gdt,
+                                                              options=options)
+                if self.ds is not None:
+                    self.ds.SetGeoTransform(list(geotransform))
+                    self.ds.SetProjection(projection)
+                    for i in range(bands):
+                        band = self.ds.GetRasterBand(i + 1)
+                        if nodata is not None:
+                            band.SetNoDataValue(nodata)
+                        if i < len(descriptions):
+                            band.SetDescription(descriptions[i])
+                    if self.class_names:
+                        band = self.ds.GetRasterBand(1)
+                        band.SetCategoryNames(self.class_names)
+                        if class_colours:
+                            table = g.ColorTable()
+                            for k, rgb in enumerate(class_colours):
+                                table.SetColorEntry(k, tuple(int(v) for v in rgb) + (255,))
+                            band.SetRasterColorTable(table)
+            if self.ds is None or errors:
+                self._fail("create", errors)
+        except BaseException:
+            self.abort()
+            raise
 
-    def write_rows(self, y: int, block: np.ndarray) -> None:
-        """block (bands, rows, width) at output row y; rows beyond the raster are dropped."""
+    def _fail(self, action: str, errors) -> None:
+        if getattr(errors, "disk_full", False):
+            msg = describe_os_error(OSError(errno.ENOSPC, "No space left on device"), self.path)
+        else:
+            text = errors.text() if hasattr(errors, "text") else str(errors)
+            msg = (f"could not {action} '{self.path}' (GDAL says: {text}). Check the disk has space and the folder "
+                   "is writable; nothing was written.")
+        raise RasterError(msg)
+
+    def write_rows(self, y: int, block: np.ndarray, valid: Optional[np.ndarray] = None) -> None:
+        """block (bands, rows, width) at output row y; rows beyond the raster are dropped. With
+        ``valid`` (rows, width), column blocks without any valid value are skipped."""
         rows = min(block.shape[1], self.height - y)
         if rows <= 0:
             return
-        for i in range(block.shape[0]):
-            self.ds.GetRasterBand(i + 1).WriteArray(block[i, :rows], 0, y)
+        spans = [(0, self.width)]
+        if valid is not None:
+            v = valid[:rows]
+            spans = [(x0, min(x0 + self.BLOCK, self.width)) for x0 in range(0, self.width, self.BLOCK)
+                     if v[:, x0:x0 + self.BLOCK].any()]
+        with gdal_errors() as errors:
+            for i in range(block.shape[0]):
+                band = self.ds.GetRasterBand(i + 1)
+                for x0, x1 in spans:
+                    if band.WriteArray(np.ascontiguousarray(block[i, :rows, x0:x1]), x0, y) != 0:
+                        errors.append(f"writing band {i + 1} rows {y}..{y + rows - 1} failed")
+                        break
+                if errors:
+                    break
+        if errors:
+            self._fail("write", errors)
 
-    def close(self) -> Path:
-        self.ds.FlushCache()
-        self.ds = None
-        if self.cog:
-            g = gdal()
-            out = g.Translate(str(self.tmp), self._gtiff_path, format="COG", creationOptions=["COMPRESS=DEFLATE"])
-            if out is None:
-                raise RasterError(f"GDAL could not write a COG: {g.GetLastErrorMsg()}")
-            out = None
-            for leftover in (self._gtiff_path, self._gtiff_path + ".aux.xml"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
-        self._ctx.__exit__(None, None, None)
+    def close(self, sidecars: Optional[dict] = None) -> Path:
+        """Flush, close, convert to COG when asked, verify, write ``sidecars`` and rename."""
+        g = gdal()
+        try:
+            with gdal_errors() as errors:
+                err = self.ds.FlushCache()
+                self.ds = None  # closing writes the last blocks and the .aux.xml (category names)
+            if errors or (isinstance(err, int) and err != 0):
+                self._fail("finish writing", errors)
+            if self.cog:
+                with gdal_errors() as errors:
+                    out = g.Translate(str(self.tmp), self._gtiff_path, format="COG",
+                                      creationOptions=["COMPRESS=DEFLATE"])
+                    ok = out is not None
+                    out = None
+                if not ok or errors:
+                    self._fail("write a Cloud Optimized GeoTIFF to", errors)
+                for leftover in (self._gtiff_path, self._gtiff_path + ".aux.xml"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(leftover)
+            for final, text in (sidecars or {}).items():
+                tmp = self.pending.companion(final)
+                try:
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        f.write(text)
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError as exc:
+                    raise RasterError(describe_os_error(exc, final)) from None
+            try:
+                self.pending.commit(self._verify)
+            except OSError as exc:
+                raise RasterError(describe_os_error(exc, self.path)) from None
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
-    def abort(self, exc: BaseException) -> None:
+    def _verify(self, tmp: Path) -> None:
+        """The finished file opens, has the right shape, its last rows read back, and its class
+        names (stored in the .aux.xml) survived."""
+        g = gdal()
+        with gdal_errors() as errors:
+            ds = g.OpenEx(str(tmp), g.OF_RASTER | g.OF_READONLY)
+            ok = ds is not None and (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) == \
+                (self.width, self.height, self.bands)
+            if ok:
+                for i in range(1, self.bands + 1):
+                    if ds.GetRasterBand(i).ReadAsArray(0, self.height - 1, self.width, 1) is None:
+                        ok = False
+                        break
+                if ok and self.class_names:
+                    ds.GetMetadata()  # GDAL 3.6 loads the .aux.xml (category names) only after this
+                    ok = list(ds.GetRasterBand(1).GetCategoryNames() or []) == self.class_names
+            ds = None
+        if not ok or errors:
+            if not errors:
+                errors.append("the finished file does not read back complete")
+            self._fail("verify", errors)
+
+    def abort(self, exc: Optional[BaseException] = None) -> None:
         """Drop everything written so far (cancel or failure): no half file remains."""
+        with contextlib.suppress(Exception), gdal_errors():
+            self.ds = None
         self.ds = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._gtiff_path)
-        with contextlib.suppress(type(exc)):
-            self._ctx.__exit__(type(exc), exc, None)
+        for leftover in (self._gtiff_path, self._gtiff_path + ".aux.xml"):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.unlink(leftover)
+        self.pending.abort()
 
 
 def output_geotransform(gt: Sequence[float], stride: int) -> list[float]:
