@@ -113,6 +113,35 @@ def mpmae_from_config(cfg: dict) -> MPMAE:
                  norm_pix_loss=cfg["norm_pix_loss"], loss_weighting=cfg["loss_weighting"])
 
 
+def is_our_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+@dataclass
+class LoadedModel:
+    """A model from any checkpoint we read: ``kind`` is 'ours' or 'reference'."""
+
+    model: "MPMAE | ConvNeXtV2Encoder"
+    kind: str
+    normalisation: Optional[dict]  # how its inputs were normalised, when the checkpoint says
+    description: str
+
+
+def load_any(path: str | os.PathLike, convention: str = "reference_dense") -> LoadedModel:
+    """Our checkpoint or a reference MMEarth one, decided by what the file holds (never by error
+    text). Reference checkpoints are imported (``convention`` for their encoder)."""
+    path = Path(path)
+    obj = safe_load(path, REFERENCE_SAFE_GLOBALS)
+    if is_our_checkpoint(obj):
+        obj = load_checkpoint(path)
+        model = mpmae_from_config(obj["config"]) if obj["kind"] == "mpmae" else encoder_from_config(obj["config"])
+        model.load_state_dict(obj["model"])
+        return LoadedModel(model, "ours", obj.get("normalisation"), f"checkpoint {path} (step {obj.get('step', '?')})")
+    imported = import_reference_state(*_reference_parts(obj, path))
+    model = imported.build_mpmae(convention) if imported.report.tasks else imported.build_encoder(convention)
+    return LoadedModel(model, "reference", None, f"reference checkpoint {path}")
+
+
 def build_from_checkpoint(path: str | os.PathLike) -> MPMAE | ConvNeXtV2Encoder:
     obj = load_checkpoint(path)
     model = mpmae_from_config(obj["config"]) if obj["kind"] == "mpmae" else encoder_from_config(obj["config"])
@@ -376,15 +405,19 @@ def import_reference_state(sd: dict, args: Any = None) -> ImportedCheckpoint:
 def import_reference_checkpoint(path: str | os.PathLike) -> ImportedCheckpoint:
     """Load a published MMEarth-train ``checkpoint-*.pth`` safely and map it onto our keys."""
     obj = safe_load(path, allow=REFERENCE_SAFE_GLOBALS)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+    if is_our_checkpoint(obj):
         raise CheckpointError(f"'{path}' is already in our format: load it with load_checkpoint()")
+    return import_reference_state(*_reference_parts(obj, path))
+
+
+def _reference_parts(obj: Any, path) -> tuple:
+    """(state dict, pickled args) of a reference checkpoint object."""
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        sd, args = obj["model"], obj.get("args")
-    elif isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values()):
-        sd, args = obj, None
-    else:
-        raise CheckpointError(f"'{path}' holds neither a state dict nor a {{'model': state_dict}} checkpoint")
-    return import_reference_state(sd, args)
+        return obj["model"], obj.get("args")
+    if isinstance(obj, dict) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return obj, None
+    raise CheckpointError(f"'{path}' holds neither our checkpoint, a state dict, nor a {{'model': state_dict}} "
+                          "checkpoint: it is not a model checkpoint this toolkit reads")
 
 
 def check_compatible(report: ImportReport, size: str, patch_size: int) -> None:
@@ -440,3 +473,17 @@ def export_reference_layout(model: MPMAE) -> dict:
         lv = dict(zip(model.tasks, model.weighting.log_vars.detach()))
         out["loss_fn.log_vars"] = torch.stack([lv[t] for t in ref_order])
     return out
+
+
+def import_to_file(checkpoint, out, convention: str = "reference_dense", encoder_only: bool = False) -> tuple:
+    """Import a reference checkpoint and write it in our format: (the import report, the model)."""
+    from mpmae_core.runtime.files import check_output
+
+    check_output(out, [checkpoint], "checkpoint", (".pt", ".pth"), "a PyTorch checkpoint")
+    imported = import_reference_checkpoint(checkpoint)
+    if imported.report.tasks and not encoder_only:
+        model = imported.build_mpmae(convention)
+    else:
+        model = imported.build_encoder(convention)
+    save_checkpoint(out, model, {"imported_from": str(checkpoint), "import_report": imported.report.summary()})
+    return imported.report.summary(), model

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mpmae_core import registry
-from mpmae_core.checkpoints import FORMAT, FORMAT_VERSION, safe_load
+from mpmae_core.checkpoints import FORMAT, FORMAT_VERSION, load_checkpoint
 from mpmae_core.models.mpmae import MPMAE, build_mpmae
 from mpmae_core.runtime.files import atomic_output
 
@@ -169,6 +169,33 @@ def latest_checkpoint(output_dir: Path) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
+def checkpoint_step(path: Path) -> int:
+    m = _CKPT.search(Path(path).name)
+    return int(m.group(1)) if m else 0
+
+
+def resume_note(output_dir) -> str:
+    """Where a re-run of the same command resumes, for a message after Ctrl-C."""
+    ckpt = latest_checkpoint(Path(output_dir))
+    if ckpt is None:
+        return f"no checkpoint in '{output_dir}' yet: re-running the same command starts from the beginning"
+    return (f"re-run the same command to resume from {ckpt.name} (optimizer step {checkpoint_step(ckpt)}) in "
+            f"'{output_dir}'; steps after it are redone")
+
+
+def describe_model_config(cfg: dict) -> str:
+    """'atto, patch 16, tasks sentinel2, lat' from a model config (ours: MP-MAE or encoder)."""
+    from mpmae_core.models.convnextv2 import size_from_dims
+
+    enc = cfg.get("encoder", cfg)
+    try:
+        size = size_from_dims(tuple(enc["dims"])) or "unknown size"
+    except (KeyError, TypeError, ValueError):
+        size = "unknown size"
+    tasks = cfg.get("tasks")
+    return f"{size}, patch {enc.get('patch_size', '?')}" + (f", tasks {', '.join(tasks)}" if tasks else "")
+
+
 # ------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------
@@ -272,7 +299,14 @@ class Trainer:
         return path
 
     def load(self, path: Path) -> None:
-        obj = safe_load(path)
+        obj = load_checkpoint(path)  # checks the format and its version
+        if obj.get("kind") != "mpmae" or obj.get("config") != self.model.config():
+            have = describe_model_config(obj.get("config") or {})
+            want = describe_model_config(self.model.config())
+            raise ValueError(
+                f"the run folder '{self.out}' holds a run of another model ({have}; {Path(path).name}), but this "
+                f"command asks for {want}. To continue that run, repeat its settings (they are in "
+                f"{self.out / 'train_config.json'}); to start a new run, give another --output-dir")
         self.model.load_state_dict(obj["model"])
         self.optimizer.load_state_dict(obj["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = obj["step"], obj["epoch"], obj["batch_in_epoch"]

@@ -31,10 +31,6 @@ from mpmae_core.models.mpmae import MPMAE
 from mpmae_core.runtime.files import atomic_output
 from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata, head_metadata
 
-CLASS_INFO = {
-    "esa_worldcover": (registry.ESA_WORLDCOVER_NAMES, registry.ESA_WORLDCOVER_COLOURS),
-    "dynamic_world": (registry.DYNAMIC_WORLD_NAMES, registry.DYNAMIC_WORLD_COLOURS),
-}
 
 
 class EncoderGraph(nn.Module):
@@ -150,7 +146,9 @@ def export_pretext_segmenter(model: MPMAE, task: str, path: str | os.PathLike, n
         sparse = ConvNeXtV2Encoder(enc.depths, enc.dims, enc.in_chans, enc.patch_size, convention="sparse")
         sparse.load_state_dict(enc.state_dict())
         model.encoder = sparse
-    names, colours = CLASS_INFO.get(task, ([], []))
+    if task not in registry.PRETEXT_CLASSES:
+        raise ValueError(f"'{task}' is not a pretext landcover task; choose one of {', '.join(registry.PRETEXT_CLASSES)}")
+    names, colours = registry.PRETEXT_CLASSES[task]
     meta = encoder_metadata(model.encoder, model.input_bands, normalisation, source=source)
     meta.kind, meta.task, meta.output_stride = "segmenter", task, 1
     meta.class_names, meta.class_colours = list(names), [list(c) for c in colours]
@@ -184,3 +182,24 @@ def export_head(weight, bias, path: str | os.PathLike, class_names: Sequence[str
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
     return path, diff
+
+
+def export_checkpoint(checkpoint, out, head: Optional[str] = None) -> tuple[Path, float]:
+    """Our checkpoint or a reference one -> ONNX encoder (or, with ``head``, a pretext segmenter)."""
+    from mpmae_core.checkpoints import CheckpointError, load_any
+    from mpmae_core.runtime.files import check_output
+    from mpmae_core.runtime.metadata import default_normalisation
+
+    check_output(out, [checkpoint], "model", (".onnx",), "an ONNX model")
+    loaded = load_any(checkpoint)
+    model = loaded.model
+    bands = getattr(model, "input_bands", None) or registry.default_input_bands(model.in_chans) or ()
+    norm = loaded.normalisation or default_normalisation(bands)
+    if head:
+        if not isinstance(model, MPMAE):
+            raise CheckpointError(f"{checkpoint} holds an encoder only: it has no '{head}' head")
+        if head not in model.tasks:
+            raise CheckpointError(f"{checkpoint} has no '{head}' head; its tasks are {', '.join(model.tasks)}")
+        return export_pretext_segmenter(model, head, out, norm, source=loaded.description)
+    encoder = model.encoder if isinstance(model, MPMAE) else model
+    return export_encoder(encoder, out, bands, norm, source=loaded.description)

@@ -20,13 +20,32 @@ from mpmae_core.models.convnextv2 import upsample_mask
 from mpmae_core.runtime.files import atomic_output
 
 
+def rows_up_to(lines: list[str], step: int) -> list[str]:
+    """The header and the rows of a metrics.csv whose step is at most ``step`` (a resumed run redoes
+    the steps after its checkpoint; their old rows would appear twice)."""
+    if not lines:
+        return []
+    kept = [lines[0]]
+    for line in lines[1:]:
+        head = line.split(",", 1)[0].strip()
+        if head.isdigit() and int(head) <= step:
+            kept.append(line)
+    return kept
+
+
 class MetricsWriter:
-    def __init__(self, output_dir: Path, tasks: tuple[str, ...]):
+    def __init__(self, output_dir: Path, tasks: tuple[str, ...], resume_step: Optional[int] = None):
         self.path = Path(output_dir) / "metrics.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.columns = ["step", "epoch", "lr", "loss", "images_per_s"] + [f"loss_{t}" for t in tasks] + \
                        [f"weight_{t}" for t in tasks]
-        new = not self.path.exists()
+        if resume_step is not None and self.path.exists():
+            lines = self.path.read_text().splitlines(keepends=True)
+            kept = rows_up_to(lines, resume_step)
+            if kept != lines:
+                with atomic_output(self.path) as tmp:
+                    tmp.write_text("".join(kept))
+        new = not self.path.exists() or self.path.stat().st_size == 0
         self._fh = open(self.path, "a", newline="")
         self._csv = csv.writer(self._fh)
         if new:

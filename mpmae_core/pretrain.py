@@ -52,12 +52,21 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             batch = trainer_holder.setdefault("preview", _preview_batch(tr))
             save_preview(tr.model, batch, out / "previews" / f"epoch_{tr.epoch:04d}.png")
 
+    from mpmae_core.engine import checkpoint_step, latest_checkpoint
+    from mpmae_core.runtime.files import atomic_write_text, check_output
+
+    check_output(out / "train_config.json", [cfg.data], "run folder")
+    previous = latest_checkpoint(out)
+    if previous is not None and not cfg.resume:
+        raise ValueError(f"the run folder '{out}' already holds a run ({previous.name}); --no-resume would overwrite "
+                         "it. Give another --output-dir for a new run, or drop --no-resume to continue this one")
     trainer = Trainer(cfg, on_log=on_log, on_step=on_step, on_epoch_end=on_epoch_end)
     main = trainer.dist.main
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        metrics = MetricsWriter(out, trainer.model.tasks)
+        atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=1))
+        metrics = MetricsWriter(out, trainer.model.tasks,
+                                resume_step=checkpoint_step(previous) if previous is not None else 0)
         n_params = sum(p.numel() for p in trainer.model.parameters())
         print(f"[pretrain] MP-MAE {cfg.size} patch {cfg.patch_size} on {cfg.img_size} px, tasks "
               f"{', '.join(trainer.model.tasks)} ({n_params / 1e6:.2f} M parameters); {len(trainer.dataset)} "

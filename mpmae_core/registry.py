@@ -55,6 +55,19 @@ S2_RGB_BANDS: tuple[str, ...] = ("B2", "B3", "B4")
 #: Red, green, blue: the order for displaying a Sentinel-2 image.
 S2_RGB_DISPLAY: tuple[str, ...] = ("B4", "B3", "B2")
 
+#: Encoder sizes: name -> (depths, dims). Parameter counts (12 bands, final norm, no head) match MMEarth.
+ENCODER_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
+    "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
+    "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
+    "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
+    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+}
+#: Patch sizes of the MMEarth stem, and the encoder's border conventions.
+PATCH_SIZES: tuple[int, ...] = (8, 16)
+CONVENTIONS: tuple[str, ...] = ("sparse", "reference_dense")
+
 #: Processing levels an MMEarth tile can have; statistics are chosen per tile by this.
 S2_LEVELS: tuple[str, ...] = ("l1c", "l2a")
 #: What a user may ask for: a level, or "auto" (from the raster's bands and metadata).
@@ -433,3 +446,11 @@ STORAGE: dict[str, StorageSpec] = {s.name: s for s in (
 
 #: Band-stats keys of the S2 statistics, chosen per tile by its processing level.
 S2_STATS_KEYS = {"l1c": "sentinel2_l1c", "l2a": "sentinel2_l2a"}
+
+
+#: The pretext landcover tasks with a class map: task -> (class names, colours). Export and the
+#: runtime's legends read them here.
+PRETEXT_CLASSES: dict[str, tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]] = {
+    "esa_worldcover": (ESA_WORLDCOVER_NAMES, ESA_WORLDCOVER_COLOURS),
+    "dynamic_world": (DYNAMIC_WORLD_NAMES, DYNAMIC_WORLD_COLOURS),
+}

@@ -49,8 +49,10 @@ def test_layout_is_the_reference_layout(h5):
         assert f["sentinel2"].shape == (16, 13, 64, 64)
         assert f["eco_region"].shape == (16, 846)
         meta = f["metadata"][()]
-        assert meta.dtype.names == ("tile_id", "S2_type")
-        assert all(m["tile_id"].startswith(b"SYNTHETIC_") for m in meta)
+        # the v001 release's compound (torchgeo's description of the files agrees)
+        assert meta.dtype == np.dtype([("meta_id", "S10"), ("S2_type", "S3")])
+        assert [m["meta_id"] for m in meta] == [str(i).encode() for i in range(16)]
+        assert {m["S2_type"] for m in meta} == {b"l1c", b"l2a"}
     side = side_file_paths(h5)
     assert set(json.loads(side["splits"].read_text())) == {"train", "val", "test"}
     info = json.loads(side["tile_info"].read_text())
@@ -139,7 +141,7 @@ def test_tile_nodata_entry_is_honoured(h5, tmp_path):
     elevation = int(_raw(h5, "aster", 0)[0, 10, 10])
     info_path = side_file_paths(copy)["tile_info"]
     info = json.loads(info_path.read_text())
-    info["SYNTHETIC_00000"]["NO_DATA"] = {"aster": elevation}
+    info["0"]["NO_DATA"] = {"aster": elevation}
     info_path.write_text(json.dumps(info))
     aster = _full(copy, tasks=["sentinel2", "aster"])[0]["aster"]
     raw = _raw(h5, "aster", 0)
@@ -215,7 +217,7 @@ def test_band_stats_that_do_not_fit(h5):
     no_s1 = {k: v for k, v in stats.items() if k != "sentinel1"}
     ds = MMEarthDataset(h5, split=None, crop=32, tasks=["sentinel2", "sentinel1"], band_stats=no_s1)
     ds[CASES["sentinel1_absent"]]  # absent there: nothing to normalise
-    with pytest.raises(DataError, match="no 'sentinel1' entry, but tile SYNTHETIC_00000 has sentinel1 data"):
+    with pytest.raises(DataError, match="no 'sentinel1' entry, but tile 0 has sentinel1 data"):
         ds[0]
     twelve = {k: v for k, v in stats.items()}
     twelve["sentinel2_l1c"] = {"mean": [1.0] * 12, "std": [2.0] * 12}  # the 12-band MMEarth order is accepted
@@ -293,3 +295,79 @@ def test_masks_are_drawn_per_sample_like_crops(h5):
     assert len({tuple(ds[(3, e)]["mask"].flatten().tolist()) for e in range(30)}) > 5
     with pytest.raises(DataError, match="multiple of the patch size 16"):
         MMEarthDataset(h5, split=None, crop=40, tasks="S2", mask_ratio=0.6, patch_size=16)
+
+
+# The v001 release's layout, written down here independently of mpmae_core.data.layout (from the
+# reference notes and torchgeo's description of the same files): a drift in our writer fails here.
+RELEASE_DATASETS = {
+    "sentinel2": ("uint16", 13), "sentinel2_cloudmask": ("uint16", 1), "sentinel2_cloudprod": ("uint16", 1),
+    "sentinel2_scl": ("uint8", 1), "sentinel1": ("float32", 8), "aster": ("int16", 2),
+    "canopy_height_eth": ("int8", 2), "dynamic_world": ("uint8", 1), "esa_worldcover": ("uint8", 1),
+    "era5": ("float32", 12), "lat": ("float32", 2), "lon": ("float32", 2), "month": ("float32", 2),
+    "biome": ("uint8", 14), "eco_region": ("uint16", 846),
+}
+RELEASE_BAND_NAMES = {
+    "aster": ["b1", "slope"], "dynamic_world": ["label"], "esa_worldcover": ["Map"],
+    "canopy_height_eth": ["height", "std"], "sentinel2_cloudmask": ["QA60"], "sentinel2_scl": ["SCL"],
+    "lat": ["sin", "cos"], "month": ["sin_month", "cos_month"],
+}
+
+
+def test_synthetic_file_is_exactly_the_release_layout(h5):
+    with h5py.File(h5, "r") as f:
+        assert set(f.keys()) == set(RELEASE_DATASETS) | {"metadata"}
+        for name, (dtype, channels) in RELEASE_DATASETS.items():
+            assert f[name].dtype == np.dtype(dtype), name
+            assert f[name].shape[:2] == (16, channels), name
+            assert f[name].ndim == (2 if name in ("era5", "lat", "lon", "month", "biome", "eco_region") else 4)
+        meta = f["metadata"][()]
+    info = json.loads(side_file_paths(h5)["tile_info"].read_text())
+    ids = [m[0].decode() for m in meta]
+    assert set(info) == set(ids)  # tile_info is keyed by the metadata id
+    for tid, entry in info.items():
+        assert {"S2_DATE", "S2_type", "CRS", "lat", "lon", "NO_DATA", "BANDS"} <= set(entry)
+        bands = entry["BANDS"]
+        for modality, names in RELEASE_BAND_NAMES.items():
+            assert bands[modality] == names, (tid, modality)
+        s2 = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8A", "B8", "B9", "B10", "B11", "B12"]
+        assert bands["sentinel2"] == (s2 if entry["S2_type"] == "l1c" else [b for b in s2 if b != "B10"])
+        if bands["era5"] is not None:  # YYYYMM of the previous and current month, then the year
+            y, m = int(entry["S2_DATE"][:4]), int(entry["S2_DATE"][5:7])
+            assert bands["era5"][4] == f"{y}{m:02d}_temperature_2m" and len(bands["era5"]) == 12
+    stats = json.loads(side_file_paths(h5)["band_stats"].read_text())
+    assert {"sentinel2_l1c", "sentinel2_l2a", "sentinel1", "aster", "canopy_height_eth", "era5"} <= set(stats)
+
+
+def test_reader_opens_a_file_written_as_the_release_writes_it(tmp_path):
+    """A v001-style file built here with h5py alone (not our writer): meta_id S10, S2_type S3."""
+    rng = np.random.default_rng(3)
+    n, size = 4, 32
+    path = tmp_path / "data_100k_v001.h5"
+    with h5py.File(path, "w") as f:
+        for name, (dtype, channels) in RELEASE_DATASETS.items():
+            shape = (n, channels) if name in ("era5", "lat", "lon", "month", "biome", "eco_region") else \
+                (n, channels, size, size)
+            data = rng.integers(1, 3000, shape) if np.dtype(dtype).kind in "iu" else rng.normal(size=shape)
+            f.create_dataset(name, data=data.astype(dtype))
+        meta = np.array([(str(i).encode(), t) for i, t in enumerate([b"l1c", b"l2a", b"l2a", b"l1c"])],
+                        dtype=[("meta_id", "S10"), ("S2_type", "S3")])
+        f.create_dataset("metadata", data=meta)
+    side = side_file_paths(path)
+    side["splits"].write_text(json.dumps({"train": [0, 1, 2, 3], "val": [], "test": []}))
+    stats = {k: {"mean": [1000.0] * 13, "std": [500.0] * 13} for k in ("sentinel2_l1c", "sentinel2_l2a")}
+    side["band_stats"].write_text(json.dumps(stats))
+    side["tile_info"].write_text(json.dumps({str(i): {"S2_DATE": "2018-07-16", "S2_type": t, "CRS": "EPSG:32721",
+                                                      "lat": 1.0, "lon": 2.0}
+                                             for i, t in enumerate(["l1c", "l2a", "l2a", "l1c"])}))
+    ds = MMEarthDataset(path, split="train", tasks=["sentinel2"], crop=None)
+    assert [ds[i]["tile_id"] for i in range(4)] == ["0", "1", "2", "3"]
+    with h5py.File(path, "r") as f:
+        raw = f["sentinel2"][1].astype(np.float64)
+    got = ds[1]["sentinel2"].numpy()
+    b8 = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8A", "B8", "B9", "B10", "B11", "B12"].index("B8")
+    np.testing.assert_allclose(got[8], (raw[b8] - 1000.0) / 500.0, rtol=1e-5)  # model band 9 is B8
+    # an older file whose field 0 is called tile_id reads the same way
+    from mpmae_core.data.layout import read_metadata
+
+    old = np.array([(b"7", b"L2A")], dtype=[("tile_id", "S100"), ("S2_type", "S10")])
+    assert read_metadata(old) == (["7"], ["l2a"])

@@ -96,7 +96,9 @@ def test_mmearth_sample_file_holds_the_real_scene():
     stack = gdal.Open(str(paths["stack"]))
     names = [stack.GetRasterBand(i).GetDescription() for i in range(1, 14)]
     s = ds[13]  # row 1, column 1
-    assert s["tile_id"] == "T33UUU_20170216_r1_c1"
+    assert s["tile_id"] == "13"  # the release's meta_id: the tile's position
+    info = ds.tile_info["13"]
+    assert (info["ROW"], info["COL"]) == (1, 1)
     raw = stack.ReadAsArray(128, 128, 128, 128).astype(np.float64)
     mean, std = registry.s2_default_statistics("l1c")
     for i, band in enumerate(registry.S2_MMEARTH_BANDS):

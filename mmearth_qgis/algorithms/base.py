@@ -23,11 +23,48 @@ def raster_problem(raw) -> str:
     return ""
 
 
+def error_message(exc: BaseException) -> str:
+    """One sentence for any error reaching Processing: ours as they are, the rest named as a bug."""
+    from mpmae_core.runtime.files import OutputError, describe_os_error
+    from mpmae_core.runtime.gdal_io import RasterError
+    from mpmae_core.runtime.metadata import MetadataError
+    from mpmae_core.runtime.model import ModelError
+
+    if isinstance(exc, (RasterError, ModelError, MetadataError, OutputError, ValueError)):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return describe_os_error(exc, getattr(exc, "filename", None) or "", "use")
+    if isinstance(exc, MemoryError):
+        return "Out of memory: use smaller tiles (Advanced: tile size) or a machine with more memory."
+    from mpmae_core.runtime.cli import crash_log
+
+    log = crash_log(exc)
+    return (f"Unexpected {type(exc).__name__}: {exc}. This is a bug in the MMEarth plugin: please report it"
+            + (f"; the details were saved to {log}" if log else "") + ".")
+
+
 class MMEarthAlgorithm(QgsProcessingAlgorithm):
-    """Base class: every mmearth algorithm is re-creatable and reports errors an analyst understands."""
+    """Base class: every mmearth algorithm is re-creatable and reports errors an analyst understands.
+
+    Subclasses implement ``run`` (not ``processAlgorithm``): any error it raises reaches QGIS as
+    one QgsProcessingException with a message, never as a Python traceback.
+    """
 
     #: File parameters that also accept a model name from the models folder.
     MODEL_PARAMS: tuple = ()
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        try:
+            return self.run(parameters, context, feedback)
+        except QgsProcessingException:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - Processing must get a message, not a traceback
+            if isinstance(exc, KeyboardInterrupt):
+                raise QgsProcessingException("Cancelled: no output was written.") from None
+            raise QgsProcessingException(error_message(exc)) from None
+
+    def run(self, parameters, context, feedback):
+        raise NotImplementedError
 
     def createInstance(self):  # noqa: N802
         return type(self)()
@@ -78,7 +115,15 @@ class MMEarthAlgorithm(QgsProcessingAlgorithm):
 
 
 DEVICES = ["auto", "cpu", "cuda"]
-LEVELS = ["auto", "l1c", "l2a"]
+
+
+def _levels():
+    from mpmae_core import registry
+
+    return list(registry.S2_LEVEL_CHOICES)
+
+
+LEVELS = _levels()
 
 
 class InferenceAlgorithm(MMEarthAlgorithm):
@@ -91,6 +136,8 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     OVERLAP = "OVERLAP"
     DEVICE = "DEVICE"
     LEVEL = "LEVEL"
+    DN_OFFSET = "DN_OFFSET"
+    SCALE = "SCALE"
     BAND_MAP = "BAND_MAP"
     EMBEDDINGS = "EMBEDDINGS"
 
@@ -122,8 +169,14 @@ class InferenceAlgorithm(MMEarthAlgorithm):
                                          128, minValue=0),
             QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
             QgsProcessingParameterEnum(self.LEVEL, "Sentinel-2 processing level", LEVELS, defaultValue=0),
+            QgsProcessingParameterString(self.DN_OFFSET, "DN offset ('auto' from the raster's metadata, 0, or 1000 "
+                                         "for products of processing baseline 04.00 or later)", defaultValue="auto"),
+            QgsProcessingParameterNumber(self.SCALE, "Scale factor (raw values are multiplied by it: 10000 for "
+                                         "reflectance 0-1, 10 for reflectance x 1000)",
+                                         QgsProcessingParameterNumber.Double, 1.0, minValue=1e-9),
             QgsProcessingParameterString(self.BAND_MAP, "Band map (raster band numbers for the model's bands, "
-                                         "comma-separated; only for rasters without band names)", optional=True),
+                                         "comma-separated; only for rasters without band names; a number may "
+                                         "repeat to stand in for a missing band)", optional=True),
         ]
         for p in params:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -137,10 +190,20 @@ class InferenceAlgorithm(MMEarthAlgorithm):
                 band_map = [int(v) for v in text.replace(" ", "").split(",")]
             except ValueError:
                 raise QgsProcessingException(f"Band map '{text}' is not a list of band numbers such as 1,2,3") from None
+        offset_text = (self.parameterAsString(parameters, self.DN_OFFSET, context) or "auto").strip()
+        if offset_text.lower() == "auto":
+            dn_offset = "auto"
+        else:
+            try:
+                dn_offset = float(offset_text)
+            except ValueError:
+                raise QgsProcessingException(f"DN offset '{offset_text}' is not 'auto' or a number such as 0 or "
+                                             "1000") from None
         return dict(tile=self.parameterAsInt(parameters, self.TILE, context),
                     overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
                     device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
                     level=LEVELS[self.parameterAsEnum(parameters, self.LEVEL, context)],
+                    dn_offset=dn_offset, scale=self.parameterAsDouble(parameters, self.SCALE, context),
                     band_map=band_map)
 
     def model_path(self, parameters, name, context, what="model") -> str:
@@ -166,8 +229,8 @@ class InferenceAlgorithm(MMEarthAlgorithm):
             return fn(progress=lambda f: feedback.setProgress(100.0 * f), cancelled=feedback.isCanceled, log=log)
         except Cancelled:
             raise QgsProcessingException("Cancelled: no output was written.") from None
-        except (RasterError, ModelError, MetadataError, ValueError) as exc:
-            raise QgsProcessingException(str(exc)) from None
+        except (RasterError, ModelError, MetadataError, ValueError, OSError) as exc:
+            raise QgsProcessingException(error_message(exc)) from None
 
     @staticmethod
     def style_on_load(context, output: str) -> None:
@@ -206,16 +269,18 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         source = self.parameterAsSource(parameters, name, context)
         if source is None:
             raise QgsProcessingException(f"Could not load the vector layer given for {name}.")
-        if not source.sourceCrs().isValid():
+        src_crs = source.sourceCrs()
+        if not src_crs.isValid() or crs_undefined(src_crs):
             raise QgsProcessingException(
-                f"The layer given for {name} has no CRS: set its CRS (Layer Properties > Source) so its features can "
-                "be placed on the raster.")
+                f"The layer given for {name} has no defined CRS ({src_crs.description() or 'none'}): set its CRS "
+                "(Layer Properties > Source > Assigned Coordinate Reference System, or 'Assign projection' in the "
+                "Processing Toolbox) so its features can be placed on the raster.")
         request = QgsFeatureRequest()
         if source.sourceCrs() != crs:
             feedback.pushInfo(f"reprojecting {name.lower()} from {source.sourceCrs().authid() or 'their CRS'} to the "
                               f"raster's {crs.authid() or crs.description()}")
             request.setDestinationCrs(crs, context.transformContext())
-        out, missing = [], 0
+        out, no_class, no_geom = [], 0, 0
         index = source.fields().lookupField(class_field) if class_field else -1
         if class_field and index < 0:
             raise QgsProcessingException(f"The labels have no field '{class_field}'; they have "
@@ -225,16 +290,29 @@ class InferenceAlgorithm(MMEarthAlgorithm):
                 raise QgsProcessingException("Cancelled: no output was written.")
             value = feature.attribute(index) if index >= 0 else 0
             geom = feature.geometry()
-            if value is None or (hasattr(value, "isNull") and value.isNull()) or str(value).strip() == "" \
-                    or geom is None or geom.isEmpty():
-                missing += 1
+            if geom is None or geom.isEmpty():
+                no_geom += 1
+                continue
+            if value is None or (hasattr(value, "isNull") and value.isNull()) or str(value).strip() == "":
+                no_class += 1
                 continue
             out.append((bytes(geom.asWkb()), value, feature.id()))
-        if missing:
-            feedback.pushWarning(f"skipped {missing} feature(s) of {name.lower()} without a geometry or class value")
+        if no_geom:
+            feedback.pushWarning(f"skipped {no_geom} feature(s) of {name.lower()} without a geometry")
+        if no_class:
+            feedback.pushWarning(f"skipped {no_class} feature(s) of {name.lower()} without a value in "
+                                 f"'{class_field}'")
         if not out:
-            raise QgsProcessingException(f"The layer given for {name} has no usable features.")
+            raise QgsProcessingException(f"The layer given for {name} has no usable features: {no_geom} without a "
+                                         f"geometry, {no_class} without a class value.")
         return out
+
+
+def crs_undefined(crs) -> bool:
+    """QGIS gives a GeoPackage layer whose SRS is 'undefined' (srs_id 0 or -1) a CRS object that is valid
+    but says nothing: no authority id and an 'Undefined' name, or no way to transform it."""
+    text = f"{crs.authid()} {crs.description()} {crs.toWkt()}".lower()
+    return not crs.authid() and ("undefined" in text or "unknown" in text or not crs.toProj())
 
 
 class LoadStyle:

@@ -40,7 +40,7 @@ class EmbedAlgorithm(InferenceAlgorithm):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def run(self, parameters, context, feedback):
         from mpmae_core.runtime.predict import embed
 
         source = self.raster_source(parameters, self.INPUT, context)

@@ -72,12 +72,18 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
         self.addOutput(QgsProcessingOutputString("BAND_MAPPING", "Model band <- raster band (JSON)"))
         self.addOutput(QgsProcessingOutputString("FINDINGS", "Findings (JSON)"))
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def run(self, parameters, context, feedback):
         from mpmae_core.runtime import inspect as rinspect
         from mpmae_core.runtime.files import atomic_write_text
         from mpmae_core.runtime.gdal_io import RasterError
 
+        from mpmae_core.runtime.files import check_output
+        from mpmae_core.runtime.predict import input_files
+
         source = self.raster_source(parameters, self.INPUT, context)
+        report = self.parameterAsFileOutput(parameters, self.REPORT, context)
+        if report:
+            check_output(report, input_files(source), "report", (".html", ".htm"), "an HTML page")
         feedback.setProgressText("Reading raster metadata and a sample of its pixels")
         try:
             assessment = rinspect.inspect_raster(source)
@@ -90,7 +96,6 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
         results = self._values(assessment)
         if parameters.get(self.OUTPUT) is not None:
             results[self.OUTPUT] = self._write_table(parameters, context, assessment)
-        report = self.parameterAsFileOutput(parameters, self.REPORT, context)
         if report:
             atomic_write_text(report, rinspect.html_report(assessment))
             results[self.REPORT] = report

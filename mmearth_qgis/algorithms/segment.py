@@ -35,7 +35,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
             self.PROBABILITIES, "Class probabilities", optional=True, createByDefault=False))
         self.add_advanced_parameters()
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def run(self, parameters, context, feedback):
         from mpmae_core.runtime.predict import segment
 
         source = self.raster_source(parameters, self.INPUT, context)

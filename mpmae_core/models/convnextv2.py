@@ -35,18 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: name -> (depths, dims). Encoder parameter counts (12 bands, final norm, no head) match MMEarth.
-ENCODER_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
-    "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
-    "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
-    "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
-    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
-    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
-}
-CONVENTIONS = ("sparse", "reference_dense")
+from mpmae_core import registry
+
+# The sizes, patch sizes and border conventions live in the registry (one place for every CLI).
+ENCODER_SIZES = registry.ENCODER_SIZES
+CONVENTIONS = registry.CONVENTIONS
 GRN_EPS = {"sparse": 1e-6, "reference_dense": 1e-4}
-PATCH_SIZES = (8, 16)
+PATCH_SIZES = registry.PATCH_SIZES
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -295,9 +295,14 @@ def train_head(source, model_path, features, class_names, output, *, embeddings=
     and save the head (ONNX) and an HTML report. Both outputs appear whole or not at all."""
     import tempfile
 
-    from mpmae_core.runtime.files import atomic_write_text
-    from mpmae_core.runtime.predict import Cancelled, embeddings_for
+    from mpmae_core.runtime.files import PendingOutput, check_output
+    from mpmae_core.runtime.model import OnnxModel
+    from mpmae_core.runtime.predict import Cancelled, embeddings_for, input_files
 
+    inputs = input_files(source) + [str(model_path)] + (input_files(embeddings) if embeddings else [])
+    check_output(output, inputs, "head", (".onnx",), "an ONNX model")
+    if report_path:
+        check_output(report_path, inputs + [str(output)], "report", (".html", ".htm"), "an HTML page")
     features = list(features)
     with tempfile.TemporaryDirectory(prefix="mmearth-head-") as work:
         if not embeddings:
@@ -316,9 +321,18 @@ def train_head(source, model_path, features, class_names, output, *, embeddings=
     progress(0.97)
     head = LinearHead.fit(x, y, class_names, class_colours, l2=l2)
     text = report_text(cv, samples)
-    if report_path:
-        atomic_write_text(report_path, report_html(cv, samples, f"Few-shot head: {Path(output).name}"))
-    head.save(output, patch_size=meta.patch_size, source=f"few-shot head on {Path(model_path).name}")
+    # The head and its report appear together, each complete, or neither does.
+    pending = PendingOutput(output)
+    try:
+        pending.tmp.write_bytes(head.onnx_bytes(patch_size=meta.patch_size,
+                                                source=f"few-shot head on {Path(model_path).name}"))
+        if report_path:
+            pending.companion(report_path).write_text(report_html(cv, samples, f"Few-shot head: {Path(output).name}"),
+                                                      encoding="utf-8")
+        pending.commit(lambda tmp: OnnxModel(tmp, device="cpu"))
+    except BaseException:
+        pending.abort()
+        raise
     progress(1.0)
     return {"output": str(output), "report": str(report_path or ""), "text": text, "cv": cv, "samples": samples,
             "classes": list(class_names)}

@@ -44,9 +44,12 @@ def similarity(source, model_path, queries, output, *, embeddings=None, aggregat
 
     from mpmae_core.runtime.fewshot import FewShotError
     from mpmae_core.runtime.labels import label_cells, read_cells
-    from mpmae_core.runtime.predict import Cancelled, embeddings_for, writer_guard
-    from mpmae_core.runtime.styles import pseudocolor_qml, write_style
+    from mpmae_core.runtime.files import GEOTIFF_EXTENSIONS, check_output
+    from mpmae_core.runtime.predict import Cancelled, embeddings_for, input_files, writer_guard
+    from mpmae_core.runtime.styles import pseudocolor_qml, style_path
 
+    inputs = input_files(source) + [str(model_path)] + (input_files(embeddings) if embeddings else [])
+    check_output(output, inputs, "similarity map", GEOTIFF_EXTENSIONS, "a GeoTIFF")
     queries = list(queries)
     with tempfile.TemporaryDirectory(prefix="mmearth-sim-") as work:
         emb, _ = embeddings_for(source, model_path, embeddings, work, cancelled=cancelled, log=log,
@@ -86,8 +89,7 @@ def similarity(source, model_path, queries, output, *, embeddings=None, aggregat
             return lo, hi
 
         lo, hi = writer_guard([writer], write_all)
-        writer.close()
+        qml = pseudocolor_qml(max(lo, -1.0), min(hi, 1.0)) if style and np.isfinite(lo) else None
+        writer.close({style_path(output): qml} if qml else None)
         ds = None
-    if style and np.isfinite(lo):
-        write_style(output, pseudocolor_qml(max(lo, -1.0), min(hi, 1.0)))
     return {"output": str(output), "queries": int(len(q)), "min": lo, "max": hi}
