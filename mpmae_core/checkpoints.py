@@ -63,7 +63,10 @@ def safe_load(path: str | os.PathLike, allow: Optional[list] = None) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" of type {found.group(1)}" if found else ""
+        if not found:  # not a pickle at all (random bytes, another file type): not a refused object
+            raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint (corrupt, truncated or another "
+                                  "file type)") from None
+        what = f" of type {found.group(1)}"
         raise CheckpointError(
             f"'{path}' holds an object{what} that is not allowed: checkpoints are read with "
             "torch.load(weights_only=True) and arbitrary Python objects are never unpickled. If this is "
