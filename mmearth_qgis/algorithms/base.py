@@ -46,7 +46,7 @@ def error_message(exc: BaseException) -> str:
 class MMEarthAlgorithm(QgsProcessingAlgorithm):
     """Base class: every mmearth algorithm is re-creatable and reports errors an analyst understands.
 
-    Subclasses implement ``run`` (not ``processAlgorithm``): any error it raises reaches QGIS as
+    Subclasses implement ``process`` (not ``processAlgorithm``; QGIS owns ``run``): any error it raises reaches QGIS as
     one QgsProcessingException with a message, never as a Python traceback.
     """
 
@@ -55,7 +55,7 @@ class MMEarthAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         try:
-            return self.run(parameters, context, feedback)
+            return self.process(parameters, context, feedback)
         except QgsProcessingException:
             raise
         except BaseException as exc:  # noqa: BLE001 - Processing must get a message, not a traceback
@@ -63,7 +63,7 @@ class MMEarthAlgorithm(QgsProcessingAlgorithm):
                 raise QgsProcessingException("Cancelled: no output was written.") from None
             raise QgsProcessingException(error_message(exc)) from None
 
-    def run(self, parameters, context, feedback):
+    def process(self, parameters, context, feedback):
         raise NotImplementedError
 
     def createInstance(self):  # noqa: N802

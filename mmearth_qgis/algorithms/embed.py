@@ -40,7 +40,7 @@ class EmbedAlgorithm(InferenceAlgorithm):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
 
-    def run(self, parameters, context, feedback):
+    def process(self, parameters, context, feedback):
         from mpmae_core.runtime.predict import embed
 
         source = self.raster_source(parameters, self.INPUT, context)

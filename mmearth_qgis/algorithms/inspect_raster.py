@@ -72,7 +72,7 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
         self.addOutput(QgsProcessingOutputString("BAND_MAPPING", "Model band <- raster band (JSON)"))
         self.addOutput(QgsProcessingOutputString("FINDINGS", "Findings (JSON)"))
 
-    def run(self, parameters, context, feedback):
+    def process(self, parameters, context, feedback):
         from mpmae_core.runtime import inspect as rinspect
         from mpmae_core.runtime.files import atomic_write_text
         from mpmae_core.runtime.gdal_io import RasterError

@@ -35,7 +35,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
             self.PROBABILITIES, "Class probabilities", optional=True, createByDefault=False))
         self.add_advanced_parameters()
 
-    def run(self, parameters, context, feedback):
+    def process(self, parameters, context, feedback):
         from mpmae_core.runtime.predict import segment
 
         source = self.raster_source(parameters, self.INPUT, context)

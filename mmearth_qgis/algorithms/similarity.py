@@ -41,7 +41,7 @@ class SimilarityAlgorithm(InferenceAlgorithm):
         self.add_embeddings_parameter()
         self.add_advanced_parameters()
 
-    def run(self, parameters, context, feedback):
+    def process(self, parameters, context, feedback):
         from mpmae_core.runtime.similarity import similarity
 
         source = self.raster_source(parameters, self.INPUT, context)

@@ -68,7 +68,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.ACCURACY, "Cross-validated accuracy"))
         self.addOutput(QgsProcessingOutputNumber(self.BALANCED_ACCURACY, "Cross-validated balanced accuracy"))
 
-    def run(self, parameters, context, feedback):
+    def process(self, parameters, context, feedback):
         from mpmae_core.runtime.fewshot import train_head
 
         source = self.raster_source(parameters, self.INPUT, context)
