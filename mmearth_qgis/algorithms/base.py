@@ -214,9 +214,6 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     @staticmethod
     def run_guarded(fn, feedback):
         """Run a runtime call with QGIS progress and cancel; turn its errors into Processing errors."""
-        from mpmae_core.runtime.gdal_io import RasterError
-        from mpmae_core.runtime.metadata import MetadataError
-        from mpmae_core.runtime.model import ModelError
         from mpmae_core.runtime.predict import Cancelled
 
         def log(message: str):
@@ -227,10 +224,8 @@ class InferenceAlgorithm(MMEarthAlgorithm):
 
         try:
             return fn(progress=lambda f: feedback.setProgress(100.0 * f), cancelled=feedback.isCanceled, log=log)
-        except Cancelled:
+        except Cancelled:  # other errors become messages in processAlgorithm
             raise QgsProcessingException("Cancelled: no output was written.") from None
-        except (RasterError, ModelError, MetadataError, ValueError, OSError) as exc:
-            raise QgsProcessingException(error_message(exc)) from None
 
     @staticmethod
     def style_on_load(context, output: str) -> None:

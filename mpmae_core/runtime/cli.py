@@ -23,35 +23,23 @@ def _number(text: str, kind, what: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    value = _number(text, int, "a whole number")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _bounded(kind, what: str, low: float, strict: bool, rule: str, doc: str):
+    """An argparse type: a number of ``kind`` at least ``low`` (above it when ``strict``)."""
+
+    def parse(text: str):
+        value = _number(text, kind, what)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value:g}")
+        return value
+
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """An argparse type: a whole number >= 0."""
-    value = _number(text, int, "a whole number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    value = _number(text, float, "a number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value:g}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
-    return value
+positive_int = _bounded(int, "a whole number", 1, False, "at least 1", "A whole number >= 1.")
+non_negative_int = _bounded(int, "a whole number", 0, False, "0 or more", "A whole number >= 0.")
+positive_float = _bounded(float, "a number", 0, True, "greater than 0", "A finite number > 0.")
+non_negative_float = _bounded(float, "a number", 0, False, "0 or more", "A finite number >= 0.")
 
 
 def fraction(text: str) -> float:

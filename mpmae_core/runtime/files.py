@@ -116,8 +116,6 @@ def check_output(path, inputs: Iterable = (), what: str = "output",
         os.unlink(probe)
     except OSError as exc:
         raise OutputError(describe_os_error(exc, dest, f"write the {what}")) from None
-    if dest.exists() and not os.access(dest, os.W_OK) and not os.access(folder, os.W_OK):
-        raise OutputError(f"the {what} '{dest}' exists and cannot be replaced (permission denied)")
     return dest
 
 

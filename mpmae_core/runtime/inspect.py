@@ -128,18 +128,25 @@ def _sample_band(band, nodata: Optional[float], side: int = SAMPLE_SIDE) -> tupl
 PROBE_BLOCKS = 64
 
 
-def probe_blocks(band, max_blocks: int = PROBE_BLOCKS) -> str:
-    """Read up to ``max_blocks`` full-resolution blocks spread over the band (every block of a small
-    raster); GDAL's reason for the first one that fails, '' when all read."""
+def spread_blocks(band, max_blocks: int = PROBE_BLOCKS) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) of up to ``max_blocks`` full-resolution blocks spread over the band (every block
+    of a small raster): bounded reading whatever the raster's size, and no overviews in the way."""
     bx, by = band.GetBlockSize()
     bx, by = max(1, min(bx, band.XSize)), max(1, min(by, band.YSize))
     nx, ny = math.ceil(band.XSize / bx), math.ceil(band.YSize / by)
     total = nx * ny
     picks = range(total) if total <= max_blocks else np.linspace(0, total - 1, max_blocks).astype(int)
+    out = []
     for k in picks:
         j, i = divmod(int(k), nx)
         x, y = i * bx, j * by
-        w, h = min(bx, band.XSize - x), min(by, band.YSize - y)
+        out.append((x, y, min(bx, band.XSize - x), min(by, band.YSize - y)))
+    return out
+
+
+def probe_blocks(band, max_blocks: int = PROBE_BLOCKS) -> str:
+    """GDAL's reason for the first of :func:`spread_blocks` that cannot be read, '' when all read."""
+    for x, y, w, h in spread_blocks(band, max_blocks):
         with gdal_errors() as errors:
             arr = band.ReadAsArray(x, y, w, h)
         if arr is None or errors:
@@ -276,14 +283,31 @@ def radiometry_findings(p50: Sequence[float], p99: Sequence[float], data_types: 
     return out
 
 
-def robust_statistics(ds, band_numbers: Sequence[int], nodata: Optional[float], side: int = 256) -> tuple:
-    """Per-band (p50, p99) of valid raw values over a decimated read (bounded whatever the size)."""
+def robust_statistics(ds, band_numbers: Sequence[int], nodata: Optional[float], max_blocks: int = 16) -> tuple:
+    """Per-band (p50, p99) of valid raw values in :func:`spread_blocks` (None where a band has none).
+    The I/O is bounded: at most ``max_blocks`` blocks per band, whatever the raster's size."""
     p50, p99 = [], []
     for b in band_numbers:
         band = ds.GetRasterBand(b)
-        _, _, _, _, m, t, err = _sample_band(band, nodata, side)
-        p50.append(m)
-        p99.append(t)
+        values = []
+        for x, y, w, h in spread_blocks(band, max_blocks):
+            with gdal_errors():
+                arr = band.ReadAsArray(x, y, w, h)
+            if arr is None:
+                continue  # a damaged block: the tile read reports it with the window
+            arr = arr.astype(np.float64, copy=False).ravel()
+            ok = np.isfinite(arr)
+            if nodata is not None and not math.isnan(nodata):
+                ok &= arr != nodata
+            values.append(arr[ok])
+        vals = np.concatenate(values) if values else np.zeros(0)
+        if vals.size:
+            m, t = np.percentile(vals, [50, 99])
+            p50.append(float(m))
+            p99.append(float(t))
+        else:
+            p50.append(None)
+            p99.append(None)
     return p50, p99
 
 

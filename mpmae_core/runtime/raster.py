@@ -12,7 +12,7 @@ import contextlib
 import errno
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -42,17 +42,6 @@ class PreparedInput:
     projection: str
     notes: list
     scale: float = 1.0  # raw values are multiplied by this before the DN offset is subtracted
-    files: list = field(default_factory=list)  # every file GDAL reads for this raster (VRT sources too)
-
-
-def detect_level(ds, descriptions: Sequence[str]) -> Optional[str]:
-    """'l1c' / 'l2a' from band names or metadata, or None when the raster does not say."""
-    return rinspect.detect_level(descriptions, ds.GetMetadata() or {})[0]
-
-
-def detect_dn_offset(ds) -> Optional[float]:
-    """The DN offset to subtract, from Sentinel-2 metadata (BOA/RADIO_ADD_OFFSET, PROCESSING_BASELINE)."""
-    return rinspect.detect_dn_offset(ds.GetMetadata() or {})
 
 
 LEVEL_OPTION = "the processing level (--level on the command line, 'Sentinel-2 processing level' in QGIS)"
@@ -129,8 +118,7 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
         log(f"warning: {finding.message}")
     return PreparedInput(ds, str(source), numbers, level, dn_offset, nodata,
                          np.asarray(mean, np.float32), np.asarray(std, np.float32), facts.width, facts.height,
-                         facts.geotransform, ds.GetProjection(), notes, float(scale),
-                         list(ds.GetFileList() or [str(source)]))
+                         facts.geotransform, ds.GetProjection(), notes, float(scale))
 
 
 def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
