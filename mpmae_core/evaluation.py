@@ -543,3 +543,155 @@ def run_command(image, labels, class_field, encoder_specs, random_sizes, shots, 
     randoms = random_sizes or ([] if encoder_specs else ["atto"])
     encoders = [load_encoder(s) for s in specs] + [random_encoder(s) for s in randoms]
     return run(image, labels, class_field, encoders, out_dir, list(shots), seeds, window)
+
+
+# ----------------------------------------------------------------------------- per-pixel mapping
+
+#: The per-pixel spectral baselines an analyst runs today (SCP, dzetsaka): the same classifiers on
+#: the pixel's normalised bands only, at fixed default settings.
+PIXEL_BASELINES = {"spectra LR": ("spectra", "logistic", 1e-2), "spectra RF": ("spectra", "forest", 0.0)}
+#: Fixed candidates reported beside the chosen head, to show where the encoder helps.
+PIXEL_FIXED = {"encoder LR": ("encoder", "logistic", 1e-2), "encoder RF": ("encoder", "forest", 0.0),
+               "both LR": ("both", "logistic", 1e-2), "both RF": ("both", "forest", 0.0)}
+CHOSEN = "chosen head"
+
+
+def interior_pixels(lab: np.ndarray, valid: np.ndarray, radius: int = 2) -> np.ndarray:
+    """(H, W) bool: labelled, valid pixels whose (2r+1)^2 neighbourhood is all the same class and
+    valid, where an analyst would click a point for that class."""
+    h, w = lab.shape
+    ok = (lab > 0) & valid
+    pad_lab = np.pad(lab, radius, constant_values=-1)
+    pad_ok = np.pad(ok, radius, constant_values=False)
+    out = ok.copy()
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            sl = (slice(radius + dy, radius + dy + h), slice(radius + dx, radius + dx + w))
+            out &= (pad_lab[sl] == lab) & pad_ok[sl]
+    return out
+
+
+def sample_per_class(mask: np.ndarray, lab: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """Flat indices of at most ``cap`` random pixels of each class under ``mask`` (seeded, sorted)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(lab[mask]):
+        idx = np.flatnonzero(mask.ravel() & (lab.ravel() == c))
+        out.append(idx if len(idx) <= cap else rng.choice(idx, cap, replace=False))
+    return np.sort(np.concatenate(out)) if out else np.empty(0, np.int64)
+
+
+def points_split(pool_y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k random pool entries per class (the classes with at least k + 1 entries), sorted."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(pool_y == c), k, replace=False) for c in np.unique(pool_y)
+             if (pool_y == c).sum() > k]
+    return np.sort(np.concatenate(picks)) if picks else np.empty(0, np.int64)
+
+
+def far_from(points_rc: np.ndarray, rc: np.ndarray, radius: int) -> np.ndarray:
+    """Bool per row of ``rc``: farther than ``radius`` px (Chebyshev) from every point (no test pixel
+    shares a training point's neighbourhood)."""
+    keep = np.ones(len(rc), bool)
+    for r, c in points_rc:
+        keep &= (np.abs(rc[:, 0] - r) > radius) | (np.abs(rc[:, 1] - c) > radius)
+    return keep
+
+
+def pixel_fit_predict(x_train, y_train, x_test, blocks, spec, class_names, seed):
+    """Fit a fixed candidate (feature set, classifier, l2) and predict the test pixels."""
+    from mpmae_core.runtime.pixel import block_slices, feature_set_blocks
+    from mpmae_core.runtime.pixelhead import Candidate, PixelHead
+
+    cand = Candidate(*spec)
+    sub = feature_set_blocks(blocks, cand.feature_set)
+    sl = block_slices(blocks)
+    cols = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in sub])
+    head = PixelHead.fit(x_train[:, cols], y_train, sub, cand, class_names, seed=seed)
+    return head.predict(x_test[:, cols])
+
+
+def pixel_chosen_predict(x_train, y_train, x_test, blocks, class_names, seed):
+    """What train_head does: score every candidate on the training points (each point its own
+    group), fit the chosen one, predict the test pixels. Returns (predictions, chosen name)."""
+    from mpmae_core.runtime.pixel import block_slices, feature_set_blocks
+    from mpmae_core.runtime.pixelhead import PixelHead, candidates, choose, score_candidates
+
+    groups = np.arange(len(y_train))
+    scores = score_candidates(x_train, y_train, groups, blocks, class_names, candidates(), seed=seed)
+    pick, _ = choose(scores, blocks)
+    cand = scores[pick]["candidate"]
+    sub = feature_set_blocks(blocks, cand.feature_set)
+    sl = block_slices(blocks)
+    cols = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in sub])
+    head = PixelHead.fit(x_train[:, cols], y_train, sub, cand, class_names, seed=seed)
+    return head.predict(x_test[:, cols]), cand.name
+
+
+def pixel_features(image, model_path, rows, cols, tile: int = 512, overlap: int = 128):
+    """(n, F) per-pixel features of every block of an ONNX encoder at the pixels, and the blocks."""
+    from mpmae_core.runtime.model import OnnxModel
+    from mpmae_core.runtime.pixel import encoder_blocks, sample_features
+    from mpmae_core.runtime.raster import prepare_input
+
+    model = OnnxModel(model_path, device="cpu")
+    prep = prepare_input(str(image), model.metadata)
+    blocks = encoder_blocks(model.metadata)
+    return sample_features(prep, model, blocks, rows, cols, tile, overlap), blocks
+
+
+def pixel_mapping(lab: np.ndarray, valid: np.ndarray, names: Sequence[str], encoder_features: dict,
+                  shots: Sequence[int] = (10, 30), seeds: int = 10, test_per_class: int = 3000,
+                  pool_per_class: int = 2000, exclusion_px: int = 5, log=lambda m: None,
+                  rows_cols: Optional[tuple] = None) -> tuple[list, dict]:
+    """The per-pixel few-shot protocol: k labelled points per class (interior pixels of the class,
+    as an analyst clicks them) train; a fixed stratified sample of every labelled pixel farther
+    than ``exclusion_px`` from the seed's points is scored.
+
+    ``encoder_features``: encoder name -> (features (n, F) at ``rows_cols`` pixels, blocks), where
+    ``rows_cols`` = :func:`pixel_sample` (pool then test). Spectra baselines use the first
+    encoder's spectra block (the same normalised bands for every encoder). Returns the runs and
+    which candidate the chosen head picked, per encoder, k and seed."""
+    pool_idx, test_idx = rows_cols
+    w = lab.shape[1]
+    n_pool = len(pool_idx)
+    pool_rc = np.stack(np.divmod(pool_idx, w), 1)
+    test_rc = np.stack(np.divmod(test_idx, w), 1)
+    y_pool = lab.ravel()[pool_idx] - 1
+    y_test = lab.ravel()[test_idx] - 1
+    K = len(names)
+    results, picks = [], {}
+    first = next(iter(encoder_features))
+    for k in shots:
+        for seed in range(seeds):
+            train = points_split(y_pool, k, seed)
+            used = sorted(set(y_pool[train].tolist()))
+            if len(used) < 2:
+                break
+            test = far_from(pool_rc[train], test_rc, exclusion_px) & np.isin(y_test, used)
+            truth = y_test[test]
+            for enc, (feats, blocks) in encoder_features.items():
+                xtr, xte = feats[:n_pool][train], feats[n_pool:][test]
+                reps = dict(PIXEL_FIXED)
+                if enc == first:
+                    reps = {**PIXEL_BASELINES, **reps}
+                for rep, spec in reps.items():
+                    label = rep if rep in PIXEL_BASELINES else f"{enc}: {rep}"
+                    pred = pixel_fit_predict(xtr, y_pool[train], xte, blocks, spec, list(names), seed)
+                    results.append(RunResult(label, str(k), seed, "pixel", metrics.confusion_matrix(truth, pred, K),
+                                             list(names)))
+                pred, picked = pixel_chosen_predict(xtr, y_pool[train], xte, blocks, list(names), seed)
+                results.append(RunResult(f"{enc}: {CHOSEN}", str(k), seed, "pixel",
+                                         metrics.confusion_matrix(truth, pred, K), list(names)))
+                picks.setdefault(enc, {}).setdefault(str(k), []).append(picked)
+            log(f"[evaluate] per-pixel {k} points per class, seed {seed + 1}/{seeds} done")
+    return results, picks
+
+
+def pixel_sample(lab: np.ndarray, valid: np.ndarray, test_per_class: int = 3000, pool_per_class: int = 2000,
+                 seed: int = 12345) -> tuple[np.ndarray, np.ndarray]:
+    """Flat pixel indices: the pool points are drawn from (interior pixels) and the test sample
+    (every labelled valid pixel), both stratified by class and fixed for the whole run."""
+    pool = sample_per_class(interior_pixels(lab, valid), lab, pool_per_class, seed)
+    test = sample_per_class((lab > 0) & valid, lab, test_per_class, seed + 1)
+    return pool, test

@@ -33,13 +33,19 @@ from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata, head_metada
 
 
 
+#: ONNX output names of the encoder graph, in order: the final map first (what ``embed`` reads),
+#: then the earlier stages for per-pixel (hypercolumn) features.
+ENCODER_OUTPUTS = ("embedding", "stage1", "stage2", "stage3")
+
+
 class EncoderGraph(nn.Module):
     def __init__(self, encoder: ConvNeXtV2Encoder):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, image: Tensor) -> Tensor:
-        return self.encoder(image)
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        s1, s2, s3, s4 = self.encoder.forward_stages(image)
+        return s4, s1, s2, s3
 
 
 def checkerboard(n: int, h: int, w: int, device=None) -> Tensor:
@@ -83,12 +89,14 @@ def _removed(path: Path):
             path.unlink()
 
 
-def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, output_name: str,
-            metadata: ModelMetadata, multiple: int, tolerance: float = 1e-4) -> float:
-    """Export with dynamic batch/height/width, add the metadata, check parity, write atomically."""
+def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, output_names, metadata: ModelMetadata,
+            multiple: int, tolerance: float = 1e-4) -> float:
+    """Export with dynamic batch/height/width, add the metadata, check parity of every output,
+    write atomically."""
     import onnx
     import onnxruntime as ort
 
+    output_names = [output_names] if isinstance(output_names, str) else list(output_names)
     module = module.eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     h = torch.export.Dim("h", min=1, max=4096)
@@ -100,7 +108,7 @@ def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, out
     with atomic_output(path) as tmp, _removed(Path(f"{tmp}.data")):
         with torch.no_grad():
             torch.onnx.export(module, (example,), str(tmp), dynamo=True, input_names=[input_name],
-                              output_names=[output_name], dynamic_shapes={input_name: dims}, optimize=True,
+                              output_names=output_names, dynamic_shapes={input_name: dims}, optimize=True,
                               verbose=False)
         proto = onnx.load(str(tmp))  # also reads weights the exporter put in an external .data file
         entry = proto.metadata_props.add()
@@ -109,19 +117,28 @@ def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, out
         # parity on an input of another size than the example: the dynamic axes really work
         probe = torch.randn(example.shape[0] + 1, example.shape[1], example.shape[2] + multiple, example.shape[3])
         with torch.no_grad():
-            expected = module(probe).float().numpy()
+            expected = module(probe)
+        expected = [e.float().numpy() for e in (expected if isinstance(expected, (tuple, list)) else [expected])]
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, {input_name: probe.numpy()})[0]
-        diff = float(np.abs(got - expected).max())
-        if not diff <= tolerance:
+        got = session.run(None, {input_name: probe.numpy()})
+        diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+        if len(got) != len(expected) or not diff <= tolerance:
             raise RuntimeError(f"exported model differs from torch by {diff:g} (> {tolerance:g}); not written")
     return diff
+
+
+def encoder_stages(encoder: ConvNeXtV2Encoder) -> list:
+    """[output name, channels, stride] of each encoder graph output (``ENCODER_OUTPUTS`` order)."""
+    p = encoder.patch_size
+    strides = [p // 8, p // 4, p // 2, p]
+    order = [3, 0, 1, 2]
+    return [[name, int(encoder.dims[i]), int(strides[i])] for name, i in zip(ENCODER_OUTPUTS, order)]
 
 
 def encoder_metadata(encoder: ConvNeXtV2Encoder, input_bands: Sequence[str], normalisation: dict, **kw) -> ModelMetadata:
     return ModelMetadata(kind="encoder", input_bands=list(input_bands), normalisation=normalisation,
                          patch_size=encoder.patch_size, embedding_dim=encoder.embed_dim, convention=encoder.convention,
-                         output_stride=encoder.patch_size,
+                         output_stride=encoder.patch_size, stages=encoder_stages(encoder),
                          model_size=size_from_dims(encoder.dims, encoder.depths) or "", **kw)
 
 
@@ -133,7 +150,7 @@ def export_encoder(encoder: ConvNeXtV2Encoder, path: str | os.PathLike, input_ba
     # batch 2 and no dimension of 1: torch.export treats size-1 example dimensions as static
     example = torch.randn(2, encoder.in_chans, 2 * encoder.patch_size, 3 * encoder.patch_size)
     graph = EncoderGraph(copy.deepcopy(encoder).eval())
-    diff = _export(graph, example, Path(path), "image", "embedding", meta, multiple=encoder.patch_size)
+    diff = _export(graph, example, Path(path), "image", ENCODER_OUTPUTS, meta, multiple=encoder.patch_size)
     return Path(path), diff
 
 
@@ -152,7 +169,7 @@ def export_pretext_segmenter(model: MPMAE, task: str, path: str | os.PathLike, n
     meta = encoder_metadata(model.encoder, model.input_bands, normalisation, source=source)
     meta.kind, meta.task, meta.output_stride = "segmenter", task, 1
     meta.class_names, meta.class_colours = list(names), [list(c) for c in colours]
-    meta.embedding_dim = 0
+    meta.embedding_dim, meta.stages = 0, []
     graph = PretextSegmenter(model, task)
     p = model.patch_size
     example = torch.randn(2, model.encoder.in_chans, 4 * p, 4 * p)

@@ -72,13 +72,15 @@ def test_few_shot_head_separates_the_labelled_classes(run_alg, scene, points, mo
     head = tmp_path / "head.onnx"
     result, feedback = _train(run_alg, scene, points[0], head)
     assert result["BALANCED_ACCURACY"] >= 0.8  # cross-validated, grouped by point
+    assert result["CHOSEN"].split(" + ")[0] in ("spectra", "encoder", "both")
     import onnxruntime as ort
 
     meta = ModelMetadata.from_json(ort.InferenceSession(str(head)).get_modelmeta().custom_metadata_map["mmearth"])
-    assert (meta.kind, meta.class_names, meta.embedding_dim) == ("head", CLASSES, 320)
+    assert (meta.kind, meta.class_names, meta.output_stride) == ("head", CLASSES, 1) and meta.per_pixel
     report = (tmp_path / "head.html").read_text()
-    assert "Confusion matrix" in report and "farm" in report
-    assert any("CV accuracy" in m for m in feedback.infos)
+    assert "Confusion matrix" in report and "farm" in report and "Candidates" in report
+    assert any(m.startswith("chosen: ") for m in feedback.infos)
+    assert sum("logistic regression" in m or "random forest" in m for m in feedback.infos) >= 12
     # the class map from this head: on the input's grid, only the head's classes, right at the labels
     out = tmp_path / "classes.tif"
     run_alg("mmearth:segment", {"INPUT": scene, "MODEL": "atto_test", "HEAD": str(head), "OUTPUT": str(out)})
@@ -97,29 +99,31 @@ def test_few_shot_head_separates_the_labelled_classes(run_alg, scene, points, mo
     assert [c.label for c in layer.renderer().classes()] == CLASSES
 
 
-def test_labels_in_another_crs_are_reprojected(run_alg, scene, points, embeddings, tmp_path):
-    a, fb_a = _train(run_alg, scene, points[0], tmp_path / "utm.onnx", EMBEDDINGS=embeddings)
-    b, fb_b = _train(run_alg, scene, points[1], tmp_path / "wgs.onnx", EMBEDDINGS=embeddings)
+def test_labels_in_another_crs_are_reprojected(run_alg, scene, points, tmp_path):
+    a, fb_a = _train(run_alg, scene, points[0], tmp_path / "utm.onnx")
+    b, fb_b = _train(run_alg, scene, points[1], tmp_path / "wgs.onnx")
     assert any("reprojecting" in m and "EPSG:4326" in m for m in fb_b.infos)
     assert not any("reprojecting" in m for m in fb_a.infos)
-    assert a["ACCURACY"] == b["ACCURACY"]
+    assert a["ACCURACY"] == b["ACCURACY"] and a["CHOSEN"] == b["CHOSEN"]
     import onnxruntime as ort
 
-    probe = np.random.default_rng(0).normal(size=(1, 320, 4, 4)).astype(np.float32)
-    outs = [ort.InferenceSession(str(tmp_path / n)).run(None, {"embedding": probe})[0] for n in ("utm.onnx", "wgs.onnx")]
-    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)  # same cells sampled: the same head
+    sessions = [ort.InferenceSession(str(tmp_path / n)) for n in ("utm.onnx", "wgs.onnx")]
+    dim = sessions[0].get_inputs()[0].shape[1]
+    probe = np.random.default_rng(0).normal(size=(1, dim, 4, 4)).astype(np.float32)
+    outs = [s.run(None, {"features": probe})[0] for s in sessions]
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)  # same pixels sampled: the same head
 
 
-def test_labels_outside_the_raster_are_skipped_with_a_warning(run_alg, scene, points, embeddings, tmp_path):
+def test_labels_outside_the_raster_are_skipped_with_a_warning(run_alg, scene, points, tmp_path):
     rows = _read_points(points[0]) + [(200000.0, 5000000.0, "water"), (900000.0, 5800000.0, "farm")]
     labels = _write_points(tmp_path / "some_outside.gpkg", rows)
-    result, feedback = _train(run_alg, scene, labels, tmp_path / "h.onnx", EMBEDDINGS=embeddings)
+    result, feedback = _train(run_alg, scene, labels, tmp_path / "h.onnx")
     assert any("skipped 2 of 18 labelled feature(s) outside the raster" in w for w in feedback.warnings)
     assert (tmp_path / "h.onnx").is_file()
     far = _write_points(tmp_path / "all_outside.gpkg", rows[-2:] * 2)
     with pytest.raises(QgsProcessingException) as err:
-        _train(run_alg, scene, far, tmp_path / "none.onnx", EMBEDDINGS=embeddings)
-    assert "none of the labelled features lies over valid pixels" in str(err.value)
+        _train(run_alg, scene, far, tmp_path / "none.onnx")
+    assert "none of the labelled features lies inside the raster" in str(err.value)
     assert not (tmp_path / "none.onnx").exists()
 
 
@@ -127,25 +131,51 @@ def test_labels_outside_the_raster_are_skipped_with_a_warning(run_alg, scene, po
     ("single", "at least two classes"),
     ("too_few", "too few labelled features for 'water' (1)"),
 ])
-def test_single_class_or_too_few_labels_stop_with_the_fix(run_alg, scene, points, embeddings, tmp_path, case, expected):
+def test_single_class_or_too_few_labels_stop_with_the_fix(run_alg, scene, points, tmp_path, case, expected):
     rows = _read_points(points[0])
     farm = [r for r in rows if r[2] == "farm"]
     water = [r for r in rows if r[2] == "water"]
     labels = _write_points(tmp_path / f"{case}.gpkg", farm if case == "single" else farm + water[:1])
     with pytest.raises(QgsProcessingException) as err:
-        _train(run_alg, scene, labels, tmp_path / "h.onnx", EMBEDDINGS=embeddings)
+        _train(run_alg, scene, labels, tmp_path / "h.onnx")
     assert expected in str(err.value)
     assert not list(tmp_path.glob("h.*"))  # neither head nor report
 
 
-def test_polygon_labels_with_an_integer_class_field(run_alg, scene, embeddings, tmp_path):
+def test_polygon_labels_with_an_integer_class_field(run_alg, scene, tmp_path):
     polygons = sample.scene_dir() / "s2l1c_ref.gpkg"  # 30 reference polygons, one entirely outside the scene
     result, feedback = run_alg("mmearth:train_head", {
         "INPUT": scene, "MODEL": "atto_test", "LABELS": str(polygons), "CLASS_FIELD": "cid",
-        "OUTPUT": str(tmp_path / "poly.onnx"), "EMBEDDINGS": embeddings})
+        "OUTPUT": str(tmp_path / "poly.onnx"), "MAX_PIXELS": 200, "FEATURE_SETS": [0, 2]})
     assert any("skipped 1 of 30 labelled feature(s) outside the raster" in w for w in feedback.warnings)
-    assert any(m.startswith("1 ") and "CV accuracy" not in m for m in feedback.infos)  # report row of class '1'
+    assert any(m.startswith("1 ") for m in feedback.infos)  # report row of class '1'
+    assert any("at most 200 per class" in m for m in feedback.infos)
+    assert not any("encoder + " in m for m in feedback.infos)  # only the feature sets asked for
     assert 0.0 <= result["ACCURACY"] <= 1.0
+
+
+def test_precomputed_per_pixel_features_are_reused(run_alg, scene, points, models_dir, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    crop = str(tmp_path / "crop.tif")
+    gdal.Translate(crop, scene, srcWin=[0, 0, 512, 384])
+    feats, _ = run_alg("mmearth:embed", {"INPUT": crop, "MODEL": "atto_test", "PER_PIXEL": True,
+                                         "OUTPUT": str(tmp_path / "feats.tif")})
+    assert gdal.Open(str(tmp_path / "feats.tif")).RasterCount == 612
+    lab = gdal.Open(str(sample.labels_path())).ReadAsArray()[:384, :512]
+    gt = gdal.Open(crop).GetGeoTransform()
+    rows = []
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        r, c = np.nonzero(lab == sample.OSM_CLASSES.index(name) + 1)
+        for j in rng.choice(len(r), 6, replace=False):
+            rows.append((gt[0] + (c[j] + 0.5) * gt[1], gt[3] + (r[j] + 0.5) * gt[5], name))
+    labels = _write_points(tmp_path / "crop_pts.gpkg", rows)
+    direct, _ = _train(run_alg, crop, labels, tmp_path / "a.onnx")
+    reused, _ = _train(run_alg, crop, labels, tmp_path / "b.onnx", EMBEDDINGS=str(tmp_path / "feats.tif"))
+    assert (direct["ACCURACY"], direct["CHOSEN"]) == (reused["ACCURACY"], reused["CHOSEN"])
+    with pytest.raises(QgsProcessingException, match="not on the input raster's grid"):
+        _train(run_alg, scene, labels, tmp_path / "c.onnx", EMBEDDINGS=str(tmp_path / "feats.tif"))
 
 
 def test_train_head_cancel_leaves_nothing(qgis_app, scene, points, models_dir, tmp_path):

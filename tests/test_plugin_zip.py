@@ -75,7 +75,7 @@ def test_zip_installs_into_a_clean_profile_and_runs_headless(tmp_path, models_di
     code, out = qp("run", "mmearth:train_head", "--", f"INPUT={scene}", f"MODEL={models_dir / 'atto_test.onnx'}",
                    f"LABELS={labels}", "CLASS_FIELD=landuse", f"OUTPUT={head}")
     assert code == 0 and head.is_file(), out[-3000:]
-    assert "CV accuracy" in out
+    assert "chosen: " in out and "random forest" in out
     code, out = qp("run", "mmearth:segment", "--", f"INPUT={scene}", f"MODEL={models_dir / 'atto_test.onnx'}",
                    f"HEAD={head}", f"OUTPUT={classes}")
     assert code == 0, out[-3000:]

@@ -4,7 +4,9 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
@@ -23,14 +25,23 @@ def class_order(values) -> list:
         return sorted(distinct, key=str.casefold)
 
 
+FEATURE_SETS = ["spectra", "encoder", "both"]
+CLASSIFIERS = ["logistic", "forest"]
+CLASSIFIER_LABELS = ["logistic regression (3 strengths)", "random forest"]
+
+
 class TrainHeadAlgorithm(InferenceAlgorithm):
     LABELS = "LABELS"
     CLASS_FIELD = "CLASS_FIELD"
     OUTPUT = "OUTPUT"
     REPORT = "REPORT"
-    REGULARISATION = "REGULARISATION"
+    BUFFER = "BUFFER"
+    FEATURE_SETS = "FEATURE_SETS"
+    CLASSIFIERS = "CLASSIFIERS"
+    MAX_PIXELS = "MAX_PIXELS"
     ACCURACY = "ACCURACY"
     BALANCED_ACCURACY = "BALANCED_ACCURACY"
+    CHOSEN = "CHOSEN"
 
     def name(self):
         return "train_head"
@@ -40,14 +51,16 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
 
     def shortHelpString(self):  # noqa: N802
         return (
-            "Trains a landcover head from a handful of labelled points or polygons: the encoder embeds the raster "
-            "(or 'Precomputed embeddings' are reused), the embeddings under each label are collected (a point: its "
-            "160 m cell; a polygon: the cells it covers) and a linear classifier is fitted, as in the MMEarth "
-            "paper's linear probe (LayerNorm, then a linear layer). The report gives the samples per class, "
-            "cross-validated per-class accuracy (folds grouped by labelled feature, so cells of one polygon never "
-            "test themselves) and the confusion matrix. The head is saved as an .onnx file for 'Landcover map'. "
-            "Labels in another CRS are reprojected; labels outside the raster are skipped with a warning; each "
-            "class needs at least 2 labelled features and there must be at least 2 classes."
+            "Trains a per-pixel landcover head from a handful of labelled points or polygons. A point labels its "
+            "10 m pixel (and, with 'Point buffer', the pixels within that distance); a polygon labels the pixels it "
+            "covers (at most 'Most pixels per class', every polygon kept). Each labelled pixel gets its own spectra "
+            "and the encoder's features at every scale, and the head chooses itself: spectra only, encoder features "
+            "only or both, with logistic regression at three strengths or a random forest, by cross-validation "
+            "grouped by labelled feature (the pixels of one point or polygon never test a head trained on them). "
+            "The report lists every candidate's accuracy, balanced accuracy and mIoU and why the chosen one won. "
+            "The head is saved as an .onnx file for 'Landcover map', which runs it per pixel. Labels in another "
+            "CRS are reprojected; labels outside the raster are skipped with a warning; each class needs at least "
+            "2 labelled features and there must be at least 2 classes."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -59,20 +72,43 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "Few-shot head", "ONNX model (*.onnx)"))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.REPORT, "Report", "HTML files (*.html)", optional=True, createByDefault=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.BUFFER, "Point buffer (metres; 0 = a point labels its own pixel)", QgsProcessingParameterNumber.Double,
+            0.0, minValue=0.0, maxValue=1000.0))
         self.add_embeddings_parameter()
-        p = QgsProcessingParameterNumber(self.REGULARISATION, "L2 regularisation", QgsProcessingParameterNumber.Double,
-                                         0.01, minValue=0.0)
-        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(p)
+        advanced = [
+            QgsProcessingParameterEnum(self.FEATURE_SETS, "Feature sets to try", FEATURE_SETS, allowMultiple=True,
+                                       defaultValue=[0, 1, 2]),
+            QgsProcessingParameterEnum(self.CLASSIFIERS, "Classifiers to try", CLASSIFIER_LABELS, allowMultiple=True,
+                                       defaultValue=[0, 1]),
+            QgsProcessingParameterNumber(self.MAX_PIXELS, "Most labelled pixels per class",
+                                         QgsProcessingParameterNumber.Integer, 1000, minValue=10),
+        ]
+        for p in advanced:
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
         self.add_advanced_parameters()
         self.addOutput(QgsProcessingOutputNumber(self.ACCURACY, "Cross-validated accuracy"))
         self.addOutput(QgsProcessingOutputNumber(self.BALANCED_ACCURACY, "Cross-validated balanced accuracy"))
+        self.addOutput(QgsProcessingOutputString(self.CHOSEN, "Chosen head"))
+
+    def add_embeddings_parameter(self):
+        from qgis.core import QgsProcessingParameterRasterLayer
+
+        p = QgsProcessingParameterRasterLayer(
+            self.EMBEDDINGS, "Precomputed per-pixel features (from 'Compute embeddings' with 'Per-pixel features' "
+            "and this model; optional)", optional=True)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(p)
+
+    def grid_crs(self, parameters, context):
+        return self.parameterAsRasterLayer(parameters, self.INPUT, context).crs()
 
     def process(self, parameters, context, feedback):
-        from mpmae_core.runtime.fewshot import train_head
+        from mpmae_core.runtime.pixelhead import train_pixel_head
 
         source = self.raster_source(parameters, self.INPUT, context)
-        embeddings = self.embeddings_source(parameters, context)
+        stored = self.embeddings_source(parameters, context)
         model = self.model_path(parameters, self.MODEL, context)
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
         if not field:
@@ -84,16 +120,19 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         features = [(wkb, index[str(v).strip()]) for wkb, v, _ in labelled]
         out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         report = self.parameterAsFileOutput(parameters, self.REPORT, context) if parameters.get(self.REPORT) else ""
+        sets = [FEATURE_SETS[i] for i in self.parameterAsEnums(parameters, self.FEATURE_SETS, context)] or FEATURE_SETS
+        clfs = [CLASSIFIERS[i] for i in self.parameterAsEnums(parameters, self.CLASSIFIERS, context)] or CLASSIFIERS
         opts = self.inference_options(parameters, context)
         feedback.pushInfo(f"{len(features)} labelled features in {len(names)} classes: {', '.join(names)}")
-        res = self.run_guarded(lambda **kw: train_head(
-            source, model, features, names, out, embeddings=embeddings, report_path=report or None,
-            feature_ids=[fid for _, _, fid in labelled],
-            l2=self.parameterAsDouble(parameters, self.REGULARISATION, context), **opts, **kw), feedback)
+        res = self.run_guarded(lambda **kw: train_pixel_head(
+            source, model, features, names, out, report_path=report or None,
+            feature_ids=[fid for _, _, fid in labelled], buffer_m=self.parameterAsDouble(parameters, self.BUFFER, context),
+            feature_sets=sets, classifiers=clfs, feature_raster=stored,
+            max_pixels_per_class=self.parameterAsInt(parameters, self.MAX_PIXELS, context), **opts, **kw), feedback)
         for line in res["text"].splitlines():
             feedback.pushInfo(line)
         results = {self.OUTPUT: out, self.ACCURACY: res["cv"]["accuracy"],
-                   self.BALANCED_ACCURACY: res["cv"]["balanced_accuracy"]}
+                   self.BALANCED_ACCURACY: res["cv"]["balanced_accuracy"], self.CHOSEN: res["chosen"]}
         if report:
             results[self.REPORT] = report
         return results

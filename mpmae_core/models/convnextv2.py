@@ -246,6 +246,18 @@ class ConvNeXtV2Encoder(nn.Module):
                 x = block(x, k, visible)
         return x
 
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Every stage's output map (no mask): strides p/8, p/4, p/2 and p; the last is ``forward``'s."""
+        self._check_input(x, None)
+        x = self.stem(self.initial_conv(x))
+        maps = []
+        for i in range(4):
+            if i:
+                x = self.downsample_layers[i - 1](x)
+            x = self.stages[i](x)
+            maps.append(x)
+        return maps
+
     def forward_pooled(self, x: Tensor) -> Tensor:
         """Global average pooled, normalised features (N, D): the reference's forward_features."""
         return self.norm(self.forward(x).mean(dim=(-2, -1)))

@@ -2,6 +2,8 @@
 
     python -m mpmae_core.runtime embed   INPUT.tif MODEL.onnx OUTPUT.tif [--upsample] [--dtype float16]
     python -m mpmae_core.runtime segment INPUT.tif MODEL.onnx OUTPUT.tif [--head HEAD.onnx] [--probabilities P.tif]
+    python -m mpmae_core.runtime features INPUT.tif MODEL.onnx FEATURES.tif   (per-pixel spectra + hypercolumns)
+    python -m mpmae_core.runtime train-head INPUT.tif MODEL.onnx LABELS.gpkg HEAD.onnx --class-field landuse
     python -m mpmae_core.runtime inspect INPUT.tif
     python -m mpmae_core.runtime preview SCENE.tif CLASSES.tif OUT.png   (needs matplotlib)
 
@@ -81,6 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", parents=[common], help="class map")
     s.add_argument("--head", help="a head model on the encoder's embeddings (e.g. a few-shot head)")
     s.add_argument("--probabilities", help="also write class probabilities to this file")
+    f = sub.add_parser("features", parents=[common], help="per-pixel feature raster (spectra and every encoder stage)")
+    f.add_argument("--blocks", type=lambda t: [b for b in t.replace(" ", "").split(",") if b],
+                   help="comma-separated blocks to keep: spectra, stage1, stage2, stage3, embedding (default all)")
+    f.add_argument("--dtype", default="float32", type=cli.choice_of(["float32", "float16"], "dtype"))
+    h = sub.add_parser("train-head", help="per-pixel few-shot head from labelled points or polygons")
+    h.add_argument("input")
+    h.add_argument("model")
+    h.add_argument("labels", help="a vector file of labelled points or polygons (any CRS)")
+    h.add_argument("output", help="the head (.onnx)")
+    h.add_argument("--class-field", required=True, help="the field holding each feature's class")
+    h.add_argument("--report", help="also write an HTML report")
+    h.add_argument("--buffer", type=cli.non_negative_float, default=0.0,
+                   help="a point labels the pixels within this many metres (default 0: its own pixel)")
+    h.add_argument("--feature-sets", type=cli.list_of(["spectra", "encoder", "both"], "feature set"),
+                   default=["spectra", "encoder", "both"], help="feature sets to try (default spectra,encoder,both)")
+    h.add_argument("--classifiers", type=cli.list_of(["logistic", "forest"], "classifier"),
+                   default=["logistic", "forest"], help="classifiers to try (default logistic,forest)")
+    h.add_argument("--max-pixels", type=cli.positive_int, default=1000, help="most labelled pixels per class")
+    h.add_argument("--features", help="a precomputed per-pixel feature raster (the features command) to reuse")
+    for name, kw in (("--tile", dict(type=cli.positive_int, default=512)),
+                     ("--overlap", dict(type=cli.non_negative_int, default=128)),
+                     ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
+                     ("--level", dict(default="auto", type=cli.choice_of(registry.S2_LEVEL_CHOICES, "processing level"))),
+                     ("--dn-offset", dict(default="auto", type=cli.dn_offset)),
+                     ("--scale", dict(type=cli.positive_float, default=1.0)),
+                     ("--band-map", dict(type=_band_map))):
+        h.add_argument(name, **kw)
     i = sub.add_parser("inspect", help="can this raster feed a Sentinel-2 model?")
     i.add_argument("input")
     v = sub.add_parser("preview", help="PNG of a class map next to its scene in natural colour")
@@ -124,12 +153,18 @@ def main(argv=None) -> int:
             check_output(args.output, [args.scene, args.classes], "preview", (".png",), "a PNG image")
             log(f"wrote {side_by_side(args.scene, args.classes, args.output, args.title)}")
             return 0
+        if args.cmd == "train-head":
+            return train_head_command(args, log)
         common_kw = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device, level=args.level,
                          dn_offset=args.dn_offset, band_map=args.band_map, scale=args.scale, cog=args.cog,
                          progress=Bar(args.cmd), log=log)
         try:
             if args.cmd == "embed":
                 res = embed(args.input, args.model, args.output, dtype=args.dtype, upsample=args.upsample, **common_kw)
+            elif args.cmd == "features":
+                from mpmae_core.runtime.predict import features
+
+                res = features(args.input, args.model, args.output, blocks=args.blocks, dtype=args.dtype, **common_kw)
             else:
                 res = segment(args.input, args.model, args.output, head_path=args.head,
                               probabilities_path=args.probabilities, **common_kw)
@@ -141,6 +176,32 @@ def main(argv=None) -> int:
 
     return run_main(body, (RasterError, ModelError, MetadataError, ValueError),
                     interrupted=lambda: "no output written", prog="python -m mpmae_core.runtime")
+
+
+def train_head_command(args, log) -> int:
+    from mpmae_core.runtime.gdal_io import open_raster
+    from mpmae_core.runtime.labels import read_label_file
+    from mpmae_core.runtime.pixelhead import train_pixel_head
+    from mpmae_core.runtime.predict import Cancelled
+
+    wkt = open_raster(args.input).GetProjection()
+    features, names, ids, notes = read_label_file(args.labels, args.class_field, wkt)
+    for what, n in (("without a geometry", notes["no_geometry"]), ("without a class value", notes["no_class"])):
+        if n:
+            log(f"warning: skipped {n} feature(s) {what}")
+    log(f"{len(features)} labelled features in {len(names)} classes: {', '.join(names)}")
+    try:
+        res = train_pixel_head(args.input, args.model, features, names, args.output, report_path=args.report,
+                               feature_ids=ids, buffer_m=args.buffer, feature_sets=args.feature_sets,
+                               classifiers=args.classifiers, max_pixels_per_class=args.max_pixels,
+                               feature_raster=args.features, tile=args.tile, overlap=args.overlap, device=args.device,
+                               level=args.level, dn_offset=args.dn_offset, scale=args.scale, band_map=args.band_map,
+                               progress=Bar("train-head"), log=log)
+    except Cancelled:
+        raise KeyboardInterrupt from None
+    print(res["text"])
+    log(f"wrote {res['output']}" + (f" and {res['report']}" if res["report"] else ""))
+    return 0
 
 
 if __name__ == "__main__":

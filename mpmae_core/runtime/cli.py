@@ -85,6 +85,20 @@ def choice_of(choices: Sequence[str], what: str) -> Callable[[str], str]:
     return parse
 
 
+def list_of(choices: Sequence[str], what: str) -> Callable[[str], list]:
+    """An argparse type: comma-separated entries of ``choices`` (case-insensitive), e.g. 'a,b'."""
+    one = choice_of(choices, what)
+
+    def parse(text: str) -> list:
+        parts = [p for p in str(text).replace(" ", "").split(",") if p]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"give one or more of {', '.join(choices)}, comma-separated")
+        return list(dict.fromkeys(one(p) for p in parts))
+
+    parse.__name__ = what
+    return parse
+
+
 def crash_log(exc: BaseException) -> str:
     """Save the traceback of an unexpected error to a file; its path ('' when it cannot be saved)."""
     try:

@@ -1,9 +1,11 @@
 """Labelled points and polygons -> the cells of an embedding grid they cover (GDAL/OGR, no QGIS).
 
 Geometries come as WKB already in the grid's CRS (the QGIS plugin reprojects them; the command
-line reads them with OGR). A point labels the cell it falls in; a polygon labels the cells whose
-centres it contains, or, when it is smaller than a cell, the cells it touches. Features outside
-the grid, or over cells without data, are reported so the caller can warn and skip them.
+line reads them with OGR). The grid is a raster's own pixel grid (per-pixel heads) or an
+embedding grid. A point labels the cell it falls in, and with a buffer every cell whose centre
+lies within that distance; a polygon labels the cells whose centres it contains, or, when it is
+smaller than a cell, the cells it touches. Features outside the grid, or over cells without data,
+are reported so the caller can warn and skip them.
 """
 
 from __future__ import annotations
@@ -54,8 +56,23 @@ def _polygon_cells(geom, gt, width, height, all_touched: bool):
     return rr + r0, cc + c0
 
 
-def label_cells(features, geotransform, width: int, height: int) -> LabelCells:
-    """``features``: iterable of (wkb bytes or None, class index). Returns every labelled cell."""
+def _buffer_cells(gt, x: float, y: float, radius: float, width: int, height: int):
+    """Cells whose centres lie within ``radius`` (CRS units) of (x, y), always the cell holding it."""
+    c, r = _grid_cell(gt, x, y)
+    rc = int(np.ceil(radius / abs(gt[1]))) + 1
+    rr_ = int(np.ceil(radius / abs(gt[5]))) + 1
+    rows, cols = np.mgrid[r - rr_:r + rr_ + 1, c - rc:c + rc + 1]
+    cx = gt[0] + (cols + 0.5) * gt[1]
+    cy = gt[3] + (rows + 0.5) * gt[5]
+    near = ((cx - x) ** 2 + (cy - y) ** 2 <= radius ** 2) | ((rows == r) & (cols == c))
+    near &= (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    return rows[near], cols[near]
+
+
+def label_cells(features, geotransform, width: int, height: int, point_buffer: float = 0.0) -> LabelCells:
+    """``features``: iterable of (wkb bytes or None, class index). Returns every labelled cell;
+    with ``point_buffer`` (CRS units, metres for projected rasters) a point labels the cells
+    within that distance too."""
     from osgeo import ogr
 
     gt = geotransform
@@ -68,10 +85,16 @@ def label_cells(features, geotransform, width: int, height: int) -> LabelCells:
         flat = ogr.GT_Flatten(geom.GetGeometryType())
         if flat in (ogr.wkbPoint, ogr.wkbMultiPoint):
             parts = [geom] if flat == ogr.wkbPoint else [geom.GetGeometryRef(i) for i in range(geom.GetGeometryCount())]
-            cells = [_grid_cell(gt, p.GetX(), p.GetY()) for p in parts]
-            cells = [(r, c) for c, r in cells if 0 <= c < width and 0 <= r < height]
-            rr = np.array([r for r, _ in cells], int)
-            cc = np.array([c for _, c in cells], int)
+            if point_buffer > 0:
+                found = [_buffer_cells(gt, p.GetX(), p.GetY(), point_buffer, width, height) for p in parts]
+                pairs = sorted({(int(r), int(c)) for rows_, cols_ in found for r, c in zip(rows_, cols_)})
+                rr = np.array([r for r, _ in pairs], int)
+                cc = np.array([c for _, c in pairs], int)
+            else:
+                cells = [_grid_cell(gt, p.GetX(), p.GetY()) for p in parts]
+                cells = sorted({(r, c) for c, r in cells if 0 <= c < width and 0 <= r < height})
+                rr = np.array([r for r, _ in cells], int)
+                cc = np.array([c for _, c in cells], int)
         else:
             rr, cc = _polygon_cells(geom, gt, width, height, all_touched=False)
             if rr.size == 0:
@@ -103,6 +126,34 @@ def read_cells(path, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         if nd is not None and not np.isnan(nd):
             block[b][block[b] == nd] = np.nan
     return block[:, rows - r0, cols - c0].T.copy()
+
+
+def read_pixels(path, rows: np.ndarray, cols: np.ndarray, window: int = 256) -> np.ndarray:
+    """Values (n, bands) of a raster at scattered pixels, reading only the ``window``-sized squares
+    that hold them (a feature raster may have hundreds of bands); NaN nodata."""
+    from mpmae_core.runtime.gdal_io import open_raster
+
+    ds = open_raster(path)
+    n = ds.RasterCount
+    out = np.full((rows.size, n), np.nan, np.float32)
+    keys = (rows // window) * (ds.RasterXSize // window + 1) + cols // window
+    nodata = [ds.GetRasterBand(b + 1).GetNoDataValue() for b in range(n)]
+    for key in np.unique(keys):
+        sel = np.flatnonzero(keys == key)
+        r0, c0 = int(rows[sel].min()), int(cols[sel].min())
+        r1, c1 = int(rows[sel].max()) + 1, int(cols[sel].max()) + 1
+        block = ds.ReadAsArray(c0, r0, c1 - c0, r1 - r0)
+        if block is None:
+            from mpmae_core.runtime.gdal_io import RasterError
+
+            raise RasterError(f"could not read '{path}' at x {c0}..{c1 - 1}, y {r0}..{r1 - 1}: the file is damaged")
+        block = block.astype(np.float32).reshape(n, r1 - r0, c1 - c0)
+        vals = block[:, rows[sel] - r0, cols[sel] - c0].T
+        for b, nd in enumerate(nodata):
+            if nd is not None and not np.isnan(nd):
+                vals[vals[:, b] == nd, b] = np.nan
+        out[sel] = vals
+    return out
 
 
 def label_window(features, geotransform, width: int, height: int, margin: int, multiple: int):
@@ -147,3 +198,77 @@ def window_labels(labels: np.ndarray, window: int, nodata: int = 0, min_share: f
         share = (blocks == c).mean(-1)
         out[share >= min_share] = c
     return out
+
+
+def cap_per_class_grouped(y: np.ndarray, groups: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
+    """Indices keeping at most ``cap`` samples per class (random, seeded), in original order; every
+    labelled feature keeps at least one sample (while the cap allows), so none vanishes from
+    cross-validation because a big polygon of its class fills the cap."""
+    y, groups = np.asarray(y), np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) <= cap:
+            keep.append(idx)
+            continue
+        order = rng.permutation(idx)
+        _, first = np.unique(groups[order], return_index=True)
+        firsts = order[np.sort(first)][:cap]
+        rest = np.setdiff1d(order, firsts, assume_unique=True)
+        rest = rng.permutation(rest)[:cap - len(firsts)]
+        keep.append(np.concatenate([firsts, rest]))
+    return np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)
+
+
+def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = ""):
+    """Labelled features of a vector file, reprojected to ``target_wkt``: ([(wkb, class index)],
+    class names in a natural order, feature ids). Features without a geometry or class value are
+    skipped (and counted in the returned notes); an undefined CRS is an error naming the fix."""
+    from osgeo import ogr, osr
+
+    from mpmae_core.runtime.gdal_io import RasterError
+
+    ds = ogr.Open(str(path))
+    if ds is None:
+        raise RasterError(f"'{path}' is not a vector file OGR can read (GeoPackage, Shapefile, GeoJSON, ...)")
+    layer = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
+    if layer is None:
+        raise RasterError(f"'{path}' has no layer {layer_name!r}")
+    defn = layer.GetLayerDefn()
+    fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    if class_field not in fields:
+        raise RasterError(f"the labels in '{path}' have no field '{class_field}'; they have {', '.join(fields)} "
+                          "(choose the class field with --class-field)")
+    src = layer.GetSpatialRef()
+    if src is None or (not src.GetAuthorityCode(None) and "unknown" in (src.GetName() or "").lower()):
+        raise RasterError(f"the labels in '{path}' have no defined CRS: assign one (QGIS: Layer Properties > Source, "
+                          "or ogr2ogr -a_srs EPSG:NNNN) so the features can be placed on the raster")
+    dst = osr.SpatialReference(wkt=target_wkt)
+    for srs in (src, dst):
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = None if src.IsSame(dst) else osr.CoordinateTransformation(src, dst)
+    raw, notes = [], {"no_geometry": 0, "no_class": 0}
+    for feat in layer:
+        geom = feat.GetGeometryRef()
+        value = feat.GetField(class_field)
+        if geom is None or geom.IsEmpty():
+            notes["no_geometry"] += 1
+            continue
+        if value is None or str(value).strip() == "":
+            notes["no_class"] += 1
+            continue
+        geom = geom.Clone()
+        if transform is not None:
+            geom.Transform(transform)
+        raw.append((bytes(geom.ExportToWkb()), str(value).strip(), feat.GetFID()))
+    distinct = sorted({v for _, v, _ in raw}, key=_natural_key)
+    index = {n: i for i, n in enumerate(distinct)}
+    return [(w, index[v]) for w, v, _ in raw], distinct, [fid for _, _, fid in raw], notes
+
+
+def _natural_key(text: str):
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text.casefold())

@@ -43,6 +43,14 @@ class ModelMetadata:
     dn_offset_baseline_04: float = registry.S2_BASELINE_04_OFFSET
     model_size: str = ""
     source: str = ""
+    #: encoder: [output name, channels, stride] of each graph output, the final map first (empty in
+    #: files exported before multi-scale outputs: then only the final map, at the patch stride)
+    stages: list = field(default_factory=list)
+    #: per-pixel head: the feature blocks it takes, in order ("spectra" and encoder output names),
+    #: and their channels; empty for a head on patch-stride embeddings
+    features: list = field(default_factory=list)
+    feature_channels: list = field(default_factory=list)
+    classifier: str = ""  # what the head is, in words (e.g. "logistic regression, L2 0.01")
     format_version: int = FORMAT_VERSION
 
     def validate(self) -> "ModelMetadata":
@@ -102,6 +110,19 @@ class ModelMetadata:
                     raise MetadataError(f"{level} statistics do not have one mean and std per input band")
                 if not all(isinstance(v, (int, float)) for v in mean + std) or any(v <= 0 for v in std):
                     raise MetadataError(f"{level} statistics must be numbers, with positive standard deviations")
+        if not isinstance(self.stages, list) or not all(
+                isinstance(st, list) and len(st) == 3 and isinstance(st[0], str) and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in st[1:]) for st in self.stages):
+            raise MetadataError(f"'stages' must list [output name, channels, stride] entries, got {self.stages!r}")
+        strings("features")
+        if not isinstance(self.feature_channels, list) or len(self.feature_channels) != len(self.features) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.feature_channels):
+            raise MetadataError("'feature_channels' must give a positive channel count for each of 'features'")
+        if self.features and sum(self.feature_channels) != self.embedding_dim:
+            raise MetadataError(f"the head's feature blocks have {sum(self.feature_channels)} channels in all but it "
+                                f"takes {self.embedding_dim}")
+        if not isinstance(self.classifier, str):
+            raise MetadataError("'classifier' must be text")
         if self.kind == "segmenter" and not self.class_names:
             raise MetadataError("a segmenter model must name its classes")
         if self.class_names and self.class_colours and len(self.class_names) != len(self.class_colours):
@@ -134,6 +155,16 @@ class ModelMetadata:
                 "with that command."
             )
         return cls.from_json(custom[METADATA_KEY])
+
+    def encoder_outputs(self) -> list:
+        """[output name, channels, stride] of an encoder's outputs: ``stages``, or for older files
+        the final map alone."""
+        return [list(s) for s in self.stages] or [["embedding", self.embedding_dim, self.patch_size]]
+
+    @property
+    def per_pixel(self) -> bool:
+        """A head on per-pixel features (spectra and/or hypercolumns), not on patch-stride embeddings."""
+        return bool(self.features)
 
     def statistics(self, level: str) -> tuple[list, list]:
         level = level.lower()

@@ -124,6 +124,7 @@ class OnnxModel:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_name = inputs[0].name if inputs else ""
         self.input_shape = inputs[0].shape if inputs else []
+        self.output_names = [o.name for o in outputs]
         problem = graph_problem(self.metadata, [i.shape for i in inputs], [o.shape for o in outputs])
         if problem:
             raise ModelError(f"'{self.path}' cannot be used: its graph does not match its MMEarth metadata ({problem}). "
@@ -135,8 +136,13 @@ class OnnxModel:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """The first output (an encoder's final map, a head's or segmenter's logits)."""
+        return self.run_outputs(x, self.output_names[:1])[0]
+
+    def run_outputs(self, x: np.ndarray, names) -> list:
+        """The named outputs, in the order asked (ONNX Runtime computes only what they need)."""
         try:
-            return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+            return self.session.run(list(names), {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
         except Exception as exc:  # onnxruntime's own exception types
             raise ModelError(f"'{self.path}' failed on an input of shape {tuple(x.shape)}: "
                              f"{str(exc).splitlines()[0][:300]}. The graph does not fit its metadata or the input; "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,9 +26,10 @@ import numpy as np
 from mpmae_core import registry
 from mpmae_core.runtime.files import GEOTIFF_EXTENSIONS, check_output
 from mpmae_core.runtime.model import OnnxModel
+from mpmae_core.runtime.pixel import PixelHeadRunner, upsample_bilinear  # noqa: F401 (upsample_bilinear: API)
 from mpmae_core.runtime.raster import PreparedInput, RasterWriter, has_data, output_geotransform, read_block
 from mpmae_core.runtime.styles import BandMoments, paletted_qml, style_path
-from mpmae_core.runtime.tiling import blend_weights, round_up, tile_windows
+from mpmae_core.runtime.tiling import blend_weights, raster_windows, round_up
 
 
 F16_MAX = float(np.finfo(np.float16).max)
@@ -50,25 +52,6 @@ def auto_batch(model: OnnxModel) -> int:
     return 8 if model.device == "cuda" else 1
 
 
-def upsample_bilinear(x: np.ndarray, factor: int) -> np.ndarray:
-    """(C, h, w) -> (C, h*f, w*f), bilinear with half-pixel centres (edges clamped)."""
-    if factor == 1:
-        return x
-
-    def axis_weights(n: int):
-        pos = (np.arange(n * factor) + 0.5) / factor - 0.5
-        lo = np.clip(np.floor(pos).astype(int), 0, n - 1)
-        hi = np.clip(lo + 1, 0, n - 1)
-        frac = np.clip(pos - np.floor(pos), 0, 1).astype(np.float32)
-        frac[pos < 0] = 0.0
-        return lo, hi, frac
-
-    ly, hy, fy = axis_weights(x.shape[1])
-    lx, hx, fx = axis_weights(x.shape[2])
-    rows = x[:, ly] * (1 - fy)[None, :, None] + x[:, hy] * fy[None, :, None]
-    return rows[:, :, lx] * (1 - fx)[None, None, :] + rows[:, :, hx] * fx[None, None, :]
-
-
 def softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -78,17 +61,18 @@ class TiledPredictor:
     """Run ``model`` (and an optional ``head`` on its output) over a prepared raster.
 
     mode "embed": encoder output at patch stride (or upsampled to pixels);
-    mode "probabilities": class probabilities at pixel resolution, from a segmenter model or
-    from an encoder followed by a head.
+    mode "probabilities": class probabilities at pixel resolution, from a segmenter model, from an
+    encoder followed by a head on its patch-stride embeddings, or from a per-pixel head on
+    ``blocks`` (spectra and hypercolumns; ``model`` may then be None for spectra alone).
     """
 
-    def __init__(self, model: OnnxModel, prep: PreparedInput, spec: TileSpec, mode: str = "embed",
-                 head: Optional[OnnxModel] = None, upsample: bool = False):
-        meta = model.metadata
+    def __init__(self, model: Optional[OnnxModel], prep: PreparedInput, spec: TileSpec, mode: str = "embed",
+                 head: Optional[OnnxModel] = None, upsample: bool = False, blocks=None, patch: int = 0):
         if mode not in ("embed", "probabilities"):
             raise ValueError(f"unknown mode {mode!r}")
         self.model, self.head, self.prep, self.mode = model, head, prep, mode
-        self.p = meta.patch_size
+        self.pixel_head = PixelHeadRunner(model, head, blocks) if blocks else None
+        self.p = patch or (model.metadata.patch_size if model is not None else 1)
         for name, value in (("tile", spec.tile), ("overlap", spec.overlap)):
             if value % self.p:
                 raise ValueError(f"{name} ({value} px) must be a multiple of the model's patch size {self.p}")
@@ -102,6 +86,8 @@ class TiledPredictor:
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """(B, C, th, tw) normalised -> (B, channels, th/stride, tw/stride) float32."""
+        if self.pixel_head is not None:
+            return self.pixel_head(x)
         out = self.model.run(x)
         if self.mode == "embed":
             return np.stack([upsample_bilinear(o, self.p) for o in out]) if self.stride == 1 else out
@@ -116,11 +102,11 @@ class TiledPredictor:
             progress: Callable[[float], None] = lambda f: None, cancelled: Callable[[], bool] = lambda: False) -> dict:
         """Process every tile; ``write(row, values (C, rows, out_w), valid (rows, out_w))`` receives
         finished output rows in order (NaN where invalid). Returns counts of tiles run and skipped."""
-        rows = tile_windows(self.pad_h, self.pad_w, self.spec.tile, self.spec.overlap)
+        rows = raster_windows(self.prep.height, self.prep.width, self.spec.tile, self.spec.overlap, self.p)
         s = self.stride
         ramp_cells = max(1, self.spec.overlap // s)
         th, tw = rows[0][0].h, rows[0][0].w
-        width = self.pad_w // s
+        width, height = self.pad_w // s, self.pad_h // s
         total = sum(len(r) for r in rows)
         done = run_count = skipped = 0
         # Accumulators of one tile row's height, allocated once: finished rows are written, then the
@@ -147,9 +133,13 @@ class TiledPredictor:
                         oh, ow = out.shape[1:]
                         cell_valid = valid.reshape(oh, s, ow, s).any(axis=(1, 3)) if s > 1 else valid
                         weight = blend_weights(win, oh, ow, ramp_cells) * cell_valid
-                        ry, rx = win.y // s - acc_y, win.x // s
-                        acc[:, ry:ry + oh, rx:rx + ow] += out * weight[None].astype(np.float32)
-                        wsum[ry:ry + oh, rx:rx + ow] += weight
+                        # windows may reach beyond the raster (mirrored context): keep the part inside
+                        oy, ox = win.y // s, win.x // s
+                        ya, yb, xa, xb = max(oy, 0), min(oy + oh, height), max(ox, 0), min(ox + ow, width)
+                        part = (slice(ya - oy, yb - oy), slice(xa - ox, xb - ox))
+                        acc[:, ya - acc_y:yb - acc_y, xa:xb] += out[(slice(None),) + part] * \
+                            weight[part][None].astype(np.float32)
+                        wsum[ya - acc_y:yb - acc_y, xa:xb] += weight[part]
                 done += len(batch)
                 progress(done / total)
             finish = min(rows[r + 1][0].y // s if r + 1 < len(rows) else self.out_h, self.out_h)
@@ -244,6 +234,131 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
                 width=runner.out_w, height=runner.out_h, bands=runner.channels)
 
 
+FEATURES_KEY = "MMEARTH_FEATURES"  # GDAL metadata item of a per-pixel feature raster (JSON)
+FEATURE_BLOCK_ROWS = 16  # rows per GeoTIFF block of a feature raster: written whole, one chunk at a time
+
+
+def features(source, model_path, output, *, blocks=None, tile: int = 512, overlap: int = 128, batch: int = 0,
+             device: str = "auto", dtype: str = "float32", level: str = "auto", dn_offset="auto", band_map=None,
+             scale: float = 1.0, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
+             log=lambda m: None) -> dict:
+    """Per-pixel feature raster: each pixel's normalised spectra and every encoder stage upsampled
+    to it (``pixel`` module), from its owner tile, exactly the vectors a per-pixel head is trained
+    and run on; NaN where no data. ``blocks``: names to keep (default every block)."""
+    import json
+
+    from mpmae_core.runtime.pixel import EncoderMaps, blocks_by_name, check_maps, encoder_blocks, hypercolumns, \
+        rows_per_chunk
+    from mpmae_core.runtime.raster import prepare_input
+    from mpmae_core.runtime.tiling import owned_span
+
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    check_tiling(tile, overlap, batch)
+    check_outputs({"output": output}, input_files(source) + [str(model_path)])
+    model = OnnxModel(model_path, device=device, log=log)
+    meta = model.metadata
+    if meta.kind != "encoder":
+        raise ValueError(f"'{model_path}' is a {meta.kind} model; per-pixel features need an encoder model")
+    p = meta.patch_size
+    if tile % p or overlap % p:
+        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the model's patch size {p}")
+    available = encoder_blocks(meta)
+    chosen = blocks_by_name(available, blocks, what="the feature raster") if blocks else available
+    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale)
+    for note in prep.notes:
+        log(note)
+    n_feat = sum(b.channels for b in chosen)
+    names = [f"{b.name}_{i}" for b in chosen for i in range(b.channels)]
+    info = {"blocks": [[b.name, b.channels, b.stride] for b in chosen], "model": Path(model_path).name,
+            "embedding_dim": meta.embedding_dim, "patch_size": p, "tile": tile, "overlap": overlap}
+    writer = RasterWriter(output, prep.width, prep.height, n_feat, "float32", output_geotransform(prep.geotransform, 1),
+                          prep.projection, nodata=float("nan"), descriptions=names, half_float=dtype == "float16",
+                          cog=cog, block_rows=FEATURE_BLOCK_ROWS, metadata={FEATURES_KEY: json.dumps(info)})
+    runner = EncoderMaps(model, chosen)
+    windows = raster_windows(prep.height, prep.width, tile, overlap, p)
+    th, tw = windows[0][0].h, windows[0][0].w
+    ystarts, xstarts = [r[0].y for r in windows], [w.x for w in windows[0]]
+    spans = [owned_span(i, xstarts, tw, prep.width) for i in range(len(xstarts))]
+    step = max(FEATURE_BLOCK_ROWS, rows_per_chunk(n_feat, prep.width) // FEATURE_BLOCK_ROWS * FEATURE_BLOCK_ROWS)
+    buffer, buf_valid, buf_y = [], [], 0
+    counts = {"tiles": sum(len(r) for r in windows), "run": 0, "skipped": 0}
+
+    def flush(final: bool = False):
+        nonlocal buffer, buf_valid, buf_y
+        rows_ready = sum(b.shape[1] for b in buffer)
+        n = rows_ready if final else rows_ready // FEATURE_BLOCK_ROWS * FEATURE_BLOCK_ROWS
+        if n == 0:
+            return
+        block, valid = np.concatenate(buffer, axis=1), np.concatenate(buf_valid, axis=0)
+        values = block[:, :n]
+        if dtype == "float16":
+            np.clip(values, -F16_MAX, F16_MAX, out=values)
+        writer.write_rows(buf_y, values, valid[:n])
+        buffer, buf_valid, buf_y = [block[:, n:]], [valid[n:]], buf_y + n
+
+    def work():
+        for r, row in enumerate(windows):
+            y_lo, y_hi = owned_span(r, ystarts, th, prep.height)
+            if y_hi <= y_lo:
+                continue
+            tiles = []
+            for win in row:
+                if cancelled():
+                    raise Cancelled("cancelled by the user; no output was written")
+                if has_data(prep, win.y, win.x, th, tw):
+                    x, valid = read_block(prep, win.y, win.x, th, tw)
+                else:
+                    x, valid = None, None
+                if x is None or not valid.any():
+                    counts["skipped"] += 1
+                    tiles.append(None)
+                    continue
+                maps = runner(x[None])[0]
+                check_maps(maps, chosen, th, tw)
+                counts["run"] += 1
+                tiles.append((win, x, valid, maps))
+            for y0 in range(y_lo, y_hi, step):
+                y1 = min(y0 + step, y_hi)
+                block = np.full((n_feat, y1 - y0, prep.width), np.nan, np.float32)
+                ok = np.zeros((y1 - y0, prep.width), bool)
+                for (x_lo, x_hi), t in zip(spans, tiles):
+                    if t is None or x_hi <= x_lo:
+                        continue
+                    win, x, valid, maps = t
+                    f = hypercolumns(x, maps, chosen, y0 - win.y, y1 - win.y)[:, :, x_lo - win.x:x_hi - win.x]
+                    v = valid[y0 - win.y:y1 - win.y, x_lo - win.x:x_hi - win.x]
+                    f[:, ~v] = np.nan
+                    block[:, :, x_lo:x_hi] = f
+                    ok[:, x_lo:x_hi] = v
+                buffer.append(block)
+                buf_valid.append(ok)
+                flush()
+            progress((r + 1) / len(windows))
+        flush(final=True)
+
+    writer_guard([writer], work)
+    writer.close()
+    return dict(counts, output=str(output), provider=model.providers[0], level=prep.level, dn_offset=prep.dn_offset,
+                width=prep.width, height=prep.height, bands=n_feat, blocks=info["blocks"])
+
+
+def read_feature_raster_info(path) -> Optional[dict]:
+    """The MMEARTH_FEATURES description of a per-pixel feature raster, or None for another raster."""
+    import json
+
+    from mpmae_core.runtime.gdal_io import open_raster
+
+    text = open_raster(path).GetMetadataItem(FEATURES_KEY)
+    if not text:
+        return None
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("blocks"), list) else None
+
+
 def check_tiling(tile, overlap, batch) -> None:
     """Tile, overlap and batch as the runtime needs them, or a ValueError naming the fix."""
     for name, value, low in (("tile", tile, 1), ("overlap", overlap, 0), ("batch", batch, 0)):
@@ -265,13 +380,19 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     inputs = input_files(source) + [str(model_path)] + ([str(head_path)] if head_path else [])
     check_outputs({"class map": output, "probabilities": probabilities_path}, inputs)
     model = OnnxModel(model_path, device=device, log=log)
+    blocks = None
     head = OnnxModel(head_path, device=device, log=log) if head_path else None
     meta = model.metadata
     if head is not None:
         if meta.kind != "encoder" or head.metadata.kind != "head":
             raise ValueError(f"with a head, the model must be an encoder and the head a head model; got a "
                              f"{meta.kind} model and a {head.metadata.kind} head")
-        if head.metadata.embedding_dim not in (0, meta.embedding_dim):
+        if head.metadata.per_pixel:
+            from mpmae_core.runtime.pixel import blocks_by_name, encoder_blocks
+
+            blocks = blocks_by_name(encoder_blocks(meta), head.metadata.features, head.metadata.feature_channels,
+                                    f"the head '{head_path}'")
+        elif head.metadata.embedding_dim not in (0, meta.embedding_dim):
             raise ValueError(f"the head takes {head.metadata.embedding_dim}-dim embeddings but the encoder gives "
                              f"{meta.embedding_dim}: train the head on this encoder's embeddings")
         classes = head.metadata
@@ -283,7 +404,15 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale)
     for note in prep.notes:
         log(note)
-    runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "probabilities", head=head)
+    spec = TileSpec(tile, overlap, batch or auto_batch(model))
+    if blocks is not None:
+        from mpmae_core.runtime.pixelhead import small_raster_warning
+
+        small_raster_warning(prep, tile, log)
+        encoder = model if any(b.name != "spectra" for b in blocks) else None
+        runner = TiledPredictor(encoder, prep, spec, "probabilities", head=head, blocks=blocks, patch=meta.patch_size)
+    else:
+        runner = TiledPredictor(model, prep, spec, "probabilities", head=head)
     names = classes.class_names or [f"class {i}" for i in range(runner.channels)]
     if len(names) != runner.channels:
         raise ValueError(f"the model gives {runner.channels} classes but its metadata names {len(names)}: the file's "

@@ -121,30 +121,50 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
                          facts.geotransform, ds.GetProjection(), notes, float(scale))
 
 
-def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised (C, h, w) float32 and a valid (h, w) mask; outside the raster counts as nodata.
+def mirror_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Indices beyond 0..n-1 mirrored back into it (symmetric: ... 1 0 | 0 1 ... n-1 | n-1 n-2 ...),
+    repeatedly for windows many times larger than the raster."""
+    m = np.mod(np.asarray(idx), 2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
 
-    A pixel is invalid when any used band holds the nodata value (or is not finite); it is fed to
-    the model as 0 (the band mean) and its outputs are masked. Raw values are multiplied by
-    ``prep.scale``, then the DN offset is subtracted. A read error raises RasterError naming the
-    file, the window and GDAL's reason.
+
+def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised (C, h, w) float32 and a valid (h, w) mask of the raster's pixels in the window.
+
+    Parts of the window beyond the raster are filled by mirroring the raster (so the model sees
+    real content all around, also around a raster smaller than the window) and are marked
+    invalid: no output is written there. A pixel is invalid when any used band holds the nodata
+    value (or is not finite); it is fed to the model as 0 (the band mean) and its outputs are
+    masked. Raw values are multiplied by ``prep.scale``, then the DN offset is subtracted. A read
+    error raises RasterError naming the file, the window and GDAL's reason.
     """
     c = len(prep.band_numbers)
-    out = np.zeros((c, h, w), np.float32)
-    valid = np.zeros((h, w), bool)
     y0, x0 = max(y, 0), max(x, 0)
     y1, x1 = min(y + h, prep.height), min(x + w, prep.width)
     if y1 <= y0 or x1 <= x0:
-        return out, valid
-    raw = read_window(prep.ds, prep.band_numbers, x0, y0, x1 - x0, y1 - y0, prep.source).astype(np.float32)
+        return np.zeros((c, h, w), np.float32), np.zeros((h, w), bool)
+    inside = y0 == y and x0 == x and y1 == y + h and x1 == x + w
+    if inside:
+        raw = read_window(prep.ds, prep.band_numbers, x0, y0, x1 - x0, y1 - y0, prep.source).astype(np.float32)
+    else:
+        rows = mirror_index(np.arange(y, y + h), prep.height)
+        cols = mirror_index(np.arange(x, x + w), prep.width)
+        r0, c0 = int(rows.min()), int(cols.min())
+        block = read_window(prep.ds, prep.band_numbers, c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1,
+                            prep.source).astype(np.float32)
+        raw = block[:, rows - r0][:, :, cols - c0]
     bad = (raw == prep.nodata).any(0) | ~np.isfinite(raw).all(0)
     if prep.scale != 1.0:
         raw *= np.float32(prep.scale)
     norm = (raw - prep.dn_offset - prep.mean[:, None, None]) / prep.std[:, None, None]
     norm[:, bad] = 0.0
-    out[:, y0 - y:y1 - y, x0 - x:x1 - x] = norm
-    valid[y0 - y:y1 - y, x0 - x:x1 - x] = ~bad
-    return out, valid
+    valid = ~bad
+    if not inside:
+        valid[:y0 - y] = False
+        valid[y1 - y:] = False
+        valid[:, :x0 - x] = False
+        valid[:, x1 - x:] = False
+    return np.ascontiguousarray(norm, np.float32), valid
 
 
 def read_window(ds, band_numbers: Sequence[int], x: int, y: int, w: int, h: int, source: str = "") -> np.ndarray:
@@ -197,7 +217,7 @@ class RasterWriter:
     def __init__(self, path: str | os.PathLike, width: int, height: int, bands: int, dtype: str,
                  geotransform: Sequence[float], projection: str, nodata=None, descriptions: Sequence[str] = (),
                  half_float: bool = False, cog: bool = False, class_names: Sequence[str] = (),
-                 class_colours: Sequence[Sequence[int]] = ()):
+                 class_colours: Sequence[Sequence[int]] = (), block_rows: int = 0, metadata: Optional[dict] = None):
         g = gdal()
         self.path, self.cog = Path(path), cog
         self.width, self.height, self.bands = width, height, bands
@@ -206,7 +226,7 @@ class RasterWriter:
         self.tmp = self.pending.tmp
         self.ds = None
         gdt = {"uint8": g.GDT_Byte, "float32": g.GDT_Float32, "uint16": g.GDT_UInt16}[dtype]
-        options = ["TILED=YES", f"BLOCKXSIZE={self.BLOCK}", f"BLOCKYSIZE={self.BLOCK}", "COMPRESS=DEFLATE",
+        options = ["TILED=YES", f"BLOCKXSIZE={self.BLOCK}", f"BLOCKYSIZE={block_rows or self.BLOCK}", "COMPRESS=DEFLATE",
                    "BIGTIFF=IF_SAFER", "SPARSE_OK=TRUE",
                    "PREDICTOR=3" if dtype == "float32" else "PREDICTOR=2",
                    "INTERLEAVE=BAND" if bands > 1 else "INTERLEAVE=PIXEL"]
@@ -220,6 +240,8 @@ class RasterWriter:
                 if self.ds is not None:
                     self.ds.SetGeoTransform(list(geotransform))
                     self.ds.SetProjection(projection)
+                    if metadata:
+                        self.ds.SetMetadata({str(k): str(v) for k, v in metadata.items()})
                     for i in range(bands):
                         band = self.ds.GetRasterBand(i + 1)
                         if nodata is not None:

@@ -5,6 +5,16 @@ pixels; the last tile of a row or column is moved back so it ends at the raster'
 unless the raster is smaller than one tile). Each tile's output is weighted by a ramp that rises
 from near 0 at a side shared with a neighbouring tile to 1 after the overlap, and stays 1 at the
 raster's own edges, so overlapping outputs blend smoothly and no seam remains.
+
+A raster smaller than ``MIN_CONTEXT`` pixels along an axis gets one window of ``MIN_CONTEXT``
+pixels (or the tile, if smaller) centred on it; the reader fills the window beyond the raster by
+mirror reflection, so the model sees the raster's own content all around it wherever that
+content sits, instead of a border of zeros whose position would shape the output.
+
+Each pixel also has one *owner* tile, the one whose centre part holds it (the overlap between
+two neighbouring tiles is split at its middle): per-pixel features come from the owner tile, so
+a pixel's feature vector is defined once, whether it is sampled under a label or written into a
+feature raster.
 """
 
 from __future__ import annotations
@@ -19,10 +29,26 @@ def round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
-def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile start offsets along one axis: step tile - overlap, the last tile flush with the end."""
+#: Windows are at least this many pixels along each axis (when the tile allows): smaller rasters
+#: are mirrored out to it, so that GRN's statistics and the convolutions see enough content.
+MIN_CONTEXT = 256
+
+
+def window_length(length: int, tile: int, align: int = 1) -> int:
+    """The window size along an axis of ``length`` pixels: the tile, or for a shorter axis the
+    axis itself grown to ``MIN_CONTEXT`` (never beyond the tile), a multiple of ``align``."""
+    if length >= tile:
+        return tile
+    return min(tile, max(round_up(length, align), round_up(MIN_CONTEXT, align)))
+
+
+def axis_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Tile start offsets along one axis: step tile - overlap, the last tile flush with the end.
+    An axis shorter than its window gets one window centred on it (a negative start, a multiple
+    of ``align`` so that patch cells stay on the raster's grid)."""
     if length <= tile:
-        return [0]
+        size = window_length(length, tile, align)
+        return [-(((size - length) // 2) // align * align)]
     if tile <= overlap:
         raise ValueError(f"tile ({tile}) must be larger than the overlap ({overlap})")
     step = tile - overlap
@@ -43,12 +69,19 @@ class Window:
     right: bool
 
 
-def tile_windows(height: int, width: int, tile: int, overlap: int) -> list[list[Window]]:
-    """Rows of windows covering a height x width raster; tiles are at most ``tile`` per side."""
-    th, tw = min(tile, height), min(tile, width)
-    ys, xs = axis_starts(height, th, overlap), axis_starts(width, tw, overlap)
+def tile_windows(height: int, width: int, tile: int, overlap: int, align: int = 1) -> list[list[Window]]:
+    """Rows of windows covering a height x width raster; tiles are at most ``tile`` per side
+    (shorter axes get a centred window of :func:`window_length`)."""
+    th, tw = window_length(height, tile, align), window_length(width, tile, align)
+    ys, xs = axis_starts(height, tile, overlap, align), axis_starts(width, tile, overlap, align)
     return [[Window(y, x, th, tw, top=iy == 0, bottom=iy == len(ys) - 1, left=ix == 0, right=ix == len(xs) - 1)
              for ix, x in enumerate(xs)] for iy, y in enumerate(ys)]
+
+
+def raster_windows(height: int, width: int, tile: int, overlap: int, patch: int = 1) -> list[list[Window]]:
+    """The windows the runtime runs over a raster: its size rounded up to whole patches (the
+    rest mirrored in by the reader), windows on the patch grid."""
+    return tile_windows(round_up(height, patch), round_up(width, patch), tile, overlap, patch)
 
 
 def ramp(n: int, ramp_len: int, rise_start: bool, rise_end: bool) -> np.ndarray:
@@ -72,3 +105,21 @@ def blend_weights(window: Window, out_h: int, out_w: int, ramp_cells: int) -> np
     wy = ramp(out_h, ramp_cells, not window.top, not window.bottom)
     wx = ramp(out_w, ramp_cells, not window.left, not window.right)
     return np.outer(wy, wx)
+
+
+def axis_owner(coords: np.ndarray, starts: list, size: int) -> np.ndarray:
+    """Index of the window owning each coordinate: the overlap of windows i and i + 1 is split
+    at its middle, so a pixel belongs to the window in which it lies farthest from the border."""
+    coords = np.asarray(coords)
+    if len(starts) == 1:
+        return np.zeros(coords.shape, np.int64)
+    cuts = np.array([(starts[i + 1] + starts[i] + size) // 2 for i in range(len(starts) - 1)])
+    return np.searchsorted(cuts, coords, side="right")
+
+
+def owned_span(index: int, starts: list, size: int, length: int) -> tuple[int, int]:
+    """[lo, hi) of the coordinates (within 0..length) that window ``index`` owns."""
+    cuts = [(starts[i + 1] + starts[i] + size) // 2 for i in range(len(starts) - 1)]
+    lo = 0 if index == 0 else cuts[index - 1]
+    hi = length if index == len(starts) - 1 else cuts[index]
+    return max(lo, 0), min(hi, length)

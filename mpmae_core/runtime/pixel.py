@@ -1,0 +1,239 @@
+"""Per-pixel features: a pixel's own spectra joined with the encoder's maps at every scale.
+
+A pixel's feature vector is the concatenation of *blocks*, always in this order:
+
+- ``spectra``: its bands, normalised by the model's per-band statistics (the encoder's input),
+  never normalised across bands, so brightness and contrast stay in;
+- each encoder output (``stage1``, ``stage2``, ``stage3`` and ``embedding``, at strides p/8, p/4,
+  p/2 and p), upsampled to the pixel grid bilinearly with half-pixel centres (hypercolumns). With
+  patch size 8 the first stage is already at 10 m.
+
+Within a raster, every pixel takes its features from its *owner* tile (``tiling.axis_owner``),
+so a pixel's vector is defined once: the same under a label, in a class map and in an exported
+feature raster. Heads apply to features tile by tile, a few rows at a time, so memory stays
+bounded by the tile, not by the raster or the number of channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+SPECTRA = "spectra"
+#: The feature sets a head chooses from: block selections by role.
+FEATURE_SETS = ("spectra", "encoder", "both")
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str  # "spectra" or an encoder output name
+    channels: int
+    stride: int  # pixels per cell of the block's map (1 for spectra)
+
+
+def encoder_blocks(meta) -> list[Block]:
+    """Every block an encoder offers, spectra first, then its outputs from fine to coarse."""
+    outs = sorted(meta.encoder_outputs(), key=lambda o: o[2])
+    return [Block(SPECTRA, len(meta.input_bands), 1)] + [Block(n, int(c), int(s)) for n, c, s in outs]
+
+
+def feature_set_blocks(blocks: Sequence[Block], feature_set: str) -> list[Block]:
+    """The blocks of a feature set: 'spectra', 'encoder' (every encoder output) or 'both'."""
+    if feature_set == "spectra":
+        return [b for b in blocks if b.name == SPECTRA]
+    if feature_set == "encoder":
+        return [b for b in blocks if b.name != SPECTRA]
+    if feature_set == "both":
+        return list(blocks)
+    raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}")
+
+
+def blocks_by_name(available: Sequence[Block], names: Sequence[str], channels: Optional[Sequence[int]] = None,
+                   what: str = "the head") -> list[Block]:
+    """The named blocks, checked against what a head expects; a ValueError names the mismatch."""
+    by_name = {b.name: b for b in available}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"{what} needs the encoder output(s) {', '.join(missing)}, which this encoder model does not "
+                         f"give (it gives {', '.join(b.name for b in available if b.name != SPECTRA)}): export the "
+                         "encoder again with `python -m training.export`, or train the head on this encoder")
+    out = [by_name[n] for n in names]
+    if channels is not None:
+        for b, c in zip(out, channels):
+            if b.channels != int(c):
+                raise ValueError(f"{what} expects {c} channels of '{b.name}' but the encoder gives {b.channels}: "
+                                 "the head was trained on another encoder; train it again on this one")
+    return out
+
+
+def block_slices(blocks: Sequence[Block]) -> dict:
+    """name -> slice of the block's channels in the joined feature vector."""
+    out, start = {}, 0
+    for b in blocks:
+        out[b.name] = slice(start, start + b.channels)
+        start += b.channels
+    return out
+
+
+# ----------------------------------------------------------------------------- bilinear (pure)
+
+def bilinear_axis(n: int, factor: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For fine pixels ``positions`` over a coarse axis of ``n`` cells of ``factor`` pixels: the
+    two coarse neighbours and the weight of the second (half-pixel centres, edges clamped)."""
+    c = (np.asarray(positions, np.float64) + 0.5) / factor - 0.5
+    lo = np.floor(c)
+    frac = (c - lo).astype(np.float32)
+    lo = lo.astype(np.int64)
+    return np.clip(lo, 0, n - 1), np.clip(lo + 1, 0, n - 1), frac
+
+
+def upsample_rows(x: np.ndarray, factor: int, r0: int, r1: int) -> np.ndarray:
+    """Rows r0..r1-1 of the bilinear upsampling of (C, h, w) by ``factor``: (C, r1 - r0, w * factor)."""
+    if factor == 1:
+        return x[:, r0:r1]
+    ly, hy, fy = bilinear_axis(x.shape[1], factor, np.arange(r0, r1))
+    lx, hx, fx = bilinear_axis(x.shape[2], factor, np.arange(x.shape[2] * factor))
+    rows = x[:, ly] * (1 - fy)[None, :, None] + x[:, hy] * fy[None, :, None]
+    return rows[:, :, lx] * (1 - fx)[None, None, :] + rows[:, :, hx] * fx[None, None, :]
+
+
+def upsample_bilinear(x: np.ndarray, factor: int) -> np.ndarray:
+    """(C, h, w) -> (C, h*f, w*f), bilinear with half-pixel centres (edges clamped)."""
+    return upsample_rows(x, factor, 0, x.shape[1] * factor)
+
+
+def sample_bilinear(x: np.ndarray, factor: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """(n, C): the values ``upsample_bilinear(x, factor)`` has at pixels (ys, xs), computed only there
+    (the same float operations in the same order, so the numbers are identical)."""
+    if factor == 1:
+        return x[:, ys, xs].T.copy()
+    ly, hy, fy = bilinear_axis(x.shape[1], factor, ys)
+    lx, hx, fx = bilinear_axis(x.shape[2], factor, xs)
+    a = x[:, ly, lx] * (1 - fy)[None] + x[:, hy, lx] * fy[None]
+    b = x[:, ly, hx] * (1 - fy)[None] + x[:, hy, hx] * fy[None]
+    return (a * (1 - fx)[None] + b * fx[None]).T.copy()
+
+
+def hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], r0: int, r1: int) -> np.ndarray:
+    """(F, r1 - r0, w) features of rows r0..r1-1 of a tile: ``spectra`` (C, h, w) is the tile's
+    normalised input, ``maps`` name -> (c, h/stride, w/stride) the encoder's outputs for it."""
+    parts = []
+    for b in blocks:
+        if b.name == SPECTRA:
+            parts.append(spectra[:, r0:r1])
+        else:
+            parts.append(upsample_rows(maps[b.name], b.stride, r0, r1))
+    return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+
+
+def sample_hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], ys: np.ndarray,
+                        xs: np.ndarray) -> np.ndarray:
+    """(n, F): :func:`hypercolumns` at pixels (ys, xs) of a tile, computed only there."""
+    parts = []
+    for b in blocks:
+        if b.name == SPECTRA:
+            parts.append(spectra[:, ys, xs].T)
+        else:
+            parts.append(sample_bilinear(maps[b.name], b.stride, ys, xs))
+    return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+
+def rows_per_chunk(features: int, width: int, budget: int = 16_000_000) -> int:
+    """Tile rows whose joined features fit in ``budget`` floats."""
+    return max(1, min(width, budget // max(1, features * width)))
+
+
+# ----------------------------------------------------------------------------- over a raster
+
+class EncoderMaps:
+    """The encoder outputs a set of blocks needs, for batches of tiles (nothing runs for spectra only)."""
+
+    def __init__(self, model, blocks: Sequence[Block]):
+        self.model = model
+        self.names = [b.name for b in blocks if b.name != SPECTRA]
+        if self.names and model is None:
+            raise ValueError("encoder features need an encoder model")
+
+    def __call__(self, x: np.ndarray) -> list[dict]:
+        """(B, C, th, tw) normalised -> per tile: name -> (c, h, w)."""
+        if not self.names:
+            return [{} for _ in range(x.shape[0])]
+        outs = self.model.run_outputs(x, self.names)
+        return [{n: o[i] for n, o in zip(self.names, outs)} for i in range(x.shape[0])]
+
+
+def check_maps(maps: dict, blocks: Sequence[Block], th: int, tw: int) -> None:
+    """Each map is the tile divided by its stride: anything else would misplace the hypercolumns."""
+    for b in blocks:
+        if b.name == SPECTRA:
+            continue
+        m = maps[b.name]
+        if m.shape[1:] != (th // b.stride, tw // b.stride) or m.shape[0] != b.channels:
+            raise ValueError(f"the encoder output '{b.name}' is {tuple(m.shape)} for a {th} x {tw} px tile; expected "
+                             f"({b.channels}, {th // b.stride}, {tw // b.stride}). The model's metadata does not fit "
+                             "its graph: export it again")
+
+
+def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols: np.ndarray, tile: int = 512,
+                    overlap: int = 128, progress: Callable[[float], None] = lambda f: None,
+                    cancelled: Callable[[], bool] = lambda: False) -> np.ndarray:
+    """(n, F) features at raster pixels (rows, cols), each from its owner tile; NaN rows where the
+    pixel has no data. Only tiles owning a requested pixel are read and run."""
+    from mpmae_core.runtime.predict import Cancelled
+    from mpmae_core.runtime.raster import read_block
+    from mpmae_core.runtime.tiling import axis_owner, raster_windows
+
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    total = sum(b.channels for b in blocks)
+    out = np.full((rows.size, total), np.nan, np.float32)
+    if rows.size == 0:
+        return out
+    patch = model.metadata.patch_size if model is not None else 1
+    windows = raster_windows(prep.height, prep.width, tile, overlap, patch)
+    th, tw = windows[0][0].h, windows[0][0].w
+    ty = axis_owner(rows, [r[0].y for r in windows], th)
+    tx = axis_owner(cols, [w.x for w in windows[0]], tw)
+    runner = EncoderMaps(model, blocks)
+    owners = sorted(set(zip(ty.tolist(), tx.tolist())))
+    for i, (a, b) in enumerate(owners):
+        if cancelled():
+            raise Cancelled("cancelled by the user; no output was written")
+        win = windows[a][b]
+        sel = np.flatnonzero((ty == a) & (tx == b))
+        x, valid = read_block(prep, win.y, win.x, th, tw)
+        maps = runner(x[None])[0]
+        check_maps(maps, blocks, th, tw)
+        ys, xs = rows[sel] - win.y, cols[sel] - win.x
+        feats = sample_hypercolumns(x, maps, blocks, ys, xs)
+        feats[~valid[ys, xs]] = np.nan
+        out[sel] = feats
+        progress((i + 1) / len(owners))
+    return out
+
+
+class PixelHeadRunner:
+    """Class probabilities per pixel of a batch of tiles: features, then the head, a few rows at a time."""
+
+    def __init__(self, model, head, blocks: Sequence[Block]):
+        self.maps = EncoderMaps(model, blocks)
+        self.head, self.blocks = head, list(blocks)
+        self.features = sum(b.channels for b in blocks)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        from mpmae_core.runtime.predict import softmax
+
+        b, _, th, tw = x.shape
+        all_maps = self.maps(x)
+        out = None
+        step = rows_per_chunk(self.features, tw)
+        for i, maps in enumerate(all_maps):
+            check_maps(maps, self.blocks, th, tw)
+            for r0 in range(0, th, step):
+                r1 = min(r0 + step, th)
+                logits = self.head.run(hypercolumns(x[i], maps, self.blocks, r0, r1)[None])[0]
+                if out is None:
+                    out = np.empty((b, logits.shape[0], th, tw), np.float32)
+                out[i, :, r0:r1] = softmax(logits, axis=0)
+        return out

@@ -1,0 +1,416 @@
+"""Per-pixel few-shot heads that choose themselves on the user's labels.
+
+Labels are taken at the raster's own resolution (``labels.label_cells`` on the raster's grid: a
+point labels its pixel, or the pixels within a buffer; a polygon its pixels, capped per class).
+Each labelled pixel gets its feature vector (``pixel``: spectra and hypercolumns). Then every
+*candidate* is scored by grouped, stratified cross-validation (all pixels of one labelled feature
+in one fold), on the same folds:
+
+- feature sets: ``spectra`` (the pixel's normalised bands), ``encoder`` (every encoder stage,
+  upsampled), ``both``;
+- classifiers: multinomial logistic regression at a few L2 strengths, and a random forest.
+
+The chosen candidate has the highest cross-validated balanced accuracy (every class counts the
+same, as in a few-shot map every class matters); a candidate within half a percentage point of
+the best is preferred when it is cheaper to run (fewer features, then logistic before forest,
+then stronger regularisation), because it is then as good on the labels and faster and steadier
+on the map. It is fitted on all labels and saved as ONNX: a linear layer with the
+standardisation folded in, or a ``TreeEnsembleClassifier``.
+
+Feature blocks are weighted equally: for logistic regression each standardised block is scaled so
+that every block carries the same total variance (12 bands are not drowned by 600 encoder
+channels); the forest draws the features it tries at a node with the same block-equal weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mpmae_core import registry
+from mpmae_core.runtime import metrics, onnx_writer
+from mpmae_core.runtime.fewshot import FewShotError, check_labels, fit_softmax, grouped_folds
+from mpmae_core.runtime.forest import RandomForest
+from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata
+from mpmae_core.runtime.pixel import FEATURE_SETS, SPECTRA, Block, block_slices, feature_set_blocks
+
+CLASSIFIERS = ("logistic", "forest")
+L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
+TIE = 0.005  # balanced accuracy within this of the best counts as a tie, won by the cheaper candidate
+FOREST_TREES = 100
+
+
+@dataclass(frozen=True)
+class Candidate:
+    feature_set: str
+    classifier: str
+    l2: float = 0.0
+
+    @property
+    def name(self) -> str:
+        how = f"logistic regression (L2 {self.l2:g})" if self.classifier == "logistic" else "random forest"
+        return f"{self.feature_set} + {how}"
+
+    def cost(self, blocks: Sequence[Block]) -> tuple:
+        """Sort key: cheaper first (fewer features, linear before forest, stronger regularisation)."""
+        n = sum(b.channels for b in feature_set_blocks(blocks, self.feature_set))
+        return (n, CLASSIFIERS.index(self.classifier), -self.l2)
+
+
+def candidates(feature_sets: Sequence[str] = FEATURE_SETS, classifiers: Sequence[str] = CLASSIFIERS,
+               l2s: Sequence[float] = L2_STRENGTHS) -> list[Candidate]:
+    out = []
+    for fs in feature_sets:
+        if fs not in FEATURE_SETS:
+            raise ValueError(f"unknown feature set {fs!r}; choose from {', '.join(FEATURE_SETS)}")
+        for clf in classifiers:
+            if clf not in CLASSIFIERS:
+                raise ValueError(f"unknown classifier {clf!r}; choose from {', '.join(CLASSIFIERS)}")
+            out += [Candidate(fs, clf, l2) for l2 in l2s] if clf == "logistic" else [Candidate(fs, clf)]
+    return out
+
+
+def block_scales(blocks: Sequence[Block]) -> np.ndarray:
+    """Per feature: the factor giving every block the same total variance once standardised
+    (1 everywhere for a single block)."""
+    total = sum(b.channels for b in blocks)
+    return np.concatenate([np.full(b.channels, np.sqrt(total / (len(blocks) * b.channels))) for b in blocks])
+
+
+@dataclass
+class PixelHead:
+    """A fitted head on the joined features of ``blocks``."""
+
+    blocks: list
+    classifier: str
+    class_names: list
+    class_colours: list = field(default_factory=list)
+    l2: float = 0.0
+    weight: Optional[np.ndarray] = None  # logistic: (K, F) on raw features (standardisation folded in)
+    bias: Optional[np.ndarray] = None
+    forest: Optional[RandomForest] = None
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, blocks: Sequence[Block], candidate: Candidate, class_names,
+            class_colours=None, seed: int = 0) -> "PixelHead":
+        """``x``: (n, F) features of exactly ``blocks``."""
+        k = len(class_names)
+        colours = [list(c) for c in (class_colours or registry.suggest_class_colours(class_names))]
+        head = cls(list(blocks), candidate.classifier, list(class_names), colours, candidate.l2)
+        if candidate.classifier == "logistic":
+            mean = x.mean(0)
+            std = x.std(0)
+            std = np.where(std > 1e-6, std, 1.0)
+            scale = block_scales(blocks) / std
+            w, b = fit_softmax((x - mean) * scale, y, k, l2=candidate.l2)
+            head.weight = (w * scale[None, :]).astype(np.float64)
+            head.bias = (b - head.weight @ mean).astype(np.float64)
+        else:
+            fw = np.concatenate([np.full(bl.channels, 1.0 / bl.channels) for bl in blocks])
+            head.forest = RandomForest(n_trees=FOREST_TREES, seed=seed).fit(x, y, k, feature_weights=fw)
+        return head
+
+    @property
+    def n_features(self) -> int:
+        return sum(b.channels for b in self.blocks)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        if self.forest is not None:
+            return self.forest.predict_proba(x)
+        z = np.asarray(x, np.float64) @ self.weight.T + self.bias
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(1, keepdims=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.probabilities(x).argmax(1)
+
+    def describe(self) -> str:
+        sets = "+".join(b.name for b in self.blocks)
+        how = f"logistic regression, L2 {self.l2:g}" if self.classifier == "logistic" else \
+            f"random forest, {FOREST_TREES} trees"
+        return f"{how} on {sets} ({self.n_features} features per pixel)"
+
+    def metadata(self, patch_size: int, source: str = "", task: str = "few-shot") -> ModelMetadata:
+        return ModelMetadata(kind="head", task=task, class_names=list(self.class_names),
+                             class_colours=[[int(v) for v in c] for c in self.class_colours],
+                             embedding_dim=self.n_features, patch_size=patch_size, output_stride=1, source=source,
+                             features=[b.name for b in self.blocks], feature_channels=[b.channels for b in self.blocks],
+                             classifier=self.describe())
+
+    def onnx_bytes(self, patch_size: int, source: str = "") -> bytes:
+        meta = {METADATA_KEY: self.metadata(patch_size, source).to_json()}
+        if self.forest is not None:
+            return onnx_writer.forest_head(self.n_features, len(self.class_names), self.forest.onnx_arrays(),
+                                           metadata=meta)
+        return onnx_writer.linear_head(self.weight, self.bias, metadata=meta, input_name="features")
+
+
+# ----------------------------------------------------------------------------- selection
+
+def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: Sequence[Block], class_names,
+                     cands: Sequence[Candidate], folds: int = 5, seed: int = 0, cancelled=lambda: False,
+                     progress=lambda f: None) -> list[dict]:
+    """Cross-validated scores of every candidate on the same grouped, stratified folds. ``x``
+    holds the features of all ``blocks``; no fold ever scores a labelled feature it trained on."""
+    from mpmae_core.runtime.predict import Cancelled
+
+    k_classes = len(class_names)
+    min_groups = min(len(set(groups[y == c].tolist())) for c in np.unique(y))
+    k = int(max(2, min(folds, min_groups)))
+    fold_idx = grouped_folds(y, groups, k, seed)
+    slices = block_slices(blocks)
+    out = []
+    for i, cand in enumerate(cands):
+        sub = feature_set_blocks(blocks, cand.feature_set)
+        cols = np.concatenate([np.arange(slices[b.name].start, slices[b.name].stop) for b in sub])
+        cm = np.zeros((k_classes, k_classes), np.int64)
+        t0 = time.time()
+        for test in fold_idx:
+            if cancelled():
+                raise Cancelled("cancelled by the user; no output was written")
+            train = np.setdiff1d(np.arange(len(y)), test)
+            if len(np.unique(y[train])) < 2:
+                continue
+            head = PixelHead.fit(x[np.ix_(train, cols)], y[train], sub, cand, class_names, seed=seed)
+            cm += metrics.confusion_matrix(y[test], head.predict(x[np.ix_(test, cols)]), k_classes)
+        s = metrics.summary(cm, class_names)
+        out.append({"candidate": cand, "name": cand.name, "accuracy": s["accuracy"],
+                    "balanced_accuracy": s["balanced_accuracy"], "miou": s["miou"], "confusion": cm.tolist(),
+                    "per_class": s["per_class"], "folds": k, "seconds": time.time() - t0})
+        progress((i + 1) / len(cands))
+    return out
+
+
+def choose(scores: list[dict], blocks: Sequence[Block], tie: float = TIE) -> tuple[int, str]:
+    """Index of the chosen candidate and why, in words (see the module's rule)."""
+    best = max(s["balanced_accuracy"] for s in scores)
+    close = [i for i, s in enumerate(scores) if s["balanced_accuracy"] >= best - tie]
+    pick = min(close, key=lambda i: scores[i]["candidate"].cost(blocks))
+    s = scores[pick]
+    cv = f"{s['folds']}-fold, grouped by labelled feature"
+    if len(close) == 1:
+        runner = max((x for i, x in enumerate(scores) if i != pick), key=lambda x: x["balanced_accuracy"],
+                     default=None)
+        why = f"highest cross-validated balanced accuracy ({s['balanced_accuracy']:.1%}, {cv})"
+        if runner:
+            why += f"; next best {runner['name']} at {runner['balanced_accuracy']:.1%}"
+        return pick, why
+    others = len(close) - 1
+    lead = "the best" if s["balanced_accuracy"] >= best else f"within {100 * tie:.1f} points of the best ({best:.1%})"
+    return pick, (f"cross-validated balanced accuracy {s['balanced_accuracy']:.1%} ({cv}), {lead}; {others} other "
+                  f"candidate(s) score within {100 * tie:.1f} points and this one is the cheapest of them to run "
+                  "(fewest features, then the simpler classifier)")
+
+
+def report_text(scores: list[dict], chosen: int, why: str, samples: dict) -> str:
+    names = list(samples)
+    width = max(8, *(len(n) for n in names))
+    lines = [f"{'class':<{width}}  features  pixels"]
+    for n in names:
+        lines.append(f"{n:<{width}}  {samples[n]['features']:>8}  {samples[n]['pixels']:>6}")
+    lines.append("candidates (cross-validated, grouped by labelled feature):")
+    cw = max(len(s["name"]) for s in scores)
+    lines.append(f"  {'candidate':<{cw}}  accuracy  balanced  mIoU")
+    for i, s in enumerate(scores):
+        mark = "*" if i == chosen else " "
+        lines.append(f"{mark} {s['name']:<{cw}}  {s['accuracy']:>8.1%}  {s['balanced_accuracy']:>8.1%}  "
+                     f"{s['miou']:>4.2f}")
+    lines.append(f"chosen: {scores[chosen]['name']} - {why}")
+    return "\n".join(lines)
+
+
+def report_html(scores: list[dict], chosen: int, why: str, samples: dict, title: str) -> str:
+    from html import escape
+
+    s = scores[chosen]
+    names = list(samples)
+    rows = "".join(
+        f"<tr{' style=font-weight:bold' if i == chosen else ''}><td>{escape(c['name'])}</td>"
+        f"<td>{c['accuracy']:.1%}</td><td>{c['balanced_accuracy']:.1%}</td><td>{c['miou']:.2f}</td>"
+        f"<td>{c['seconds']:.1f}</td></tr>" for i, c in enumerate(scores))
+    counts = "".join(f"<tr><td>{escape(n)}</td><td>{samples[n]['features']}</td><td>{samples[n]['pixels']}</td>"
+                     f"<td>{s['per_class'][n]['recall']:.1%}</td><td>{s['per_class'][n]['precision']:.1%}</td>"
+                     f"<td>{s['per_class'][n]['iou']:.2f}</td></tr>" for n in names)
+    cm_head = "".join(f"<th>{escape(n)}</th>" for n in names)
+    cm_rows = "".join(f"<tr><th>{escape(n)}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
+                      for n, row in zip(names, s["confusion"]))
+    plain = [{k: v for k, v in c.items() if k != "candidate"} for c in scores]
+    return (f"<html><head><meta charset='utf-8'><title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>"
+            f"<p><b>Chosen: {escape(s['name'])}</b>: {escape(why)}.</p>"
+            f"<h2>Candidates</h2><p>{s['folds']}-fold cross-validation on the same folds for every candidate, grouped "
+            "by labelled feature (the pixels of one point or polygon never score a head trained on them).</p>"
+            "<table border='1'><tr><th>candidate</th><th>accuracy</th><th>balanced accuracy</th><th>mIoU</th>"
+            f"<th>seconds</th></tr>{rows}</table>"
+            "<h2>Chosen head per class</h2><table border='1'><tr><th>class</th><th>features</th><th>pixels</th>"
+            f"<th>CV recall</th><th>CV precision</th><th>CV IoU</th></tr>{counts}</table>"
+            f"<h2>Confusion matrix of the chosen head</h2><p>rows: labelled class; columns: predicted</p>"
+            f"<table border='1'><tr><th></th>{cm_head}</tr>{cm_rows}</table>"
+            f"<pre>{escape(json.dumps(plain, indent=1, default=float))}</pre></body></html>")
+
+
+# ----------------------------------------------------------------------------- the whole job
+
+def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float = 0.0, max_per_class: int = 1000,
+                  seed: int = 0, tile: int = 512, overlap: int = 128, feature_ids=None, log=lambda m: None,
+                  progress=lambda f: None, cancelled=lambda: False, feature_raster=None) -> tuple:
+    """Features (n, F) under the labels at pixel resolution, their classes, groups and counts;
+    computed from the raster, or read from a precomputed ``feature_raster`` (blocks in order)."""
+    from mpmae_core.runtime.labels import cap_per_class_grouped, label_cells, read_pixels
+    from mpmae_core.runtime.pixel import block_slices, sample_features
+
+    features = list(features)
+    ids = list(feature_ids) if feature_ids is not None else list(range(1, len(features) + 1))
+
+    def id_list(numbers, most: int = 10) -> str:
+        return ", ".join(str(ids[i]) for i in numbers[:most]) + (", ..." if len(numbers) > most else "")
+
+    cells = label_cells(features, prep.geotransform, prep.width, prep.height, point_buffer=buffer_m)
+    if cells.empty:
+        log(f"warning: skipped {len(cells.empty)} feature(s) without a geometry")
+    if cells.outside:
+        log(f"warning: skipped {len(cells.outside)} of {len(features)} labelled feature(s) outside the raster "
+            f"(feature ids {id_list(cells.outside)})")
+    if cells.rows.size == 0:
+        raise FewShotError("none of the labelled features lies inside the raster: check that labels and raster "
+                           "cover the same place (their CRS are reconciled automatically)")
+    keep = cap_per_class_grouped(cells.classes, cells.groups, max_per_class, seed)
+    if len(keep) < cells.rows.size:
+        log(f"using {len(keep)} of {cells.rows.size} labelled pixels (at most {max_per_class} per class, every "
+            "labelled feature kept)")
+    rows, cols, y, groups = cells.rows[keep], cells.cols[keep], cells.classes[keep], cells.groups[keep]
+    if feature_raster is not None:
+        path, raster_blocks = feature_raster
+        values = read_pixels(path, rows, cols)
+        sl = block_slices(raster_blocks)
+        x = np.concatenate([values[:, sl[b.name]] for b in blocks], axis=1)
+    else:
+        x = sample_features(prep, model, blocks, rows, cols, tile, overlap, progress, cancelled)
+    ok = np.isfinite(x).all(1)
+    nodata = sorted(set(groups[~ok].tolist()) - set(groups[ok].tolist()))
+    if nodata:
+        log(f"warning: skipped {len(nodata)} labelled feature(s) over pixels without data (feature ids "
+            f"{id_list(nodata)})")
+    if not ok.any():
+        raise FewShotError("none of the labelled features lies over valid pixels of the raster")
+    x, y, groups = x[ok], y[ok], groups[ok]
+    samples = {n: {"features": len(set(groups[y == i].tolist())), "pixels": int((y == i).sum())}
+               for i, n in enumerate(class_names)}
+    return x, y, groups, samples
+
+
+def train_pixel_head(source, model_path, features, class_names, output, *, report_path=None, feature_ids=None,
+                     class_colours=None, buffer_m: float = 0.0, feature_sets: Sequence[str] = FEATURE_SETS,
+                     classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
+                     seed: int = 0, tile: int = 512, overlap: int = 128, device: str = "auto", level: str = "auto",
+                     dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None,
+                     progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
+    """Sample features under the labels (or read them from ``feature_raster``, written by
+    ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
+    label and save it (ONNX) with its report. Both outputs appear whole or not at all."""
+    from mpmae_core.runtime.files import PendingOutput, check_output
+    from mpmae_core.runtime.model import OnnxModel
+    from mpmae_core.runtime.pixel import encoder_blocks
+    from mpmae_core.runtime.predict import Cancelled, check_tiling, input_files
+    from mpmae_core.runtime.raster import prepare_input
+
+    check_tiling(tile, overlap, 0)
+    if not isinstance(buffer_m, (int, float)) or not np.isfinite(buffer_m) or buffer_m < 0:
+        raise ValueError(f"the point buffer must be a distance in metres >= 0, got {buffer_m!r}")
+    inputs = input_files(source) + [str(model_path)] + (input_files(feature_raster) if feature_raster else [])
+    check_output(output, inputs, "head", (".onnx",), "an ONNX model")
+    if report_path:
+        check_output(report_path, inputs + [str(output)], "report", (".html", ".htm"), "an HTML page")
+    cands = candidates(feature_sets, classifiers)
+    needs_encoder = any(c.feature_set != "spectra" for c in cands)
+    model = OnnxModel(model_path, device=device, log=log)
+    meta = model.metadata
+    if meta.kind != "encoder":
+        raise ValueError(f"'{model_path}' is a {meta.kind} model; a per-pixel head needs an encoder model")
+    if tile % meta.patch_size or overlap % meta.patch_size:
+        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the model's patch size "
+                         f"{meta.patch_size}")
+    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale)
+    for note in prep.notes:
+        log(note)
+    small_raster_warning(prep, tile, log)
+    blocks = encoder_blocks(meta) if needs_encoder else [b for b in encoder_blocks(meta) if b.name == SPECTRA]
+    stored = None
+    if feature_raster:
+        stored = (str(feature_raster), check_feature_raster(feature_raster, prep, meta, blocks))
+    t0 = time.time()
+    x, y, groups, samples = gather_pixels(prep, model if needs_encoder else None, blocks, features, class_names,
+                                          buffer_m=buffer_m, max_per_class=max_pixels_per_class, seed=seed,
+                                          tile=tile, overlap=overlap, feature_ids=feature_ids, log=log,
+                                          progress=lambda f: progress(0.5 * f), cancelled=cancelled,
+                                          feature_raster=stored)
+    log(f"features of {len(y)} labelled pixels ({x.shape[1]} per pixel) in {time.time() - t0:.1f} s")
+    check_labels(y, groups, class_names)
+    scores = score_candidates(x, y, groups, blocks, class_names, cands, folds=folds, seed=seed, cancelled=cancelled,
+                              progress=lambda f: progress(0.5 + 0.45 * f))
+    chosen, why = choose(scores, blocks)
+    cand = scores[chosen]["candidate"]
+    sub = feature_set_blocks(blocks, cand.feature_set)
+    slices = block_slices(blocks)
+    cols = np.concatenate([np.arange(slices[b.name].start, slices[b.name].stop) for b in sub])
+    if cancelled():
+        raise Cancelled("cancelled by the user; no output was written")
+    head = PixelHead.fit(x[:, cols], y, sub, cand, class_names, class_colours, seed=seed)
+    text = report_text(scores, chosen, why, samples)
+    pending = PendingOutput(output)
+    try:
+        pending.tmp.write_bytes(head.onnx_bytes(meta.patch_size, source=f"per-pixel head on {Path(model_path).name}"))
+        if report_path:
+            pending.companion(report_path).write_text(
+                report_html(scores, chosen, why, samples, f"Few-shot head: {Path(output).name}"), encoding="utf-8")
+        pending.commit(lambda tmp: OnnxModel(tmp, device="cpu"))
+    except BaseException:
+        pending.abort()
+        raise
+    progress(1.0)
+    best = scores[chosen]
+    return {"output": str(output), "report": str(report_path or ""), "text": text, "scores": scores,
+            "chosen": best["name"], "why": why, "samples": samples, "classes": list(class_names),
+            "cv": {"accuracy": best["accuracy"], "balanced_accuracy": best["balanced_accuracy"], "miou": best["miou"],
+                   "folds": best["folds"]}, "head": head}
+
+
+def small_raster_warning(prep, tile: int, log) -> None:
+    from mpmae_core.runtime.tiling import MIN_CONTEXT
+
+    if min(prep.width, prep.height) < min(tile, MIN_CONTEXT):
+        log(f"warning: the raster is only {prep.width} x {prep.height} px; it is mirrored out to "
+            f"{min(tile, MIN_CONTEXT)} px for the model, so the map is less reliable near its edges")
+
+
+def check_feature_raster(path, prep, meta, blocks) -> list:
+    """The blocks stored in a per-pixel feature raster, after checking it was written for this
+    raster's grid by this encoder and holds every block needed; a ValueError names the fix."""
+    from mpmae_core.runtime.gdal_io import open_raster
+    from mpmae_core.runtime.predict import read_feature_raster_info
+
+    info = read_feature_raster_info(path)
+    fix = ("compute it with `python -m mpmae_core.runtime features` (QGIS: 'Compute embeddings' with per-pixel "
+           "features) and this encoder, or leave it empty to compute the features now")
+    if info is None:
+        raise ValueError(f"'{path}' is not a per-pixel feature raster (a patch-stride embedding raster cannot feed a "
+                         f"per-pixel head): {fix}")
+    ds = open_raster(path)
+    if (ds.RasterXSize, ds.RasterYSize) != (prep.width, prep.height) or \
+            not np.allclose(ds.GetGeoTransform(), prep.geotransform):
+        raise ValueError(f"the feature raster '{path}' is not on the input raster's grid ({prep.width} x "
+                         f"{prep.height} px): {fix}")
+    stored = [Block(str(n), int(c), int(st)) for n, c, st in info["blocks"]]
+    by_name = {b.name: b for b in stored}
+    for b in blocks:
+        if b.name not in by_name:
+            raise ValueError(f"the feature raster '{path}' holds {', '.join(by_name)} but the head may need "
+                             f"'{b.name}': {fix}")
+        if by_name[b.name].channels != b.channels or info.get("embedding_dim") != meta.embedding_dim:
+            raise ValueError(f"the feature raster '{path}' was computed with another encoder: {fix}")
+    return stored
