@@ -225,6 +225,9 @@ def _fmt(ms) -> str:
     return "n/a" if not np.isfinite(m) else f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
+TASK_TITLES = {"pixel": "Per-pixel few-shot mapping (k labelled points per class)"}
+
+
 def markdown(report: Report, images: dict) -> str:
     lines = [f"# {report.title}", "", f"Data: {report.dataset}", "",
              f"Representations: {', '.join(report.representations)}. Each score is the mean ± standard deviation "
@@ -233,12 +236,13 @@ def markdown(report: Report, images: dict) -> str:
         lines += ["## Findings", ""] + [f"- {c}" for c in report.comparisons] + [""]
     for task, by_setting in report.summary.items():
         settings = sorted(by_setting, key=lambda s: (s == "probe", int(s) if s.isdigit() else 0))
-        lines += [f"## {task.capitalize()}", ""]
+        reps = [r for r in report.representations if any(r in by_setting[st] for st in settings)]
+        lines += [f"## {TASK_TITLES.get(task, task.capitalize())}", ""]
         for metric, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("miou", "mIoU")):
             lines += [f"**{label}**", "", "| representation | " + " | ".join(
                 f"{s}-shot" if s.isdigit() else "linear probe (50 %)" for s in settings) + " |",
                 "|---|" + "---|" * len(settings)]
-            for rep in report.representations:
+            for rep in reps:
                 cells = [_fmt(by_setting[s][rep][metric]) if rep in by_setting[s] else "n/a" for s in settings]
                 lines.append(f"| {rep} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -254,7 +258,7 @@ def markdown(report: Report, images: dict) -> str:
         names = next(iter(by_setting[ref].values()))["classes"]
         lines += ["| representation | " + " | ".join(f"{n} F1 / IoU" for n in names) + " |",
                   "|---|" + "---|" * len(names)]
-        for rep in report.representations:
+        for rep in reps:
             if rep in by_setting[ref]:
                 e = by_setting[ref][rep]
                 lines.append(f"| {rep} | " + " | ".join(
@@ -305,7 +309,8 @@ def plots(report: Report, out_dir: Path) -> dict:
         ax.legend(fontsize=8)
         images[f"{task}_shots"] = save(fig, f"{task}_shots.png")
         ref = "5" if "5" in by_setting else shots[0] if shots else "probe"
-        reps = [r for r in report.representations if r in by_setting[ref]]
+        reps = [r for r in report.representations if r in by_setting[ref]
+                and (task != "pixel" or r in PIXEL_BASELINES or r.endswith(CHOSEN))]
         fig, axes = plt.subplots(1, len(reps), figsize=(3.6 * len(reps), 3.6), dpi=110, squeeze=False)
         for ax, rep in zip(axes[0], reps):
             e = by_setting[ref][rep]
@@ -456,7 +461,7 @@ def cell_features(encoder, x: np.ndarray, valid: np.ndarray, tile: int = 512) ->
 # ----------------------------------------------------------------------------- the run
 
 def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), seeds=20, window=32,
-        log=print) -> Path:
+        log=print, pixel_shots=(10, 30), pixel_seeds=10) -> Path:
     t0 = time.time()
     x, valid, prep = load_image(image)
     lab, names = load_labels(labels, prep, class_field)
@@ -493,9 +498,16 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
     seg_features = {n: np.nan_to_num(f[:cl.shape[0], :cl.shape[1]]) for n, f in seg_features.items()}
     pix = np.where(valid, lab, 0) - 1  # -1: unlabelled; classes 0..K-1
     results += segment_cells(seg_features, cl - 1, pix, patch, x, names, shots, seeds, nodata=-1)
+    picks = {}
+    if pixel_shots:
+        t = time.time()
+        pixel_results, picks = run_pixel(image, lab, valid, names, encoders, pixel_shots, pixel_seeds, log)
+        results += pixel_results
+        log(f"[evaluate] per-pixel mapping in {time.time() - t:.0f} s")
     summary = aggregate(results)
     reps = [SPECTRA] + [n for n, _ in encoders]
-    comparisons = []
+    reps += list(dict.fromkeys(r.representation for r in results if r.representation not in reps))
+    comparisons = pixel_comparisons(results, summary, [n for n, _ in encoders], picks)
     for task, metric in (("classification", "accuracy"), ("segmentation", "miou")):
         if "5" not in summary.get(task, {}):
             continue
@@ -514,6 +526,8 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
     notes = [f"windows of {window} px ({window * 10} m) for classification; cells of {patch} px for segmentation",
              f"seeds: {seeds}; classes with no more than k samples are left out of k-shot runs",
              f"evaluated in {time.time() - t0:.0f} s"]
+    if pixel_shots:
+        notes.insert(0, PIXEL_PROTOCOL.format(seeds=pixel_seeds))
     report = Report("Linear probing and few-shot evaluation", f"{Path(image).name} with labels {Path(labels).name}",
                     reps, list(shots), seeds, summary, comparisons, notes)
     path = write_report(report, Path(out_dir), results)
@@ -522,13 +536,73 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
     return path
 
 
+PIXEL_PROTOCOL = (
+    "per-pixel mapping ('pixel' task): k labelled points per class are drawn from the class's interior pixels "
+    "(5 x 5 px all one class), as an analyst clicks them; every labelled pixel farther than 5 px from the "
+    "seed's points is in a fixed stratified test sample (up to 3000 per class); {seeds} seeds. 'spectra LR' "
+    "and 'spectra RF' are the per-pixel spectral classifiers analysts use today (logistic regression, L2 0.01, "
+    "and a 100-tree random forest on the normalised bands); 'ENCODER: chosen head' is what train_head does: it "
+    "scores every candidate (spectra / encoder / both x logistic regression at 3 strengths / random forest) by "
+    "cross-validation on the k points only and fits the chosen one; the fixed 'encoder' and 'both' rows show "
+    "where the encoder's features help")
+
+
+def run_pixel(image, lab, valid, names, encoders, shots, seeds, log=print) -> tuple[list, dict]:
+    """The per-pixel protocol for torch encoders: each is exported to ONNX (the sparse border
+    convention, as the runtime runs encoders) and its features sampled by the runtime."""
+    import tempfile
+
+    from mpmae_core.export import export_encoder, sparse_convention
+    from mpmae_core.runtime.metadata import default_normalisation
+
+    bands = list(registry.S2_MMEARTH_BANDS)
+    pool, test = pixel_sample(lab, valid)
+    idx = np.concatenate([pool, test])
+    rows, cols = np.divmod(idx, lab.shape[1])
+    feats = {}
+    with tempfile.TemporaryDirectory(prefix="mmearth-eval-") as work:
+        for i, (name, enc) in enumerate(encoders):
+            path, _ = export_encoder(sparse_convention(enc), Path(work) / f"encoder{i}.onnx", bands,
+                                     default_normalisation(bands))
+            feats[name] = pixel_features(image, path, rows, cols)
+            log(f"[evaluate] per-pixel features of '{name}': {feats[name][0].shape[1]} per pixel")
+    return pixel_mapping(lab, valid, names, feats, shots, seeds, rows_cols=(pool, test), log=log)
+
+
+def pixel_comparisons(results, summary, encoder_names, picks) -> list[str]:
+    """Findings of the per-pixel task: each encoder's chosen head against the better spectral
+    baseline (paired by seed), where the encoder's features help, and what the head chose."""
+    from collections import Counter
+
+    out = []
+    for k, by_rep in sorted(summary.get("pixel", {}).items(), key=lambda kv: int(kv[0])):
+        base = max(PIXEL_BASELINES, key=lambda b: by_rep[b]["accuracy"][0] if b in by_rep else -1)
+        for enc in encoder_names:
+            for rep in (f"{enc}: {CHOSEN}", f"{enc}: both RF", f"{enc}: both LR"):
+                if rep not in by_rep:
+                    continue
+                d, s, wins = paired_difference(results, "pixel", k, rep, base, "accuracy")
+                n = by_rep[rep]["seeds"]
+                se = s / np.sqrt(max(n - 1, 1))
+                verdict = ("better" if d > 2 * se else "worse" if d < -2 * se
+                           else "no clear difference (within 2 standard errors)")
+                out.append(f"pixel, {k} points per class, accuracy: '{rep}' minus '{base}' (the better spectral "
+                           f"baseline) = {100 * d:+.1f} ± {100 * s:.1f} points (paired over {n} seeds; ahead in "
+                           f"{wins} of {n}): {verdict}")
+            if enc in picks and k in picks[enc]:
+                chosen = ", ".join(f"{name} {c}x" for name, c in Counter(picks[enc][k]).most_common())
+                out.append(f"pixel, {k} points per class: the chosen head of '{enc}' was {chosen}")
+    return out
+
+
 def default_encoders() -> list:
     found = sorted((_ROOT / "runs" / "demo" / "pretrain").glob("checkpoint-*.pt"))
     specs = [f"demo-pretrained={found[-1]}"] if found else []
     return specs
 
 
-def run_command(image, labels, class_field, encoder_specs, random_sizes, shots, seeds, window, out_dir) -> Path:
+def run_command(image, labels, class_field, encoder_specs, random_sizes, shots, seeds, window, out_dir,
+                pixel_shots=(10, 30), pixel_seeds=10) -> Path:
     """What ``python -m training.evaluate`` does: defaults, encoders, checks, then :func:`run`."""
     from mpmae_core.runtime.files import check_output
 
@@ -542,7 +616,8 @@ def run_command(image, labels, class_field, encoder_specs, random_sizes, shots, 
     specs = encoder_specs or ([] if random_sizes else default_encoders())
     randoms = random_sizes or ([] if encoder_specs else ["atto"])
     encoders = [load_encoder(s) for s in specs] + [random_encoder(s) for s in randoms]
-    return run(image, labels, class_field, encoders, out_dir, list(shots), seeds, window)
+    return run(image, labels, class_field, encoders, out_dir, list(shots), seeds, window, pixel_shots=list(pixel_shots),
+               pixel_seeds=pixel_seeds)
 
 
 # ----------------------------------------------------------------------------- per-pixel mapping

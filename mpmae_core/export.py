@@ -154,15 +154,21 @@ def export_encoder(encoder: ConvNeXtV2Encoder, path: str | os.PathLike, input_ba
     return Path(path), diff
 
 
+def sparse_convention(encoder: ConvNeXtV2Encoder) -> ConvNeXtV2Encoder:
+    """The encoder with the same weights in the "sparse" border convention (padded initial conv):
+    every stage map is then exactly the input divided by its stride, as the runtime's tiles and
+    hypercolumns need, and it is the convention the reference pretrained its weights in."""
+    if encoder.convention == "sparse":
+        return encoder
+    sparse = ConvNeXtV2Encoder(encoder.depths, encoder.dims, encoder.in_chans, encoder.patch_size, convention="sparse")
+    sparse.load_state_dict(encoder.state_dict())
+    return sparse.eval()
+
+
 def export_pretext_segmenter(model: MPMAE, task: str, path: str | os.PathLike, normalisation: dict,
                              source: str = "") -> tuple[Path, float]:
     model = copy.deepcopy(model).eval()
-    if model.encoder.convention != "sparse":
-        # masked encoding needs the sparse convention; the weights are the same
-        enc = model.encoder
-        sparse = ConvNeXtV2Encoder(enc.depths, enc.dims, enc.in_chans, enc.patch_size, convention="sparse")
-        sparse.load_state_dict(enc.state_dict())
-        model.encoder = sparse
+    model.encoder = sparse_convention(model.encoder)  # masked encoding needs it; the weights are the same
     if task not in registry.PRETEXT_CLASSES:
         raise ValueError(f"'{task}' is not a pretext landcover task; choose one of {', '.join(registry.PRETEXT_CLASSES)}")
     names, colours = registry.PRETEXT_CLASSES[task]

@@ -118,13 +118,18 @@ def test_evaluate_command_writes_the_report(small_scene, tmp_path):
 
     img, lab = small_scene
     assert main(["--image", str(img), "--labels", str(lab), "--random", "atto", "--shots", "1,5", "--seeds", "3",
-                 "--out", str(tmp_path)]) == 0
+                 "--pixel-shots", "5", "--pixel-seeds", "2", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
+    assert "## Per-pixel few-shot mapping" in report and "| spectra RF |" in report
+    assert "| random atto: chosen head |" in report and "the better spectral baseline" in report
+    assert (tmp_path / "pixel_shots.png").read_bytes()[:4] == b"\x89PNG"
     assert "| raw spectra |" in report and "| random atto |" in report and "5-shot" in report
     assert "## Findings" in report and "paired over 3 seeds" in report
     for png in ("classification_shots.png", "classification_confusion.png", "segmentation_shots.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     data = json.loads((tmp_path / "results.json").read_text())
+    pixel = [r for r in data["runs"] if r["task"] == "pixel"]
+    assert len(pixel) == 2 * (2 + 4 + 1)  # 2 seeds x (2 baselines, 4 fixed candidates, the chosen head)
     runs = [r for r in data["runs"] if r["task"] == "classification" and r["setting"] == "5"]
     assert len(runs) == 3 * 2  # 3 seeds x (spectra, random)
     acc = [r["accuracy"] for r in runs if r["representation"] == "random atto"]
@@ -194,3 +199,29 @@ def test_encoders_load_from_our_and_reference_checkpoints(tmp_path):
             if key in state and state[key].shape == value.shape:
                 torch.testing.assert_close(state[key], value)
         assert sum(k in state for k in expected) >= len(expected) - 2
+
+
+def test_per_pixel_protocol_points_are_interior_and_never_near_a_test_pixel():
+    from mpmae_core.evaluation import far_from, interior_pixels, pixel_sample, points_split
+
+    lab = np.zeros((60, 80), np.int64)
+    lab[5:30, 5:40] = 1
+    lab[30:55, 40:75] = 2
+    lab[10:12, 50:52] = 3  # too small to hold an interior pixel
+    valid = np.ones_like(lab, bool)
+    valid[20, 20] = False
+    inner = interior_pixels(lab, valid)
+    assert inner[7:28, 7:38].sum() == inner[lab == 1].sum() - 0 and not inner[lab == 3].any()
+    assert not inner[18:23, 18:23].any()  # a pixel without data spoils its neighbourhood
+    pool, test = pixel_sample(lab, valid, test_per_class=100, pool_per_class=50, seed=1)
+    assert set(np.unique(lab.ravel()[pool])) == {1, 2} and inner.ravel()[pool].all()
+    assert set(np.unique(lab.ravel()[test])) == {1, 2, 3}
+    y = lab.ravel()[pool] - 1
+    for seed in range(3):
+        train = points_split(y, 5, seed)
+        assert np.bincount(y[train]).tolist() == [5, 5]
+        pts = np.stack(np.divmod(pool[train], 80), 1)
+        rc = np.stack(np.divmod(test, 80), 1)
+        keep = far_from(pts, rc, 5)
+        dist = np.abs(rc[keep][:, None, :] - pts[None]).max(-1).min(1)
+        assert dist.min() > 5 and (~keep).any()

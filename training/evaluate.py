@@ -1,5 +1,6 @@
-"""Evaluate frozen encoders: k-shot and linear-probe classification and few-shot segmentation,
-against a raw-spectra baseline, over many seeds; writes a Markdown report with PNG plots.
+"""Evaluate frozen encoders: k-shot and linear-probe classification, few-shot segmentation and
+per-pixel few-shot mapping (the heads train_head makes, against per-pixel spectral classifiers),
+over many seeds; writes a Markdown report with PNG plots.
 
     python -m training.evaluate                                    # the embedded sample, OSM labels
     python -m training.evaluate --encoder multi=runs/pretrain/checkpoint-00000210.pt --random atto
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add a randomly initialised encoder of this size (" + ", ".join(registry.ENCODER_SIZES) + ")")
     p.add_argument("--shots", default=[1, 5, 10, 20], type=cli.int_list, help="comma-separated shots, e.g. 1,5,10,20")
     p.add_argument("--seeds", type=cli.positive_int, default=20)
+    p.add_argument("--pixel-shots", default=[10, 30], type=cli.int_list,
+                   help="labelled points per class of the per-pixel mapping task, e.g. 10,30")
+    p.add_argument("--pixel-seeds", type=cli.non_negative_int, default=10,
+                   help="seeds of the per-pixel mapping task (0 leaves the task out)")
     p.add_argument("--window", type=cli.positive_int, default=32,
                    help="classification window in pixels (multiple of the patch)")
     p.add_argument("--out", default=str(ROOT / "runs" / "evaluate"))
@@ -53,7 +58,8 @@ def main(argv=None) -> int:
 
     def body() -> int:
         path = run_command(args.image, args.labels, args.class_field, args.encoder, args.random, args.shots,
-                           args.seeds, args.window, args.out)
+                           args.seeds, args.window, args.out,
+                           pixel_shots=args.pixel_shots if args.pixel_seeds else [], pixel_seeds=args.pixel_seeds)
         print(f"[evaluate] report {path}")
         return 0
 
