@@ -370,52 +370,9 @@ def load_image(path) -> tuple[np.ndarray, np.ndarray, object]:
 
 def load_labels(path, prep, class_field: str = "") -> tuple[np.ndarray, list]:
     """(H, W) int labels on the image's grid (0 = unlabelled) and names of classes 1..K."""
-    from osgeo import gdal, ogr
+    from mpmae_core.runtime.labels import labels_on_grid
 
-    path = Path(path)
-    if not path.exists():
-        raise EvaluationError(f"label file '{path}' does not exist")
-    ds = gdal.OpenEx(str(path))
-    if ds is None:
-        raise EvaluationError(f"'{path}' is neither a raster nor a vector file GDAL can read")
-    if ds.RasterCount:
-        if (ds.RasterXSize, ds.RasterYSize) != (prep.width, prep.height) or \
-                not np.allclose(ds.GetGeoTransform(), prep.geotransform):
-            raise EvaluationError(f"the label raster '{path}' is not on the image's grid ({prep.width} x {prep.height} "
-                                  "px, same geotransform): resample it onto the image first (gdalwarp -te ... -tr ...)")
-        band = ds.GetRasterBand(1)
-        nd = band.GetNoDataValue()
-        lab = band.ReadAsArray().astype(np.int64)
-        if nd is not None and nd != 0:
-            lab[lab == nd] = 0
-        if lab.min() < 0:
-            raise EvaluationError("label values must be 0 (unlabelled) or positive class numbers")
-        cats = band.GetCategoryNames() or []
-        k = int(lab.max())
-        names = [cats[v] if v < len(cats) and cats[v] else f"class {v}" for v in range(1, k + 1)]
-        return lab, names
-    if not class_field:
-        raise EvaluationError(f"'{path}' is a vector file: give --class-field, the field holding the classes")
-    layer = ds.GetLayer(0)
-    if layer.GetLayerDefn().GetFieldIndex(class_field) < 0:
-        fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
-        raise EvaluationError(f"'{path}' has no field '{class_field}'; it has {', '.join(fields)}")
-    values = sorted({str(f.GetField(class_field)) for f in layer if f.GetField(class_field) is not None})
-    names = values
-    mem = gdal.GetDriverByName("MEM").Create("", prep.width, prep.height, 1, gdal.GDT_Int32)
-    mem.SetGeoTransform(prep.geotransform)
-    mem.SetProjection(prep.projection)
-    for i, v in enumerate(values, start=1):  # SQL-free: burn each class separately (also reprojects)
-        tmp = ogr.GetDriverByName("Memory").CreateDataSource("")
-        out = tmp.CreateLayer("c", srs=layer.GetSpatialRef(), geom_type=layer.GetGeomType())
-        layer.ResetReading()
-        for f in layer:
-            if str(f.GetField(class_field)) == v and f.GetGeometryRef() is not None:
-                g = ogr.Feature(out.GetLayerDefn())
-                g.SetGeometry(f.GetGeometryRef().Clone())
-                out.CreateFeature(g)
-        gdal.RasterizeLayer(mem, [1], out, burn_values=[i])
-    return mem.GetRasterBand(1).ReadAsArray().astype(np.int64), names
+    return labels_on_grid(path, prep, class_field)
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -461,7 +418,7 @@ def cell_features(encoder, x: np.ndarray, valid: np.ndarray, tile: int = 512) ->
 # ----------------------------------------------------------------------------- the run
 
 def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), seeds=20, window=32,
-        log=print, pixel_shots=(10, 30), pixel_seeds=10) -> Path:
+        log=print, pixel_shots=(10, 30), pixel_seeds=10, finetune_steps=0) -> Path:
     t0 = time.time()
     x, valid, prep = load_image(image)
     lab, names = load_labels(labels, prep, class_field)
@@ -501,7 +458,8 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
     picks = {}
     if pixel_shots:
         t = time.time()
-        pixel_results, picks = run_pixel(image, lab, valid, names, encoders, pixel_shots, pixel_seeds, log)
+        pixel_results, picks = run_pixel(image, lab, valid, names, encoders, pixel_shots, pixel_seeds, log,
+                                         finetune_steps=finetune_steps)
         results += pixel_results
         log(f"[evaluate] per-pixel mapping in {time.time() - t:.0f} s")
     summary = aggregate(results)
@@ -547,9 +505,12 @@ PIXEL_PROTOCOL = (
     "where the encoder's features help")
 
 
-def run_pixel(image, lab, valid, names, encoders, shots, seeds, log=print) -> tuple[list, dict]:
+def run_pixel(image, lab, valid, names, encoders, shots, seeds, log=print, finetune_steps: int = 0,
+              finetune_seeds: int = 3) -> tuple[list, dict]:
     """The per-pixel protocol for torch encoders: each is exported to ONNX (the sparse border
-    convention, as the runtime runs encoders) and its features sampled by the runtime."""
+    convention, as the runtime runs encoders) and its features sampled by the runtime. With
+    ``finetune_steps``, each encoder is also fine-tuned on the same points (first
+    ``finetune_seeds`` seeds) and scored on the same test pixels ('ENCODER: fine-tuned')."""
     import tempfile
 
     from mpmae_core.export import export_encoder, sparse_convention
@@ -566,7 +527,48 @@ def run_pixel(image, lab, valid, names, encoders, shots, seeds, log=print) -> tu
                                      default_normalisation(bands))
             feats[name] = pixel_features(image, path, rows, cols)
             log(f"[evaluate] per-pixel features of '{name}': {feats[name][0].shape[1]} per pixel")
-    return pixel_mapping(lab, valid, names, feats, shots, seeds, rows_cols=(pool, test), log=log)
+    results, picks = pixel_mapping(lab, valid, names, feats, shots, seeds, rows_cols=(pool, test), log=log)
+    if finetune_steps:
+        results += finetuned_runs(image, lab, names, encoders, shots, min(seeds, finetune_seeds), finetune_steps,
+                                  (pool, test), log)
+    return results, picks
+
+
+def finetuned_runs(image, lab, names, encoders, shots, seeds, steps, rows_cols, log=print) -> list:
+    """Fine-tune each encoder (copy) on the protocol's k points per class and score its
+    segmenter on the same test pixels as the frozen heads."""
+    import copy
+
+    from mpmae_core.export import sparse_convention
+    from mpmae_core.finetune import FinetuneConfig, finetune, predict_pixels
+    from mpmae_core.runtime.metadata import ModelMetadata, default_normalisation
+    from mpmae_core.runtime.raster import prepare_input
+
+    pool_idx, test_idx = rows_cols
+    w = lab.shape[1]
+    pool_rc = np.stack(np.divmod(pool_idx, w), 1)
+    test_rc = np.stack(np.divmod(test_idx, w), 1)
+    y_pool, y_test = lab.ravel()[pool_idx] - 1, lab.ravel()[test_idx] - 1
+    bands = list(registry.S2_MMEARTH_BANDS)
+    prep = prepare_input(str(image), ModelMetadata(kind="encoder", input_bands=bands,
+                                                   normalisation=default_normalisation(bands)))
+    out = []
+    for k in shots:
+        for seed in range(seeds):
+            train = points_split(y_pool, k, seed)
+            used = sorted(set(y_pool[train].tolist()))
+            test = far_from(pool_rc[train], test_rc, 5) & np.isin(y_test, used)
+            for name, enc in encoders:
+                t = time.time()
+                seg = finetune(sparse_convention(copy.deepcopy(enc)), prep, pool_rc[train, 0], pool_rc[train, 1],
+                               y_pool[train], list(names), FinetuneConfig(steps=steps, seed=seed), None,
+                               log=lambda m: None)
+                pred = predict_pixels(seg, prep, test_rc[test, 0], test_rc[test, 1])
+                out.append(RunResult(f"{name}: fine-tuned", str(k), seed, "pixel",
+                                     metrics.confusion_matrix(y_test[test], pred, len(names)), list(names)))
+                log(f"[evaluate] fine-tuned '{name}' on {k} points per class, seed {seed + 1}/{seeds}: "
+                    f"{(pred == y_test[test]).mean():.1%} in {time.time() - t:.0f} s")
+    return out
 
 
 def pixel_comparisons(results, summary, encoder_names, picks) -> list[str]:
@@ -578,7 +580,7 @@ def pixel_comparisons(results, summary, encoder_names, picks) -> list[str]:
     for k, by_rep in sorted(summary.get("pixel", {}).items(), key=lambda kv: int(kv[0])):
         base = max(PIXEL_BASELINES, key=lambda b: by_rep[b]["accuracy"][0] if b in by_rep else -1)
         for enc in encoder_names:
-            for rep in (f"{enc}: {CHOSEN}", f"{enc}: both RF", f"{enc}: both LR"):
+            for rep in (f"{enc}: {CHOSEN}", f"{enc}: both RF", f"{enc}: both LR", f"{enc}: fine-tuned"):
                 if rep not in by_rep:
                     continue
                 d, s, wins = paired_difference(results, "pixel", k, rep, base, "accuracy")
@@ -602,7 +604,7 @@ def default_encoders() -> list:
 
 
 def run_command(image, labels, class_field, encoder_specs, random_sizes, shots, seeds, window, out_dir,
-                pixel_shots=(10, 30), pixel_seeds=10) -> Path:
+                pixel_shots=(10, 30), pixel_seeds=10, finetune_steps=0) -> Path:
     """What ``python -m training.evaluate`` does: defaults, encoders, checks, then :func:`run`."""
     from mpmae_core.runtime.files import check_output
 
@@ -617,7 +619,7 @@ def run_command(image, labels, class_field, encoder_specs, random_sizes, shots, 
     randoms = random_sizes or ([] if encoder_specs else ["atto"])
     encoders = [load_encoder(s) for s in specs] + [random_encoder(s) for s in randoms]
     return run(image, labels, class_field, encoders, out_dir, list(shots), seeds, window, pixel_shots=list(pixel_shots),
-               pixel_seeds=pixel_seeds)
+               pixel_seeds=pixel_seeds, finetune_steps=finetune_steps)
 
 
 # ----------------------------------------------------------------------------- per-pixel mapping

@@ -350,9 +350,9 @@ def pixel_labels(labels, class_field: str, prep, buffer_m: float = 0.0):
     if ds is None:
         raise ValueError(f"'{labels}' is neither a raster nor a vector file GDAL can read")
     if ds.RasterCount:
-        from mpmae_core.evaluation import load_labels
+        from mpmae_core.runtime.labels import labels_on_grid
 
-        lab, names = load_labels(labels, prep, class_field)
+        lab, names = labels_on_grid(labels, prep, class_field)
         r, c = np.nonzero(lab > 0)
         groups = (r // 32) * (prep.width // 32 + 1) + c // 32  # 320 m blocks stand in for labelled features
         return r, c, lab[r, c] - 1, groups, names
@@ -367,7 +367,7 @@ def pixel_labels(labels, class_field: str, prep, buffer_m: float = 0.0):
 
 def default_inputs(image, labels, encoder) -> tuple:
     """The sample scene, its OSM label raster and the demo's latest checkpoint where not given."""
-    from mpmae_core.evaluation import default_encoders
+    from mpmae_core.engine import latest_checkpoint
 
     if image is None or labels is None:
         from mpmae_core.data import sample
@@ -376,9 +376,9 @@ def default_inputs(image, labels, encoder) -> tuple:
         image = image or str(paths["stack"])
         labels = labels or str(paths["labels"])
     if encoder is None:
-        found = default_encoders()
-        if not found:
+        found = latest_checkpoint(Path(__file__).resolve().parents[1] / "runs" / "demo" / "pretrain")
+        if found is None:
             raise ValueError("no encoder given and no demo checkpoint in runs/demo/pretrain: give --encoder CKPT "
                              "(ours, or a reference MMEarth .pth), or run `bash scripts/demo` first")
-        encoder = found[0].split("=", 1)[1]
+        encoder = str(found)
     return image, labels, encoder

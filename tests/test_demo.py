@@ -16,7 +16,7 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     env = dict(os.environ, MMEARTH_RUNS=str(tmp_path), MMEARTH_VENV=str(Path(sys.executable).parents[1]))
     env.pop("QGIS_CUSTOM_CONFIG_PATH", None)  # the demo uses the project's own profile, as for a user
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo")], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "demo"
     assert "Can feed a 12-band MMEarth Sentinel-2 model: YES" in proc.stdout
@@ -44,6 +44,8 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     for rep in ("multi-pretext", "S2-only", "random atto", "raw spectra"):
         assert f"| {rep} |" in report
     assert "paired over 20 seeds" in report
+    assert "## Per-pixel few-shot mapping" in report and "| multi-pretext: chosen head |" in report
+    assert "| spectra RF |" in report and "paired over 3 seeds" in report
     assert (out / "evaluation" / "classification_shots.png").is_file()
     assert "[evaluate] report" in proc.stdout
     # the few-shot landcover map through qgis_process, its report, its picture, the plugin zip
@@ -54,7 +56,9 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     assert band.GetCategoryNames()[:5] == ["farm", "forest", "meadow", "residential", "water"]
     assert set(np.unique(band.ReadAsArray())) <= {0, 1, 2, 3, 4, 255}
     assert "Confusion matrix" in (out / "fewshot_head.html").read_text()
-    assert "CV accuracy" in proc.stdout
+    assert "chosen: " in proc.stdout and "random forest" in proc.stdout
+    m = band.ReadAsArray()  # a 10 m map: classes change inside 16 px cells, not only on a 160 m grid
+    assert (m[:, 1:] != m[:, :-1])[:, np.arange(m.shape[1] - 1) % 16 != 15].mean() > 0.01
     assert (out / "scene_landcover.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "scene_landcover.qml").is_file()
     assert zipfile.is_zipfile(out / "mmearth_qgis.zip")

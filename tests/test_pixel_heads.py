@@ -232,19 +232,19 @@ def test_candidate_selection_never_scores_a_training_features_pixels(monkeypatch
     x[:, 0] = groups  # the group id rides along in the spectra block
     blocks = [pixel.Block("spectra", 13, 1)]
     seen = []
-    fit, predict = pixelhead.PixelHead.fit, pixelhead.PixelHead.predict
+    fit, probabilities = pixelhead.PixelHead.fit, pixelhead.PixelHead.probabilities
 
     def spy_fit(cls, xs, ys, *a, **kw):
         head = fit(xs, ys, *a, **kw)
         head._train_groups = set(xs[:, 0].astype(int).tolist())
         return head
 
-    def spy_predict(self, xs):
+    def spy_probabilities(self, xs):
         seen.append((self._train_groups, set(xs[:, 0].astype(int).tolist())))
-        return predict(self, xs)
+        return probabilities(self, xs)
 
     monkeypatch.setattr(pixelhead.PixelHead, "fit", classmethod(spy_fit))
-    monkeypatch.setattr(pixelhead.PixelHead, "predict", spy_predict)
+    monkeypatch.setattr(pixelhead.PixelHead, "probabilities", spy_probabilities)
     cands = pixelhead.candidates(["spectra"])
     scores = pixelhead.score_candidates(x, y, groups, blocks, ["a", "b", "c"], cands, folds=4)
     assert len(seen) == 4 * len(cands)
@@ -255,16 +255,18 @@ def test_candidate_selection_never_scores_a_training_features_pixels(monkeypatch
     assert all(sum(map(sum, s["confusion"])) == len(y) for s in scores)
 
 
-def test_choice_prefers_the_cheaper_of_tied_candidates_and_says_why():
+def test_choice_takes_the_lowest_brier_score_and_the_cheaper_of_a_tie():
     blocks = [pixel.Block("spectra", 12, 1), pixel.Block("stage1", 40, 2)]
-    mk = lambda fs, clf, l2, bal: {"candidate": pixelhead.Candidate(fs, clf, l2), "balanced_accuracy": bal,  # noqa
-                                   "name": pixelhead.Candidate(fs, clf, l2).name, "folds": 5}
-    scores = [mk("both", "forest", 0, 0.80), mk("spectra", "logistic", 0.01, 0.798), mk("encoder", "logistic", 0.01, 0.6)]
+    mk = lambda fs, clf, l2, b: {"candidate": pixelhead.Candidate(fs, clf, l2), "brier": b, "balanced_accuracy": 0.5,  # noqa
+                                 "name": pixelhead.Candidate(fs, clf, l2).name, "folds": 5}
+    scores = [mk("both", "forest", 0, 0.40), mk("spectra", "logistic", 0.01, 0.45), mk("encoder", "logistic", 0.01, 0.6)]
+    pick, why = pixelhead.choose(scores, blocks)
+    assert pick == 0 and "lowest cross-validated Brier score (0.400" in why and "next best" in why
+    scores[1]["brier"] = 0.40
     pick, why = pixelhead.choose(scores, blocks)
     assert pick == 1 and "cheapest" in why
-    scores[1]["balanced_accuracy"] = 0.7
-    pick, why = pixelhead.choose(scores, blocks)
-    assert pick == 0 and "highest" in why and "next best" in why
+    y = np.array([0, 0, 0, 1])
+    assert pixelhead.balanced_brier(np.array([0.0, 0.0, 0.0, 1.0]), y) == pytest.approx(0.5)  # not 0.25
 
 
 def test_forest_depth_one_finds_the_gini_optimal_split():

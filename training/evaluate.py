@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled points per class of the per-pixel mapping task, e.g. 10,30")
     p.add_argument("--pixel-seeds", type=cli.non_negative_int, default=10,
                    help="seeds of the per-pixel mapping task (0 leaves the task out)")
+    p.add_argument("--finetune-steps", type=cli.non_negative_int, default=0,
+                   help="also fine-tune each encoder on the per-pixel task's points for this many steps (3 seeds)")
     p.add_argument("--window", type=cli.positive_int, default=32,
                    help="classification window in pixels (multiple of the patch)")
     p.add_argument("--out", default=str(ROOT / "runs" / "evaluate"))
@@ -59,7 +61,8 @@ def main(argv=None) -> int:
     def body() -> int:
         path = run_command(args.image, args.labels, args.class_field, args.encoder, args.random, args.shots,
                            args.seeds, args.window, args.out,
-                           pixel_shots=args.pixel_shots if args.pixel_seeds else [], pixel_seeds=args.pixel_seeds)
+                           pixel_shots=args.pixel_shots if args.pixel_seeds else [], pixel_seeds=args.pixel_seeds,
+                           finetune_steps=args.finetune_steps)
         print(f"[evaluate] report {path}")
         return 0
 

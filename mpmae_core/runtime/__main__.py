@@ -52,6 +52,16 @@ def _band_map(text):
     return values
 
 
+def _window(text):
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window must be x,y,width,height in pixels, got {text!r}") from None
+    if len(values) != 4 or min(values) < 0 or min(values[2:]) < 1:
+        raise argparse.ArgumentTypeError(f"window must be four numbers x,y >= 0 and width,height >= 1, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mpmae_core import registry
     from mpmae_core.runtime import cli
@@ -117,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("classes")
     v.add_argument("output")
     v.add_argument("--title", default="")
+    v.add_argument("--compare", action="append", default=[], help="another class map to show beside (repeatable)")
+    v.add_argument("--panel-titles", type=lambda t: [p.strip() for p in t.split("|")],
+                   help="titles of the class-map panels, separated by |")
+    v.add_argument("--window", type=_window, help="x,y,width,height in pixels: zoom in")
     return p
 
 
@@ -150,8 +164,10 @@ def main(argv=None) -> int:
             from mpmae_core.runtime.files import check_output
             from mpmae_core.runtime.preview import side_by_side
 
-            check_output(args.output, [args.scene, args.classes], "preview", (".png",), "a PNG image")
-            log(f"wrote {side_by_side(args.scene, args.classes, args.output, args.title)}")
+            check_output(args.output, [args.scene, args.classes] + args.compare, "preview", (".png",), "a PNG image")
+            out = side_by_side(args.scene, [args.classes] + args.compare, args.output, args.title, args.panel_titles,
+                               args.window)
+            log(f"wrote {out}")
             return 0
         if args.cmd == "train-head":
             return train_head_command(args, log)

@@ -27,6 +27,10 @@ SIDECARS = (".aux.xml", ".ovr", ".msk")
 GEOTIFF_EXTENSIONS = (".tif", ".tiff")
 
 
+class Cancelled(Exception):
+    """The run was cancelled; nothing was written."""
+
+
 class OutputError(ValueError):
     """An output cannot be written where asked; the message names the problem and the fix."""
 

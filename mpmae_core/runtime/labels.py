@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class LabelError(ValueError):
+    """Labels that cannot be used; the message names the problem and the fix."""
+
+
 @dataclass
 class LabelCells:
     rows: np.ndarray
@@ -272,3 +276,55 @@ def _natural_key(text: str):
         return (0, float(text), "")
     except ValueError:
         return (1, 0.0, text.casefold())
+
+
+def labels_on_grid(path, prep, class_field: str = "") -> tuple[np.ndarray, list]:
+    """(H, W) int labels on the image's grid (0 = unlabelled) and names of classes 1..K."""
+    from pathlib import Path
+
+    from osgeo import gdal, ogr
+
+    path = Path(path)
+    if not path.exists():
+        raise LabelError(f"label file '{path}' does not exist")
+    ds = gdal.OpenEx(str(path))
+    if ds is None:
+        raise LabelError(f"'{path}' is neither a raster nor a vector file GDAL can read")
+    if ds.RasterCount:
+        if (ds.RasterXSize, ds.RasterYSize) != (prep.width, prep.height) or \
+                not np.allclose(ds.GetGeoTransform(), prep.geotransform):
+            raise LabelError(f"the label raster '{path}' is not on the image's grid ({prep.width} x {prep.height} "
+                                  "px, same geotransform): resample it onto the image first (gdalwarp -te ... -tr ...)")
+        band = ds.GetRasterBand(1)
+        nd = band.GetNoDataValue()
+        lab = band.ReadAsArray().astype(np.int64)
+        if nd is not None and nd != 0:
+            lab[lab == nd] = 0
+        if lab.min() < 0:
+            raise LabelError("label values must be 0 (unlabelled) or positive class numbers")
+        cats = band.GetCategoryNames() or []
+        k = int(lab.max())
+        names = [cats[v] if v < len(cats) and cats[v] else f"class {v}" for v in range(1, k + 1)]
+        return lab, names
+    if not class_field:
+        raise LabelError(f"'{path}' is a vector file: give --class-field, the field holding the classes")
+    layer = ds.GetLayer(0)
+    if layer.GetLayerDefn().GetFieldIndex(class_field) < 0:
+        fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
+        raise LabelError(f"'{path}' has no field '{class_field}'; it has {', '.join(fields)}")
+    values = sorted({str(f.GetField(class_field)) for f in layer if f.GetField(class_field) is not None})
+    names = values
+    mem = gdal.GetDriverByName("MEM").Create("", prep.width, prep.height, 1, gdal.GDT_Int32)
+    mem.SetGeoTransform(prep.geotransform)
+    mem.SetProjection(prep.projection)
+    for i, v in enumerate(values, start=1):  # SQL-free: burn each class separately (also reprojects)
+        tmp = ogr.GetDriverByName("Memory").CreateDataSource("")
+        out = tmp.CreateLayer("c", srs=layer.GetSpatialRef(), geom_type=layer.GetGeomType())
+        layer.ResetReading()
+        for f in layer:
+            if str(f.GetField(class_field)) == v and f.GetGeometryRef() is not None:
+                g = ogr.Feature(out.GetLayerDefn())
+                g.SetGeometry(f.GetGeometryRef().Clone())
+                out.CreateFeature(g)
+        gdal.RasterizeLayer(mem, [1], out, burn_values=[i])
+    return mem.GetRasterBand(1).ReadAsArray().astype(np.int64), names

@@ -140,6 +140,11 @@ def sample_hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block]
     return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
 
+def softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
 def rows_per_chunk(features: int, width: int, budget: int = 16_000_000) -> int:
     """Tile rows whose joined features fit in ``budget`` floats."""
     return max(1, min(width, budget // max(1, features * width)))
@@ -181,7 +186,7 @@ def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols
                     cancelled: Callable[[], bool] = lambda: False) -> np.ndarray:
     """(n, F) features at raster pixels (rows, cols), each from its owner tile; NaN rows where the
     pixel has no data. Only tiles owning a requested pixel are read and run."""
-    from mpmae_core.runtime.predict import Cancelled
+    from mpmae_core.runtime.files import Cancelled
     from mpmae_core.runtime.raster import read_block
     from mpmae_core.runtime.tiling import axis_owner, raster_windows
 
@@ -222,8 +227,6 @@ class PixelHeadRunner:
         self.features = sum(b.channels for b in blocks)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        from mpmae_core.runtime.predict import softmax
-
         b, _, th, tw = x.shape
         all_maps = self.maps(x)
         out = None
@@ -237,3 +240,11 @@ class PixelHeadRunner:
                     out = np.empty((b, logits.shape[0], th, tw), np.float32)
                 out[i, :, r0:r1] = softmax(logits, axis=0)
         return out
+
+
+def small_raster_warning(prep, tile: int, log) -> None:
+    from mpmae_core.runtime.tiling import MIN_CONTEXT
+
+    if min(prep.width, prep.height) < min(tile, MIN_CONTEXT):
+        log(f"warning: the raster is only {prep.width} x {prep.height} px; it is mirrored out to "
+            f"{min(tile, MIN_CONTEXT)} px for the model, so the map is less reliable near its edges")

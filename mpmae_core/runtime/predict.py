@@ -24,19 +24,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime.files import GEOTIFF_EXTENSIONS, check_output
+from mpmae_core.runtime.files import GEOTIFF_EXTENSIONS, Cancelled, check_output  # noqa: F401 (Cancelled: API)
 from mpmae_core.runtime.model import OnnxModel
-from mpmae_core.runtime.pixel import PixelHeadRunner, upsample_bilinear  # noqa: F401 (upsample_bilinear: API)
+from mpmae_core.runtime.pixel import PixelHeadRunner, softmax, upsample_bilinear  # noqa: F401 (upsample_bilinear: API)
 from mpmae_core.runtime.raster import PreparedInput, RasterWriter, has_data, output_geotransform, read_block
 from mpmae_core.runtime.styles import BandMoments, paletted_qml, style_path
 from mpmae_core.runtime.tiling import blend_weights, raster_windows, round_up
 
 
 F16_MAX = float(np.finfo(np.float16).max)
-
-
-class Cancelled(Exception):
-    """The run was cancelled; nothing was written."""
 
 
 @dataclass
@@ -50,11 +46,6 @@ def auto_batch(model: OnnxModel) -> int:
     """Tiles per call: batching buys nothing on CPU but costs memory (ORT's arena grows with the
     batch: about 0.5 GB at 1 tile of 512 px, 1.8 GB at 4); on a GPU it keeps the device busy."""
     return 8 if model.device == "cuda" else 1
-
-
-def softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 class TiledPredictor:
@@ -406,7 +397,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         log(note)
     spec = TileSpec(tile, overlap, batch or auto_batch(model))
     if blocks is not None:
-        from mpmae_core.runtime.pixelhead import small_raster_warning
+        from mpmae_core.runtime.pixel import small_raster_warning
 
         small_raster_warning(prep, tile, log)
         encoder = model if any(b.name != "spectra" for b in blocks) else None

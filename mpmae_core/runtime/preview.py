@@ -17,8 +17,19 @@ from mpmae_core.runtime.files import atomic_output
 from mpmae_core.runtime.gdal_io import RasterError, open_raster
 
 
-def natural_colour(path, max_side: int = 2048) -> np.ndarray:
-    """(rows, cols, 3) float in [0, 1] from the raster's B4, B3, B2 bands; NaN where no data."""
+def _read(band, window, step):
+    x, y, w, h = window or (0, 0, band.XSize, band.YSize)
+    return band.ReadAsArray(x, y, w, h, buf_xsize=max(1, w // step), buf_ysize=max(1, h // step))
+
+
+def _step(ds, window, max_side):
+    w, h = (window[2], window[3]) if window else (ds.RasterXSize, ds.RasterYSize)
+    return max(1, int(np.ceil(max(w, h) / max_side)))
+
+
+def natural_colour(path, max_side: int = 2048, window=None) -> np.ndarray:
+    """(rows, cols, 3) float in [0, 1] from the raster's B4, B3, B2 bands; NaN where no data.
+    ``window`` (x, y, w, h) in pixels shows a part only."""
     ds = open_raster(path)
     names = [registry.canonical_s2_band(ds.GetRasterBand(i + 1).GetDescription()) for i in range(ds.RasterCount)]
     try:
@@ -27,11 +38,11 @@ def natural_colour(path, max_side: int = 2048) -> np.ndarray:
         if ds.RasterCount < 3:
             raise RasterError(f"'{path}' has no B4, B3, B2 bands by name and fewer than 3 bands") from None
         idx = [1, 2, 3]
-    step = max(1, int(np.ceil(max(ds.RasterXSize, ds.RasterYSize) / max_side)))
+    step = _step(ds, window, max_side)
     out = []
     for b in idx:
         band = ds.GetRasterBand(b)
-        arr = band.ReadAsArray(buf_xsize=ds.RasterXSize // step, buf_ysize=ds.RasterYSize // step).astype(np.float64)
+        arr = _read(band, window, step).astype(np.float64)
         nd = band.GetNoDataValue()
         invalid = arr == nd if nd is not None else np.zeros(arr.shape, bool)
         valid = arr[~invalid]
@@ -42,13 +53,12 @@ def natural_colour(path, max_side: int = 2048) -> np.ndarray:
     return np.stack(out, -1)
 
 
-def class_map_rgb(path, max_side: int = 2048):
+def class_map_rgb(path, max_side: int = 2048, window=None):
     """(rows, cols, 4) RGBA from a class map's colour table (no data transparent), and the legend
     [(name, (r, g, b)), ...] of the classes that occur."""
     ds = open_raster(path)
     band = ds.GetRasterBand(1)
-    step = max(1, int(np.ceil(max(ds.RasterXSize, ds.RasterYSize) / max_side)))
-    arr = band.ReadAsArray(buf_xsize=ds.RasterXSize // step, buf_ysize=ds.RasterYSize // step)
+    arr = _read(band, window, _step(ds, window, max_side))
     band.GetNoDataValue()  # GDAL 3.6 reads .aux.xml lazily: touch the band before the category names
     names = band.GetCategoryNames() or []
     table = band.GetRasterColorTable()
@@ -64,26 +74,37 @@ def class_map_rgb(path, max_side: int = 2048):
     return rgba, legend
 
 
-def side_by_side(scene, class_map, out, title: str = "") -> Path:
-    """Write ``out`` (PNG): the scene in natural colour left, the class map right, a legend below."""
+def side_by_side(scene, class_maps, out, title: str = "", panel_titles=None, window=None) -> Path:
+    """Write ``out`` (PNG): the scene in natural colour left, then each class map (one path or a
+    list, on the scene's grid), a legend of every class shown below; ``window`` (x, y, w, h) in
+    pixels zooms in."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    rgb = natural_colour(scene)
-    classes, legend = class_map_rgb(class_map)
+    maps = [class_maps] if isinstance(class_maps, (str, Path)) else list(class_maps)
+    titles = list(panel_titles or []) + [f"class map {i + 1}" if len(maps) > 1 else "class map"
+                                         for i in range(len(panel_titles or []), len(maps))]
+    rgb = natural_colour(scene, window=window)
+    panels, legend = [], {}
+    for m in maps:
+        classes, entries = class_map_rgb(m, window=window)
+        panels.append(classes)
+        legend.update(entries)
     height, width = rgb.shape[:2]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6 * height / width + 1.4), dpi=120)
+    n = 1 + len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 6 * height / width + 1.4), dpi=120)
     axes[0].imshow(np.nan_to_num(rgb, nan=1.0))
     axes[0].set_title("Sentinel-2 (B4, B3, B2)")
-    axes[1].imshow(classes)
-    axes[1].set_title("class map")
+    for ax, classes, t in zip(axes[1:], panels, titles):
+        ax.imshow(classes, interpolation="nearest")
+        ax.set_title(t, fontsize=10)
     for ax in axes:
         ax.set_axis_off()
-    fig.legend(handles=[Patch(color=[c / 255 for c in rgb_], label=name) for name, rgb_ in legend],
-               loc="lower center", ncol=min(len(legend), 6), frameon=False)
+    fig.legend(handles=[Patch(color=[c / 255 for c in rgb_], label=name) for name, rgb_ in legend.items()],
+               loc="lower center", ncol=min(len(legend), 8), frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95 if title else 1))

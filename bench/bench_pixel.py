@@ -1,0 +1,113 @@
+"""What per-pixel few-shot mapping costs, against the 160 m cell pipeline it replaces.
+
+On the embedded scene (1536 x 768 px) with the demo's labels (10 points per class, 5 classes)
+and an atto encoder, in one process, rounds interleaved:
+
+- the cell pipeline: embed the scene (patch-stride embeddings), train the LayerNorm + linear head
+  on the labels' 160 m cells, map the scene with it;
+- per-pixel: train_head (features under the labels from their owner tiles, 12 candidates
+  cross-validated, the chosen one fitted), then the whole-scene map with the chosen head and
+  with fixed heads (spectra-only forest: no encoder run; both + logistic; both + forest), and the
+  optional per-pixel feature raster.
+
+    python bench/bench_pixel.py [--model runs/demo/models/atto_demo.onnx] [--rounds 3]
+
+Without --model a random-weight atto encoder is exported first (the speed does not depend on the
+weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--features-raster", action="store_true", help="also time the per-pixel feature raster")
+    args = p.parse_args()
+    import numpy as np
+    from osgeo import ogr
+
+    from mpmae_core.data import sample
+    from mpmae_core.runtime import fewshot, pixelhead
+    from mpmae_core.runtime.gdal_io import open_raster
+    from mpmae_core.runtime.labels import read_label_file
+    from mpmae_core.runtime.predict import embed, features, segment
+
+    work = Path(tempfile.mkdtemp(prefix="bench-pixel-"))
+    scene = str(sample.build(verbose=False)["stack"])
+    model = args.model
+    if not model:
+        import torch
+
+        from mpmae_core import registry
+        from mpmae_core.export import export_encoder
+        from mpmae_core.models import build_encoder
+        from mpmae_core.runtime.metadata import default_normalisation
+
+        torch.manual_seed(0)
+        model = str(work / "atto.onnx")
+        export_encoder(build_encoder("atto").eval(), model, registry.S2_MMEARTH_BANDS,
+                       default_normalisation(registry.S2_MMEARTH_BANDS))
+    pts = work / "points.gpkg"
+    sample.label_points(pts, per_class=10, seed=0, classes=["water", "forest", "farm", "meadow", "residential"])
+    ds = open_raster(scene)
+    feats, names, _, _ = read_label_file(pts, "landuse", ds.GetProjection())
+    mpx = ds.RasterXSize * ds.RasterYSize / 1e6
+    kw = dict(device="cpu")
+    times: dict = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        times.setdefault(name, []).append(time.perf_counter() - t)
+        return out
+
+    fixed = {"spectra RF": ("spectra", "forest"), "both LR": ("both", "logistic"), "both RF": ("both", "forest")}
+    for r in range(args.rounds):
+        emb = work / f"emb{r}.tif"
+        timed("cell: embed scene", lambda: embed(scene, model, emb, style=False, **kw))
+        timed("cell: train head on 160 m cells", lambda: fewshot.train_head(scene, model, feats, names,
+                                                                            work / f"cell{r}.onnx", embeddings=emb))
+        timed("cell: map scene", lambda: segment(scene, model, work / f"cellmap{r}.tif", head_path=work / f"cell{r}.onnx",
+                                                 style=False, **kw))
+        res = timed("pixel: train_head (features, 12 candidates, fit)",
+                    lambda: pixelhead.train_pixel_head(scene, model, feats, names, work / f"pix{r}.onnx", **kw))
+        timed("pixel: map scene, chosen head", lambda: segment(scene, model, work / f"pixmap{r}.tif",
+                                                               head_path=work / f"pix{r}.onnx", style=False, **kw))
+        for label, (fs, clf) in fixed.items():
+            head = work / f"{label.replace(' ', '_')}{r}.onnx"
+            pixelhead.train_pixel_head(scene, model, feats, names, head, feature_sets=[fs], classifiers=[clf],
+                                       **kw)
+            timed(f"pixel: map scene, {label} head",
+                  lambda: segment(scene, model, work / f"m{r}.tif", head_path=head, style=False, **kw))
+        if args.features_raster:
+            timed("pixel: feature raster (612 bands, float16)",
+                  lambda: features(scene, model, work / f"f{r}.tif", dtype="float16", **kw))
+        for f in work.glob("*.tif"):
+            f.unlink()
+    chosen = res["chosen"]
+    base = statistics.median(times["cell: map scene"])
+    print(f"scene {mpx:.2f} Mpx; {len(feats)} labelled points, {len(names)} classes; chosen head: {chosen}")
+    print("| step | median s | Mpx/s | x cell map |")
+    print("|---|---|---|---|")
+    for name, ts in times.items():
+        m = statistics.median(ts)
+        rate = f"{mpx / m:.2f}" if "map" in name or "embed" in name or "raster" in name else ""
+        print(f"| {name} | {m:.2f} | {rate} | x{m / base:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    sys.exit(main())
