@@ -4,18 +4,9 @@ Nothing here unpickles a file freely: every load uses ``torch.load(..., weights_
 reference's pickled ``argparse.Namespace`` (and the ``pathlib`` paths it may hold) are the only
 types allowlisted, and only while reading a reference checkpoint.
 
-Reference layouts understood (``checkpoint["model"]``, optionally with a DDP ``module.`` prefix):
-- ``sparse``: MMEarth-train pretraining (MinkowskiEngine): ``encoder.*.kernel`` tensors,
-  ``.ln`` / ``.linear`` submodules, GRN [1, C], biases [1, C]; no final norm.
-- ``dense_pretrain``: the same model built with dense modules (``encoder.*.weight``).
-- ``dense_finetune``: the dense ConvNeXt V2 (fine-tuning / inference): root keys, final ``norm``
-  and a classification ``head`` (dropped).
-Decoders and heads (``proj``, ``mask_token``, ``decoder_dict.<task>``, ``pred_dict.<task>``,
-``layer_norm_tmp``, ``loss_fn.log_vars``) are mapped onto an MP-MAE when present.
-
-Kernel mapping (reference notes, section 6): a MinkowskiEngine conv kernel [k*k, in, out] becomes
-(out, in, k, k) by permuting to (out, in, k*k), reshaping, then transposing the last two axes;
-a depthwise kernel [k*k, C] becomes (C, 1, k, k) the same way.
+The reference layouts (sparse, dense pretraining, dense fine-tuning) and their key mapping live in
+``reference_layout`` (numpy), shared with the torch-free converter of ``runtime.convert``; here
+the tensors are converted at the border and built into our modules.
 """
 
 from __future__ import annotations
@@ -30,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from mpmae_core import registry
-from mpmae_core.models.convnextv2 import ENCODER_SIZES, ConvNeXtV2Encoder, build_encoder, size_from_dims
+from mpmae_core import reference_layout, registry
+from mpmae_core.models.convnextv2 import ConvNeXtV2Encoder, build_encoder, size_from_dims
 from mpmae_core.models.mpmae import MPMAE
 from mpmae_core.runtime.files import atomic_output
 
@@ -132,7 +124,8 @@ class LoadedModel:
 
 def load_any(path: str | os.PathLike, convention: str = "reference_dense") -> LoadedModel:
     """Our checkpoint or a reference MMEarth one, decided by what the file holds (never by error
-    text). Reference checkpoints are imported (``convention`` for their encoder)."""
+    text). Reference checkpoints are imported (``convention`` for their encoder; "auto": the one
+    the runtime runs them in, ``reference_layout.runtime_convention``)."""
     path = Path(path)
     obj = safe_load(path, REFERENCE_SAFE_GLOBALS)
     if is_our_checkpoint(obj):
@@ -141,6 +134,8 @@ def load_any(path: str | os.PathLike, convention: str = "reference_dense") -> Lo
         model.load_state_dict(obj["model"])
         return LoadedModel(model, "ours", obj.get("normalisation"), f"checkpoint {path} (step {obj.get('step', '?')})")
     imported = import_reference_state(*_reference_parts(obj, path))
+    if convention == "auto":
+        convention = reference_layout.runtime_convention(imported.report.layout, imported.report.patch_size)[0]
     model = imported.build_mpmae(convention) if imported.report.tasks else imported.build_encoder(convention)
     return LoadedModel(model, "reference", None, f"reference checkpoint {path}")
 
@@ -182,113 +177,25 @@ class ImportReport:
         return "\n".join(lines)
 
 
+def _np(t) -> "np.ndarray":
+    return t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)
+
+
 def _conv_kernel(kernel: Tensor, k: int) -> Tensor:
-    """MinkowskiEngine [k*k, in, out] -> torch (out, in, k, k)."""
-    out = kernel.permute(2, 1, 0).reshape(kernel.shape[2], kernel.shape[1], k, k)
-    return out.transpose(-1, -2).contiguous()
+    """MinkowskiEngine [k*k, in, out] -> torch (out, in, k, k) (``reference_layout.conv_kernel``)."""
+    return torch.from_numpy(reference_layout.conv_kernel(_np(kernel), k))
 
 
 def _dw_kernel(kernel: Tensor, k: int) -> Tensor:
-    """MinkowskiEngine depthwise [k*k, C] -> torch (C, 1, k, k)."""
-    out = kernel.permute(1, 0).reshape(kernel.shape[1], 1, k, k)
-    return out.transpose(-1, -2).contiguous()
+    return torch.from_numpy(reference_layout.dw_kernel(_np(kernel), k))
 
 
 def _conv_kernel_to_me(weight: Tensor) -> Tensor:
-    """Inverse of :func:`_conv_kernel`: torch (out, in, k, k) -> [k*k, in, out]."""
-    out_c, in_c, k, _ = weight.shape
-    return weight.transpose(-1, -2).reshape(out_c, in_c, k * k).permute(2, 1, 0).contiguous()
+    return torch.from_numpy(reference_layout.conv_kernel_to_me(_np(weight)))
 
 
 def _dw_kernel_to_me(weight: Tensor) -> Tensor:
-    c, _, k, _ = weight.shape
-    return weight.transpose(-1, -2).reshape(c, k * k).permute(1, 0).contiguous()
-
-
-def _strip(sd: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def detect_layout(sd: dict) -> str:
-    if any(k.startswith("encoder.") and k.endswith(".kernel") for k in sd):
-        return "sparse"
-    if "encoder.initial_conv.0.weight" in sd:
-        return "dense_pretrain"
-    if "initial_conv.0.weight" in sd:
-        return "dense_finetune"
-    if "stem_orig.0.weight" in sd or "encoder.stem_orig.0.kernel" in sd:
-        raise CheckpointError("this checkpoint uses the original ConvNeXt stem (use_orig_stem, the ImageNet "
-                              "baseline); only the MMEarth stem (initial_conv + stem) is supported")
-    raise CheckpointError("not an MMEarth ConvNeXt V2 checkpoint: no initial_conv weights found "
-                          f"(first keys: {', '.join(list(sd)[:5])})")
-
-
-def _encoder_from_sparse(enc_sd: dict, depths, dims, patch: int) -> tuple[dict, list[str]]:
-    """Map the sparse encoder's tensors onto our encoder keys. Returns (state, used reference keys)."""
-    out, used = {}, []
-    k = patch // 8
-
-    def take(ref_key, our_key, fn=lambda t: t):
-        if ref_key in enc_sd:
-            out[our_key] = fn(enc_sd[ref_key])
-            used.append(ref_key)
-
-    flat = lambda t: t.reshape(-1)  # noqa: E731 - biases [1, C] -> [C]
-    take("initial_conv.0.kernel", "initial_conv.0.weight", lambda t: _conv_kernel(t, 3))
-    take("initial_conv.0.bias", "initial_conv.0.bias", flat)
-    take("stem.0.kernel", "stem.0.weight", lambda t: _dw_kernel(t, k))
-    take("stem.0.bias", "stem.0.bias", flat)
-    for name in ("initial_conv.1", "stem.1"):
-        for p in ("weight", "bias"):
-            take(f"{name}.ln.{p}", f"{name}.{p}")
-    for i in range(3):
-        for p in ("weight", "bias"):
-            take(f"downsample_layers.{i}.0.ln.{p}", f"downsample_layers.{i}.0.{p}")
-        take(f"downsample_layers.{i}.1.kernel", f"downsample_layers.{i}.1.weight", lambda t: _conv_kernel(t, 2))
-        take(f"downsample_layers.{i}.1.bias", f"downsample_layers.{i}.1.bias", flat)
-    for i, depth in enumerate(depths):
-        for j in range(depth):
-            pre = f"stages.{i}.{j}."
-            take(pre + "dwconv.kernel", pre + "dwconv.weight", lambda t: _dw_kernel(t, 7))
-            take(pre + "dwconv.bias", pre + "dwconv.bias", flat)
-            for p in ("weight", "bias"):
-                take(f"{pre}norm.ln.{p}", f"{pre}norm.{p}")
-                take(f"{pre}pwconv1.linear.{p}", f"{pre}pwconv1.{p}")
-                take(f"{pre}pwconv2.linear.{p}", f"{pre}pwconv2.{p}")
-            for p in ("gamma", "beta"):
-                take(f"{pre}grn.{p}", f"{pre}grn.{p}", lambda t: t.reshape(1, 1, 1, -1))
-    return out, used
-
-
-def _encoder_geometry(sd: dict, layout: str) -> tuple[str, tuple, tuple, int, int]:
-    pre = "" if layout == "dense_finetune" else "encoder."
-    if layout == "sparse":
-        init = sd[pre + "initial_conv.0.kernel"]  # [9, in, d0]
-        in_chans, d0 = init.shape[1], init.shape[2]
-        k = int(round(sd[pre + "stem.0.kernel"].shape[0] ** 0.5))
-        dims = [d0] + [sd[f"{pre}downsample_layers.{i}.1.kernel"].shape[2] for i in range(3)]
-    else:
-        init = sd[pre + "initial_conv.0.weight"]  # (d0, in, 3, 3)
-        in_chans, d0 = init.shape[1], init.shape[0]
-        k = sd[pre + "stem.0.weight"].shape[-1]
-        dims = [d0] + [sd[f"{pre}downsample_layers.{i}.1.weight"].shape[0] for i in range(3)]
-    depths = []
-    for i in range(4):
-        idx = {int(m.group(1)) for key in sd for m in [re.match(rf"{re.escape(pre)}stages\.{i}\.(\d+)\.", key)] if m}
-        depths.append(max(idx) + 1 if idx else 0)
-    size = size_from_dims(dims, depths)
-    if size is None:
-        raise CheckpointError(f"encoder dims {dims} / depths {depths} match no known ConvNeXt V2 size "
-                              f"({', '.join(ENCODER_SIZES)})")
-    return size, tuple(depths), tuple(dims), 8 * k, in_chans
-
-
-def _reference_task_order(args: Any, tasks: list[str]) -> list[str]:
-    """Order of ``loss_fn.log_vars``: the checkpoint's own args.out_modalities if readable."""
-    out_mods = getattr(args, "out_modalities", None) if args is not None else None
-    if isinstance(out_mods, dict) and set(tasks) <= set(out_mods):
-        return [t for t in out_mods if t in tasks]
-    return [t for t in registry.REFERENCE_TASK_ORDER if t in tasks]
+    return torch.from_numpy(reference_layout.dw_kernel_to_me(_np(weight)))
 
 
 @dataclass
@@ -341,68 +248,22 @@ class ImportedCheckpoint:
 
 
 def import_reference_state(sd: dict, args: Any = None) -> ImportedCheckpoint:
-    """Map a reference state dict (any supported layout) onto our keys, with a precise report."""
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    layout = detect_layout(sd)
-    size, depths, dims, patch, in_chans = _encoder_geometry(sd, layout)
-    used: list[str] = []
-    if layout == "sparse":
-        enc_state, enc_used = _encoder_from_sparse(_strip(sd, "encoder."), depths, dims, patch)
-        used += [f"encoder.{k}" for k in enc_used]
-    else:
-        prefix = "" if layout == "dense_finetune" else "encoder."
-        enc_state = {}
-        for key, value in _strip(sd, prefix).items():
-            if key.split(".")[0] in ("initial_conv", "stem", "downsample_layers", "stages", "norm"):
-                enc_state[key] = value
-                used.append(prefix + key)
-
-    # decoders and heads
-    tasks = [t for t in registry.TASKS if f"pred_dict.{t}.weight" in sd]
-    dec_blocks = {t: _strip(sd, f"decoder_dict.{t}.") for t in tasks}
-    shared = len(tasks) > 1 and all(
-        set(dec_blocks[t]) == set(dec_blocks[tasks[0]]) and all(torch.equal(dec_blocks[t][k], dec_blocks[tasks[0]][k])
-                                                                for k in dec_blocks[t])
-        for t in tasks[1:])
-    mp: dict[str, Tensor] = {}
-    for key in ("proj.weight", "proj.bias", "mask_token"):
-        if key in sd:
-            mp[key] = sd[key]
-            used.append(key)
-    for t in tasks:
-        for k, v in dec_blocks[t].items():
-            mp[f"decoders.{t}.{k}"] = v
-            used.append(f"decoder_dict.{t}.{k}")
-        for p in ("weight", "bias"):
-            mp[f"heads.{t}.pred.{p}"] = sd[f"pred_dict.{t}.{p}"]
-            used.append(f"pred_dict.{t}.{p}")
-            if not registry.TASKS[t].is_pixel and f"layer_norm_tmp.{p}" in sd:
-                mp[f"heads.{t}.norm.{p}"] = sd[f"layer_norm_tmp.{p}"]
-                used.append(f"layer_norm_tmp.{p}")
-    if "loss_fn.log_vars" in sd and tasks:
-        ref_order = _reference_task_order(args, tasks)
-        log_vars = sd["loss_fn.log_vars"].reshape(-1)
-        if log_vars.numel() == len(ref_order):
-            by_task = dict(zip(ref_order, log_vars.tolist()))
-            ours = [t for t in registry.TASKS if t in tasks]
-            mp["weighting.log_vars"] = torch.tensor([by_task[t] for t in ours], dtype=log_vars.dtype)
-            used.append("loss_fn.log_vars")
-
-    used_set = set(used)
-    head_prefix = {"dense_finetune": "head.", "dense_pretrain": "encoder.head."}.get(layout)
-    dropped = [k for k in sd if head_prefix and k.startswith(head_prefix)]
-    unexpected = sorted(k for k in sd if k not in used_set and k not in dropped)
-    notes = []
-    if dropped:
-        notes.append(f"classification head ({head_prefix}*) dropped: it belongs to a downstream task")
-    report = ImportReport(layout, size, patch, in_chans, tuple(t for t in registry.TASKS if t in tasks), shared,
-                          mapped=sorted(used_set), unexpected=unexpected)
-    reference_enc = build_encoder(size, in_chans=in_chans, patch_size=patch)
-    report.missing = sorted(k for k in reference_enc.state_dict() if k not in enc_state)
-    if layout == "sparse" and report.missing == ["norm.bias", "norm.weight"]:
+    """Map a reference state dict (any supported layout) onto our keys, with a precise report
+    (the mapping itself is ``reference_layout``'s, shared with the torch-free converter)."""
+    try:
+        m = reference_layout.map_reference_state({k: _np(v) for k, v in sd.items()}, args)
+    except reference_layout.LayoutError as exc:
+        raise CheckpointError(str(exc)) from None
+    back = lambda d: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in d.items()}  # noqa: E731
+    report = ImportReport(m.layout, m.size, m.patch_size, m.in_chans, m.tasks, m.shared_decoder, mapped=m.mapped,
+                          unexpected=m.unexpected)
+    reference_enc = build_encoder(m.size, in_chans=m.in_chans, patch_size=m.patch_size)
+    report.missing = sorted(k for k in reference_enc.state_dict() if k not in m.encoder_state)
+    notes = list(m.notes)
+    if m.layout == "sparse" and report.missing == ["norm.bias", "norm.weight"]:
         notes.append("the sparse pretraining encoder has no final norm: norm.* left at identity (weight 1, bias 0)")
     report.notes = notes
-    return ImportedCheckpoint(report, enc_state, mp, args)
+    return ImportedCheckpoint(report, back(m.encoder_state), back(m.mpmae_state), args)
 
 
 def import_reference_checkpoint(path: str | os.PathLike) -> ImportedCheckpoint:
@@ -436,30 +297,9 @@ def check_compatible(report: ImportReport, size: str, patch_size: int) -> None:
 def export_reference_layout(model: MPMAE) -> dict:
     """Our MP-MAE as a sparse-layout reference state dict (for round-trip tests and interoperability)."""
     enc = model.encoder
-    sd = enc.state_dict()
-    out: dict[str, Tensor] = {}
-    row = lambda t: t.reshape(1, -1)  # noqa: E731
-    out["encoder.initial_conv.0.kernel"] = _conv_kernel_to_me(sd["initial_conv.0.weight"])
-    out["encoder.initial_conv.0.bias"] = row(sd["initial_conv.0.bias"])
-    out["encoder.stem.0.kernel"] = _dw_kernel_to_me(sd["stem.0.weight"])
-    out["encoder.stem.0.bias"] = row(sd["stem.0.bias"])
-    for name in ("initial_conv.1", "stem.1") + tuple(f"downsample_layers.{i}.0" for i in range(3)):
-        for p in ("weight", "bias"):
-            out[f"encoder.{name}.ln.{p}"] = sd[f"{name}.{p}"]
-    for i in range(3):
-        out[f"encoder.downsample_layers.{i}.1.kernel"] = _conv_kernel_to_me(sd[f"downsample_layers.{i}.1.weight"])
-        out[f"encoder.downsample_layers.{i}.1.bias"] = row(sd[f"downsample_layers.{i}.1.bias"])
-    for i, depth in enumerate(enc.depths):
-        for j in range(depth):
-            pre = f"stages.{i}.{j}."
-            out[f"encoder.{pre}dwconv.kernel"] = _dw_kernel_to_me(sd[pre + "dwconv.weight"])
-            out[f"encoder.{pre}dwconv.bias"] = row(sd[pre + "dwconv.bias"])
-            for p in ("weight", "bias"):
-                out[f"encoder.{pre}norm.ln.{p}"] = sd[f"{pre}norm.{p}"]
-                out[f"encoder.{pre}pwconv1.linear.{p}"] = sd[f"{pre}pwconv1.{p}"]
-                out[f"encoder.{pre}pwconv2.linear.{p}"] = sd[f"{pre}pwconv2.{p}"]
-            for p in ("gamma", "beta"):
-                out[f"encoder.{pre}grn.{p}"] = row(sd[f"{pre}grn.{p}"])
+    sparse = reference_layout.encoder_to_sparse({k: _np(v) for k, v in enc.state_dict().items()}, enc.depths,
+                                                enc.patch_size)
+    out: dict[str, Tensor] = {k: torch.from_numpy(v) for k, v in sparse.items()}
     msd = model.state_dict()
     out["proj.weight"], out["proj.bias"], out["mask_token"] = msd["proj.weight"], msd["proj.bias"], msd["mask_token"]
     for t in model.tasks:

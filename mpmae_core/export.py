@@ -29,13 +29,9 @@ from mpmae_core.models.convnextv2 import ConvNeXtV2Encoder, size_from_dims
 from mpmae_core.models.losses import unpatchify
 from mpmae_core.models.mpmae import MPMAE
 from mpmae_core.runtime.files import atomic_output
-from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata, head_metadata
+from mpmae_core.runtime import metadata as md
+from mpmae_core.runtime.metadata import ENCODER_OUTPUTS, METADATA_KEY, ModelMetadata, head_metadata
 
-
-
-#: ONNX output names of the encoder graph, in order: the final map first (what ``embed`` reads),
-#: then the earlier stages for per-pixel (hypercolumn) features.
-ENCODER_OUTPUTS = ("embedding", "stage1", "stage2", "stage3")
 
 
 class EncoderGraph(nn.Module):
@@ -127,19 +123,9 @@ def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, out
     return diff
 
 
-def encoder_stages(encoder: ConvNeXtV2Encoder) -> list:
-    """[output name, channels, stride] of each encoder graph output (``ENCODER_OUTPUTS`` order)."""
-    p = encoder.patch_size
-    strides = [p // 8, p // 4, p // 2, p]
-    order = [3, 0, 1, 2]
-    return [[name, int(encoder.dims[i]), int(strides[i])] for name, i in zip(ENCODER_OUTPUTS, order)]
-
-
 def encoder_metadata(encoder: ConvNeXtV2Encoder, input_bands: Sequence[str], normalisation: dict, **kw) -> ModelMetadata:
-    return ModelMetadata(kind="encoder", input_bands=list(input_bands), normalisation=normalisation,
-                         patch_size=encoder.patch_size, embedding_dim=encoder.embed_dim, convention=encoder.convention,
-                         output_stride=encoder.patch_size, stages=encoder_stages(encoder),
-                         model_size=size_from_dims(encoder.dims, encoder.depths) or "", **kw)
+    return md.encoder_metadata(encoder.depths, encoder.dims, encoder.patch_size, encoder.convention, input_bands,
+                               normalisation, **kw)
 
 
 def export_encoder(encoder: ConvNeXtV2Encoder, path: str | os.PathLike, input_bands: Sequence[str],
@@ -172,10 +158,9 @@ def export_pretext_segmenter(model: MPMAE, task: str, path: str | os.PathLike, n
     if task not in registry.PRETEXT_CLASSES:
         raise ValueError(f"'{task}' is not a pretext landcover task; choose one of {', '.join(registry.PRETEXT_CLASSES)}")
     names, colours = registry.PRETEXT_CLASSES[task]
-    meta = encoder_metadata(model.encoder, model.input_bands, normalisation, source=source)
-    meta.kind, meta.task, meta.output_stride = "segmenter", task, 1
-    meta.class_names, meta.class_colours = list(names), [list(c) for c in colours]
-    meta.embedding_dim, meta.stages = 0, []
+    enc = model.encoder
+    meta = md.segmenter_metadata(enc.depths, enc.dims, enc.patch_size, model.input_bands, normalisation, task, names,
+                                 colours, source=source)
     graph = PretextSegmenter(model, task)
     p = model.patch_size
     example = torch.randn(2, model.encoder.in_chans, 4 * p, 4 * p)
@@ -214,7 +199,7 @@ def export_checkpoint(checkpoint, out, head: Optional[str] = None) -> tuple[Path
     from mpmae_core.runtime.metadata import default_normalisation
 
     check_output(out, [checkpoint], "model", (".onnx",), "an ONNX model")
-    loaded = load_any(checkpoint)
+    loaded = load_any(checkpoint, convention="auto")  # the convention the runtime runs it in
     model = loaded.model
     bands = getattr(model, "input_bands", None) or registry.default_input_bands(model.in_chans) or ()
     norm = loaded.normalisation or default_normalisation(bands)

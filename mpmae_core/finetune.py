@@ -20,7 +20,6 @@ encoder, bf16 autocast on CUDA. The run folder holds one checkpoint, written ato
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -262,14 +261,14 @@ def export_segmenter(model: PixelSegmenter, path, class_names, class_colours, in
     """ONNX segmenter (image -> per-pixel logits) with its metadata; checked against torch."""
     import copy
 
-    from mpmae_core.export import _export, encoder_metadata
+    from mpmae_core.export import _export
+    from mpmae_core.runtime.metadata import segmenter_metadata
 
     model = copy.deepcopy(model).cpu().float().eval()
     enc = model.encoder
-    meta = encoder_metadata(enc, input_bands, normalisation, source=source)
-    meta.kind, meta.task, meta.output_stride, meta.embedding_dim, meta.stages = "segmenter", "fine-tuned", 1, 0, []
-    meta.class_names = list(class_names)
-    meta.class_colours = [list(map(int, c)) for c in (class_colours or registry.suggest_class_colours(class_names))]
+    colours = class_colours or registry.suggest_class_colours(class_names)
+    meta = segmenter_metadata(enc.depths, enc.dims, enc.patch_size, input_bands, normalisation, "fine-tuned",
+                              class_names, colours, source=source)
     p = enc.patch_size
     example = torch.randn(2, enc.in_chans, 2 * p, 3 * p)
     diff = _export(model, example, Path(path), "image", "logits", meta, multiple=p)

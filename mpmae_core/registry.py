@@ -11,6 +11,7 @@ B8 before B8A, so any code that assumes positions silently swaps two channels.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -454,3 +455,56 @@ PRETEXT_CLASSES: dict[str, tuple[tuple[str, ...], tuple[tuple[int, int, int], ..
     "esa_worldcover": (ESA_WORLDCOVER_NAMES, ESA_WORLDCOVER_COLOURS),
     "dynamic_world": (DYNAMIC_WORLD_NAMES, DYNAMIC_WORLD_COLOURS),
 }
+
+
+# ------------------------------------------------------------------------------------------
+# Released MMEarth checkpoints (the catalogue fetch-model and the QGIS plugin offer)
+# ------------------------------------------------------------------------------------------
+
+#: Environment variable overriding the catalogue's download base URL (mirrors move).
+MODEL_BASE_URL_ENV = "MMEARTH_MODEL_BASE_URL"
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    name: str  # how a person names it, e.g. mmearth-atto-1M-p8
+    folder: str  # the folder of the release
+    file: str
+    size: str
+    patch_size: int
+    tile_px: int
+    crop_px: int
+    data: str
+    loss: str
+    tasks: str
+    sha256: Optional[str]
+    bytes: Optional[int]
+    source: str  # "confirmed" (MMEarth-train's hub loader downloads it) or "readme-pattern"
+
+    def url(self, base_url: Optional[str] = None) -> str:
+        return f"{(base_url or model_base_url()).rstrip('/')}/{self.folder}/{self.file}"
+
+    def describe(self) -> str:
+        return (f"{self.size}, patch {self.patch_size} ({self.crop_px} px crops of {self.tile_px} px tiles), "
+                f"{self.data}, {self.loss} loss, tasks {self.tasks}")
+
+
+def _catalogue_file() -> dict:
+    return json.loads(resources.files("mpmae_core.resources").joinpath("mmearth_models.json").read_text())
+
+
+def released_models() -> dict[str, ReleasedModel]:
+    """name -> ReleasedModel, in the catalogue's order."""
+    fields = set(ReleasedModel.__dataclass_fields__)
+    return {m["name"]: ReleasedModel(**{k: v for k, v in m.items() if k in fields}) for m in _catalogue_file()["models"]}
+
+
+def model_base_url(setting: Optional[str] = None) -> str:
+    """Where the released checkpoints are downloaded from: $MMEARTH_MODEL_BASE_URL, else the given
+    setting (the QGIS plugin's), else the catalogue's own."""
+    return os.environ.get(MODEL_BASE_URL_ENV) or setting or _catalogue_file()["base_url"]
+
+
+def model_share_page() -> str:
+    """The page where a person downloads the released checkpoints by hand."""
+    return _catalogue_file()["share_page"]

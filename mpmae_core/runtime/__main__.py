@@ -4,6 +4,7 @@
     python -m mpmae_core.runtime segment INPUT.tif MODEL.onnx OUTPUT.tif [--head HEAD.onnx] [--probabilities P.tif]
     python -m mpmae_core.runtime features INPUT.tif MODEL.onnx FEATURES.tif   (per-pixel spectra + hypercolumns)
     python -m mpmae_core.runtime train-head INPUT.tif MODEL.onnx LABELS.gpkg HEAD.onnx --class-field landuse
+    python -m mpmae_core.runtime fetch-model mmearth-atto-1M-p8 [--out MODELS]   (or a URL, or a .pth file; --list)
     python -m mpmae_core.runtime inspect INPUT.tif
     python -m mpmae_core.runtime preview SCENE.tif CLASSES.tif OUT.png   (needs matplotlib)
 
@@ -120,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--scale", dict(type=cli.positive_float, default=1.0)),
                      ("--band-map", dict(type=_band_map))):
         h.add_argument(name, **kw)
+    fm = sub.add_parser("fetch-model", help="download a released MMEarth model and convert it, without torch")
+    fm.add_argument("model", nargs="?", help="a catalogue name (see --list), an http(s) URL or a checkpoint file")
+    fm.add_argument("--out", default=None, help="the models folder (default $MMEARTH_MODELS, else ./models)")
+    fm.add_argument("--list", action="store_true", help="show the catalogue and what is installed")
+    fm.add_argument("--name", help="install under this name (default: the catalogue's, or the file's)")
+    fm.add_argument("--sha256", help="the expected SHA-256 of the download")
+    fm.add_argument("--base-url", help="download from this mirror instead of the catalogue's address")
+    fm.add_argument("--no-heads", action="store_true", help="the encoder only, no landcover heads")
+    fm.add_argument("--keep-download", action="store_true", help="keep the downloaded checkpoint in the cache")
     i = sub.add_parser("inspect", help="can this raster feed a Sentinel-2 model?")
     i.add_argument("input")
     v = sub.add_parser("preview", help="PNG of a class map next to its scene in natural colour")
@@ -171,6 +181,8 @@ def main(argv=None) -> int:
             return 0
         if args.cmd == "train-head":
             return train_head_command(args, log)
+        if args.cmd == "fetch-model":
+            return fetch_model_command(args, log)
         common_kw = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device, level=args.level,
                          dn_offset=args.dn_offset, band_map=args.band_map, scale=args.scale, cog=args.cog,
                          progress=Bar(args.cmd), log=log)
@@ -192,6 +204,32 @@ def main(argv=None) -> int:
 
     return run_main(body, (RasterError, ModelError, MetadataError, ValueError),
                     interrupted=lambda: "no output written", prog="python -m mpmae_core.runtime")
+
+
+def fetch_model_command(args, log) -> int:
+    import os
+
+    from mpmae_core.runtime.fetch import fetch_model, list_models
+    from mpmae_core.runtime.predict import Cancelled
+
+    out = args.out or os.environ.get("MMEARTH_MODELS") or "models"
+    if args.list:
+        print("\n".join(list_models(out)))
+        return 0
+    if not args.model:
+        raise ValueError("give a model: a catalogue name (see --list), an http(s) URL or a checkpoint file")
+    bar = Bar("fetch-model")
+    try:
+        res = fetch_model(args.model, out, name=args.name, base_url=args.base_url, sha256=args.sha256,
+                          heads=not args.no_heads, keep_download=args.keep_download, progress=bar, log=log)
+    except Cancelled as exc:
+        log(str(exc))
+        raise KeyboardInterrupt from None
+    log(f"wrote {res['encoder']} ({res['description']})")
+    for task, path in res["segmenters"].items():
+        log(f"wrote {path} (landcover with no labels: {task})")
+    log(f"use it by name: MODEL={res['name']} in QGIS, or {res['encoder']} on the command line")
+    return 0
 
 
 def train_head_command(args, log) -> int:

@@ -184,6 +184,39 @@ def head_metadata(class_names, class_colours, embedding_dim: int, task: str = "f
                          source=source)
 
 
+#: ONNX output names of an encoder graph, in order: the final map first (what ``embed`` reads),
+#: then the earlier stages for per-pixel (hypercolumn) features.
+ENCODER_OUTPUTS = ("embedding", "stage1", "stage2", "stage3")
+
+
+def encoder_stages(dims, patch_size: int) -> list:
+    """[output name, channels, stride] of each encoder graph output (``ENCODER_OUTPUTS`` order)."""
+    strides = [patch_size // 8, patch_size // 4, patch_size // 2, patch_size]
+    order = [3, 0, 1, 2]
+    return [[name, int(dims[i]), int(strides[i])] for name, i in zip(ENCODER_OUTPUTS, order)]
+
+
+def encoder_metadata(depths, dims, patch_size: int, convention: str, input_bands, normalisation: dict,
+                     source: str = "") -> ModelMetadata:
+    """The metadata of an encoder graph: what ``training.export`` and the torch-free converter write."""
+    size = next((n for n, (dp, dm) in registry.ENCODER_SIZES.items()
+                 if tuple(dm) == tuple(dims) and tuple(dp) == tuple(depths)), "")
+    return ModelMetadata(kind="encoder", input_bands=list(input_bands), normalisation=normalisation,
+                         patch_size=int(patch_size), embedding_dim=int(dims[-1]), convention=convention,
+                         output_stride=int(patch_size), stages=encoder_stages(dims, patch_size), model_size=size,
+                         source=source)
+
+
+def segmenter_metadata(depths, dims, patch_size: int, input_bands, normalisation: dict, task: str, class_names,
+                       class_colours, source: str = "") -> ModelMetadata:
+    """The metadata of an image -> per-pixel logits graph (a pretext head, or a fine-tuned model)."""
+    meta = encoder_metadata(depths, dims, patch_size, "sparse", input_bands, normalisation, source)
+    meta.kind, meta.task, meta.output_stride, meta.embedding_dim, meta.stages = "segmenter", task, 1, 0, []
+    meta.class_names = list(class_names)
+    meta.class_colours = [[int(v) for v in c] for c in class_colours]
+    return meta
+
+
 def default_normalisation(bands) -> dict:
     """MMEarth's published L1C and L2A statistics for ``bands`` (those a level lacks are left out)."""
     out = {}

@@ -227,3 +227,191 @@ def forest_head(n_features: int, n_classes: int, trees: dict, *, metadata: Optio
     return model(nodes, inits, [value_info("features", ["batch", n_features, "height", "width"])],
                  [value_info("logits", ["batch", n_classes, "height", "width"])], metadata=metadata,
                  graph_name="forest_head", extra_opsets={ML_DOMAIN: ML_OPSET})
+
+
+# ----------------------------------------------------------------------------- the encoder
+
+class _Graph:
+    """A tiny graph builder for ConvNeXt V2: unique names, initializers, nodes, and the layers of
+    ``models.convnextv2`` as small functions over tensor names (weights from a numpy state dict)."""
+
+    def __init__(self, state: dict):
+        self.state = state
+        self.nodes, self.inits, self.n = [], [], 0
+        self._consts: dict = {}
+
+    def name(self, hint: str) -> str:
+        self.n += 1
+        return f"{hint}_{self.n}"
+
+    def const(self, hint: str, array) -> str:
+        name = self.name(hint)
+        self.inits.append(tensor(name, np.asarray(array)))
+        return name
+
+    def scalar(self, value, dtype=np.float32) -> str:
+        key = (float(value), np.dtype(dtype).str)
+        if key not in self._consts:
+            self._consts[key] = self.const("c", np.array([value], dtype))
+        return self._consts[key]
+
+    def op(self, op_type: str, inputs, hint: str = "", **attrs) -> str:
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(node(op_type, list(inputs), [out], name=f"n{self.n}_{op_type}", **attrs))
+        return out
+
+    def w(self, key: str) -> np.ndarray:
+        return np.asarray(self.state[key], np.float32)
+
+    # layers ------------------------------------------------------------------------------
+    def conv(self, x, prefix, stride=1, pad=0, group=1):
+        w = self.w(prefix + ".weight")
+        kh, kw = w.shape[2:]
+        return self.op("Conv", [x, self.const("w", w), self.const("b", self.w(prefix + ".bias"))], "conv",
+                       kernel_shape=[kh, kw], strides=[stride, stride], pads=[pad, pad, pad, pad], group=group,
+                       dilations=[1, 1])
+
+    def nhwc(self, x):
+        return self.op("Transpose", [x], "nhwc", perm=[0, 2, 3, 1])
+
+    def nchw(self, x):
+        return self.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+
+    def layer_norm(self, x, prefix):  # over the last axis
+        return self.op("LayerNormalization", [x, self.const("ln_w", self.w(prefix + ".weight")),
+                                              self.const("ln_b", self.w(prefix + ".bias"))], "ln", axis=-1,
+                       epsilon=1e-6)
+
+    def gelu(self, x):  # exact: 0.5 x (1 + erf(x / sqrt 2))
+        e = self.op("Erf", [self.op("Div", [x, self.scalar(np.sqrt(2.0))])])
+        return self.op("Mul", [self.op("Mul", [x, self.op("Add", [e, self.scalar(1.0)])]), self.scalar(0.5)], "gelu")
+
+    def linear(self, x, prefix):
+        return self.op("Add", [self.op("MatMul", [x, self.const("wt", self.w(prefix + ".weight").T)]),
+                               self.const("b", self.w(prefix + ".bias"))], "linear")
+
+    def grn(self, x, prefix, eps, keep=None):
+        """x (N, H, W, C): gamma * (x * N(x)) + beta + x, statistics per sample (over visible
+        positions only when ``keep`` (H, W, 1) masks the hidden ones)."""
+        if keep is not None:
+            x = self.op("Mul", [x, keep])
+        gx = self.op("Sqrt", [self.op("ReduceSumSquare", [x], axes=[1, 2], keepdims=1)])
+        nx = self.op("Div", [gx, self.op("Add", [self.op("ReduceMean", [gx], axes=[-1], keepdims=1),
+                                                self.scalar(eps)])])
+        gamma = self.const("gamma", self.w(prefix + ".gamma").reshape(-1))
+        beta = self.const("beta", self.w(prefix + ".beta").reshape(-1))
+        return self.op("Add", [self.op("Add", [self.op("Mul", [self.op("Mul", [x, nx]), gamma]), beta]), x], "grn")
+
+    def block(self, x, prefix, dim, eps, keep=None):
+        """ConvNeXt V2 block; with ``keep`` (H, W, 1) the masked (sparse-semantics) block."""
+        y = self.nhwc(self.conv(x, f"{prefix}.dwconv", pad=3, group=dim))
+        y = self.gelu(self.linear(self.layer_norm(y, f"{prefix}.norm"), f"{prefix}.pwconv1"))
+        y = self.linear(self.grn(y, f"{prefix}.grn", eps, keep), f"{prefix}.pwconv2")
+        if keep is not None:
+            y = self.op("Mul", [y, keep])
+        return self.op("Add", [x, self.nchw(y)], "block")
+
+    def encoder(self, image, depths, dims, patch_size, convention="sparse", keep_of=None, prefix=""):
+        """The four stage maps of the encoder; ``keep_of(tensor, cell)`` gives the keep mask of a
+        map whose final cells span ``cell`` positions (masked encoding), or None."""
+        ref = convention == "reference_dense"
+        eps = 1e-4 if ref else 1e-6
+        k = patch_size // 8
+        x = image
+        if keep_of is not None:
+            x = self.op("Mul", [x, keep_of(x, patch_size)])
+        x = self.conv(x, prefix + "initial_conv.0", pad=0 if ref else 1)
+        x = self.nchw(self.gelu(self.layer_norm(self.nhwc(x), prefix + "initial_conv.1")))
+        x = self.conv(x, prefix + "stem.0", stride=k, pad=k // 2 if ref else 0, group=dims[0])
+        x = self.nchw(self.layer_norm(self.nhwc(x), prefix + "stem.1"))
+        stages = []
+        for i, depth in enumerate(depths):
+            if i:
+                pre = f"{prefix}downsample_layers.{i - 1}"
+                x = self.conv(self.nchw(self.layer_norm(self.nhwc(x), f"{pre}.0")), f"{pre}.1", stride=2)
+            keep = None
+            if keep_of is not None:
+                mask = keep_of(x, 8 >> i)
+                x = self.op("Mul", [x, mask])
+                keep = self.op("Unsqueeze", [mask, self.const("axis", np.array([-1], np.int64))])
+            for j in range(depth):
+                x = self.block(x, f"{prefix}stages.{i}.{j}", dims[i], eps, keep)
+            stages.append(x)
+        return stages
+
+    def bytes(self, inputs, outputs, metadata, graph_name) -> bytes:
+        return model(self.nodes, self.inits, inputs, outputs, metadata=metadata, graph_name=graph_name)
+
+
+def convnext_encoder(state: dict, depths, dims, in_chans: int, patch_size: int, *, convention: str = "sparse",
+                     metadata: Optional[dict] = None) -> bytes:
+    """ONNX bytes of our ConvNeXt V2 encoder (``models.convnextv2``, unmasked) from its state dict
+    as numpy arrays: ``image`` (N, C, H, W) -> ``embedding`` (the last stage) and ``stage1``..
+    ``stage3``, the outputs and order of ``training.export``'s graph. ``convention``: "sparse"
+    (padded initial conv, GRN eps 1e-6) or "reference_dense" (unpadded initial conv, stem padded
+    by k // 2, GRN eps 1e-4), as in the torch model."""
+    g = _Graph(state)
+    stages = g.encoder("image", depths, dims, patch_size, convention)
+    names = ["embedding", "stage1", "stage2", "stage3"]
+    for out_name, src in zip(names, [stages[3], stages[0], stages[1], stages[2]]):
+        g.nodes.append(node("Identity", [src], [out_name], name=f"out_{out_name}"))
+    outs = [value_info(n, ["batch", int(d), "h", "w"]) for n, d in zip(names, [dims[3], dims[0], dims[1], dims[2]])]
+    return g.bytes([value_info("image", ["batch", int(in_chans), "height", "width"])], outs, metadata,
+                   "convnextv2_encoder")
+
+
+def pretext_segmenter(state: dict, task: str, depths, dims, in_chans: int, patch_size: int, n_classes: int,
+                      decoder_dim: int = 512, decoder_depth: int = 1, *, metadata: Optional[dict] = None) -> bytes:
+    """ONNX bytes of an MP-MAE's pixel classification head as a segmenter (``export.PretextSegmenter``
+    without torch): the masked encoder (sparse convention) runs twice with complementary
+    checkerboard masks on the patch grid, each pass's hidden cells get the mask token before the
+    task's decoder and head, and every cell takes its logits from the pass in which it was hidden.
+    ``state`` holds the MP-MAE's arrays under our keys (``encoder.*``, ``proj.*``, ``mask_token``,
+    ``decoders.<task>.*``, ``heads.<task>.pred.*``). ``image`` -> ``logits`` (N, K, H, W)."""
+    g = _Graph(state)
+    i64 = lambda v: g.const("i", np.array(v, np.int64))  # noqa: E731
+    zero, one = i64(0), i64(1)
+
+    def parity(t, cell):
+        """(H, W) float: (row // cell + col // cell) % 2 of a map's positions (1 = odd cells)."""
+        shape = g.op("Shape", [t])
+        axes = []
+        for axis in (2, 3):
+            n = g.op("Gather", [shape, g.const("ax", np.array(axis, np.int64))], axis=0)
+            r = g.op("Div", [g.op("Range", [zero, n, one]), g.const("cell", np.array(cell, np.int64))])
+            axes.append(r)
+        rows = g.op("Unsqueeze", [axes[0], i64([1])])
+        cols = g.op("Unsqueeze", [axes[1], i64([0])])
+        par = g.op("Mod", [g.op("Add", [rows, cols]), g.const("two", np.array(2, np.int64))])
+        return g.op("Cast", [par], to=FLOAT)
+
+    dec_eps = 1e-4
+    passes = []
+    for hidden_even in (True, False):
+        # checkerboard(...) of export: True (hidden) on cells where row + col is even
+        def keep_of(t, cell, hidden_even=hidden_even):
+            par = parity(t, cell)
+            return par if hidden_even else g.op("Sub", [g.scalar(1.0), par])
+
+        latent = g.encoder("image", depths, dims, patch_size, "sparse", keep_of, prefix="encoder.")[-1]
+        keep = keep_of(latent, 1)
+        hidden = g.op("Sub", [g.scalar(1.0), keep])
+        proj = g.conv(latent, "proj")
+        token = g.const("mask_token", g.w("mask_token"))
+        x = g.op("Add", [g.op("Mul", [proj, keep]), g.op("Mul", [token, hidden])], "tokens")
+        for j in range(decoder_depth):
+            x = g.block(x, f"decoders.{task}.{j}", decoder_dim, dec_eps)
+        pred = g.conv(x, f"heads.{task}.pred")  # (N, p*p*K, h, w)
+        passes.append(g.op("Mul", [pred, hidden]))
+    merged = g.op("Add", passes, "merged")
+    p, k = patch_size, n_classes
+    shape = g.op("Shape", [merged])
+    hw = g.op("Slice", [shape, i64([2]), i64([4])])
+    six = g.op("Concat", [i64([0, p, p, k]), hw], axis=0)
+    x = g.op("Reshape", [merged, six])  # (N, p, p, K, h, w): the head's channels are (row, col, class)
+    x = g.op("Transpose", [x], perm=[0, 3, 4, 1, 5, 2])  # (N, K, h, p, w, p)
+    hw_p = g.op("Mul", [hw, i64([p])])
+    four = g.op("Concat", [i64([0, k]), hw_p], axis=0)
+    g.nodes.append(node("Reshape", [x, four], ["logits"], name="out_logits"))
+    return g.bytes([value_info("image", ["batch", int(in_chans), "height", "width"])],
+                   [value_info("logits", ["batch", int(k), "height", "width"])], metadata, "pretext_segmenter")
