@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class Server:
     next GET of a path send only part of the body and close; ``hits`` records the requests."""
 
     def __init__(self, root: Path):
-        self.root, self.truncate_next, self.hits = root, {}, []
+        self.root, self.truncate_next, self.hits, self.delay = root, {}, [], 0.0
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -102,7 +103,15 @@ class Server:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 cut = outer.truncate_next.pop(self.path, None)
-                self.wfile.write(body[:cut] if cut is not None else body)
+                body = body[:cut] if cut is not None else body
+                step = 64 * 1024 if outer.delay else len(body) or 1
+                try:
+                    for i in range(0, len(body), step):
+                        self.wfile.write(body[i:i + step])
+                        if outer.delay:
+                            time.sleep(outer.delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
                 if cut is not None:
                     self.close_connection = True
 

@@ -70,7 +70,7 @@ def test_registry_and_runtime_stay_torch_free():
     assert len(runtime) >= 15
     loaded = _run(
         "import sys, json, importlib\n"
-        "import mpmae_core, mpmae_core.registry\n"
+        "import mpmae_core, mpmae_core.registry, mpmae_core.reference_layout\n"
         "import mpmae_core.data.sample, mpmae_core.data.layout, mpmae_core.data.convert\n"
         f"for name in {runtime!r}:\n"
         "    importlib.import_module(name)\n"

@@ -3,9 +3,11 @@
 
 def all_algorithms():
     from .embed import EmbedAlgorithm
+    from .fetch_model import FetchModelAlgorithm
     from .inspect_raster import InspectRasterAlgorithm
     from .segment import SegmentAlgorithm
     from .similarity import SimilarityAlgorithm
     from .train_head import TrainHeadAlgorithm
 
-    return [InspectRasterAlgorithm(), EmbedAlgorithm(), TrainHeadAlgorithm(), SegmentAlgorithm(), SimilarityAlgorithm()]
+    return [InspectRasterAlgorithm(), EmbedAlgorithm(), TrainHeadAlgorithm(), SegmentAlgorithm(), SimilarityAlgorithm(),
+            FetchModelAlgorithm()]

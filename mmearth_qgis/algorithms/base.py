@@ -151,8 +151,8 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         from qgis.core import QgsProcessingParameterFile
 
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Sentinel-2 raster"))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, "Model (.onnx file, or a model name from the models folder)", extension="onnx"))
+        self.addParameter(model_parameter(QgsProcessingParameterFile(
+            self.MODEL, "Model (a model of the models folder by name, or an .onnx file)", extension="onnx")))
 
     def add_advanced_parameters(self):
         from qgis.core import (
@@ -301,6 +301,16 @@ class InferenceAlgorithm(MMEarthAlgorithm):
             raise QgsProcessingException(f"The layer given for {name} has no usable features: {no_geom} without a "
                                          f"geometry, {no_class} without a class value.")
         return out
+
+
+MODEL_WIDGET = "mmearth_qgis.widgets.ModelWidgetWrapper"
+
+
+def model_parameter(param):
+    """A model parameter shown as a drop-down of the installed models (the widget loads only in
+    the GUI; qgis_process takes a name or a path as text)."""
+    param.setMetadata({"widget_wrapper": {"class": MODEL_WIDGET}})
+    return param
 
 
 def crs_undefined(crs) -> bool:

@@ -2,7 +2,7 @@
 
 from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterRasterDestination
 
-from .base import InferenceAlgorithm
+from .base import InferenceAlgorithm, model_parameter
 
 
 class SegmentAlgorithm(InferenceAlgorithm):
@@ -28,8 +28,9 @@ class SegmentAlgorithm(InferenceAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_model_parameters()
-        self.addParameter(QgsProcessingParameterFile(
-            self.HEAD, "Head (.onnx; leave empty for a segmenter model)", extension="onnx", optional=True))
+        self.addParameter(model_parameter(QgsProcessingParameterFile(
+            self.HEAD, "Head (by name or .onnx file; leave empty for a segmenter model)", extension="onnx",
+            optional=True)))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.PROBABILITIES, "Class probabilities", optional=True, createByDefault=False))
