@@ -318,6 +318,24 @@ def export_reference_layout(model: MPMAE) -> dict:
     return out
 
 
+def save_reference_layout(checkpoint, out) -> Path:
+    """Our MP-MAE checkpoint written as a released MMEarth-train ``checkpoint-*.pth`` (sparse
+    pretraining layout, with its training arguments), for the tools that read that layout."""
+    from mpmae_core.runtime.files import check_output
+
+    check_output(out, [checkpoint], "checkpoint", (".pth",), "a PyTorch checkpoint")
+    model = load_any(checkpoint).model
+    if not isinstance(model, MPMAE):
+        raise CheckpointError(f"'{checkpoint}' holds an encoder only; the released layout is an MP-MAE with "
+                              "decoders: export a pretraining checkpoint")
+    args = argparse.Namespace(patch_size=model.patch_size, loss_aggr="uncertainty"
+                              if model.weighting.log_vars is not None else "unweighted",
+                              out_modalities={t: registry.TASKS[t].channels for t in model.tasks})
+    with atomic_output(out) as tmp:
+        torch.save({"model": export_reference_layout(model), "args": args, "epoch": -1}, tmp)
+    return Path(out)
+
+
 def import_to_file(checkpoint, out, convention: str = "reference_dense", encoder_only: bool = False) -> tuple:
     """Import a reference checkpoint and write it in our format: (the import report, the model)."""
     from mpmae_core.runtime.files import check_output

@@ -192,6 +192,20 @@ def export_head(weight, bias, path: str | os.PathLike, class_names: Sequence[str
     return path, diff
 
 
+def export_fp16(checkpoint, out) -> tuple[Path, float]:
+    """The half-precision GPU variant of a checkpoint's encoder (float32 in and out), written by the
+    torch-free writer and checked against float32 (``convert.FP16_TOLERANCE``)."""
+    from mpmae_core.runtime.convert import checkpoint_arrays, fp16_encoder
+    from mpmae_core.runtime.files import check_output
+
+    check_output(out, [checkpoint], "model", (".onnx",), "an ONNX model")
+    arrays = checkpoint_arrays(checkpoint)
+    data, diff = fp16_encoder(arrays, source=f"float16 variant of {Path(checkpoint).name}")
+    with atomic_output(Path(out)) as tmp:
+        tmp.write_bytes(data)
+    return Path(out), diff
+
+
 def export_checkpoint(checkpoint, out, head: Optional[str] = None) -> tuple[Path, float]:
     """Our checkpoint or a reference one -> ONNX encoder (or, with ``head``, a pretext segmenter)."""
     from mpmae_core.checkpoints import CheckpointError, load_any

@@ -62,3 +62,9 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     assert (out / "scene_landcover.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "scene_landcover.qml").is_file()
     assert zipfile.is_zipfile(out / "mmearth_qgis.zip")
+    # the released-model path: the demo's MP-MAE as a released .pth, served on 127.0.0.1, fetched and converted
+    # without torch, used by name in QGIS: the same embeddings as the torch export of the same weights
+    assert (out / "models" / "atto_demo_release.onnx").is_file()
+    a = gdal.Open(str(out / "scene_embeddings.tif")).ReadAsArray()
+    b = gdal.Open(str(out / "scene_embeddings_release.tif")).ReadAsArray()
+    assert a.shape == b.shape and np.nanmax(np.abs(a - b)) <= 1e-4 * np.nanmax(np.abs(a))

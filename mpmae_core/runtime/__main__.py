@@ -5,6 +5,7 @@
     python -m mpmae_core.runtime features INPUT.tif MODEL.onnx FEATURES.tif   (per-pixel spectra + hypercolumns)
     python -m mpmae_core.runtime train-head INPUT.tif MODEL.onnx LABELS.gpkg HEAD.onnx --class-field landuse
     python -m mpmae_core.runtime fetch-model mmearth-atto-1M-p8 [--out MODELS]   (or a URL, or a .pth file; --list)
+    python -m mpmae_core.runtime batch embed|segment 'scenes/*.tif' MODEL.onnx OUT_DIR [--head H] [--workers N]
     python -m mpmae_core.runtime inspect INPUT.tif
     python -m mpmae_core.runtime preview SCENE.tif CLASSES.tif OUT.png   (needs matplotlib)
 
@@ -130,6 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--base-url", help="download from this mirror instead of the catalogue's address")
     fm.add_argument("--no-heads", action="store_true", help="the encoder only, no landcover heads")
     fm.add_argument("--keep-download", action="store_true", help="keep the downloaded checkpoint in the cache")
+    bt = sub.add_parser("batch", help="embed or map many scenes on a Dask cluster")
+    bt.add_argument("mode", type=cli.choice_of(["embed", "segment"], "batch mode"))
+    bt.add_argument("inputs", help="a glob (quoted), a text file of paths, a STAC ItemCollection/catalogue JSON, "
+                                   "or a raster/VRT")
+    bt.add_argument("model")
+    bt.add_argument("out_dir")
+    bt.add_argument("--head", help="a head model (segment with an encoder)")
+    bt.add_argument("--workers", type=cli.positive_int, default=2, help="processes of the local cluster")
+    bt.add_argument("--scheduler", help="a running Dask scheduler, e.g. tcp://HOST:8786 (instead of a local cluster)")
+    bt.add_argument("--rows-per-task", type=cli.positive_int, default=8,
+                    help="tile rows per task: a scene taller than this is split across tasks")
+    for name, kw in (("--tile", dict(type=cli.positive_int, default=512)),
+                     ("--overlap", dict(type=cli.non_negative_int, default=128)),
+                     ("--batch", dict(type=cli.non_negative_int, default=0)),
+                     ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
+                     ("--level", dict(default="auto", type=cli.choice_of(registry.S2_LEVEL_CHOICES, "processing level"))),
+                     ("--dn-offset", dict(default="auto", type=cli.dn_offset)),
+                     ("--scale", dict(type=cli.positive_float, default=1.0)),
+                     ("--band-map", dict(type=_band_map)),
+                     ("--dtype", dict(default="float32", type=cli.choice_of(["float32", "float16"], "dtype")))):
+        bt.add_argument(name, **kw)
     i = sub.add_parser("inspect", help="can this raster feed a Sentinel-2 model?")
     i.add_argument("input")
     v = sub.add_parser("preview", help="PNG of a class map next to its scene in natural colour")
@@ -183,6 +205,8 @@ def main(argv=None) -> int:
             return train_head_command(args, log)
         if args.cmd == "fetch-model":
             return fetch_model_command(args, log)
+        if args.cmd == "batch":
+            return batch_command(args, log)
         common_kw = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device, level=args.level,
                          dn_offset=args.dn_offset, band_map=args.band_map, scale=args.scale, cog=args.cog,
                          progress=Bar(args.cmd), log=log)
@@ -204,6 +228,21 @@ def main(argv=None) -> int:
 
     return run_main(body, (RasterError, ModelError, MetadataError, ValueError),
                     interrupted=lambda: "no output written", prog="python -m mpmae_core.runtime")
+
+
+def batch_command(args, log) -> int:
+    from mpmae_core.runtime.batch import run_batch
+
+    options = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, level=args.level, dn_offset=args.dn_offset,
+                   scale=args.scale, band_map=args.band_map)
+    if args.mode == "embed":
+        options["dtype"] = args.dtype
+    report = run_batch(args.mode, args.inputs, args.model, args.out_dir, head=args.head, workers=args.workers,
+                       scheduler=args.scheduler, rows_per_block=args.rows_per_task, options=options,
+                       device=args.device, progress=Bar("batch"), log=log)
+    print(report.text())
+    log(f"report: {args.out_dir}/batch_report.json")
+    return 3 if report.failed else 0  # 3: some scenes failed (the report names them and why)
 
 
 def fetch_model_command(args, log) -> int:

@@ -140,6 +140,33 @@ def checkpoint_arrays(path) -> CheckpointArrays:
     return out
 
 
+FP16_TOLERANCE = 1e-2  # max |fp16 - fp32| relative to max |fp32|, per output, on a probe
+
+
+def fp16_encoder(arrays: CheckpointArrays, source: str = "") -> tuple[bytes, float]:
+    """The encoder in half precision (weights and arithmetic; float32 in and out), for GPUs, and its
+    largest relative difference from the float32 graph on a probe (refused beyond FP16_TOLERANCE)."""
+    from mpmae_core.runtime.model import onnxruntime
+
+    meta = encoder_metadata(arrays.depths, arrays.dims, arrays.patch_size, arrays.convention, arrays.input_bands,
+                            arrays.normalisation, source=source)
+    meta.precision = "float16"
+    args = (arrays.encoder_state, arrays.depths, arrays.dims, arrays.in_chans, arrays.patch_size)
+    data16 = onnx_writer.convnext_encoder(*args, convention=arrays.convention, float16=True,
+                                          metadata={METADATA_KEY: meta.to_json()})
+    data32 = onnx_writer.convnext_encoder(*args, convention=arrays.convention)
+    ort = onnxruntime()
+    probe = np.random.default_rng(0).normal(size=(1, arrays.in_chans, 4 * arrays.patch_size,
+                                                  4 * arrays.patch_size)).astype(np.float32)
+    ref = ort.InferenceSession(data32, providers=["CPUExecutionProvider"]).run(None, {"image": probe})
+    got = ort.InferenceSession(data16, providers=["CPUExecutionProvider"]).run(None, {"image": probe})
+    diff = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)) for a, b in zip(got, ref))
+    if not diff <= FP16_TOLERANCE:
+        raise ConvertError(f"the float16 encoder differs from float32 by {diff:.2%} of the largest value (more than "
+                           f"{FP16_TOLERANCE:.0%}): these weights do not fit half precision; use the float32 model")
+    return data16, diff
+
+
 def check_graph(data: bytes, in_chans: int, patch: int, what: str) -> None:
     """Open the graph with ONNX Runtime and run it on a probe: finite outputs of the right shape."""
     from mpmae_core.runtime.model import onnxruntime

@@ -51,6 +51,7 @@ class ModelMetadata:
     features: list = field(default_factory=list)
     feature_channels: list = field(default_factory=list)
     classifier: str = ""  # what the head is, in words (e.g. "logistic regression, L2 0.01")
+    precision: str = "float32"  # of the graph's arithmetic ("float16": a GPU variant; float32 in and out)
     format_version: int = FORMAT_VERSION
 
     def validate(self) -> "ModelMetadata":
@@ -123,6 +124,8 @@ class ModelMetadata:
                                 f"takes {self.embedding_dim}")
         if not isinstance(self.classifier, str):
             raise MetadataError("'classifier' must be text")
+        if self.precision not in ("float32", "float16"):
+            raise MetadataError(f"'precision' must be float32 or float16, got {self.precision!r}")
         if self.kind == "segmenter" and not self.class_names:
             raise MetadataError("a segmenter model must name its classes")
         if self.class_names and self.class_colours and len(self.class_names) != len(self.class_colours):

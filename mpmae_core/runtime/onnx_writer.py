@@ -24,6 +24,7 @@ OPSET = 17  # LayerNormalization entered the default domain at opset 17
 ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 3  # TreeEnsembleClassifier (random-forest heads)
 FLOAT = 1  # TensorProto.DataType.FLOAT
 INT64 = 7  # TensorProto.DataType.INT64
+FLOAT16 = 10  # TensorProto.DataType.FLOAT16
 
 
 # ----------------------------------------------------------------------------- wire format
@@ -70,6 +71,8 @@ def tensor(name: str, array: np.ndarray) -> bytes:
     array = np.asarray(array)
     if np.issubdtype(array.dtype, np.integer):
         array, dtype = np.ascontiguousarray(array, dtype="<i8"), INT64
+    elif array.dtype == np.float16:
+        array, dtype = np.ascontiguousarray(array, dtype="<f2"), FLOAT16
     else:
         array, dtype = np.ascontiguousarray(array, dtype="<f4"), FLOAT
     return (b"".join(_int(1, d) for d in array.shape) + _int(2, dtype) + _str(8, name)
@@ -235,8 +238,8 @@ class _Graph:
     """A tiny graph builder for ConvNeXt V2: unique names, initializers, nodes, and the layers of
     ``models.convnextv2`` as small functions over tensor names (weights from a numpy state dict)."""
 
-    def __init__(self, state: dict):
-        self.state = state
+    def __init__(self, state: dict, float16: bool = False):
+        self.state, self.float16 = state, float16
         self.nodes, self.inits, self.n = [], [], 0
         self._consts: dict = {}
 
@@ -249,7 +252,8 @@ class _Graph:
         self.inits.append(tensor(name, np.asarray(array)))
         return name
 
-    def scalar(self, value, dtype=np.float32) -> str:
+    def scalar(self, value, dtype=None) -> str:
+        dtype = dtype or (np.float16 if self.float16 else np.float32)
         key = (float(value), np.dtype(dtype).str)
         if key not in self._consts:
             self._consts[key] = self.const("c", np.array([value], dtype))
@@ -261,7 +265,7 @@ class _Graph:
         return out
 
     def w(self, key: str) -> np.ndarray:
-        return np.asarray(self.state[key], np.float32)
+        return np.asarray(self.state[key], np.float16 if self.float16 else np.float32)
 
     # layers ------------------------------------------------------------------------------
     def conv(self, x, prefix, stride=1, pad=0, group=1):
@@ -344,17 +348,22 @@ class _Graph:
 
 
 def convnext_encoder(state: dict, depths, dims, in_chans: int, patch_size: int, *, convention: str = "sparse",
-                     metadata: Optional[dict] = None) -> bytes:
+                     metadata: Optional[dict] = None, float16: bool = False) -> bytes:
     """ONNX bytes of our ConvNeXt V2 encoder (``models.convnextv2``, unmasked) from its state dict
     as numpy arrays: ``image`` (N, C, H, W) -> ``embedding`` (the last stage) and ``stage1``..
     ``stage3``, the outputs and order of ``training.export``'s graph. ``convention``: "sparse"
     (padded initial conv, GRN eps 1e-6) or "reference_dense" (unpadded initial conv, stem padded
-    by k // 2, GRN eps 1e-4), as in the torch model."""
-    g = _Graph(state)
-    stages = g.encoder("image", depths, dims, patch_size, convention)
+    by k // 2, GRN eps 1e-4), as in the torch model. ``float16``: weights and arithmetic in half
+    precision (for GPUs), float32 in and out."""
+    g = _Graph(state, float16)
+    image = g.op("Cast", ["image"], "image16", to=FLOAT16) if float16 else "image"
+    stages = g.encoder(image, depths, dims, patch_size, convention)
     names = ["embedding", "stage1", "stage2", "stage3"]
     for out_name, src in zip(names, [stages[3], stages[0], stages[1], stages[2]]):
-        g.nodes.append(node("Identity", [src], [out_name], name=f"out_{out_name}"))
+        if float16:  # the interface stays float32: only the arithmetic is half precision
+            g.nodes.append(node("Cast", [src], [out_name], name=f"out_{out_name}", to=FLOAT))
+        else:
+            g.nodes.append(node("Identity", [src], [out_name], name=f"out_{out_name}"))
     outs = [value_info(n, ["batch", int(d), "h", "w"]) for n, d in zip(names, [dims[3], dims[0], dims[1], dims[2]])]
     return g.bytes([value_info("image", ["batch", int(in_chans), "height", "width"])], outs, metadata,
                    "convnextv2_encoder")

@@ -17,6 +17,7 @@ the untiled ones and free of seams; they cannot make them identical.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -89,64 +90,105 @@ class TiledPredictor:
         probs = softmax(out, axis=1)
         return np.stack([upsample_bilinear(o, factor) for o in probs]) if factor > 1 else probs
 
+    def windows(self):
+        return raster_windows(self.prep.height, self.prep.width, self.spec.tile, self.spec.overlap, self.p)
+
+    def row_span(self, block: tuple[int, int]) -> tuple[int, int]:
+        """Output rows [y0, y1) that tile rows [a, b) finish (the rows a block task writes)."""
+        rows, (a, b) = self.windows(), block
+        y0 = rows[a][0].y // self.stride if a > 0 else 0
+        y1 = min(rows[b][0].y // self.stride, self.out_h) if b < len(rows) else self.out_h
+        return y0, y1
+
     def run(self, write: Callable[[int, np.ndarray, np.ndarray], None],
-            progress: Callable[[float], None] = lambda f: None, cancelled: Callable[[], bool] = lambda: False) -> dict:
+            progress: Callable[[float], None] = lambda f: None, cancelled: Callable[[], bool] = lambda: False,
+            block: Optional[tuple[int, int]] = None) -> dict:
         """Process every tile; ``write(row, values (C, rows, out_w), valid (rows, out_w))`` receives
-        finished output rows in order (NaN where invalid). Returns counts of tiles run and skipped."""
-        rows = raster_windows(self.prep.height, self.prep.width, self.spec.tile, self.spec.overlap, self.p)
+        finished output rows in order (NaN where invalid). Returns counts of tiles run and skipped.
+
+        ``block`` = (a, b) runs tile rows a..b-1 only (and row a-1, whose overlap reaches into row a)
+        and writes just the output rows they finish (``row_span``): the numbers are those of the whole
+        run, so blocks of a huge raster can be computed apart and put together."""
+        rows = self.windows()
+        a, b = block if block is not None else (0, len(rows))
         s = self.stride
         ramp_cells = max(1, self.spec.overlap // s)
         th, tw = rows[0][0].h, rows[0][0].w
         width, height = self.pad_w // s, self.pad_h // s
-        total = sum(len(r) for r in rows)
+        first = max(a - 1, 0)
+        total = sum(len(r) for r in rows[first:b])
         done = run_count = skipped = 0
         # Accumulators of one tile row's height, allocated once: finished rows are written, then the
         # rest is shifted up, so memory depends on the width only.
         depth = th // s
         acc = np.zeros((self.channels, depth, width), np.float32)
         wsum = np.zeros((depth, width), np.float64)
-        acc_y = 0  # output row of acc[:, 0]
-        for r, row in enumerate(rows):
-            for start in range(0, len(row), self.spec.batch):
-                if cancelled():
-                    raise Cancelled("cancelled by the user; no output was written")
-                batch = row[start:start + self.spec.batch]
-                # Windows the raster itself knows to be empty (VRT gaps, sparse blocks) are not read.
-                batch_in = [win for win in batch if has_data(self.prep, win.y, win.x, th, tw)]
-                skipped += len(batch) - len(batch_in)
-                inputs = [(win, *read_block(self.prep, win.y, win.x, th, tw)) for win in batch_in]
-                todo = [(win, x, valid) for win, x, valid in inputs if valid.any()]
-                skipped += len(inputs) - len(todo)
-                if todo:
-                    outs = self._run(np.stack([x for _, x, _ in todo]))
+        acc_y = max(rows[first][0].y // s, 0)  # output row of acc[:, 0]
+
+        def load(batch):
+            """Read a batch's tiles (in the reader thread: every access to the input dataset is there).
+            Windows the raster itself knows to be empty (VRT gaps, sparse blocks) are not read."""
+            batch_in = [win for win in batch if has_data(self.prep, win.y, win.x, th, tw)]
+            inputs = [(win, *read_block(self.prep, win.y, win.x, th, tw)) for win in batch_in]
+            return len(batch) - len(batch_in), inputs
+
+        batches = [(r, rows[r][i:i + self.spec.batch]) for r in range(first, b)
+                   for i in range(0, len(rows[r]), self.spec.batch)]
+        # The next batch is read while the model runs on this one: reading overlaps the compute.
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmearth-read")
+        pending = reader.submit(load, batches[0][1]) if batches else None
+        k = 0
+        try:
+            for r in range(first, b):
+                while k < len(batches) and batches[k][0] == r:
+                    if cancelled():
+                        raise Cancelled("cancelled by the user; no output was written")
+                    batch = batches[k][1]
+                    empty, inputs = pending.result()
+                    k += 1
+                    pending = reader.submit(load, batches[k][1]) if k < len(batches) else None
+                    todo = [(win, x, valid) for win, x, valid in inputs if valid.any()]
+                    skipped += empty + len(inputs) - len(todo)
+                    self._accumulate(todo, acc, wsum, acc_y, ramp_cells, width, height)
                     run_count += len(todo)
-                    for (win, _, valid), out in zip(todo, outs):
-                        oh, ow = out.shape[1:]
-                        cell_valid = valid.reshape(oh, s, ow, s).any(axis=(1, 3)) if s > 1 else valid
-                        weight = blend_weights(win, oh, ow, ramp_cells) * cell_valid
-                        # windows may reach beyond the raster (mirrored context): keep the part inside
-                        oy, ox = win.y // s, win.x // s
-                        ya, yb, xa, xb = max(oy, 0), min(oy + oh, height), max(ox, 0), min(ox + ow, width)
-                        part = (slice(ya - oy, yb - oy), slice(xa - ox, xb - ox))
-                        acc[:, ya - acc_y:yb - acc_y, xa:xb] += out[(slice(None),) + part] * \
-                            weight[part][None].astype(np.float32)
-                        wsum[ya - acc_y:yb - acc_y, xa:xb] += weight[part]
-                done += len(batch)
-                progress(done / total)
-            finish = min(rows[r + 1][0].y // s if r + 1 < len(rows) else self.out_h, self.out_h)
-            if finish > acc_y:
-                n = finish - acc_y
-                valid = wsum[:n, :self.out_w] > 0
-                if valid.any():
-                    values = acc[:, :n, :self.out_w] / np.maximum(wsum[:n, :self.out_w], 1e-12)[None].astype(np.float32)
-                    values[:, ~valid] = np.nan
-                    write(acc_y, values, valid)
-                acc[:, :depth - n] = acc[:, n:].copy()
-                acc[:, depth - n:] = 0
-                wsum[:depth - n] = wsum[n:].copy()
-                wsum[depth - n:] = 0
-                acc_y = finish
+                    done += len(batch)
+                    progress(done / total)
+                finish = min(rows[r + 1][0].y // s if r + 1 < len(rows) else self.out_h, self.out_h)
+                if finish > acc_y:
+                    n = finish - acc_y
+                    valid = wsum[:n, :self.out_w] > 0
+                    if valid.any() and r >= a:
+                        values = acc[:, :n, :self.out_w] / np.maximum(wsum[:n, :self.out_w],
+                                                                      1e-12)[None].astype(np.float32)
+                        values[:, ~valid] = np.nan
+                        write(acc_y, values, valid)
+                    acc[:, :depth - n] = acc[:, n:].copy()
+                    acc[:, depth - n:] = 0
+                    wsum[:depth - n] = wsum[n:].copy()
+                    wsum[depth - n:] = 0
+                    acc_y = finish
+        finally:
+            if pending is not None:
+                pending.cancel()
+            reader.shutdown(wait=True)
         return {"tiles": total, "run": run_count, "skipped": skipped}
+
+    def _accumulate(self, todo, acc, wsum, acc_y, ramp_cells, width, height) -> None:
+        """Run the model on a batch of tiles and add their blended outputs to the accumulators."""
+        if not todo:
+            return
+        s = self.stride
+        outs = self._run(np.stack([x for _, x, _ in todo]))
+        for (win, _, valid), out in zip(todo, outs):
+            oh, ow = out.shape[1:]
+            cell_valid = valid.reshape(oh, s, ow, s).any(axis=(1, 3)) if s > 1 else valid
+            weight = blend_weights(win, oh, ow, ramp_cells) * cell_valid
+            # windows may reach beyond the raster (mirrored context): keep the part inside
+            oy, ox = win.y // s, win.x // s
+            ya, yb, xa, xb = max(oy, 0), min(oy + oh, height), max(ox, 0), min(ox + ow, width)
+            part = (slice(ya - oy, yb - oy), slice(xa - ox, xb - ox))
+            acc[:, ya - acc_y:yb - acc_y, xa:xb] += out[(slice(None),) + part] * weight[part][None].astype(np.float32)
+            wsum[ya - acc_y:yb - acc_y, xa:xb] += weight[part]
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,7 +230,7 @@ def check_outputs(outputs: dict, inputs: list) -> None:
 def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 0, device: str = "auto",
           dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto", band_map=None,
           scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
-          log=lambda m: None) -> dict:
+          log=lambda m: None, block: Optional[tuple] = None) -> dict:
     """Embedding raster (D bands) at patch stride, or upsampled to pixels; NaN where no data. With
     ``style``, a .qml beside it shows the three bands of largest spread as RGB."""
     from mpmae_core.runtime.raster import prepare_input
@@ -205,24 +247,25 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
     for note in prep.notes:
         log(note)
     runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "embed", upsample=upsample)
-    writer = RasterWriter(output, runner.out_w, runner.out_h, runner.channels, "float32",
-                          output_geotransform(prep.geotransform, runner.stride), prep.projection, nodata=float("nan"),
-                          descriptions=[f"embedding_{i}" for i in range(runner.channels)],
+    y0, y1 = runner.row_span(block) if block is not None else (0, runner.out_h)
+    writer = RasterWriter(output, runner.out_w, y1 - y0, runner.channels, "float32",
+                          block_geotransform(prep.geotransform, runner.stride, y0), prep.projection,
+                          nodata=float("nan"), descriptions=[f"embedding_{i}" for i in range(runner.channels)],
                           half_float=dtype == "float16", cog=cog)
     moments = BandMoments(runner.channels)
 
     def write(y, values, valid):
         if dtype == "float16":  # beyond float16's range GDAL would store infinities
             np.clip(values, -F16_MAX, F16_MAX, out=values)
-        writer.write_rows(y, values, valid)
+        writer.write_rows(y - y0, values, valid)
         moments.add(values, valid)
 
-    stats = writer_guard([writer], lambda: runner.run(write, progress, cancelled))
+    stats = writer_guard([writer], lambda: runner.run(write, progress, cancelled, block))
     if stats["run"] == 0:
         log("warning: the raster holds no valid pixel: the output is all no-data")
     writer.close({style_path(output): moments.three_component_qml()} if style else None)
     return dict(stats, output=str(output), provider=model.providers[0], level=prep.level, dn_offset=prep.dn_offset,
-                width=runner.out_w, height=runner.out_h, bands=runner.channels)
+                width=runner.out_w, height=y1 - y0, bands=runner.channels, tile_rows=len(runner.windows()))
 
 
 FEATURES_KEY = "MMEARTH_FEATURES"  # GDAL metadata item of a per-pixel feature raster (JSON)
@@ -350,6 +393,14 @@ def read_feature_raster_info(path) -> Optional[dict]:
     return info if isinstance(info, dict) and isinstance(info.get("blocks"), list) else None
 
 
+def block_geotransform(gt, stride: int, first_row: int) -> list:
+    """The geotransform of an output at ``stride`` whose first row is output row ``first_row``."""
+    out = output_geotransform(gt, stride)
+    out[0] += first_row * out[2]
+    out[3] += first_row * out[5]
+    return out
+
+
 def check_tiling(tile, overlap, batch) -> None:
     """Tile, overlap and batch as the runtime needs them, or a ValueError naming the fix."""
     for name, value, low in (("tile", tile, 1), ("overlap", overlap, 0), ("batch", batch, 0)):
@@ -362,9 +413,10 @@ def check_tiling(tile, overlap, batch) -> None:
 def segment(source, model_path, output, *, head_path=None, probabilities_path=None, tile: int = 512,
             overlap: int = 128, batch: int = 0, device: str = "auto", level: str = "auto", dn_offset="auto",
             band_map=None, scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None,
-            cancelled=lambda: False, log=lambda m: None) -> dict:
+            cancelled=lambda: False, log=lambda m: None, block: Optional[tuple] = None) -> dict:
     """Class map (uint8, 255 = no data, colour table and class names; with ``style`` a .qml whose
-    legend names the classes) and optional probabilities."""
+    legend names the classes) and optional probabilities. ``block``: tile rows (a, b) only, as
+    ``TiledPredictor.run`` describes (for huge rasters split across tasks)."""
     from mpmae_core.runtime.raster import prepare_input
 
     check_tiling(tile, overlap, batch)
@@ -409,22 +461,23 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         raise ValueError(f"the model gives {runner.channels} classes but its metadata names {len(names)}: the file's "
                          "graph and metadata do not belong together; export it again")
     colours = classes.class_colours or registry.suggest_class_colours(names)
-    gt = output_geotransform(prep.geotransform, 1)
-    writers = [RasterWriter(output, runner.out_w, runner.out_h, 1, "uint8", gt, prep.projection, nodata=255,
+    y0, y1 = runner.row_span(block) if block is not None else (0, runner.out_h)
+    gt = block_geotransform(prep.geotransform, 1, y0)
+    writers = [RasterWriter(output, runner.out_w, y1 - y0, 1, "uint8", gt, prep.projection, nodata=255,
                             descriptions=[classes.task or "class"], cog=cog, class_names=names,
                             class_colours=colours)]
     if probabilities_path:
         writers.append(writer_guard(writers, lambda: RasterWriter(
-            probabilities_path, runner.out_w, runner.out_h, runner.channels, "float32", gt, prep.projection,
+            probabilities_path, runner.out_w, y1 - y0, runner.channels, "float32", gt, prep.projection,
             nodata=float("nan"), descriptions=list(names), cog=cog)))
 
     def write(y, values, valid):
         classes_block = np.where(valid, np.nan_to_num(values).argmax(0), 255).astype(np.uint8)
-        writers[0].write_rows(y, classes_block[None], valid)
+        writers[0].write_rows(y - y0, classes_block[None], valid)
         if len(writers) > 1:
-            writers[1].write_rows(y, values, valid)
+            writers[1].write_rows(y - y0, values, valid)
 
-    stats = writer_guard(writers, lambda: runner.run(write, progress, cancelled))
+    stats = writer_guard(writers, lambda: runner.run(write, progress, cancelled, block))
     if stats["run"] == 0:
         log("warning: the raster holds no valid pixel: the class map is all no-data")
     # The probabilities first: the class map (the main output) appears only when everything worked.
@@ -432,7 +485,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     writer_guard(writers[:1], lambda: writers[0].close({style_path(output): paletted_qml(names, colours)}
                                                        if style else None))
     return dict(stats, output=str(output), probabilities=str(probabilities_path or ""), provider=model.providers[0],
-                level=prep.level, classes=list(names))
+                level=prep.level, classes=list(names), tile_rows=len(runner.windows()), height=y1 - y0)
 
 
 def embeddings_for(source, model_path, embeddings, workdir, *, progress=lambda f: None, **embed_kw) -> tuple:

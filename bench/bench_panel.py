@@ -1,0 +1,86 @@
+"""The loop an analyst feels in the few-shot mapping panel, on the embedded scene (1536 x 768 px).
+
+- the first embedding: the encoder's stage maps of the whole scene, cached once per raster and
+  model (``session.build_stage_cache``);
+- a new label to the updated preview: the quick head on every label (with its 5-fold CV) and the
+  class probabilities of a view of 768 x 512 px (the panel's preview grid), timed after each of
+  the labels 10..20 (the median is quoted);
+- the whole scene: the self-choosing head (12 candidates cross-validated) and the map.
+
+    python bench/bench_panel.py [--model runs/demo/models/atto_demo.onnx]
+
+Without --model a random-weight atto encoder is exported first (speed does not depend on weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model")
+    args = p.parse_args()
+    import numpy as np
+
+    from mpmae_core.data import sample
+    from mpmae_core.runtime.gdal_io import open_raster
+    from mpmae_core.runtime.labels import read_label_file
+    from mpmae_core.runtime.predict import segment
+    from mpmae_core.runtime.session import MappingSession
+
+    work = Path(tempfile.mkdtemp(prefix="bench-panel-"))
+    scene = str(sample.build(verbose=False)["stack"])
+    model = args.model
+    if not model:
+        import torch
+
+        from mpmae_core import registry
+        from mpmae_core.export import export_encoder
+        from mpmae_core.models import build_encoder
+        from mpmae_core.runtime.metadata import default_normalisation
+
+        torch.manual_seed(0)
+        model = str(work / "atto.onnx")
+        export_encoder(build_encoder("atto").eval(), model, registry.S2_MMEARTH_BANDS,
+                       default_normalisation(registry.S2_MMEARTH_BANDS))
+    pts = work / "points.gpkg"
+    sample.label_points(pts, per_class=4, seed=0, classes=["water", "forest", "farm", "meadow", "residential"])
+    feats, names, _, _ = read_label_file(pts, "landuse", open_raster(scene).GetProjection())
+    session = MappingSession(scene, model, device="cpu", cache_dir=work / "cache")
+    t = time.perf_counter()
+    session.ensure_cache()
+    first = time.perf_counter() - t
+    loop = []
+    view = (384, 128, 768, 512)
+    order = np.random.default_rng(0).permutation(len(feats))
+    for n in range(10, len(feats) + 1):
+        labelled = [feats[i] for i in order[:n]]
+        t = time.perf_counter()
+        head, _ = session.quick_head(labelled, names)
+        session.preview(head, view, max_pixels=200_000)
+        loop.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    session.train_full_head(feats, names, work / "head.onnx")
+    segment(scene, model, work / "map.tif", head_path=work / "head.onnx", device="cpu", style=False)
+    whole = time.perf_counter() - t
+    mpx = session.prep.width * session.prep.height / 1e6
+    print(f"scene {mpx:.2f} Mpx; view {view[2]} x {view[3]} px; labels 10..{len(feats)} (5 classes)")
+    print("| step | seconds |")
+    print("|---|---|")
+    print(f"| first embedding (stage-map cache of the scene) | {first:.1f} |")
+    print(f"| new label -> updated preview, median (min-max) | {statistics.median(loop):.2f} "
+          f"({min(loop):.2f}-{max(loop):.2f}) |")
+    print(f"| whole scene: self-choosing head + map | {whole:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,693 @@
+"""The dock panel *MMEarth few-shot mapping*: click labels on the map, see the class map change,
+label where the model is unsure, map the whole raster.
+
+The work happens in ``mpmae_core.runtime.session``: the encoder runs once per raster and model
+(a QGIS background task fills the on-disk stage cache), then each new label fits a quick head and
+previews the visible extent, also in a task, in a fraction of a second. Labels live in real
+memory layers of the project (points and polygons, field ``class``), in edit mode, so QGIS's own
+editing tools, undo and attribute table work on them; an existing point or polygon layer with a
+class field can be adopted instead. *Map whole raster* trains the self-choosing head of
+``mmearth:train_head`` on every label and writes the same files as the Processing algorithms (the
+head ``.onnx`` and a styled class map), so the run repeats headless with ``qgis_process``. The
+panel's state is saved in the project and restored when it is reopened. Only ``qgis.PyQt``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsField,
+    QgsGeometry,
+    QgsMapLayerProxyModel,
+    QgsMessageLog,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsTask,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox, QgsMapTool, QgsMapToolEmitPoint, QgsRubberBand
+from qgis.PyQt.QtCore import QTimer, QVariant, Qt, pyqtSignal
+from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
+from qgis.PyQt.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout, QHBoxLayout, QInputDialog, QLabel,
+                                 QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from . import models
+
+CLASS_FIELD = "class"
+PROJECT_SCOPE = "mmearth_fewshot"
+LOG_TAG = "MMEarth"
+
+
+def colour_icon(rgb) -> QIcon:
+    pix = QPixmap(14, 14)
+    pix.fill(QColor(*rgb))
+    return QIcon(pix)
+
+
+class SessionTask(QgsTask):
+    """Run ``fn(progress, cancelled)`` in the background; ``result_``/``error`` afterwards."""
+
+    def __init__(self, description: str, fn):
+        super().__init__(description, QgsTask.CanCancel)
+        self.fn, self.result_, self.error = fn, None, ""
+
+    def run(self):
+        from mpmae_core.runtime.files import Cancelled
+
+        try:
+            self.result_ = self.fn(lambda f: self.setProgress(100 * f), self.isCanceled)
+        except Cancelled:
+            self.error = "cancelled: nothing was written"
+            return False
+        except Exception as exc:  # noqa: BLE001 - shown in the panel and the log
+            from .algorithms.base import error_message
+
+            self.error = error_message(exc)
+            return False
+        return True
+
+
+class PolygonTool(QgsMapTool):
+    """Left clicks add vertices, a right click (or a double click) closes the polygon."""
+
+    finished = pyqtSignal(object)  # QgsGeometry in the canvas CRS
+
+    def __init__(self, canvas):
+        super().__init__(canvas)
+        self.points = []
+        self.band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self.band.setColor(QColor(255, 0, 0, 90))
+
+    def canvasReleaseEvent(self, event):  # noqa: N802
+        point = self.toMapCoordinates(event.pos())
+        if event.button() == Qt.LeftButton:
+            self.points.append(QgsPointXY(point))
+            self.band.addPoint(QgsPointXY(point))
+        elif event.button() == Qt.RightButton:
+            self.close_polygon()
+
+    def canvasDoubleClickEvent(self, event):  # noqa: N802
+        self.close_polygon()
+
+    def close_polygon(self):
+        if len(self.points) >= 3:
+            self.finished.emit(QgsGeometry.fromPolygonXY([self.points + [self.points[0]]]))
+        self.points = []
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+
+    def deactivate(self):
+        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        super().deactivate()
+
+
+class FewShotPanel(QgsDockWidget):
+    """The dock panel. ``canvas`` is the map canvas (iface.mapCanvas() in QGIS)."""
+
+    preview_ready = pyqtSignal()
+    map_finished = pyqtSignal(bool, str)
+    cache_ready = pyqtSignal(bool, str)
+
+    def __init__(self, canvas, parent=None):
+        super().__init__("MMEarth few-shot mapping", parent)
+        self.setObjectName("MMEarthFewShotPanel")
+        self.canvas = canvas
+        self.session = None
+        self.tasks = []
+        self.head = None
+        self.last_preview = None
+        self.preview_layers = {}
+        self.suggestion_layer = None
+        self.point_layer = None
+        self.polygon_layer = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="mmearth-fewshot-"))
+        self.preview_count = 0
+        self._build()
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(300)
+        self._debounce.timeout.connect(self.preview)
+        QgsProject.instance().writeProject.connect(self.save_state)
+        QgsProject.instance().readProject.connect(self.restore_state)
+
+    # ------------------------------------------------------------------------- the widget
+    def _build(self):
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        form = QFormLayout()
+        self.raster = QgsMapLayerComboBox()
+        self.raster.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.raster.setAllowEmptyLayer(True)
+        self.raster.setLayer(None)
+        self.raster.layerChanged.connect(self._inputs_changed)
+        self.findings = QLabel("choose a Sentinel-2 raster")
+        self.findings.setWordWrap(True)
+        self.model = QComboBox()
+        self.model.setEditable(True)
+        self.model.addItems([""] + models.available_models())
+        self.model.currentTextChanged.connect(self._inputs_changed)
+        form.addRow("Raster", self.raster)
+        form.addRow("", self.findings)
+        form.addRow("Model", self.model)
+        layout.addLayout(form)
+
+        layout.addWidget(QLabel("Classes"))
+        self.classes = QListWidget()
+        self.classes.setMaximumHeight(130)
+        layout.addWidget(self.classes)
+        row = QHBoxLayout()
+        self.class_name = QLineEdit()
+        self.class_name.setPlaceholderText("new class, e.g. water")
+        self.class_name.returnPressed.connect(self.add_class_from_field)
+        self.add_button = QPushButton("Add")
+        self.add_button.clicked.connect(self.add_class_from_field)
+        self.rename_button = QPushButton("Rename")
+        self.rename_button.clicked.connect(self.rename_class)
+        self.colour_button = QPushButton("Colour")
+        self.colour_button.clicked.connect(self.recolour_class)
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.clicked.connect(self.remove_class)
+        for w in (self.class_name, self.add_button, self.rename_button, self.colour_button, self.remove_button):
+            row.addWidget(w)
+        layout.addLayout(row)
+
+        labels = QHBoxLayout()
+        self.point_tool_button = QPushButton("Click points")
+        self.point_tool_button.setCheckable(True)
+        self.point_tool_button.toggled.connect(self._point_tool_toggled)
+        self.polygon_tool_button = QPushButton("Draw polygons")
+        self.polygon_tool_button.setCheckable(True)
+        self.polygon_tool_button.toggled.connect(self._polygon_tool_toggled)
+        labels.addWidget(self.point_tool_button)
+        labels.addWidget(self.polygon_tool_button)
+        layout.addLayout(labels)
+        adopt = QHBoxLayout()
+        self.adopt_layer = QgsMapLayerComboBox()
+        self.adopt_layer.setFilters(QgsMapLayerProxyModel.PointLayer | QgsMapLayerProxyModel.PolygonLayer)
+        self.adopt_layer.setAllowEmptyLayer(True)
+        self.adopt_layer.setLayer(None)
+        self.adopt_field = QLineEdit(CLASS_FIELD)
+        self.adopt_button = QPushButton("Adopt")
+        self.adopt_button.clicked.connect(self.adopt)
+        adopt.addWidget(QLabel("or use layer"))
+        adopt.addWidget(self.adopt_layer, 1)
+        adopt.addWidget(self.adopt_field)
+        adopt.addWidget(self.adopt_button)
+        layout.addLayout(adopt)
+
+        run = QHBoxLayout()
+        self.auto = QCheckBox("update after each label")
+        self.auto.setChecked(True)
+        self.preview_button = QPushButton("Preview")
+        self.preview_button.clicked.connect(self.preview)
+        run.addWidget(self.auto)
+        run.addWidget(self.preview_button)
+        layout.addLayout(run)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.counts = QLabel("")
+        self.counts.setWordWrap(True)
+        layout.addWidget(self.counts)
+
+        suggest = QHBoxLayout()
+        self.suggest_count = QSpinBox()
+        self.suggest_count.setRange(1, 200)
+        self.suggest_count.setValue(10)
+        self.suggest_button = QPushButton("Suggest where to label")
+        self.suggest_button.clicked.connect(self.suggest)
+        suggest.addWidget(self.suggest_button)
+        suggest.addWidget(self.suggest_count)
+        layout.addLayout(suggest)
+
+        out = QHBoxLayout()
+        self.output = QgsFileWidget()
+        self.output.setStorageMode(QgsFileWidget.SaveFile)
+        self.output.setFilter("GeoTIFF (*.tif)")
+        self.map_button = QPushButton("Map whole raster")
+        self.map_button.clicked.connect(self.map_raster)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel_map)
+        out.addWidget(self.output, 1)
+        out.addWidget(self.map_button)
+        out.addWidget(self.cancel_button)
+        layout.addLayout(out)
+        layout.addStretch(1)
+        self.setWidget(body)
+        self.point_tool = QgsMapToolEmitPoint(self.canvas)
+        self.point_tool.canvasClicked.connect(self.add_point)
+        self.polygon_tool = PolygonTool(self.canvas)
+        self.polygon_tool.finished.connect(self.add_polygon)
+
+    # ------------------------------------------------------------------------- inputs
+    def raster_layer(self):
+        layer = self.raster.currentLayer()
+        return layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
+
+    def model_path(self):
+        text = self.model.currentText().strip()
+        if not text:
+            return None
+        try:
+            return models.resolve_model(text)
+        except Exception as exc:  # noqa: BLE001 - QgsProcessingException: the message is what matters
+            self.findings.setText(str(exc))
+            return None
+
+    def _inputs_changed(self, *_):
+        from mpmae_core.runtime.inspect import inspect_raster, summary_lines
+
+        self.session = None
+        layer = self.raster_layer()
+        if layer is None:
+            self.findings.setText("choose a Sentinel-2 raster")
+            return
+        try:
+            lines = summary_lines(inspect_raster(layer.source()))
+            verdict = [ln for ln in lines if ln.startswith("Can feed")]
+            self.findings.setText("\n".join(verdict or lines[:2]))
+        except Exception as exc:  # noqa: BLE001
+            from .algorithms.base import error_message
+
+            self.findings.setText(error_message(exc))
+            return
+        path = self.model_path()
+        if path:
+            self.open_session(layer.source(), path)
+
+    def open_session(self, raster: str, model: str):
+        from mpmae_core.runtime.session import MappingSession
+
+        try:
+            self.session = MappingSession(raster, model, log=lambda m: QgsMessageLog.logMessage(m, LOG_TAG, Qgis.Info))
+        except Exception as exc:  # noqa: BLE001
+            from .algorithms.base import error_message
+
+            self.status.setText(error_message(exc))
+            self.session = None
+            return
+        if self.session.ready:
+            self.status.setText("features ready (cached)")
+            self.cache_ready.emit(True, "cached")
+            return
+        self.status.setText("computing the encoder's features once for this raster and model ...")
+        session = self.session
+        task = SessionTask("MMEarth: encoder features", lambda progress, cancelled: session.ensure_cache(progress,
+                                                                                                      cancelled))
+        self._start(task, lambda ok: self._cache_done(task, ok))
+
+    def _cache_done(self, task, ok):
+        if ok:
+            self.status.setText(f"features ready (computed in {task.result_:.1f} s)")
+            if self.auto.isChecked() and self.label_count() >= 2:
+                self.schedule_preview()
+        else:
+            self.status.setText(task.error)
+        self.cache_ready.emit(ok, task.error or "")
+
+    def _start(self, task, on_done):
+        self.tasks.append(task)
+
+        def done(ok):
+            if task in self.tasks:
+                self.tasks.remove(task)
+            on_done(ok)
+
+        task.taskCompleted.connect(lambda: done(True))
+        task.taskTerminated.connect(lambda: done(False))
+        QgsApplication.taskManager().addTask(task)
+
+    # ------------------------------------------------------------------------- classes
+    def class_names(self) -> list:
+        return [self.classes.item(i).text() for i in range(self.classes.count())]
+
+    def class_colours(self) -> list:
+        return [list(self.classes.item(i).data(Qt.UserRole)) for i in range(self.classes.count())]
+
+    def add_class(self, name: str, colour=None):
+        from mpmae_core import registry
+
+        name = name.strip()
+        if not name or name in self.class_names():
+            return
+        names = self.class_names() + [name]
+        rgb = list(colour) if colour else registry.suggest_class_colours(names)[-1]
+        item = QListWidgetItem(colour_icon(rgb), name)
+        item.setData(Qt.UserRole, [int(v) for v in rgb])
+        self.classes.addItem(item)
+        self.classes.setCurrentItem(item)
+
+    def add_class_from_field(self):
+        self.add_class(self.class_name.text())
+        self.class_name.clear()
+
+    def selected_class(self):
+        item = self.classes.currentItem()
+        return item.text() if item else None
+
+    def rename_class(self, new_name=None):
+        item = self.classes.currentItem()
+        if item is None:
+            return
+        old = item.text()
+        if not isinstance(new_name, str):
+            new_name, ok = QInputDialog.getText(self, "Rename class", "New name", text=old)
+            if not ok:
+                return
+        new_name = new_name.strip()
+        if not new_name or new_name in self.class_names():
+            return
+        item.setText(new_name)
+        for layer in self.label_layers():
+            idx = layer.fields().lookupField(self.field_of(layer))
+            for f in layer.getFeatures():
+                if f[idx] == old:
+                    layer.changeAttributeValue(f.id(), idx, new_name)
+
+    def recolour_class(self, colour=None):
+        item = self.classes.currentItem()
+        if item is None:
+            return
+        if colour is None:
+            chosen = QColorDialog.getColor(QColor(*item.data(Qt.UserRole)), self)
+            if not chosen.isValid():
+                return
+            colour = (chosen.red(), chosen.green(), chosen.blue())
+        item.setData(Qt.UserRole, [int(v) for v in colour])
+        item.setIcon(colour_icon(colour))
+
+    def remove_class(self):
+        row = self.classes.currentRow()
+        if row >= 0:
+            self.classes.takeItem(row)
+
+    # ------------------------------------------------------------------------- labels
+    def label_layers(self) -> list:
+        return [lyr for lyr in (self.point_layer, self.polygon_layer) if lyr is not None and _alive(lyr)]
+
+    def field_of(self, layer) -> str:
+        return layer.customProperty("mmearth/class_field", CLASS_FIELD)
+
+    def _new_label_layer(self, kind: str):
+        layer_crs = self.raster_layer().crs() if self.raster_layer() else self.canvas.mapSettings().destinationCrs()
+        layer = QgsVectorLayer(f"{kind}?crs={layer_crs.authid() or layer_crs.toWkt()}",
+                               f"MMEarth labels ({kind.lower()}s)", "memory")
+        layer.dataProvider().addAttributes([QgsField(CLASS_FIELD, QVariant.String)])
+        layer.updateFields()
+        layer.setCustomProperty("mmearth/class_field", CLASS_FIELD)
+        QgsProject.instance().addMapLayer(layer)
+        layer.startEditing()
+        self._watch(layer)
+        return layer
+
+    def _watch(self, layer):
+        layer.featureAdded.connect(self._labels_changed)
+        layer.featureDeleted.connect(self._labels_changed)
+        layer.attributeValueChanged.connect(self._labels_changed)
+        layer.geometryChanged.connect(self._labels_changed)
+
+    def adopt(self):
+        layer = self.adopt_layer.currentLayer()
+        field = self.adopt_field.text().strip() or CLASS_FIELD
+        if not isinstance(layer, QgsVectorLayer) or layer.fields().lookupField(field) < 0:
+            self.status.setText(f"choose a point or polygon layer with a field '{field}'")
+            return
+        layer.setCustomProperty("mmearth/class_field", field)
+        if layer.geometryType() == QgsWkbTypes.PointGeometry:
+            self.point_layer = layer
+        else:
+            self.polygon_layer = layer
+        self._watch(layer)
+        for value in sorted({str(f[field]) for f in layer.getFeatures() if f[field] not in (None, "")}):
+            self.add_class(value)
+        self._labels_changed()
+
+    def _add_label(self, geom, kind):
+        name = self.selected_class()
+        if name is None:
+            self.status.setText("add a class and select it before labelling")
+            return
+        attr = "point_layer" if kind == "Point" else "polygon_layer"
+        layer = getattr(self, attr)
+        if layer is None or not _alive(layer):
+            layer = self._new_label_layer(kind)
+            setattr(self, attr, layer)
+        if not layer.isEditable():
+            layer.startEditing()
+        canvas_crs = self.canvas.mapSettings().destinationCrs()
+        if canvas_crs != layer.crs():
+            geom = QgsGeometry(geom)
+            geom.transform(QgsCoordinateTransform(canvas_crs, layer.crs(), QgsProject.instance()))
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(geom)
+        feature.setAttribute(self.field_of(layer), name)
+        layer.beginEditCommand(f"MMEarth label {name}")
+        layer.addFeature(feature)
+        layer.endEditCommand()
+        layer.triggerRepaint()
+
+    def add_point(self, point, button=None):
+        self._add_label(QgsGeometry.fromPointXY(QgsPointXY(point)), "Point")
+
+    def add_polygon(self, geom):
+        self._add_label(geom, "Polygon")
+
+    def _point_tool_toggled(self, on):
+        if on:
+            self.polygon_tool_button.setChecked(False)
+            self.canvas.setMapTool(self.point_tool)
+        elif self.canvas.mapTool() is self.point_tool:
+            self.canvas.unsetMapTool(self.point_tool)
+
+    def _polygon_tool_toggled(self, on):
+        if on:
+            self.point_tool_button.setChecked(False)
+            self.canvas.setMapTool(self.polygon_tool)
+        elif self.canvas.mapTool() is self.polygon_tool:
+            self.canvas.unsetMapTool(self.polygon_tool)
+
+    def labelled_features(self):
+        """[(WKB in the raster's CRS, class index)], the class names and the per-class counts."""
+        names = self.class_names()
+        index = {n: i for i, n in enumerate(names)}
+        raster = self.raster_layer()
+        out, counts = [], {n: 0 for n in names}
+        for layer in self.label_layers():
+            field = self.field_of(layer)
+            transform = None
+            if raster is not None and layer.crs() != raster.crs():
+                transform = QgsCoordinateTransform(layer.crs(), raster.crs(), QgsProject.instance())
+            for f in layer.getFeatures():
+                value = f[field]
+                if value is None or str(value) not in index or f.geometry().isEmpty():
+                    continue
+                geom = QgsGeometry(f.geometry())
+                if transform is not None:
+                    geom.transform(transform)
+                out.append((bytes(geom.asWkb()), index[str(value)]))
+                counts[str(value)] += 1
+        return out, names, counts
+
+    def label_count(self) -> int:
+        return len(self.labelled_features()[0])
+
+    def _labels_changed(self, *_):
+        _, _, counts = self.labelled_features()
+        self.counts.setText("labels: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+        if self.auto.isChecked():
+            self.schedule_preview()
+
+    def schedule_preview(self):
+        self._debounce.start()
+
+    # ------------------------------------------------------------------------- preview
+    def view_window(self):
+        """The canvas extent as a pixel window of the raster (x0, y0, w, h)."""
+        raster = self.raster_layer()
+        extent = self.canvas.extent()
+        canvas_crs = self.canvas.mapSettings().destinationCrs()
+        if canvas_crs != raster.crs():
+            extent = QgsCoordinateTransform(canvas_crs, raster.crs(), QgsProject.instance()).transformBoundingBox(extent)
+        gt = self.session.prep.geotransform
+        x0 = int((extent.xMinimum() - gt[0]) / gt[1])
+        x1 = int((extent.xMaximum() - gt[0]) / gt[1]) + 1
+        y0 = int((extent.yMaximum() - gt[3]) / gt[5])
+        y1 = int((extent.yMinimum() - gt[3]) / gt[5]) + 1
+        x0, y0 = max(x0, 0), max(y0, 0)
+        x1, y1 = min(x1, self.session.prep.width), min(y1, self.session.prep.height)
+        return (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+
+    def preview(self):
+        if self.session is None or not self.session.ready:
+            self.status.setText("the encoder's features are not ready yet")
+            return
+        features, names, counts = self.labelled_features()
+        if sum(1 for c in counts.values() if c) < 2:
+            self.status.setText("label at least two classes to see a map")
+            return
+        session, colours, window = self.session, self.class_colours(), self.view_window()
+        self.preview_count += 1
+        stem = f"preview{self.preview_count}"
+        projection = session.prep.projection
+        folder = self.workdir
+
+        def work(progress, cancelled):
+            from mpmae_core.runtime.session import write_preview
+
+            head, cv = session.quick_head(features, names, colours)
+            pv = session.preview(head, window, max_pixels=200_000)
+            paths = write_preview(pv, head, folder, projection, stem)
+            return head, cv, pv, paths
+
+        task = SessionTask("MMEarth: preview", work)
+        self._start(task, lambda ok: self._preview_done(task, ok))
+
+    def _preview_done(self, task, ok):
+        if not ok:
+            self.status.setText(task.error)
+            return
+        head, cv, pv, (class_path, conf_path) = task.result_
+        self.head, self.last_preview = head, pv
+        for key, path, title in (("classes", class_path, "MMEarth preview"),
+                                 ("confidence", conf_path, "MMEarth confidence")):
+            old = self.preview_layers.get(key)
+            if old is not None and _alive(old):
+                QgsProject.instance().removeMapLayer(old.id())
+            layer = QgsRasterLayer(str(path), title, "gdal")
+            layer.loadNamedStyle(str(Path(path).with_suffix(".qml")))
+            QgsProject.instance().addMapLayer(layer)
+            self.preview_layers[key] = layer
+        text = "preview of the view"
+        if cv:
+            text += (f"; cross-validated accuracy {cv['accuracy']:.0%}, balanced {cv['balanced_accuracy']:.0%} "
+                     f"({head.describe()})")
+        self.status.setText(text)
+        self.preview_ready.emit()
+
+    # ------------------------------------------------------------------------- suggestions
+    def suggest(self):
+        if self.last_preview is None:
+            self.status.setText("make a preview first")
+            return
+        from mpmae_core.runtime.session import MappingSession
+
+        n = self.suggest_count.value()
+        places = MappingSession.suggest(self.last_preview, n, min_distance_px=5)
+        raster = self.raster_layer()
+        old = self.suggestion_layer
+        if old is not None and _alive(old):
+            QgsProject.instance().removeMapLayer(old.id())
+        layer = QgsVectorLayer(f"Point?crs={raster.crs().authid() or raster.crs().toWkt()}",
+                               "MMEarth: label here next", "memory")
+        layer.dataProvider().addAttributes([QgsField("confidence", QVariant.Double)])
+        layer.updateFields()
+        feats = []
+        for x, y, p in places:
+            f = QgsFeature(layer.fields())
+            f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+            f.setAttribute("confidence", p)
+            feats.append(f)
+        layer.dataProvider().addFeatures(feats)
+        QgsProject.instance().addMapLayer(layer)
+        self.suggestion_layer = layer
+        self.status.setText(f"{len(places)} places where the model is least sure (lowest top-class probability): "
+                            "label some of them")
+
+    # ------------------------------------------------------------------------- the whole raster
+    def map_raster(self, output=None):
+        if self.session is None or not self.session.ready:
+            self.status.setText("the encoder's features are not ready yet")
+            return
+        out = Path(output or self.output.filePath() or (self.workdir / "landcover.tif"))
+        self.output.setFilePath(str(out))
+        features, names, _ = self.labelled_features()
+        session, colours = self.session, self.class_colours()
+        head_path = out.with_name(out.stem + "_head.onnx")
+        report = out.with_name(out.stem + "_head.html")
+        self.map_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+
+        def work(progress, cancelled):
+            from mpmae_core.runtime.predict import segment
+
+            trained = session.train_full_head(features, names, head_path, class_colours=colours, report_path=report,
+                                              cancelled=cancelled)
+            progress(0.2)
+            res = segment(session.raster, session.model_path, out, head_path=head_path,
+                          progress=lambda f: progress(0.2 + 0.8 * f), cancelled=cancelled)
+            return trained, res
+
+        self.map_task = SessionTask("MMEarth: landcover map of the whole raster", work)
+        self._start(self.map_task, lambda ok: self._map_done(self.map_task, ok, out, head_path))
+
+    def cancel_map(self):
+        task = getattr(self, "map_task", None)
+        if task is not None:
+            task.cancel()
+
+    def _map_done(self, task, ok, out, head_path):
+        self.map_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if ok:
+            trained, _ = task.result_
+            layer = QgsRasterLayer(str(out), Path(out).stem, "gdal")
+            layer.loadNamedStyle(str(Path(out).with_suffix(".qml")))
+            QgsProject.instance().addMapLayer(layer)
+            text = (f"wrote {out} and the head {head_path} (chosen: {trained['chosen']}); repeat it headless with "
+                    f"qgis_process run mmearth:segment -- INPUT=... MODEL=... HEAD={head_path} OUTPUT=...")
+        else:
+            text = task.error
+        self.status.setText(text)
+        self.map_finished.emit(ok, text)
+
+    # ------------------------------------------------------------------------- project state
+    def state(self) -> dict:
+        raster = self.raster_layer()
+        return {"raster": raster.id() if raster else "", "model": self.model.currentText().strip(),
+                "classes": [[n, c] for n, c in zip(self.class_names(), self.class_colours())],
+                "point_layer": self.point_layer.id() if self.point_layer and _alive(self.point_layer) else "",
+                "polygon_layer": self.polygon_layer.id() if self.polygon_layer and _alive(self.polygon_layer) else "",
+                "auto": self.auto.isChecked(), "output": self.output.filePath()}
+
+    def save_state(self, document=None):
+        QgsProject.instance().writeEntry(PROJECT_SCOPE, "state", json.dumps(self.state()))
+
+    def restore_state(self, document=None):
+        text, ok = QgsProject.instance().readEntry(PROJECT_SCOPE, "state", "")
+        if not ok or not text:
+            return
+        try:
+            state = json.loads(text)
+        except json.JSONDecodeError:
+            return
+        project = QgsProject.instance()
+        self.classes.clear()
+        for name, colour in state.get("classes", []):
+            self.add_class(name, colour)
+        for attr in ("point_layer", "polygon_layer"):
+            layer = project.mapLayer(state.get(attr, "")) if state.get(attr) else None
+            setattr(self, attr, layer)
+            if layer is not None:
+                self._watch(layer)
+        self.auto.setChecked(bool(state.get("auto", True)))
+        self.output.setFilePath(state.get("output", ""))
+        self.model.setEditText(state.get("model", ""))
+        raster = project.mapLayer(state.get("raster", "")) if state.get("raster") else None
+        self.raster.setLayer(raster)
+        self._inputs_changed()
+
+
+def _alive(layer) -> bool:
+    try:
+        return QgsProject.instance().mapLayer(layer.id()) is not None
+    except RuntimeError:  # the C++ layer was deleted
+        return False

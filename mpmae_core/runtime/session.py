@@ -1,0 +1,411 @@
+"""An interactive few-shot mapping session: the encoder runs once per raster and model, then every
+new label gives a fresh head and preview in a fraction of a second.
+
+The encoder's stage maps are cached on disk at their own strides (``StageCache``: one GeoTIFF
+per stage, 30 values per pixel for an atto encoder at patch 16 instead of the 612 of the joined
+hypercolumn), keyed by the raster file (path, size, time) and the model file, in
+``$MMEARTH_CACHE/features`` (default ``~/.cache/mmearth/features``). A pixel's features are then
+its normalised bands, read from the raster, and the cached maps sampled bilinearly at it: the
+same blocks, in the same order, as ``pixel`` computes from tiles, so a head fitted here is an
+ordinary per-pixel head that ``segment`` and ``qgis_process`` run.
+
+``MappingSession`` holds a raster, a model and the cache; it fits a quick head (for the live
+preview), previews the class probabilities of a window on a grid of at most ``max_pixels``
+pixels, suggests the least confident places to label next, and trains the full self-choosing
+head (``pixelhead``) on the cached features for the final map. No QGIS here: the plugin's dock
+panel drives it from background tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from mpmae_core.runtime.files import Cancelled
+from mpmae_core.runtime.pixel import SPECTRA, Block, encoder_blocks, feature_set_blocks, sample_bilinear
+
+#: The head the live preview fits after every label: fast to fit and to apply, and rarely far from
+#: the chosen one (the full choice runs when the raster is mapped).
+PREVIEW_CANDIDATE = ("both", "logistic", 1e-2)
+CACHE_VERSION = 1
+
+
+def cache_root() -> Path:
+    env = os.environ.get("MMEARTH_CACHE")
+    if env:
+        return Path(env) / "features"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mmearth" / "features"
+
+
+def file_identity(path) -> dict:
+    p = Path(path)
+    st = p.stat()
+    return {"path": str(p.resolve()), "bytes": st.st_size, "mtime": int(st.st_mtime)}
+
+
+def cache_key(raster, model, options: dict) -> str:
+    ident = {"raster": file_identity(raster), "model": file_identity(model), "options": options,
+             "version": CACHE_VERSION}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class StageCache:
+    folder: Path
+    blocks: list  # encoder blocks (no spectra), the cached maps
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.tif"
+
+    @property
+    def complete(self) -> bool:
+        return (self.folder / "info.json").is_file() and all(self.path(b.name).is_file() for b in self.blocks)
+
+
+def build_stage_cache(prep, model, folder: Path, tile: int = 512, overlap: int = 128,
+                      progress: Callable[[float], None] = lambda f: None,
+                      cancelled: Callable[[], bool] = lambda: False) -> StageCache:
+    """Every encoder stage map of the raster at its own stride, each cell from the owner tile of
+    its pixels (``tiling``), written as GeoTIFFs (float16) into ``folder``; info.json last, so a
+    cache without it is incomplete and is rebuilt."""
+    from mpmae_core.runtime.pixel import EncoderMaps, check_maps
+    from mpmae_core.runtime.predict import writer_guard
+    from mpmae_core.runtime.raster import RasterWriter, has_data, read_block
+    from mpmae_core.runtime.tiling import owned_span, raster_windows
+
+    blocks = [b for b in encoder_blocks(model.metadata) if b.name != SPECTRA]
+    p = model.metadata.patch_size
+    windows = raster_windows(prep.height, prep.width, tile, overlap, p)
+    th, tw = windows[0][0].h, windows[0][0].w
+    ystarts, xstarts = [r[0].y for r in windows], [w.x for w in windows[0]]
+    gt = prep.geotransform
+    writers = []
+    for b in blocks:
+        h, w = -(-prep.height // b.stride), -(-prep.width // b.stride)
+        writers.append(RasterWriter(folder / f"{b.name}.tif", w, h, b.channels, "float32",
+                                    [gt[0], gt[1] * b.stride, gt[2], gt[3], gt[4], gt[5] * b.stride],
+                                    prep.projection, nodata=float("nan"), half_float=True))
+    runner = EncoderMaps(model, blocks)
+    xspans = [owned_span(i, xstarts, tw, prep.width) for i in range(len(xstarts))]
+
+    def work():
+        for r, row in enumerate(windows):
+            y_lo, y_hi = owned_span(r, ystarts, th, prep.height)
+            if y_hi <= y_lo:
+                continue
+            # a cell belongs to the tile that owns its first pixel: cell spans never overlap
+            cspan = {b.name: (-(-y_lo // b.stride), -(-y_hi // b.stride)) for b in blocks}
+            bands = {b.name: np.full((b.channels, cspan[b.name][1] - cspan[b.name][0], -(-prep.width // b.stride)),
+                                     np.nan, np.float32) for b in blocks}
+            for win, (x_lo, x_hi) in zip(row, xspans):
+                if cancelled():
+                    raise Cancelled("cancelled by the user; the cache was not written")
+                if x_hi <= x_lo or not has_data(prep, win.y, win.x, th, tw):
+                    continue
+                x, valid = read_block(prep, win.y, win.x, th, tw)
+                if not valid.any():
+                    continue
+                maps = runner(x[None])[0]
+                check_maps(maps, blocks, th, tw)
+                for b in blocks:
+                    s = b.stride
+                    cy0, cy1 = cspan[b.name]
+                    cx0, cx1 = -(-x_lo // s), -(-x_hi // s)
+                    if cy1 <= cy0 or cx1 <= cx0:
+                        continue
+                    oy, ox = (win.y // s), (win.x // s)
+                    cell_valid = valid[:th // s * s, :tw // s * s].reshape(th // s, s, tw // s, s).any(axis=(1, 3))
+                    part = maps[b.name][:, cy0 - oy:cy1 - oy, cx0 - ox:cx1 - ox].copy()
+                    part[:, ~cell_valid[cy0 - oy:cy1 - oy, cx0 - ox:cx1 - ox]] = np.nan
+                    bands[b.name][:, :, cx0:cx1] = part
+            for b, writer in zip(blocks, writers):
+                band = bands[b.name]
+                if band.shape[1]:
+                    writer.write_rows(cspan[b.name][0], band, np.isfinite(band).any(0))
+            progress((r + 1) / len(windows))
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer_guard(writers, work)
+    for w in writers:
+        w.close()
+    info = {"blocks": [[b.name, b.channels, b.stride] for b in blocks], "created": time.strftime("%Y-%m-%d %H:%M"),
+            "tile": tile, "overlap": overlap}
+    (folder / "info.json").write_text(json.dumps(info))
+    return StageCache(folder, blocks)
+
+
+def _locked(fn):
+    """One call at a time per session: the GDAL dataset and the model are used by one thread at once
+    (the panel runs previews and the whole-raster map as background tasks)."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
+class MappingSession:
+    """A raster and an encoder, with the stage-map cache, for live few-shot mapping."""
+
+    def __init__(self, raster, model_path, *, device: str = "auto", level: str = "auto", dn_offset="auto",
+                 band_map=None, scale: float = 1.0, tile: int = 512, overlap: int = 128, cache_dir=None,
+                 log: Callable[[str], None] = lambda m: None):
+        from mpmae_core.runtime.model import OnnxModel
+        from mpmae_core.runtime.raster import prepare_input
+
+        self.raster, self.model_path = str(raster), str(model_path)
+        self.model = OnnxModel(model_path, device=device, log=log)
+        if self.model.metadata.kind != "encoder":
+            raise ValueError(f"'{model_path}' is a {self.model.metadata.kind} model; few-shot mapping needs an encoder")
+        self.prep = prepare_input(raster, self.model.metadata, level=level, dn_offset=dn_offset, band_map=band_map,
+                                  log=log, scale=scale)
+        self.blocks = encoder_blocks(self.model.metadata)
+        self.tile, self.overlap = tile, overlap
+        options = {"level": self.prep.level, "dn_offset": self.prep.dn_offset, "scale": scale,
+                   "band_map": band_map, "tile": tile, "overlap": overlap}
+        root = Path(cache_dir) if cache_dir else cache_root()
+        self.cache = StageCache(root / cache_key(raster, model_path, options),
+                                [b for b in self.blocks if b.name != SPECTRA])
+        self._maps: dict = {}
+        self.lock = threading.RLock()
+
+    # -- the cache ----------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.cache.complete
+
+    @_locked
+    def ensure_cache(self, progress=lambda f: None, cancelled=lambda: False) -> float:
+        """Build the cache if needed; returns the seconds it took (0 when it was there)."""
+        if self.ready:
+            return 0.0
+        t = time.perf_counter()
+        build_stage_cache(self.prep, self.model, self.cache.folder, self.tile, self.overlap, progress, cancelled)
+        return time.perf_counter() - t
+
+    def _stage(self, name: str) -> np.ndarray:
+        if name not in self._maps:  # a few tens of MB per stage for a Sentinel-2 scene of this size
+            from mpmae_core.runtime.gdal_io import open_raster
+
+            ds = open_raster(self.cache.path(name))
+            self._maps[name] = ds.ReadAsArray().astype(np.float32).reshape(ds.RasterCount, ds.RasterYSize,
+                                                                            ds.RasterXSize)
+        return self._maps[name]
+
+    # -- features -----------------------------------------------------------------------
+    @_locked
+    def features_at(self, rows: np.ndarray, cols: np.ndarray, blocks=None) -> np.ndarray:
+        """(n, F) features of ``blocks`` (default all) at raster pixels; NaN rows without data."""
+        from mpmae_core.runtime.raster import read_block
+
+        blocks = blocks or self.blocks
+        rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        parts = []
+        for b in blocks:
+            if b.name == SPECTRA:
+                out = np.full((rows.size, b.channels), np.nan, np.float32)
+                keys = (rows // 512) * (self.prep.width // 512 + 1) + cols // 512  # read 512 px squares, no more
+                for key in np.unique(keys):
+                    sel = np.flatnonzero(keys == key)
+                    r0, c0 = int(rows[sel].min()), int(cols[sel].min())
+                    x, valid = read_block(self.prep, r0, c0, int(rows[sel].max()) - r0 + 1,
+                                          int(cols[sel].max()) - c0 + 1)
+                    vals = x[:, rows[sel] - r0, cols[sel] - c0].T
+                    vals[~valid[rows[sel] - r0, cols[sel] - c0]] = np.nan
+                    out[sel] = vals
+                parts.append(out)
+            else:
+                parts.append(sample_bilinear(self._stage(b.name), b.stride, rows, cols))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    @_locked
+    def grid_features(self, ys: np.ndarray, xs: np.ndarray, blocks=None) -> np.ndarray:
+        """(F, len(ys), len(xs)) features on the grid of pixel rows ``ys`` x columns ``xs`` (both
+        increasing): the window's bands read once, each stage interpolated separably (rows, then
+        columns: the same numbers as :meth:`features_at`, far fewer operations)."""
+        from mpmae_core.runtime.pixel import bilinear_axis
+        from mpmae_core.runtime.raster import read_block
+
+        blocks = blocks or self.blocks
+        ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
+        parts = []
+        for b in blocks:
+            if b.name == SPECTRA:
+                y0, x0 = int(ys[0]), int(xs[0])
+                x, valid = read_block(self.prep, y0, x0, int(ys[-1]) - y0 + 1, int(xs[-1]) - x0 + 1)
+                sub = x[:, ys - y0][:, :, xs - x0]
+                sub[:, ~valid[ys - y0][:, xs - x0]] = np.nan
+                parts.append(sub)
+                continue
+            m = self._stage(b.name)
+            ly, hy, fy = bilinear_axis(m.shape[1], b.stride, ys)
+            lx, hx, fx = bilinear_axis(m.shape[2], b.stride, xs)
+            r0, r1 = int(ly.min()), int(hy.max()) + 1
+            c0, c1 = int(lx.min()), int(hx.max()) + 1
+            win = m[:, r0:r1, c0:c1]
+            rows = win[:, ly - r0] * (1 - fy)[None, :, None] + win[:, hy - r0] * fy[None, :, None]
+            parts.append(rows[:, :, lx - c0] * (1 - fx)[None, None, :] + rows[:, :, hx - c0] * fx[None, None, :])
+        return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+
+    def label_pixels(self, features, buffer_m: float = 0.0):
+        """(rows, cols, classes, groups) of labelled features on the raster's grid."""
+        from mpmae_core.runtime.labels import label_cells
+
+        cells = label_cells(features, self.prep.geotransform, self.prep.width, self.prep.height, buffer_m)
+        return cells.rows, cells.cols, cells.classes, cells.groups
+
+    # -- heads --------------------------------------------------------------------------
+    @_locked
+    def training_data(self, features, max_per_class: int = 1000, buffer_m: float = 0.0):
+        from mpmae_core.runtime.labels import cap_per_class_grouped
+
+        rows, cols, y, groups = self.label_pixels(features, buffer_m)
+        keep = cap_per_class_grouped(y, groups, max_per_class)
+        rows, cols, y, groups = rows[keep], cols[keep], y[keep], groups[keep]
+        x = self.features_at(rows, cols)
+        ok = np.isfinite(x).all(1)
+        return x[ok], y[ok], groups[ok]
+
+    @_locked
+    def quick_head(self, features, class_names, class_colours=None, buffer_m: float = 0.0):
+        """The preview head (PREVIEW_CANDIDATE) on every labelled pixel, and its 5-fold grouped CV."""
+        from mpmae_core.runtime.pixelhead import Candidate, PixelHead, score_candidates
+
+        x, y, groups = self.training_data(features, buffer_m=buffer_m)
+        cand = Candidate(*PREVIEW_CANDIDATE)
+        present = sorted(set(y.tolist()))
+        if len(present) < 2:
+            raise ValueError("label at least two classes to see a map")
+        sub = feature_set_blocks(self.blocks, cand.feature_set)
+        cols = self._columns(sub)
+        head = PixelHead.fit(x[:, cols], y, sub, cand, list(class_names), class_colours)
+        cv = None
+        counts = [len(set(groups[y == c].tolist())) for c in present]
+        if min(counts) >= 2:
+            cv = score_candidates(x, y, groups, self.blocks, list(class_names), [cand], folds=5)[0]
+        return head, cv
+
+    def _columns(self, sub) -> np.ndarray:
+        from mpmae_core.runtime.pixel import block_slices
+
+        sl = block_slices(self.blocks)
+        return np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in sub])
+
+    @_locked
+    def preview(self, head, window: Optional[tuple] = None, max_pixels: int = 250_000) -> dict:
+        """Class probabilities of a pixel window (x0, y0, w, h; default the raster) on a regular grid
+        of at most ``max_pixels``: {"probs" (K, gh, gw), "valid", "geotransform", "step"}."""
+        x0, y0, w, h = window or (0, 0, self.prep.width, self.prep.height)
+        x0, y0 = max(0, int(x0)), max(0, int(y0))
+        w, h = min(int(w), self.prep.width - x0), min(int(h), self.prep.height - y0)
+        if w <= 0 or h <= 0:
+            raise ValueError("the window does not overlap the raster")
+        step = max(1, int(np.ceil(np.sqrt(w * h / max_pixels))))
+        ys = np.arange(y0, y0 + h, step)
+        xs = np.arange(x0, x0 + w, step)
+        k = len(head.class_names)
+        probs = np.full((k, len(ys), len(xs)), np.nan, np.float32)
+        valid = np.zeros((len(ys), len(xs)), bool)
+        chunk = max(1, 2_000_000 // max(1, head.n_features * len(xs)))  # bounded memory, whatever the window
+        for i in range(0, len(ys), chunk):
+            feats = self.grid_features(ys[i:i + chunk], xs, head.blocks)
+            flat = feats.reshape(feats.shape[0], -1).T
+            ok = np.isfinite(flat).all(1)
+            part = np.full((k, flat.shape[0]), np.nan, np.float32)
+            if ok.any():
+                part[:, ok] = head.probabilities(flat[ok]).T
+            probs[:, i:i + chunk] = part.reshape(k, -1, len(xs))
+            valid[i:i + chunk] = ok.reshape(-1, len(xs))
+        gt = self.prep.geotransform
+        out_gt = (gt[0] + x0 * gt[1], gt[1] * step, 0.0, gt[3] + y0 * gt[5], 0.0, gt[5] * step)
+        return {"probs": probs, "valid": valid, "geotransform": out_gt, "step": step, "origin": (x0, y0)}
+
+    @staticmethod
+    def suggest(preview: dict, n: int = 10, min_distance_px: int = 0) -> list:
+        """Map coordinates (x, y) of the ``n`` least confident valid places of a preview (lowest
+        top-class probability), spread out: no two closer than ``min_distance_px`` grid cells."""
+        probs, valid, gt = preview["probs"], preview["valid"], preview["geotransform"]
+        conf = np.full(valid.shape, np.inf)
+        conf[valid] = probs[:, valid].max(axis=0)
+        order = np.argsort(conf, axis=None)
+        picked = []
+        for flat in order:
+            if not np.isfinite(conf.flat[flat]) or len(picked) >= n:
+                break
+            r, c = divmod(int(flat), conf.shape[1])
+            if all(max(abs(r - pr), abs(c - pc)) > min_distance_px for pr, pc, _ in picked):
+                picked.append((r, c, float(conf.flat[flat])))
+        return [(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5], p) for r, c, p in picked]
+
+    @_locked
+    def train_full_head(self, features, class_names, output, *, class_colours=None, report_path=None,
+                        buffer_m: float = 0.0, cancelled=lambda: False, log=lambda m: None) -> dict:
+        """The self-choosing head of ``train_head`` (every candidate cross-validated) on the cached
+        features, saved as ONNX (and its HTML report)."""
+        from mpmae_core.runtime.files import PendingOutput, check_output
+        from mpmae_core.runtime.model import OnnxModel
+        from mpmae_core.runtime.pixelhead import (PixelHead, candidates, check_labels, choose, report_html,
+                                                  report_text, score_candidates)
+
+        check_output(output, [self.raster, self.model_path], "head", (".onnx",), "an ONNX model")
+        x, y, groups = self.training_data(features, buffer_m=buffer_m)
+        check_labels(y, groups, class_names)
+        scores = score_candidates(x, y, groups, self.blocks, list(class_names), candidates(), cancelled=cancelled)
+        pick, why = choose(scores, self.blocks)
+        cand = scores[pick]["candidate"]
+        sub = feature_set_blocks(self.blocks, cand.feature_set)
+        head = PixelHead.fit(x[:, self._columns(sub)], y, sub, cand, list(class_names), class_colours)
+        samples = {n: {"features": len(set(groups[y == i].tolist())), "pixels": int((y == i).sum())}
+                   for i, n in enumerate(class_names)}
+        pending = PendingOutput(output)
+        try:
+            pending.tmp.write_bytes(head.onnx_bytes(self.model.metadata.patch_size,
+                                                    source=f"per-pixel head on {Path(self.model_path).name}"))
+            if report_path:
+                pending.companion(report_path).write_text(
+                    report_html(scores, pick, why, samples, f"Few-shot head: {Path(output).name}"), encoding="utf-8")
+            pending.commit(lambda tmp: OnnxModel(tmp, device="cpu"))
+        except BaseException:
+            pending.abort()
+            raise
+        log(report_text(scores, pick, why, samples))
+        return {"head": head, "output": str(output), "chosen": scores[pick]["name"], "why": why,
+                "cv": scores[pick], "scores": scores}
+
+
+__all__ = ["MappingSession", "StageCache", "build_stage_cache", "cache_root", "PREVIEW_CANDIDATE", "Block"]
+
+
+def write_preview(preview: dict, head, folder, projection: str, stem: str = "preview") -> tuple[Path, Path]:
+    """The preview as two small GeoTIFFs in ``folder``: the class map (uint8 with names, colours
+    and a .qml) and the confidence (top-class probability, with a colour ramp)."""
+    from mpmae_core.runtime.raster import RasterWriter
+    from mpmae_core.runtime.styles import paletted_qml, pseudocolor_qml, style_path
+
+    folder = Path(folder)
+    probs, valid, gt = preview["probs"], preview["valid"], preview["geotransform"]
+    k, h, w = probs.shape
+    classes = np.where(valid, np.nan_to_num(probs).argmax(0), 255).astype(np.uint8)
+    conf = np.where(valid, np.nanmax(np.where(valid[None], probs, -1), axis=0), np.nan).astype(np.float32)
+    class_path, conf_path = folder / f"{stem}_classes.tif", folder / f"{stem}_confidence.tif"
+    cw = RasterWriter(class_path, w, h, 1, "uint8", gt, projection, nodata=255, descriptions=["class"],
+                      class_names=head.class_names, class_colours=head.class_colours)
+    cw.write_rows(0, classes[None])
+    cw.close({style_path(class_path): paletted_qml(head.class_names, head.class_colours)})
+    fw = RasterWriter(conf_path, w, h, 1, "float32", gt, projection, nodata=float("nan"), descriptions=["confidence"])
+    fw.write_rows(0, conf[None])
+    lo = float(np.nanmin(conf)) if np.isfinite(conf).any() else 0.0
+    fw.close({style_path(conf_path): pseudocolor_qml(lo, 1.0)})
+    return class_path, conf_path

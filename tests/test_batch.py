@@ -1,0 +1,198 @@
+"""The batch command on a real Dask LocalCluster of 2 worker processes: copies of the embedded
+scene and a corrupt one; outputs equal the single-process runtime's, a corrupt scene is reported
+and the others complete, a worker killed mid-run is recovered from, a re-run does nothing, a
+changed scene is redone, the mosaic opens with the right extent; STAC items and huge scenes split
+into row blocks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+pytest.importorskip("distributed")
+
+from mpmae_core.runtime import batch as B  # noqa: E402
+from mpmae_core.runtime.predict import embed, segment  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40)
+    client = Client(c)
+    yield client
+    client.close()
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Four scenes cut from the embedded scene (different places), and a corrupt one."""
+    from mpmae_core.data import sample
+
+    d = tmp_path_factory.mktemp("scenes")
+    stack = str(sample.build(verbose=False)["stack"])
+    for i, (x, y) in enumerate([(0, 0), (512, 0), (0, 384), (1024, 384)]):
+        gdal.Translate(str(d / f"scene{i}.tif"), stack, srcWin=[x, y, 512, 384])
+    bad = d / "scene_corrupt.tif"
+    data = bytearray((d / "scene0.tif").read_bytes())
+    data[len(data) // 3:len(data) // 3 + 40000] = os.urandom(40000)  # damaged tiles in the middle
+    bad.write_bytes(bytes(data))
+    return d
+
+
+def _job_kw():
+    return dict(options={"tile": 256, "overlap": 64}, device="cpu")
+
+
+def test_every_good_scene_equals_the_single_process_runtime_and_a_corrupt_one_is_reported(
+        cluster, scenes, models_dir, tmp_path):
+    model = str(models_dir / "atto_test.onnx")
+    out = tmp_path / "out"
+    report = B.run_batch("embed", str(scenes / "scene*.tif"), model, out, client=cluster, rows_per_block=1,
+                         **_job_kw())
+    assert sorted(d["scene"] for d in report.done) == ["scene0", "scene1", "scene2", "scene3"]
+    assert [f["scene"] for f in report.failed] == ["scene_corrupt"]
+    assert "could not read" in report.failed[0]["reason"] or "damaged" in report.failed[0]["reason"]
+    for i in range(4):
+        single = tmp_path / f"single{i}.tif"
+        embed(scenes / f"scene{i}.tif", model, single, device="cpu", tile=256, overlap=64)
+        a = gdal.Open(str(out / f"scene{i}_embeddings.tif")).ReadAsArray()
+        b = gdal.Open(str(single)).ReadAsArray()
+        np.testing.assert_array_equal(np.nan_to_num(a, nan=-9), np.nan_to_num(b, nan=-9))
+        manifest = json.loads((out / f"scene{i}_embeddings.tif.json").read_text())
+        assert manifest["model"]["sha256"] and manifest["inputs"][0]["bytes"] > 0
+    data = json.loads((out / "batch_report.json").read_text())
+    assert len(data["done"]) == 4 and data["failed"][0]["scene"] == "scene_corrupt"
+    # the mosaic: every scene, the right extent
+    mosaic = gdal.Open(report.mosaics[0])
+    src = gdal.Open(str(scenes / "scene0.tif")).GetGeoTransform()
+    gt = mosaic.GetGeoTransform()
+    assert (gt[0], gt[3]) == (src[0], src[3]) and mosaic.RasterXSize * gt[1] == 1536 * 10
+    assert mosaic.RasterYSize * -gt[5] == 768 * 10 and mosaic.RasterCount == 320
+    assert not (out / "_blocks").exists()  # no block file left behind
+    # a re-run does nothing; a changed scene is redone
+    again = B.run_batch("embed", str(scenes / "scene[0-3].tif"), model, out, client=cluster, rows_per_block=1,
+                        **_job_kw())
+    assert again.done == [] and len(again.skipped) == 4
+    before = (out / "scene2_embeddings.tif").stat().st_mtime_ns
+    time.sleep(0.01)
+    ds = gdal.Open(str(scenes / "scene2.tif"), gdal.GA_Update)
+    arr = ds.GetRasterBand(3).ReadAsArray()
+    arr[:50, :50] = arr[:50, :50] // 2 + 1
+    ds.GetRasterBand(3).WriteArray(arr)
+    ds = None
+    third = B.run_batch("embed", str(scenes / "scene[0-3].tif"), model, out, client=cluster, rows_per_block=1,
+                        **_job_kw())
+    assert [d["scene"] for d in third.done] == ["scene2"] and len(third.skipped) == 3
+    assert (out / "scene2_embeddings.tif").stat().st_mtime_ns > before
+
+
+def test_a_worker_killed_mid_run_loses_no_scene_and_writes_none_twice(scenes, models_dir, tmp_path):
+    from distributed import Client, LocalCluster
+
+    model = str(models_dir / "atto_test.onnx")
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50)
+    client = Client(c)
+    try:
+        pids = client.run(os.getpid)  # worker address -> pid
+        victim = next(iter(pids.values()))
+
+        import threading
+
+        def kill_soon():
+            time.sleep(3.0)
+            os.kill(victim, 9)
+
+        threading.Thread(target=kill_soon, daemon=True).start()
+        out = tmp_path / "out"
+        report = B.run_batch("embed", str(scenes / "scene[0-3].tif"), model, out, client=client, rows_per_block=1,
+                             **_job_kw())
+    finally:
+        client.close()
+        c.close()
+    assert sorted(d["scene"] for d in report.done) == ["scene0", "scene1", "scene2", "scene3"], report.failed
+    assert all(d["written"] for d in report.done)  # each scene committed exactly once
+    with pytest.raises(ProcessLookupError):
+        os.kill(victim, 0)  # the worker really died
+    for i in range(4):
+        single = tmp_path / f"single{i}.tif"
+        embed(scenes / f"scene{i}.tif", model, single, device="cpu", tile=256, overlap=64)
+        np.testing.assert_array_equal(
+            np.nan_to_num(gdal.Open(str(out / f"scene{i}_embeddings.tif")).ReadAsArray(), nan=-9),
+            np.nan_to_num(gdal.Open(str(single)).ReadAsArray(), nan=-9))
+    assert not list(out.glob("*.partial*"))
+
+
+def test_segment_batch_from_a_list_and_stac_items(cluster, scenes, models_dir, tmp_path):
+    model, head = str(models_dir / "atto_test.onnx"), str(models_dir / "head3.onnx")
+    listing = tmp_path / "scenes.txt"
+    listing.write_text(f"{scenes / 'scene1.tif'}\n# a comment\n{scenes / 'scene3.tif'}\n")
+    report = B.run_batch("segment", str(listing), model, tmp_path / "seg", head=head, client=cluster, **_job_kw())
+    assert sorted(d["scene"] for d in report.done) == ["scene1", "scene3"]
+    single = tmp_path / "single.tif"
+    segment(scenes / "scene1.tif", model, single, head_path=head, device="cpu", tile=256, overlap=64)
+    np.testing.assert_array_equal(gdal.Open(str(tmp_path / "seg" / "scene1_classes.tif")).ReadAsArray(),
+                                  gdal.Open(str(single)).ReadAsArray())
+    assert (tmp_path / "seg" / "scene1_classes.qml").is_file()
+    # a STAC ItemCollection whose assets are single-band files, 20 m bands at 20 m
+    items = []
+    src = gdal.Open(str(scenes / "scene1.tif"))
+    names = [src.GetRasterBand(i + 1).GetDescription() for i in range(src.RasterCount)]
+    assets_dir = tmp_path / "assets"
+    assets_dir.mkdir()
+    assets = {}
+    for i, name in enumerate(names):
+        f = assets_dir / f"{name}.tif"
+        res = 20 if name in ("B05", "B06", "B07", "B8A", "B11", "B12") else 10
+        gdal.Translate(str(f), src, bandList=[i + 1], xRes=res, yRes=res, resampleAlg="nearest")
+        assets[name] = {"href": f"assets/{name}.tif", "eo:bands": [{"name": name}]}
+    items.append({"type": "Feature", "stac_version": "1.0.0", "id": "S2_item_1", "assets": assets,
+                  "geometry": None, "properties": {}})
+    coll = tmp_path / "items.json"
+    coll.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    report = B.run_batch("segment", str(coll), model, tmp_path / "stac", head=head, client=cluster, **_job_kw())
+    assert [d["scene"] for d in report.done] == ["S2_item_1"], report.failed
+    out = gdal.Open(str(tmp_path / "stac" / "S2_item_1_classes.tif"))
+    assert (out.RasterXSize, out.RasterYSize) == (512, 384) and out.GetGeoTransform() == src.GetGeoTransform()
+
+
+def test_command_line_batch(scenes, models_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mpmae_core.runtime", "batch", "embed", str(scenes / "scene[01].tif"),
+                           str(models_dir / "atto_test.onnx"), str(tmp_path / "out"), "--workers", "2", "--tile", "256",
+                           "--overlap", "64", "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 done, 0 skipped" in proc.stdout and "100.0%" in proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "mpmae_core.runtime", "batch", "embed", str(tmp_path / "none*.tif"),
+                          str(models_dir / "atto_test.onnx"), str(tmp_path / "out2")], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert bad.returncode != 0 and "matches no file" in bad.stderr and "Traceback" not in bad.stderr
+    mixed = subprocess.run([sys.executable, "-m", "mpmae_core.runtime", "batch", "embed", str(scenes / "scene*.tif"),
+                            str(models_dir / "atto_test.onnx"), str(tmp_path / "out"), "--tile", "256", "--overlap",
+                            "64", "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    assert mixed.returncode == 3 and "failed: scene_corrupt" in mixed.stdout
+
+
+def test_row_blocks_of_a_scene_put_together_equal_the_whole(models_dir, scenes, tmp_path):
+    model = str(models_dir / "atto_test.onnx")
+    whole = tmp_path / "whole.tif"
+    res = segment(scenes / "scene0.tif", model, whole, head_path=str(models_dir / "head3.onnx"), device="cpu",
+                  tile=128, overlap=32)
+    n = res["tile_rows"]
+    parts = []
+    for a in range(0, n, 2):
+        p = tmp_path / f"part{a}.tif"
+        segment(scenes / "scene0.tif", model, p, head_path=str(models_dir / "head3.onnx"), device="cpu", tile=128,
+                overlap=32, block=(a, min(a + 2, n)))
+        parts.append(gdal.Open(str(p)).ReadAsArray())
+    np.testing.assert_array_equal(np.concatenate(parts, axis=0), gdal.Open(str(whole)).ReadAsArray())

@@ -1,0 +1,226 @@
+"""The dock panel *MMEarth few-shot mapping*, driven like a person would (pytest-qt, a real
+QgsApplication and a real QgsMapCanvas): choose the scene and a model, add five classes, click ten
+labels with the mouse on the map, see the preview and the confidence layer, take a suggestion, map
+the whole raster, then repeat the run headless from the saved head with qgis_process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["water", "forest", "farm", "meadow", "residential"]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 768 x 512 px part of the embedded scene with its OSM landuse labels."""
+    from mpmae_core.data import sample
+
+    d = tmp_path_factory.mktemp("panel")
+    path = d / "scene.tif"
+    gdal.Translate(str(path), str(sample.build(verbose=False)["stack"]), srcWin=[384, 128, 768, 512])
+    lab = gdal.Open(str(sample.labels_path())).ReadAsArray()[128:640, 384:1152]
+    return path, lab
+
+
+@pytest.fixture
+def canvas_and_layer(qgis_app, scene, qtbot):
+    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.gui import QgsMapCanvas
+
+    QgsProject.instance().clear()
+    layer = QgsRasterLayer(str(scene[0]), "Sentinel-2 scene", "gdal")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    canvas = QgsMapCanvas()
+    canvas.resize(768, 512)
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setLayers([layer])
+    canvas.setExtent(layer.extent())
+    canvas.show()
+    qtbot.addWidget(canvas)
+    qtbot.waitExposed(canvas)
+    canvas.refresh()
+    canvas.waitWhileRendering()
+    yield canvas, layer
+    QgsProject.instance().clear()
+
+
+def _label_places(lab, per_class=2, seed=0):
+    """Interior pixels of each class (5 x 5 all that class), as an analyst would click."""
+    from mpmae_core.data import sample
+    from mpmae_core.evaluation import interior_pixels
+
+    inner = interior_pixels(lab, np.ones(lab.shape, bool))
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in CLASSES:
+        r, c = np.nonzero(inner & (lab == sample.OSM_CLASSES.index(name) + 1))
+        for i in rng.choice(len(r), per_class, replace=False):
+            out.append((name, int(r[i]), int(c[i])))
+    return out
+
+
+def _click(qtbot, canvas, x, y):
+    from qgis.PyQt.QtCore import QPoint, Qt
+
+    pt = canvas.getCoordinateTransform().transform(x, y)
+    qtbot.mouseClick(canvas.viewport(), Qt.LeftButton, pos=QPoint(int(round(pt.x())), int(round(pt.y()))))
+
+
+def _colours_in(image_path, colours, min_share=0.002):
+    from qgis.PyQt.QtGui import QImage
+
+    img = QImage(str(image_path)).convertToFormat(QImage.Format_RGB888)
+    ptr = img.constBits()
+    ptr.setsize(img.height() * img.bytesPerLine())
+    arr = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine())[:, :img.width() * 3]
+    arr = arr.reshape(img.height(), img.width(), 3).astype(int)
+    return [float((np.abs(arr - np.array(c)).sum(-1) <= 6).mean()) >= min_share for c in colours]
+
+
+@pytest.mark.qgis_process
+def test_few_shot_mapping_in_the_canvas_like_a_person(qtbot, canvas_and_layer, scene, models_dir, tmp_path,
+                                                      monkeypatch):
+    from qgis.core import QgsProject
+
+    from mmearth_qgis.panel import FewShotPanel
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    canvas, layer = canvas_and_layer
+    path, lab = scene
+    panel = FewShotPanel(canvas)
+    qtbot.addWidget(panel)
+    panel.show()
+    # choose the scene and the model: the inspection's verdict shows, the features are computed once
+    with qtbot.waitSignal(panel.cache_ready, timeout=240_000) as ready:
+        panel.raster.setLayer(layer)
+        panel.model.setEditText("atto_test")
+    assert ready.args[0] is True and "Can feed" in panel.findings.text() and "YES" in panel.findings.text()
+    # five classes, typed and added
+    for name in CLASSES:
+        qtbot.keyClicks(panel.class_name, name)
+        qtbot.mouseClick(panel.add_button, 1)
+    assert panel.class_names() == CLASSES
+    assert len({tuple(c) for c in panel.class_colours()}) == 5  # the landcover-word palette
+    # ten labels clicked on the map with the point tool
+    panel.auto.setChecked(False)
+    panel.point_tool_button.click()
+    assert canvas.mapTool() is panel.point_tool
+    gt = gdal.Open(str(path)).GetGeoTransform()
+    places = _label_places(lab)
+    for name, r, c in places:
+        panel.classes.setCurrentRow(CLASSES.index(name))
+        _click(qtbot, canvas, gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5])
+    labels = panel.point_layer
+    assert labels is not None and labels.featureCount() == 10 and labels.isEditable()
+    got = sorted(f["class"] for f in labels.getFeatures())
+    assert got == sorted(n for n, _, _ in places)
+    for f in labels.getFeatures():  # each click landed on its pixel's class
+        p = f.geometry().asPoint()
+        r, c = int((p.y() - gt[3]) / gt[5]), int((p.x() - gt[0]) / gt[1])
+        assert CLASSES[[n for n, _, _ in places].index(f["class"]) // 2] == f["class"]
+        assert lab[r, c] == [0, "water", "forest", "farm", "meadow", "grass", "scrub", "wetland",
+                             "residential"].index(f["class"])
+    labels.undoStack().undo()  # QGIS's own undo works on the label layer
+    assert labels.featureCount() == 9
+    labels.undoStack().redo()
+    assert labels.featureCount() == 10
+    # the preview: class map of the view and the confidence, as layers of the project
+    with qtbot.waitSignal(panel.preview_ready, timeout=60_000):
+        qtbot.mouseClick(panel.preview_button, 1)
+    preview, confidence = panel.preview_layers["classes"], panel.preview_layers["confidence"]
+    assert QgsProject.instance().mapLayer(preview.id()) and QgsProject.instance().mapLayer(confidence.id())
+    assert preview.renderer().type() == "paletted"
+    assert [c.label for c in preview.renderer().classes()] == CLASSES
+    assert preview.extent().contains(canvas.extent().buffered(-50)) or preview.extent().intersects(canvas.extent())
+    ds = gdal.Open(preview.source())
+    assert ds.ReadAsArray().max() <= 4 and "cross-validated accuracy" in panel.status.text()
+    assert "water 2" in panel.counts.text()
+    # a new label updates the preview by itself
+    panel.auto.setChecked(True)
+    name, r, c = _label_places(lab, 1, seed=5)[0]
+    panel.classes.setCurrentRow(CLASSES.index(name))
+    with qtbot.waitSignal(panel.preview_ready, timeout=60_000):
+        _click(qtbot, canvas, gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5])
+    assert panel.preview_count == 2
+    # label where the model is unsure
+    qtbot.mouseClick(panel.suggest_button, 1)
+    sugg = panel.suggestion_layer
+    assert sugg.featureCount() == 10
+    conf = [f["confidence"] for f in sugg.getFeatures()]
+    probs = gdal.Open(confidence.source()).ReadAsArray()
+    assert max(conf) <= np.nanpercentile(probs, 20)  # among the least confident places of the view
+    # pictures of the panel and the map (README): the class colours are on the canvas
+    canvas.setLayers([sugg, labels, preview, layer])
+    canvas.refresh()
+    canvas.waitWhileRendering()
+    qtbot.wait(200)
+    docs = Path(os.environ.get("MMEARTH_SCREENSHOTS", tmp_path))
+    docs.mkdir(parents=True, exist_ok=True)
+    assert canvas.grab().save(str(docs / "fewshot_canvas.png")) and panel.grab().save(str(docs / "fewshot_panel.png"))
+    present = _colours_in(docs / "fewshot_canvas.png", panel.class_colours())
+    assert sum(present) >= 4, present
+    # map the whole raster: the head .onnx and the styled class map, as the Processing algorithms write
+    out = tmp_path / "landcover.tif"
+    with qtbot.waitSignal(panel.map_finished, timeout=600_000) as done:
+        panel.map_raster(out)
+    assert done.args[0] is True, done.args[1]
+    head = out.with_name("landcover_head.onnx")
+    assert out.is_file() and head.is_file() and out.with_suffix(".qml").is_file()
+    mapped = gdal.Open(str(out)).ReadAsArray()
+    assert mapped.shape == lab.shape and set(np.unique(mapped)) <= set(range(5)) | {255}
+    # the same run, headless, from the saved head
+    headless = tmp_path / "headless.tif"
+    proc = subprocess.run([str(ROOT / "scripts" / "qgis_process"), "run", "mmearth:segment", "--", f"INPUT={path}",
+                           f"MODEL={models_dir / 'atto_test.onnx'}", f"HEAD={head}", f"OUTPUT={headless}"],
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile")))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    np.testing.assert_array_equal(gdal.Open(str(headless)).ReadAsArray(), mapped)
+    # the panel's state is saved in the project and restored on reopening
+    project_file = tmp_path / "fewshot.qgz"
+    assert QgsProject.instance().write(str(project_file))
+    QgsProject.instance().clear()
+    assert QgsProject.instance().read(str(project_file))
+    again = FewShotPanel(canvas)
+    qtbot.addWidget(again)
+    again.restore_state()
+    assert again.class_names() == CLASSES and again.model.currentText() == "atto_test"
+    assert again.raster_layer() is not None and again.raster_layer().source() == str(path)
+    assert again.point_layer is not None
+
+
+def test_cancelling_the_whole_raster_map_leaves_no_file(qtbot, canvas_and_layer, scene, models_dir, tmp_path,
+                                                        monkeypatch):
+    from mmearth_qgis.panel import FewShotPanel
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    canvas, layer = canvas_and_layer
+    path, lab = scene
+    panel = FewShotPanel(canvas)
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.cache_ready, timeout=240_000):
+        panel.raster.setLayer(layer)
+        panel.model.setEditText("atto_test")
+    panel.auto.setChecked(False)
+    for name in CLASSES[:2]:
+        panel.add_class(name)
+    gt = gdal.Open(str(path)).GetGeoTransform()
+    from qgis.core import QgsPointXY
+
+    for name, r, c in _label_places(lab, 3)[:6]:
+        if name in CLASSES[:2]:
+            panel.classes.setCurrentRow(CLASSES.index(name))
+            panel.add_point(QgsPointXY(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5]))
+    out = tmp_path / "cancelled.tif"
+    with qtbot.waitSignal(panel.map_finished, timeout=300_000) as done:
+        panel.map_raster(out)
+        panel.cancel_map()
+    assert done.args[0] is False and "cancel" in done.args[1].lower()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cancelled")) == []
