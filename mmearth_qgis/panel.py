@@ -311,7 +311,7 @@ class FewShotPanel(QgsDockWidget):
             if self.auto.isChecked() and self.label_count() >= 2:
                 self.schedule_preview()
         else:
-            self.status.setText(task.error)
+            self.status.setText(task.error or "cancelled: the features were not computed")
         self.cache_ready.emit(ok, task.error or "")
 
     def _start(self, task, on_done):
@@ -345,6 +345,7 @@ class FewShotPanel(QgsDockWidget):
         item.setData(Qt.UserRole, [int(v) for v in rgb])
         self.classes.addItem(item)
         self.classes.setCurrentItem(item)
+        self.restyle_labels()
 
     def add_class_from_field(self):
         self.add_class(self.class_name.text())
@@ -372,6 +373,7 @@ class FewShotPanel(QgsDockWidget):
             for f in layer.getFeatures():
                 if f[idx] == old:
                     layer.changeAttributeValue(f.id(), idx, new_name)
+        self.restyle_labels()
 
     def recolour_class(self, colour=None):
         item = self.classes.currentItem()
@@ -384,6 +386,7 @@ class FewShotPanel(QgsDockWidget):
             colour = (chosen.red(), chosen.green(), chosen.blue())
         item.setData(Qt.UserRole, [int(v) for v in colour])
         item.setIcon(colour_icon(colour))
+        self.restyle_labels()
 
     def remove_class(self):
         row = self.classes.currentRow()
@@ -408,6 +411,24 @@ class FewShotPanel(QgsDockWidget):
         layer.startEditing()
         self._watch(layer)
         return layer
+
+    def restyle_labels(self):
+        """Label layers drawn in their classes' colours (a categorized renderer on the class field)."""
+        from qgis.core import QgsCategorizedSymbolRenderer, QgsRendererCategory, QgsSymbol
+
+        for layer in self.label_layers():
+            cats = []
+            for name, rgb in zip(self.class_names(), self.class_colours()):
+                sym = QgsSymbol.defaultSymbol(layer.geometryType())
+                sym.setColor(QColor(*rgb))
+                if layer.geometryType() == QgsWkbTypes.PointGeometry:
+                    sym.setSize(3.2)
+                    sym.symbolLayer(0).setStrokeColor(QColor(255, 255, 255))
+                else:
+                    sym.setOpacity(0.5)
+                cats.append(QgsRendererCategory(name, sym, name))
+            layer.setRenderer(QgsCategorizedSymbolRenderer(self.field_of(layer), cats))
+            layer.triggerRepaint()
 
     def _watch(self, layer):
         layer.featureAdded.connect(self._labels_changed)
@@ -441,6 +462,7 @@ class FewShotPanel(QgsDockWidget):
         if layer is None or not _alive(layer):
             layer = self._new_label_layer(kind)
             setattr(self, attr, layer)
+            self.restyle_labels()
         if not layer.isEditable():
             layer.startEditing()
         canvas_crs = self.canvas.mapSettings().destinationCrs()
@@ -553,7 +575,7 @@ class FewShotPanel(QgsDockWidget):
 
     def _preview_done(self, task, ok):
         if not ok:
-            self.status.setText(task.error)
+            self.status.setText(task.error or "the preview stopped")
             return
         head, cv, pv, (class_path, conf_path) = task.result_
         self.head, self.last_preview = head, pv
@@ -597,6 +619,10 @@ class FewShotPanel(QgsDockWidget):
             f.setAttribute("confidence", p)
             feats.append(f)
         layer.dataProvider().addFeatures(feats)
+        from qgis.core import QgsMarkerSymbol, QgsSingleSymbolRenderer
+
+        layer.setRenderer(QgsSingleSymbolRenderer(QgsMarkerSymbol.createSimple(
+            {"name": "cross2", "color": "0,0,0", "size": "4.5", "outline_width": "0.8", "outline_color": "0,0,0"})))
         QgsProject.instance().addMapLayer(layer)
         self.suggestion_layer = layer
         self.status.setText(f"{len(places)} places where the model is least sure (lowest top-class probability): "
@@ -645,7 +671,7 @@ class FewShotPanel(QgsDockWidget):
             text = (f"wrote {out} and the head {head_path} (chosen: {trained['chosen']}); repeat it headless with "
                     f"qgis_process run mmearth:segment -- INPUT=... MODEL=... HEAD={head_path} OUTPUT=...")
         else:
-            text = task.error
+            text = task.error or ("cancelled: nothing was written" if task.isCanceled() else "the map stopped")
         self.status.setText(text)
         self.map_finished.emit(ok, text)
 

@@ -44,10 +44,15 @@ def scenes(tmp_path_factory):
     stack = str(sample.build(verbose=False)["stack"])
     for i, (x, y) in enumerate([(0, 0), (512, 0), (0, 384), (1024, 384)]):
         gdal.Translate(str(d / f"scene{i}.tif"), stack, srcWin=[x, y, 512, 384])
-    bad = d / "scene_corrupt.tif"
-    data = bytearray((d / "scene0.tif").read_bytes())
-    data[len(data) // 3:len(data) // 3 + 40000] = os.urandom(40000)  # damaged tiles in the middle
-    bad.write_bytes(bytes(data))
+    bad = d / "scene_corrupt.tif"  # a tiled, compressed copy with one damaged block, as a broken download has
+    gdal.Translate(str(bad), str(d / "scene0.tif"), creationOptions=["TILED=YES", "COMPRESS=DEFLATE"])
+    ds = gdal.Open(str(bad))
+    offset = int(ds.GetRasterBand(2).GetMetadataItem("BLOCK_OFFSET_1_1", "TIFF"))
+    size = int(ds.GetRasterBand(2).GetMetadataItem("BLOCK_SIZE_1_1", "TIFF"))
+    ds = None
+    with open(bad, "r+b") as f:
+        f.seek(offset)
+        f.write(os.urandom(size))
     return d
 
 
