@@ -45,7 +45,7 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
         assert f"| {rep} |" in report
     assert "paired over 20 seeds" in report
     assert "## Per-pixel few-shot mapping" in report and "| multi-pretext: chosen head |" in report
-    assert "| spectra RF |" in report and "paired over 3 seeds" in report
+    assert "| spectra RF |" in report and "paired over 2 seeds" in report
     assert (out / "evaluation" / "classification_shots.png").is_file()
     assert "[evaluate] report" in proc.stdout
     # the few-shot landcover map through qgis_process, its report, its picture, the plugin zip

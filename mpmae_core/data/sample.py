@@ -228,7 +228,7 @@ def build_labels(src: Path, stack: Path, out: Path) -> Path:
 
 def label_points(out: Path, per_class: int = 8, seed: int = 0, classes=None, cell: int = 16,
                  epsg: int | None = None) -> dict:
-    """A few labelled points per OSM class, as an analyst would digitise them: centres of
+    """A few labelled points per OSM class, as an analyst would digitise them: the central pixel of
     ``cell`` x ``cell`` pixel blocks at least 80 % of one class, drawn at random (seeded).
     Written as a GeoPackage (fields ``landuse`` and ``class_id``) in the scene's CRS or ``epsg``.
     Returns the number of points per class."""
@@ -271,8 +271,10 @@ def label_points(out: Path, per_class: int = 8, seed: int = 0, classes=None, cel
             pick = rng.choice(len(rows), min(per_class, len(rows)), replace=False) if len(rows) else []
             counts[name] = len(pick)
             for i in pick:
-                x = gt[0] + (cols[i] + 0.5) * cell * gt[1]
-                y = gt[3] + (rows[i] + 0.5) * cell * gt[5]
+                # the centre of the block's central pixel (a block's own centre is a pixel corner,
+                # where a reprojection's rounding would pick either neighbour)
+                x = gt[0] + (cols[i] * cell + cell // 2 + 0.5) * gt[1]
+                y = gt[3] + (rows[i] * cell + cell // 2 + 0.5) * gt[5]
                 if transform is not None:
                     x, y, _ = transform.TransformPoint(x, y)
                 feat = ogr.Feature(layer.GetLayerDefn())

@@ -245,7 +245,8 @@ def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = "
         raise RasterError(f"the labels in '{path}' have no field '{class_field}'; they have {', '.join(fields)} "
                           "(choose the class field with --class-field)")
     src = layer.GetSpatialRef()
-    if src is None or (not src.GetAuthorityCode(None) and "unknown" in (src.GetName() or "").lower()):
+    name = (src.GetName() or "").lower() if src is not None else ""
+    if src is None or (not src.GetAuthorityCode(None) and ("unknown" in name or "undefined" in name)):
         raise RasterError(f"the labels in '{path}' have no defined CRS: assign one (QGIS: Layer Properties > Source, "
                           "or ogr2ogr -a_srs EPSG:NNNN) so the features can be placed on the raster")
     dst = osr.SpatialReference(wkt=target_wkt)
@@ -263,12 +264,18 @@ def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = "
             notes["no_class"] += 1
             continue
         geom = geom.Clone()
-        if transform is not None:
-            geom.Transform(transform)
+        if transform is not None and (geom.Transform(transform) != 0 or not _finite_envelope(geom)):
+            raise RasterError(f"the labels in '{path}' cannot be placed on the raster: their CRS ({src.GetName()}) does "
+                              "not transform to the raster's. Check the layer's CRS (ogrinfo -so) and assign the right "
+                              "one (ogr2ogr -a_srs EPSG:NNNN)")
         raw.append((bytes(geom.ExportToWkb()), str(value).strip(), feat.GetFID()))
     distinct = sorted({v for _, v, _ in raw}, key=_natural_key)
     index = {n: i for i, n in enumerate(distinct)}
     return [(w, index[v]) for w, v, _ in raw], distinct, [fid for _, _, fid in raw], notes
+
+
+def _finite_envelope(geom) -> bool:
+    return all(np.isfinite(v) for v in geom.GetEnvelope())
 
 
 def _natural_key(text: str):

@@ -308,7 +308,8 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
             "embedding_dim": meta.embedding_dim, "patch_size": p, "tile": tile, "overlap": overlap}
     writer = RasterWriter(output, prep.width, prep.height, n_feat, "float32", output_geotransform(prep.geotransform, 1),
                           prep.projection, nodata=float("nan"), descriptions=names, half_float=dtype == "float16",
-                          cog=cog, block_rows=FEATURE_BLOCK_ROWS, metadata={FEATURES_KEY: json.dumps(info)})
+                          cog=cog, block_rows=FEATURE_BLOCK_ROWS, metadata={FEATURES_KEY: json.dumps(info)},
+                          compress="ZSTD")  # hundreds of float bands: ZSTD compresses them several times faster
     runner = EncoderMaps(model, chosen)
     windows = raster_windows(prep.height, prep.width, tile, overlap, p)
     th, tw = windows[0][0].h, windows[0][0].w

@@ -217,7 +217,8 @@ class RasterWriter:
     def __init__(self, path: str | os.PathLike, width: int, height: int, bands: int, dtype: str,
                  geotransform: Sequence[float], projection: str, nodata=None, descriptions: Sequence[str] = (),
                  half_float: bool = False, cog: bool = False, class_names: Sequence[str] = (),
-                 class_colours: Sequence[Sequence[int]] = (), block_rows: int = 0, metadata: Optional[dict] = None):
+                 class_colours: Sequence[Sequence[int]] = (), block_rows: int = 0, metadata: Optional[dict] = None,
+                 compress: str = "DEFLATE"):
         g = gdal()
         self.path, self.cog = Path(path), cog
         self.width, self.height, self.bands = width, height, bands
@@ -226,12 +227,14 @@ class RasterWriter:
         self.tmp = self.pending.tmp
         self.ds = None
         gdt = {"uint8": g.GDT_Byte, "float32": g.GDT_Float32, "uint16": g.GDT_UInt16}[dtype]
-        options = ["TILED=YES", f"BLOCKXSIZE={self.BLOCK}", f"BLOCKYSIZE={block_rows or self.BLOCK}", "COMPRESS=DEFLATE",
+        options = ["TILED=YES", f"BLOCKXSIZE={self.BLOCK}", f"BLOCKYSIZE={block_rows or self.BLOCK}", f"COMPRESS={compress}",
                    "BIGTIFF=IF_SAFER", "SPARSE_OK=TRUE",
                    "PREDICTOR=3" if dtype == "float32" else "PREDICTOR=2",
                    "INTERLEAVE=BAND" if bands > 1 else "INTERLEAVE=PIXEL"]
         if half_float:
             options.append("NBITS=16")
+        if compress == "ZSTD":
+            options.append("ZSTD_LEVEL=1")  # hundreds of float bands: fast, nearly as small
         self._gtiff_path = str(self.tmp) + ".gtiff.tif" if cog else str(self.tmp)
         try:
             with gdal_errors() as errors:
