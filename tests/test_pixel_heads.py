@@ -215,6 +215,67 @@ def test_onnx_head_equals_the_numpy_head(classifier, k):
     assert meta.output_stride == 1 and meta.embedding_dim == 32
 
 
+@pytest.mark.parametrize("k", [2, 4])
+def test_onnx_ensemble_head_equals_the_numpy_mean_of_its_members(k):
+    rng = np.random.default_rng(10 + k)
+    blocks = [pixel.Block("spectra", 12, 1), pixel.Block("stage1", 20, 2)]
+    x = rng.normal(size=(300, 32)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 15] > 0).astype(int) + (2 * (x[:, 3] > 0.5) if k == 4 else 0)
+    members = [pixelhead.Candidate("spectra", "logistic", 1e-2), pixelhead.Candidate("encoder", "forest"),
+               pixelhead.Candidate("both", "logistic", 1e-1)]
+    cand = pixelhead.Candidate.ensemble(members)
+    assert cand.feature_set == "both" and cand.name.startswith("mean of 3: spectra + logistic")
+    names = [f"c{i}" for i in range(k)]
+    head = pixelhead.PixelHead.fit(x, y, blocks, cand, names)
+    # independently: each member fitted on its own columns, probabilities averaged
+    singles = [pixelhead.PixelHead.fit(x[:, :12], y, blocks[:1], members[0], names),
+               pixelhead.PixelHead.fit(x[:, 12:], y, blocks[1:], members[1], names),
+               pixelhead.PixelHead.fit(x, y, blocks, members[2], names)]
+    want = (singles[0].probabilities(x[:, :12]) + singles[1].probabilities(x[:, 12:]) + singles[2].probabilities(x)) / 3
+    np.testing.assert_allclose(head.probabilities(x), want, atol=1e-6)
+    grid = x[:280].T.reshape(1, 32, 14, 20)
+    logits = ort.InferenceSession(head.onnx_bytes(16), providers=["CPUExecutionProvider"]).run(
+        None, {"features": grid})[0]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    probs = (e / e.sum(1, keepdims=True))[0].reshape(k, -1).T
+    np.testing.assert_allclose(probs, want[:280], atol=1e-5)
+    meta = OnnxModel(_write(head.onnx_bytes(16)), device="cpu").metadata
+    assert meta.features == ["spectra", "stage1"] and meta.embedding_dim == 32 and "mean probability of 3" in meta.classifier
+
+
+def test_the_ensemble_candidate_averages_the_best_head_of_the_three_best_families():
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(30), 4)
+    y = np.repeat(np.arange(30) % 3, 4)
+    x = rng.normal(size=(len(y), 32)).astype(np.float32)
+    x[:, 0] += y
+    x[:, 20] -= y
+    blocks = [pixel.Block("spectra", 12, 1), pixel.Block("stage1", 20, 2)]
+    scores = pixelhead.score_candidates(x, y, groups, blocks, ["a", "b", "c"], pixelhead.candidates(), folds=4)
+    ens, singles = scores[-1], scores[:-1]
+    assert len(singles) == 12 and ens["candidate"].classifier == "ensemble"
+    members = ens["candidate"].members
+    # one per family, the three best families by Brier score
+    best = {}
+    for s in singles:
+        fam = (s["candidate"].feature_set, s["candidate"].classifier)
+        if fam not in best or s["brier"] < best[fam]["brier"]:
+            best[fam] = s
+    want = sorted(best.values(), key=lambda s: s["brier"])[:3]
+    assert list(members) == [s["candidate"] for s in want]
+    # its score comes from the mean of their out-of-fold probabilities, on the same folds
+    oof = np.mean([s["oof"] for s in want], axis=0)
+    np.testing.assert_allclose(ens["oof"], oof)
+    sq = ((oof - np.eye(3)[y]) ** 2).sum(1)
+    assert ens["brier"] == pytest.approx(np.mean([sq[y == c].mean() for c in range(3)]))
+    assert ens["accuracy"] == pytest.approx((oof.argmax(1) == y).mean())
+    assert sum(map(sum, ens["confusion"])) == len(y)
+    # one family only (a single candidate): no ensemble
+    one = pixelhead.score_candidates(x, y, groups, blocks, ["a", "b", "c"], pixelhead.candidates(["spectra"], ["forest"]),
+                                     folds=4)
+    assert len(one) == 1
+
+
 def _write(data: bytes) -> str:
     import tempfile
 

@@ -232,6 +232,59 @@ def forest_head(n_features: int, n_classes: int, trees: dict, *, metadata: Optio
                  graph_name="forest_head", extra_opsets={ML_DOMAIN: ML_OPSET})
 
 
+def ensemble_head(n_features: int, n_classes: int, members: Sequence[dict], *, metadata: Optional[dict] = None,
+                  eps: float = 1e-6) -> bytes:
+    """ONNX bytes of the mean class probability of several per-pixel heads, each on its own
+    columns of the feature map (N, F, h, w) -> logits (N, K, h, w) = log(mean probability + eps).
+
+    A member is ``{"columns": int array, "kind": "linear", "weight": (K, Fm), "bias": (K,)}``
+    (softmax of W x + b) or ``{"columns": ..., "kind": "forest", "trees": forest arrays}`` (as in
+    :func:`forest_head`)."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    nodes = [node("Transpose", ["features"], ["cells"], perm=[0, 2, 3, 1]),
+             node("Reshape", ["cells", "flat_shape"], ["flat"])]
+    inits = [tensor("flat_shape", np.array([-1, n_features], np.int64)), tensor("k", np.array([n_classes], np.int64)),
+             tensor("eps", np.array([eps], np.float32)), tensor("inv_m", np.array([1.0 / len(members)], np.float32))]
+    probs = []
+    for i, m in enumerate(members):
+        cols = np.asarray(m["columns"], np.int64)
+        if cols.ndim != 1 or cols.size == 0 or cols.min() < 0 or cols.max() >= n_features:
+            raise ValueError(f"member {i}: its columns must index the {n_features} features")
+        inits.append(tensor(f"cols{i}", cols))
+        nodes.append(node("Gather", ["flat", f"cols{i}"], [f"x{i}"], axis=1))
+        if m["kind"] == "linear":
+            w = np.asarray(m["weight"], np.float32)
+            b = np.asarray(m["bias"], np.float32)
+            if w.shape != (n_classes, cols.size) or b.shape != (n_classes,):
+                raise ValueError(f"member {i}: weight {w.shape} and bias {b.shape} do not fit {cols.size} features "
+                                 f"and {n_classes} classes")
+            inits += [tensor(f"wt{i}", w.T), tensor(f"b{i}", b)]
+            nodes += [node("MatMul", [f"x{i}", f"wt{i}"], [f"s{i}"]), node("Add", [f"s{i}", f"b{i}"], [f"z{i}"]),
+                      node("Softmax", [f"z{i}"], [f"p{i}"], axis=1)]
+        elif m["kind"] == "forest":
+            t = m["trees"]
+            nodes.append(node("TreeEnsembleClassifier", [f"x{i}"], [f"label{i}", f"p{i}"], domain=ML_DOMAIN,
+                              classlabels_int64s=np.arange(n_classes, dtype=np.int64),
+                              nodes_treeids=t["tree"], nodes_nodeids=t["node"], nodes_featureids=t["feature"],
+                              nodes_values=t["threshold"], nodes_modes=t["mode"], nodes_truenodeids=t["true"],
+                              nodes_falsenodeids=t["false"], class_treeids=t["leaf_tree"],
+                              class_nodeids=t["leaf_node"], class_ids=t["leaf_class"],
+                              class_weights=t["leaf_weight"], post_transform="NONE"))
+        else:
+            raise ValueError(f"member {i}: unknown kind {m['kind']!r} (linear or forest)")
+        probs.append(f"p{i}")
+    nodes += [node("Sum", probs, ["p_sum"]), node("Mul", ["p_sum", "inv_m"], ["p_mean"]),
+              node("Add", ["p_mean", "eps"], ["p_eps"]), node("Log", ["p_eps"], ["flat_logits"]),
+              node("Shape", ["cells"], ["nhw"], start=0, end=3),
+              node("Concat", ["nhw", "k"], ["cells_shape"], axis=0),
+              node("Reshape", ["flat_logits", "cells_shape"], ["logits_cells"]),
+              node("Transpose", ["logits_cells"], ["logits"], perm=[0, 3, 1, 2])]
+    return model(nodes, inits, [value_info("features", ["batch", n_features, "height", "width"])],
+                 [value_info("logits", ["batch", n_classes, "height", "width"])], metadata=metadata,
+                 graph_name="ensemble_head", extra_opsets={ML_DOMAIN: ML_OPSET})
+
+
 # ----------------------------------------------------------------------------- the encoder
 
 class _Graph:

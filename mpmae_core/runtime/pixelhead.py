@@ -8,7 +8,12 @@ in one fold), on the same folds:
 
 - feature sets: ``spectra`` (the pixel's normalised bands), ``encoder`` (every encoder stage,
   upsampled), ``both``;
-- classifiers: multinomial logistic regression at a few L2 strengths, and a random forest.
+- classifiers: multinomial logistic regression at a few L2 strengths, and a random forest;
+- and one ensemble: the mean class probability of the best head of each of the three best
+  families (a family is a feature set with a classifier), scored on the same folds from its
+  members' out-of-fold probabilities. With a dozen labels per class a single head's choice is
+  noisy, and averaging heads that see different features or decide differently lowers the
+  variance; the ensemble wins only where its cross-validated score says so.
 
 The chosen candidate has the lowest cross-validated Brier score, averaged per class so that every
 class counts the same (as in a few-shot map every class matters). The Brier score is a proper
@@ -17,7 +22,8 @@ candidates far more steadily than accuracy, which moves in steps of one labelled
 tie goes to the candidate cheaper to run (fewer features, then logistic before forest, then
 stronger regularisation). Accuracy, balanced accuracy and mIoU are reported for every candidate.
 The chosen head is fitted on all labels and saved as ONNX: a linear layer with the
-standardisation folded in, or a ``TreeEnsembleClassifier``.
+standardisation folded in, a ``TreeEnsembleClassifier``, or for the ensemble both kinds side by
+side on their own columns, their probabilities averaged.
 
 Feature blocks are weighted equally: for logistic regression each standardised block is scaled so
 that every block carries the same total variance (12 bands are not drowned by 600 encoder
@@ -45,23 +51,35 @@ CLASSIFIERS = ("logistic", "forest")
 L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
 TIE = 1e-9  # Brier scores this close count as a tie, won by the cheaper candidate
 FOREST_TREES = 100
+ENSEMBLE_SIZE = 3  # the ensemble candidate averages the best head of this many candidate families
 
 
 @dataclass(frozen=True)
 class Candidate:
     feature_set: str
-    classifier: str
+    classifier: str  # "logistic", "forest" or "ensemble" (the mean probability of ``members``)
     l2: float = 0.0
+    members: tuple = ()
+
+    @classmethod
+    def ensemble(cls, members: Sequence["Candidate"]) -> "Candidate":
+        sets = {m.feature_set for m in members}
+        union = sets.pop() if len(sets) == 1 else "both"
+        return cls(union, "ensemble", 0.0, tuple(members))
 
     @property
     def name(self) -> str:
+        if self.classifier == "ensemble":
+            return f"mean of {len(self.members)}: " + "; ".join(m.name for m in self.members)
         how = f"logistic regression (L2 {self.l2:g})" if self.classifier == "logistic" else "random forest"
         return f"{self.feature_set} + {how}"
 
     def cost(self, blocks: Sequence[Block]) -> tuple:
-        """Sort key: cheaper first (fewer features, linear before forest, stronger regularisation)."""
+        """Sort key: cheaper first (fewer features, linear before forest before an ensemble, stronger
+        regularisation)."""
         n = sum(b.channels for b in feature_set_blocks(blocks, self.feature_set))
-        return (n, CLASSIFIERS.index(self.classifier), -self.l2)
+        rank = len(CLASSIFIERS) if self.classifier == "ensemble" else CLASSIFIERS.index(self.classifier)
+        return (n, rank, -self.l2)
 
 
 def candidates(feature_sets: Sequence[str] = FEATURE_SETS, classifiers: Sequence[str] = CLASSIFIERS,
@@ -96,6 +114,7 @@ class PixelHead:
     weight: Optional[np.ndarray] = None  # logistic: (K, F) on raw features (standardisation folded in)
     bias: Optional[np.ndarray] = None
     forest: Optional[RandomForest] = None
+    members: list = field(default_factory=list)  # ensemble: (head, its columns of these features)
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, blocks: Sequence[Block], candidate: Candidate, class_names,
@@ -104,7 +123,13 @@ class PixelHead:
         k = len(class_names)
         colours = [list(c) for c in (class_colours or registry.suggest_class_colours(class_names))]
         head = cls(list(blocks), candidate.classifier, list(class_names), colours, candidate.l2)
-        if candidate.classifier == "logistic":
+        if candidate.classifier == "ensemble":
+            slices = block_slices(blocks)
+            for m in candidate.members:
+                sub = feature_set_blocks(blocks, m.feature_set)
+                cols = np.concatenate([np.arange(slices[b.name].start, slices[b.name].stop) for b in sub])
+                head.members.append((cls.fit(x[:, cols], y, sub, m, class_names, colours, seed=seed), cols))
+        elif candidate.classifier == "logistic":
             mean = x.mean(0)
             std = x.std(0)
             std = np.where(std > 1e-6, std, 1.0)
@@ -122,6 +147,8 @@ class PixelHead:
         return sum(b.channels for b in self.blocks)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
+        if self.members:
+            return np.mean([h.probabilities(x[:, cols]) for h, cols in self.members], axis=0)
         if self.forest is not None:
             return self.forest.predict_proba(x)
         z = np.asarray(x, np.float64) @ self.weight.T + self.bias
@@ -134,6 +161,9 @@ class PixelHead:
 
     def describe(self) -> str:
         sets = "+".join(b.name for b in self.blocks)
+        if self.members:
+            return f"mean probability of {len(self.members)} heads (" + "; ".join(
+                h.describe() for h, _ in self.members) + f") on {sets} ({self.n_features} features per pixel)"
         how = f"logistic regression, L2 {self.l2:g}" if self.classifier == "logistic" else \
             f"random forest, {FOREST_TREES} trees"
         return f"{how} on {sets} ({self.n_features} features per pixel)"
@@ -147,6 +177,11 @@ class PixelHead:
 
     def onnx_bytes(self, patch_size: int, source: str = "") -> bytes:
         meta = {METADATA_KEY: self.metadata(patch_size, source).to_json()}
+        if self.members:
+            parts = [{"columns": cols, "kind": "forest", "trees": h.forest.onnx_arrays()} if h.forest is not None
+                     else {"columns": cols, "kind": "linear", "weight": h.weight, "bias": h.bias}
+                     for h, cols in self.members]
+            return onnx_writer.ensemble_head(self.n_features, len(self.class_names), parts, metadata=meta)
         if self.forest is not None:
             return onnx_writer.forest_head(self.n_features, len(self.class_names), self.forest.onnx_arrays(),
                                            metadata=meta)
@@ -157,9 +192,11 @@ class PixelHead:
 
 def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: Sequence[Block], class_names,
                      cands: Sequence[Candidate], folds: int = 5, seed: int = 0, cancelled=lambda: False,
-                     progress=lambda f: None) -> list[dict]:
+                     progress=lambda f: None, ensemble: bool = True) -> list[dict]:
     """Cross-validated scores of every candidate on the same grouped, stratified folds. ``x``
-    holds the features of all ``blocks``; no fold ever scores a labelled feature it trained on."""
+    holds the features of all ``blocks``; no fold ever scores a labelled feature it trained on.
+    With ``ensemble`` and candidates of at least two families, the ensemble candidate
+    (:func:`ensemble_score`) comes last."""
     from mpmae_core.runtime.files import Cancelled
 
     k_classes = len(class_names)
@@ -172,7 +209,7 @@ def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: S
         sub = feature_set_blocks(blocks, cand.feature_set)
         cols = np.concatenate([np.arange(slices[b.name].start, slices[b.name].stop) for b in sub])
         cm = np.zeros((k_classes, k_classes), np.int64)
-        sq_err = np.full(len(y), np.nan)
+        oof = np.full((len(y), k_classes), np.nan)
         t0 = time.time()
         for test in fold_idx:
             if cancelled():
@@ -182,15 +219,54 @@ def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: S
                 continue
             head = PixelHead.fit(x[np.ix_(train, cols)], y[train], sub, cand, class_names, seed=seed)
             prob = head.probabilities(x[np.ix_(test, cols)])
-            cm += metrics.confusion_matrix(y[test], prob.argmax(1), k_classes)
-            sq_err[test] = ((prob - np.eye(k_classes)[y[test]]) ** 2).sum(1)
-        s = metrics.summary(cm, class_names)
-        out.append({"candidate": cand, "name": cand.name, "accuracy": s["accuracy"],
-                    "balanced_accuracy": s["balanced_accuracy"], "miou": s["miou"],
-                    "brier": balanced_brier(sq_err, y), "confusion": cm.tolist(),
-                    "per_class": s["per_class"], "folds": k, "seconds": time.time() - t0})
+            oof[test] = prob
+        out.append(_oof_score(cand, oof, y, class_names, k, time.time() - t0))
         progress((i + 1) / len(cands))
+    if ensemble:
+        ens = ensemble_score(out, y, class_names)
+        if ens is not None:
+            out.append(ens)
     return out
+
+
+def _oof_score(cand: Candidate, oof: np.ndarray, y: np.ndarray, class_names, folds: int, seconds: float) -> dict:
+    """Scores from out-of-fold class probabilities (rows of NaN: never scored)."""
+    k_classes = len(class_names)
+    ok = np.isfinite(oof).all(1)
+    cm = metrics.confusion_matrix(y[ok], oof[ok].argmax(1), k_classes)
+    sq_err = np.full(len(y), np.nan)
+    sq_err[ok] = ((oof[ok] - np.eye(k_classes)[y[ok]]) ** 2).sum(1)
+    s = metrics.summary(cm, class_names)
+    return {"candidate": cand, "name": cand.name, "accuracy": s["accuracy"],
+            "balanced_accuracy": s["balanced_accuracy"], "miou": s["miou"], "brier": balanced_brier(sq_err, y),
+            "confusion": cm.tolist(), "per_class": s["per_class"], "folds": folds, "seconds": seconds, "oof": oof}
+
+
+def ensemble_members(scores: Sequence[dict], size: int = ENSEMBLE_SIZE) -> list[int]:
+    """Indices of the ensemble's members: the best (lowest Brier) candidate of each family
+    (feature set and classifier), the ``size`` best families. A family is counted once, so the
+    members differ in what they see or how they decide, not only in their regularisation."""
+    seen, picked = set(), []
+    for i in sorted(range(len(scores)), key=lambda j: scores[j]["brier"]):
+        c = scores[i]["candidate"]
+        if c.classifier == "ensemble" or (c.feature_set, c.classifier) in seen:
+            continue
+        seen.add((c.feature_set, c.classifier))
+        picked.append(i)
+    return picked[:size]
+
+
+def ensemble_score(scores: Sequence[dict], y: np.ndarray, class_names, size: int = ENSEMBLE_SIZE):
+    """The ensemble candidate, scored on the same folds from its members' out-of-fold
+    probabilities (their mean), or None with fewer than two families. Its members are picked on
+    those folds too, so its score is slightly optimistic; that is why it averages a few
+    different families rather than searching for the best combination."""
+    idx = ensemble_members(scores, size)
+    if len(idx) < 2:
+        return None
+    oof = np.mean([scores[i]["oof"] for i in idx], axis=0)
+    cand = Candidate.ensemble([scores[i]["candidate"] for i in idx])
+    return _oof_score(cand, oof, y, class_names, scores[idx[0]]["folds"], sum(scores[i]["seconds"] for i in idx))
 
 
 def balanced_brier(sq_err: np.ndarray, y: np.ndarray) -> float:
@@ -248,7 +324,7 @@ def report_html(scores: list[dict], chosen: int, why: str, samples: dict, title:
     cm_head = "".join(f"<th>{escape(n)}</th>" for n in names)
     cm_rows = "".join(f"<tr><th>{escape(n)}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
                       for n, row in zip(names, s["confusion"]))
-    plain = [{k: v for k, v in c.items() if k != "candidate"} for c in scores]
+    plain = [{k: v for k, v in c.items() if k not in ("candidate", "oof")} for c in scores]
     return (f"<html><head><meta charset='utf-8'><title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>"
             f"<p><b>Chosen: {escape(s['name'])}</b>: {escape(why)}.</p>"
             f"<h2>Candidates</h2><p>{s['folds']}-fold cross-validation on the same folds for every candidate, grouped "
