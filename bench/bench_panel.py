@@ -5,7 +5,7 @@
 - a new label to the updated preview: the quick head on every label (with its 5-fold CV) and the
   class probabilities of a view of 768 x 512 px (the panel's preview grid), timed after each of
   the labels 10..20 (the median is quoted);
-- the whole scene: the self-choosing head (12 candidates cross-validated) and the map.
+- the whole scene: the self-choosing head (13 candidates cross-validated) and the map.
 
     python bench/bench_panel.py [--model runs/demo/models/atto_demo.onnx]
 

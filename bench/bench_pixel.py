@@ -5,7 +5,7 @@ and an atto encoder, in one process, rounds interleaved:
 
 - the cell pipeline: embed the scene (patch-stride embeddings), train the LayerNorm + linear head
   on the labels' 160 m cells, map the scene with it;
-- per-pixel: train_head (features under the labels from their owner tiles, 12 candidates
+- per-pixel: train_head (features under the labels from their owner tiles, 13 candidates
   cross-validated, the chosen one fitted), then the whole-scene map with the chosen head and
   with fixed heads (spectra-only forest: no encoder run; both + logistic; both + forest), and the
   optional per-pixel feature raster.
@@ -81,7 +81,7 @@ def main() -> int:
                                                                             work / f"cell{r}.onnx", embeddings=emb))
         timed("cell: map scene", lambda: segment(scene, model, work / f"cellmap{r}.tif", head_path=work / f"cell{r}.onnx",
                                                  style=False, **kw))
-        res = timed("pixel: train_head (features, 12 candidates, fit)",
+        res = timed("pixel: train_head (features, 13 candidates, fit)",
                     lambda: pixelhead.train_pixel_head(scene, model, feats, names, work / f"pix{r}.onnx", **kw))
         timed("pixel: map scene, chosen head", lambda: segment(scene, model, work / f"pixmap{r}.tif",
                                                                head_path=work / f"pix{r}.onnx", style=False, **kw))

@@ -500,8 +500,9 @@ PIXEL_PROTOCOL = (
     "seed's points is in a fixed stratified test sample (up to 3000 per class); {seeds} seeds. 'spectra LR' "
     "and 'spectra RF' are the per-pixel spectral classifiers analysts use today (logistic regression, L2 0.01, "
     "and a 100-tree random forest on the normalised bands); 'ENCODER: chosen head' is what train_head does: it "
-    "scores every candidate (spectra / encoder / both x logistic regression at 3 strengths / random forest) by "
-    "cross-validation on the k points only and fits the chosen one; the fixed 'encoder' and 'both' rows show "
+    "scores every candidate (spectra / encoder / both x logistic regression at 3 strengths / random forest, and "
+    "the ensemble of the best head of the three best families) by cross-validation on the k points only and "
+    "fits the chosen one; the fixed 'encoder' and 'both' rows show "
     "where the encoder's features help")
 
 

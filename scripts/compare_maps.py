@@ -43,8 +43,12 @@ def main() -> int:
         segment(scene, args.model, d / "cells.tif", head_path=d / "cells.onnx", device="cpu")
         res = pixelhead.train_pixel_head(scene, args.model, feats, names, d / "pixels.onnx", device="cpu")
         segment(scene, args.model, d / "pixels.tif", head_path=d / "pixels.onnx", device="cpu")
-        titles = ["before: 160 m cells (LayerNorm + linear on the last stage)",
-                  f"now: per-pixel, chosen head: {res['chosen']}"]
+        import textwrap
+
+        chosen = res["chosen"].replace(": ", ":\n", 1).replace("; ", ",\n") if res["chosen"].startswith("mean of") \
+            else "\n".join(textwrap.wrap(res["chosen"], 60))
+        titles = ["before: 160 m cells\n(LayerNorm + linear on the last stage)",
+                  f"now: per-pixel, chosen head: {chosen}"]
         title = "The same 10 points per class (OSM landuse), demo-pretrained atto encoder"
         side_by_side(scene, [d / "cells.tif", d / "pixels.tif"], out / "landcover_cells_vs_pixels.png", title, titles)
         window = [int(v) for v in args.window.split(",")]
