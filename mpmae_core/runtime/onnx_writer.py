@@ -202,6 +202,26 @@ def head_reference(embedding: np.ndarray, weight, bias, mean=None, std=None, lay
     return np.moveaxis(out, -1, 1).astype(np.float32)
 
 
+def _trees(inp: str, label: str, scores: str, n_classes: int, trees: dict) -> bytes:
+    """The TreeEnsembleClassifier node of a forest's flat arrays: (n, F) -> labels, mean class probabilities."""
+    return node("TreeEnsembleClassifier", [inp], [label, scores], domain=ML_DOMAIN,
+                classlabels_int64s=np.arange(n_classes, dtype=np.int64),
+                nodes_treeids=trees["tree"], nodes_nodeids=trees["node"], nodes_featureids=trees["feature"],
+                nodes_values=trees["threshold"], nodes_modes=trees["mode"], nodes_truenodeids=trees["true"],
+                nodes_falsenodeids=trees["false"], class_treeids=trees["leaf_tree"], class_nodeids=trees["leaf_node"],
+                class_ids=trees["leaf_class"], class_weights=trees["leaf_weight"], post_transform="NONE")
+
+
+def _probabilities_to_logits(probs: str) -> list:
+    """Nodes from flat class probabilities (n, K) to logits (N, K, h, w) = log(p + eps), shaped like
+    the ``cells`` (N, h, w, F) they came from (initializers ``eps`` and ``k`` are the caller's)."""
+    return [node("Add", [probs, "eps"], ["p_eps"]), node("Log", ["p_eps"], ["flat_logits"]),
+            node("Shape", ["cells"], ["nhw"], start=0, end=3),
+            node("Concat", ["nhw", "k"], ["cells_shape"], axis=0),
+            node("Reshape", ["flat_logits", "cells_shape"], ["logits_cells"]),
+            node("Transpose", ["logits_cells"], ["logits"], perm=[0, 3, 1, 2])]
+
+
 def forest_head(n_features: int, n_classes: int, trees: dict, *, metadata: Optional[dict] = None,
                 eps: float = 1e-6) -> bytes:
     """ONNX bytes of a random forest applied at every pixel of a feature map (N, F, h, w) ->
@@ -212,19 +232,8 @@ def forest_head(n_features: int, n_classes: int, trees: dict, *, metadata: Optio
     nodes = [
         node("Transpose", ["features"], ["cells"], perm=[0, 2, 3, 1]),
         node("Reshape", ["cells", "flat_shape"], ["flat"]),
-        node("TreeEnsembleClassifier", ["flat"], ["label", "scores"], domain=ML_DOMAIN,
-             classlabels_int64s=np.arange(n_classes, dtype=np.int64),
-             nodes_treeids=trees["tree"], nodes_nodeids=trees["node"], nodes_featureids=trees["feature"],
-             nodes_values=trees["threshold"], nodes_modes=trees["mode"], nodes_truenodeids=trees["true"],
-             nodes_falsenodeids=trees["false"], class_treeids=trees["leaf_tree"], class_nodeids=trees["leaf_node"],
-             class_ids=trees["leaf_class"], class_weights=trees["leaf_weight"], post_transform="NONE"),
-        node("Add", ["scores", "eps"], ["scores_eps"]),
-        node("Log", ["scores_eps"], ["flat_logits"]),
-        node("Shape", ["cells"], ["nhw"], start=0, end=3),
-        node("Concat", ["nhw", "k"], ["cells_shape"], axis=0),
-        node("Reshape", ["flat_logits", "cells_shape"], ["logits_cells"]),
-        node("Transpose", ["logits_cells"], ["logits"], perm=[0, 3, 1, 2]),
-    ]
+        _trees("flat", "label", "scores", n_classes, trees),
+    ] + _probabilities_to_logits("scores")
     inits = [tensor("flat_shape", np.array([-1, n_features], np.int64)), tensor("k", np.array([n_classes], np.int64)),
              tensor("eps", np.array([eps], np.float32))]
     return model(nodes, inits, [value_info("features", ["batch", n_features, "height", "width"])],
@@ -263,23 +272,12 @@ def ensemble_head(n_features: int, n_classes: int, members: Sequence[dict], *, m
             nodes += [node("MatMul", [f"x{i}", f"wt{i}"], [f"s{i}"]), node("Add", [f"s{i}", f"b{i}"], [f"z{i}"]),
                       node("Softmax", [f"z{i}"], [f"p{i}"], axis=1)]
         elif m["kind"] == "forest":
-            t = m["trees"]
-            nodes.append(node("TreeEnsembleClassifier", [f"x{i}"], [f"label{i}", f"p{i}"], domain=ML_DOMAIN,
-                              classlabels_int64s=np.arange(n_classes, dtype=np.int64),
-                              nodes_treeids=t["tree"], nodes_nodeids=t["node"], nodes_featureids=t["feature"],
-                              nodes_values=t["threshold"], nodes_modes=t["mode"], nodes_truenodeids=t["true"],
-                              nodes_falsenodeids=t["false"], class_treeids=t["leaf_tree"],
-                              class_nodeids=t["leaf_node"], class_ids=t["leaf_class"],
-                              class_weights=t["leaf_weight"], post_transform="NONE"))
+            nodes.append(_trees(f"x{i}", f"label{i}", f"p{i}", n_classes, m["trees"]))
         else:
             raise ValueError(f"member {i}: unknown kind {m['kind']!r} (linear or forest)")
         probs.append(f"p{i}")
-    nodes += [node("Sum", probs, ["p_sum"]), node("Mul", ["p_sum", "inv_m"], ["p_mean"]),
-              node("Add", ["p_mean", "eps"], ["p_eps"]), node("Log", ["p_eps"], ["flat_logits"]),
-              node("Shape", ["cells"], ["nhw"], start=0, end=3),
-              node("Concat", ["nhw", "k"], ["cells_shape"], axis=0),
-              node("Reshape", ["flat_logits", "cells_shape"], ["logits_cells"]),
-              node("Transpose", ["logits_cells"], ["logits"], perm=[0, 3, 1, 2])]
+    nodes += [node("Sum", probs, ["p_sum"]), node("Mul", ["p_sum", "inv_m"], ["p_mean"])]
+    nodes += _probabilities_to_logits("p_mean")
     return model(nodes, inits, [value_info("features", ["batch", n_features, "height", "width"])],
                  [value_info("logits", ["batch", n_classes, "height", "width"])], metadata=metadata,
                  graph_name="ensemble_head", extra_opsets={ML_DOMAIN: ML_OPSET})
