@@ -678,13 +678,11 @@ def far_from(points_rc: np.ndarray, rc: np.ndarray, radius: int) -> np.ndarray:
 
 def pixel_fit_predict(x_train, y_train, x_test, blocks, spec, class_names, seed):
     """Fit a fixed candidate (feature set, classifier, l2) and predict the test pixels."""
-    from mpmae_core.runtime.pixel import block_slices, feature_set_blocks
+    from mpmae_core.runtime.pixel import feature_set_columns
     from mpmae_core.runtime.pixelhead import Candidate, PixelHead
 
     cand = Candidate(*spec)
-    sub = feature_set_blocks(blocks, cand.feature_set)
-    sl = block_slices(blocks)
-    cols = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in sub])
+    sub, cols = feature_set_columns(blocks, cand.feature_set)
     head = PixelHead.fit(x_train[:, cols], y_train, sub, cand, class_names, seed=seed)
     return head.predict(x_test[:, cols])
 
@@ -692,16 +690,14 @@ def pixel_fit_predict(x_train, y_train, x_test, blocks, spec, class_names, seed)
 def pixel_chosen_predict(x_train, y_train, x_test, blocks, class_names, seed):
     """What train_head does: score every candidate on the training points (each point its own
     group), fit the chosen one, predict the test pixels. Returns (predictions, chosen name)."""
-    from mpmae_core.runtime.pixel import block_slices, feature_set_blocks
+    from mpmae_core.runtime.pixel import feature_set_columns
     from mpmae_core.runtime.pixelhead import PixelHead, candidates, choose, score_candidates
 
     groups = np.arange(len(y_train))
     scores = score_candidates(x_train, y_train, groups, blocks, class_names, candidates(), seed=seed)
     pick, _ = choose(scores, blocks)
     cand = scores[pick]["candidate"]
-    sub = feature_set_blocks(blocks, cand.feature_set)
-    sl = block_slices(blocks)
-    cols = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in sub])
+    sub, cols = feature_set_columns(blocks, cand.feature_set)
     head = PixelHead.fit(x_train[:, cols], y_train, sub, cand, class_names, seed=seed)
     return head.predict(x_test[:, cols]), cand.name
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +44,6 @@ def main() -> int:
         segment(scene, args.model, d / "cells.tif", head_path=d / "cells.onnx", device="cpu")
         res = pixelhead.train_pixel_head(scene, args.model, feats, names, d / "pixels.onnx", device="cpu")
         segment(scene, args.model, d / "pixels.tif", head_path=d / "pixels.onnx", device="cpu")
-        import textwrap
-
         chosen = res["chosen"].replace(": ", ":\n", 1).replace("; ", ",\n") if res["chosen"].startswith("mean of") \
             else "\n".join(textwrap.wrap(res["chosen"], 60))
         titles = ["before: 160 m cells\n(LayerNorm + linear on the last stage)",

@@ -77,6 +77,13 @@ def block_slices(blocks: Sequence[Block]) -> dict:
     return out
 
 
+def feature_set_columns(blocks: Sequence[Block], feature_set: str) -> tuple[list[Block], np.ndarray]:
+    """The blocks of a feature set and their columns in the joined feature vector of ``blocks``."""
+    sub = feature_set_blocks(blocks, feature_set)
+    sl = block_slices(blocks)
+    return sub, np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in sub])
+
+
 # ----------------------------------------------------------------------------- bilinear (pure)
 
 def bilinear_axis(n: int, factor: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -45,7 +45,7 @@ from mpmae_core.runtime import metrics, onnx_writer
 from mpmae_core.runtime.fewshot import FewShotError, check_labels, fit_softmax, grouped_folds
 from mpmae_core.runtime.forest import RandomForest
 from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata
-from mpmae_core.runtime.pixel import FEATURE_SETS, SPECTRA, Block, block_slices, feature_set_blocks
+from mpmae_core.runtime.pixel import FEATURE_SETS, SPECTRA, Block, feature_set_blocks, feature_set_columns
 
 CLASSIFIERS = ("logistic", "forest")
 L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
@@ -124,10 +124,8 @@ class PixelHead:
         colours = [list(c) for c in (class_colours or registry.suggest_class_colours(class_names))]
         head = cls(list(blocks), candidate.classifier, list(class_names), colours, candidate.l2)
         if candidate.classifier == "ensemble":
-            slices = block_slices(blocks)
             for m in candidate.members:
-                sub = feature_set_blocks(blocks, m.feature_set)
-                cols = np.concatenate([np.arange(slices[b.name].start, slices[b.name].stop) for b in sub])
+                sub, cols = feature_set_columns(blocks, m.feature_set)
                 head.members.append((cls.fit(x[:, cols], y, sub, m, class_names, colours, seed=seed), cols))
         elif candidate.classifier == "logistic":
             mean = x.mean(0)
@@ -192,23 +190,20 @@ class PixelHead:
 
 def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: Sequence[Block], class_names,
                      cands: Sequence[Candidate], folds: int = 5, seed: int = 0, cancelled=lambda: False,
-                     progress=lambda f: None, ensemble: bool = True) -> list[dict]:
+                     progress=lambda f: None) -> list[dict]:
     """Cross-validated scores of every candidate on the same grouped, stratified folds. ``x``
     holds the features of all ``blocks``; no fold ever scores a labelled feature it trained on.
-    With ``ensemble`` and candidates of at least two families, the ensemble candidate
-    (:func:`ensemble_score`) comes last."""
+    With candidates of at least two families, the ensemble candidate (:func:`ensemble_score`)
+    comes last."""
     from mpmae_core.runtime.files import Cancelled
 
     k_classes = len(class_names)
     min_groups = min(len(set(groups[y == c].tolist())) for c in np.unique(y))
     k = int(max(2, min(folds, min_groups)))
     fold_idx = grouped_folds(y, groups, k, seed)
-    slices = block_slices(blocks)
     out = []
     for i, cand in enumerate(cands):
-        sub = feature_set_blocks(blocks, cand.feature_set)
-        cols = np.concatenate([np.arange(slices[b.name].start, slices[b.name].stop) for b in sub])
-        cm = np.zeros((k_classes, k_classes), np.int64)
+        sub, cols = feature_set_columns(blocks, cand.feature_set)
         oof = np.full((len(y), k_classes), np.nan)
         t0 = time.time()
         for test in fold_idx:
@@ -222,10 +217,9 @@ def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: S
             oof[test] = prob
         out.append(_oof_score(cand, oof, y, class_names, k, time.time() - t0))
         progress((i + 1) / len(cands))
-    if ensemble:
-        ens = ensemble_score(out, y, class_names)
-        if ens is not None:
-            out.append(ens)
+    ens = ensemble_score(out, y, class_names)
+    if ens is not None:
+        out.append(ens)
     return out
 
 
@@ -439,9 +433,7 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                               progress=lambda f: progress(0.5 + 0.45 * f))
     chosen, why = choose(scores, blocks)
     cand = scores[chosen]["candidate"]
-    sub = feature_set_blocks(blocks, cand.feature_set)
-    slices = block_slices(blocks)
-    cols = np.concatenate([np.arange(slices[b.name].start, slices[b.name].stop) for b in sub])
+    sub, cols = feature_set_columns(blocks, cand.feature_set)
     if cancelled():
         raise Cancelled("cancelled by the user; no output was written")
     head = PixelHead.fit(x[:, cols], y, sub, cand, class_names, class_colours, seed=seed)

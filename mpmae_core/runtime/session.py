@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from mpmae_core.runtime.files import Cancelled
-from mpmae_core.runtime.pixel import SPECTRA, Block, encoder_blocks, feature_set_blocks, sample_bilinear
+from mpmae_core.runtime.pixel import SPECTRA, Block, encoder_blocks, feature_set_columns, sample_bilinear
 
 #: The head the live preview fits after every label: fast to fit and to apply, and rarely far from
 #: the chosen one (the full choice runs when the raster is mapped).
@@ -288,20 +288,13 @@ class MappingSession:
         present = sorted(set(y.tolist()))
         if len(present) < 2:
             raise ValueError("label at least two classes to see a map")
-        sub = feature_set_blocks(self.blocks, cand.feature_set)
-        cols = self._columns(sub)
+        sub, cols = feature_set_columns(self.blocks, cand.feature_set)
         head = PixelHead.fit(x[:, cols], y, sub, cand, list(class_names), class_colours)
         cv = None
         counts = [len(set(groups[y == c].tolist())) for c in present]
         if min(counts) >= 2:
             cv = score_candidates(x, y, groups, self.blocks, list(class_names), [cand], folds=5)[0]
         return head, cv
-
-    def _columns(self, sub) -> np.ndarray:
-        from mpmae_core.runtime.pixel import block_slices
-
-        sl = block_slices(self.blocks)
-        return np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in sub])
 
     @_locked
     def preview(self, head, window: Optional[tuple] = None, max_pixels: int = 250_000) -> dict:
@@ -365,8 +358,8 @@ class MappingSession:
         scores = score_candidates(x, y, groups, self.blocks, list(class_names), candidates(), cancelled=cancelled)
         pick, why = choose(scores, self.blocks)
         cand = scores[pick]["candidate"]
-        sub = feature_set_blocks(self.blocks, cand.feature_set)
-        head = PixelHead.fit(x[:, self._columns(sub)], y, sub, cand, list(class_names), class_colours)
+        sub, cols = feature_set_columns(self.blocks, cand.feature_set)
+        head = PixelHead.fit(x[:, cols], y, sub, cand, list(class_names), class_colours)
         samples = {n: {"features": len(set(groups[y == i].tolist())), "pixels": int((y == i).sum())}
                    for i, n in enumerate(class_names)}
         pending = PendingOutput(output)
