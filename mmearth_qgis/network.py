@@ -1,5 +1,5 @@
 """Downloads through QGIS's own network stack (its proxy, SSL and authentication settings apply),
-streamed to a ``.part`` file and resumed with an HTTP Range request, for ``runtime.fetch``."""
+streamed to a ``.part`` file and resumed with HTTP Range and If-Range, for ``runtime.fetch``."""
 
 from qgis.core import QgsApplication, QgsNetworkAccessManager, QgsSettings
 from qgis.PyQt.QtCore import QEventLoop, QTimer, QUrl
@@ -14,44 +14,61 @@ def base_url_setting() -> str:
 
 
 def qgis_download(url: str, part, progress=lambda done, total: None, cancelled=lambda: False,
-                  timeout_s: float = 60.0) -> None:
-    """``runtime.fetch``'s downloader protocol with QgsNetworkAccessManager: continue ``part``,
-    raise FetchError with the reason, Cancelled on cancel (the part is kept for a resume)."""
+                  timeout_s: float = 60.0, log=lambda m: None) -> None:
+    """``runtime.fetch``'s downloader protocol with QgsNetworkAccessManager: continue ``part`` only
+    where the server's validators show the same file (``fetch.PartFile``: Range with If-Range), raise
+    FetchError with the reason, Cancelled on cancel (the part is kept for a resume)."""
     from pathlib import Path
 
-    from mpmae_core.runtime.fetch import RETRIES, FetchError, manual_hint
-    from mpmae_core.runtime.files import Cancelled
+    from mpmae_core.runtime.fetch import RETRIES, FetchError, PartFile, Restart, disk_full, manual_hint
+    from mpmae_core.runtime.files import Cancelled, describe_os_error
 
-    part = Path(part)
-    for attempt in range(RETRIES + 1):
-        have = part.stat().st_size if part.exists() else 0
+    partfile = PartFile(Path(part))
+    restarted = False
+    for attempt in range(RETRIES + 2):
+        headers = partfile.request_headers(url, log)
+        have = partfile.size()
         request = QNetworkRequest(QUrl(url))
         request.setAttribute(QNetworkRequest.FollowRedirectsAttribute, True)
         request.setRawHeader(b"User-Agent", b"mmearth-toolkit (QGIS fetch_model)")
-        if have:
-            request.setRawHeader(b"Range", f"bytes={have}-".encode())
+        for key, value in headers.items():
+            request.setRawHeader(key.encode(), value.encode())
         authcfg = QgsSettings().value(AUTHCFG_KEY, "", type=str)
         if authcfg:
             QgsApplication.authManager().updateNetworkRequest(request, authcfg)
         reply = QgsNetworkAccessManager.instance().get(request)
         state = {"file": None, "done": have, "total": None, "status": None, "error": None, "cancel": False,
-                 "idle": 0}
+                 "idle": 0, "restart": None, "oserror": None}
         loop = QEventLoop()
 
+        def header(name, reply=reply):
+            value = bytes(reply.rawHeader(name.encode())).decode("latin-1").strip()
+            return value or None
+
         def on_ready():
+            if state["restart"] or state["oserror"]:
+                return
             status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)
-            if state["file"] is None:
-                state["status"] = status
-                if status not in (200, 206):
-                    return
-                restart = status == 200
-                length = reply.header(QNetworkRequest.ContentLengthHeader)
-                state["total"] = (int(length) + (0 if restart else have)) if length is not None else None
-                if restart:
-                    state["done"] = 0
-                state["file"] = open(part, "wb" if restart else "ab")
-            data = bytes(reply.readAll())
-            state["file"].write(data)
+            try:
+                if state["file"] is None:
+                    state["status"] = status
+                    if status not in (200, 206):
+                        return
+                    mode, state["done"], state["total"] = partfile.begin(url, status, header)
+                    if have and mode == "wb":
+                        log(f"the file at {url} changed since the partial download (or the server cannot resume): "
+                            "downloading it from the start")
+                    state["file"] = open(partfile.part, mode)
+                data = bytes(reply.readAll())
+                state["file"].write(data)
+            except Restart as exc:
+                state["restart"] = str(exc)
+                reply.abort()
+                return
+            except OSError as exc:
+                state["oserror"] = exc
+                reply.abort()
+                return
             state["done"] += len(data)
             state["idle"] = 0
             progress(state["done"], state["total"])
@@ -78,14 +95,26 @@ def qgis_download(url: str, part, progress=lambda done, total: None, cancelled=l
         status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute) or state["status"]
         err, err_text = reply.error(), reply.errorString()
         if state["file"] is not None:
-            state["file"].flush()
-            state["file"].close()
+            try:
+                state["file"].flush()
+                state["file"].close()
+            except OSError as exc:
+                state["oserror"] = state["oserror"] or exc
         reply.deleteLater()
+        if state["oserror"] is not None:
+            exc = state["oserror"]
+            raise FetchError(str(disk_full(exc, partfile, state["total"]) or describe_os_error(exc, partfile.part)))
         if state["cancel"]:
-            raise Cancelled(f"download cancelled; the part kept in {part.parent} is resumed by the next fetch of the "
-                            "same model")
-        if status == 416 and have:
-            return
+            raise Cancelled(f"download cancelled; the part kept in {partfile.part.parent} is resumed by the next "
+                            "fetch of the same model")
+        if state["restart"] or (status == 416 and have):
+            if restarted:
+                raise FetchError(f"the server at {url} answers range requests inconsistently: {manual_hint(url)}")
+            log(f"the server refused to continue the partial download ({state['restart'] or 'HTTP 416'}): "
+                f"{partfile.part.name} was discarded, downloading from the start")
+            partfile.discard()
+            restarted = True
+            continue
         if status is not None and status >= 400:
             reason = {404: "not found (the file moved, or the download address is out of date: set a mirror in "
                            "Settings > Options > MMEarth)", 401: "authentication needed (set an authentication "
@@ -100,3 +129,4 @@ def qgis_download(url: str, part, progress=lambda done, total: None, cancelled=l
             raise FetchError(f"the download of {url} stopped at {state['done']} bytes ({err_text}): run it again to "
                              "resume")
         return
+    raise FetchError(f"the download of {url} could not be completed: run it again")

@@ -69,11 +69,14 @@ def ckpts(tmp_path_factory):
 
 
 class Server:
-    """An HTTP server on 127.0.0.1 serving a folder, with Range support; ``truncate_next`` makes the
-    next GET of a path send only part of the body and close; ``hits`` records the requests."""
+    """An HTTP server on 127.0.0.1 serving a folder, with Range and If-Range (ETag: the file's hash;
+    Last-Modified), as real file hosts answer; ``truncate_next`` makes the next GET of a path send only
+    part of the body and close; ``hits`` records (path, Range) of each request; ``validators=False``
+    serves without ETag and Last-Modified; ``bad_length`` sends a malformed Content-Length."""
 
     def __init__(self, root: Path):
         self.root, self.truncate_next, self.hits, self.delay = root, {}, [], 0.0
+        self.validators, self.bad_length, self.range_ok = True, False, True
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -87,20 +90,28 @@ class Server:
                     self.send_error(404)
                     return
                 data = path.read_bytes()
+                etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
                 start = 0
                 rng = self.headers.get("Range")
-                if rng and rng.startswith("bytes="):
+                if_range = self.headers.get("If-Range")
+                if rng and if_range is not None and if_range != etag:
+                    rng = None  # the file changed: the whole new file
+                if rng and rng.startswith("bytes=") and outer.range_ok:
                     start = int(rng[6:].split("-")[0])
                     if start >= len(data):
                         self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
                         self.end_headers()
                         return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 else:
                     self.send_response(200)
+                if outer.validators:
+                    self.send_header("ETag", etag)
+                    self.send_header("Last-Modified", "Wed, 02 Dec 2026 10:00:00 GMT")
                 body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", "12abc" if outer.bad_length else str(len(body)))
                 self.end_headers()
                 cut = outer.truncate_next.pop(self.path, None)
                 body = body[:cut] if cut is not None else body
@@ -112,7 +123,7 @@ class Server:
                             time.sleep(outer.delay)
                 except (BrokenPipeError, ConnectionResetError):
                     return
-                if cut is not None:
+                if cut is not None or outer.bad_length:
                     self.close_connection = True
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

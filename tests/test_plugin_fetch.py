@@ -2,6 +2,7 @@
 settings page's catalogue (Download, progress, Cancel; pytest-qt), and the model drop-down, all
 against an HTTP server on 127.0.0.1 that the test starts itself."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -182,3 +183,35 @@ def test_model_parameter_is_a_drop_down_of_the_installed_models(qtbot, qgis_app,
         assert wrapper.value() == "atto_test"
         wrapper.setValue("/some/where/model.onnx")  # a file path still works
         assert wrapper.value() == "/some/where/model.onnx"
+
+
+def test_qgis_downloader_resumes_only_the_same_file_and_heals_a_416(qgis_app, server, release, tmp_path):
+    """QGIS's network stack, like urllib: a part is continued with Range + If-Range; after the file
+    changed the whole new file comes (no splice); a part the server refuses (416) is discarded."""
+    import hashlib
+
+    from mmearth_qgis.network import qgis_download
+    from mpmae_core.runtime.fetch import PartFile
+
+    src = release / "pt-all_mod_atto_1M_64_uncertainty_56-8" / "checkpoint-199.pth"
+    url = f"{server.url}/{src.parent.name}/checkpoint-199.pth"
+    part = tmp_path / "q.pth.part"
+    server.truncate_next[f"/{src.parent.name}/checkpoint-199.pth"] = 30_000
+    logs = []
+    qgis_download(url, part, log=logs.append)  # breaks off once, resumed with If-Range
+    assert part.read_bytes() == src.read_bytes()
+    ranges = [r for _, r in server.hits]
+    assert ranges[0] is None and ranges[-1] == "bytes=30000-"
+    # the part of an old file, whose ETag no longer matches: the whole new file comes
+    part.write_bytes(src.read_bytes()[:50_000])
+    PartFile(part).meta.write_text(json.dumps({"url": url, "etag": '"stale"', "bytes": 1}))
+    qgis_download(url, part, log=logs.append)
+    assert hashlib.sha256(part.read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest()
+    assert any("changed since the partial download" in m for m in logs), logs
+    # a part longer than the file with the right ETag: HTTP 416, discarded, downloaded again
+    part.write_bytes(src.read_bytes() + b"tail")
+    etag = '"' + hashlib.sha256(src.read_bytes()).hexdigest()[:16] + '"'
+    PartFile(part).meta.write_text(json.dumps({"url": url, "etag": etag, "bytes": 1}))
+    qgis_download(url, part, log=logs.append)
+    assert part.read_bytes() == src.read_bytes()
+    assert any("416" in m and "discarded" in m for m in logs), logs
