@@ -292,7 +292,7 @@ def run_command(image, labels, class_field, checkpoint, out_dir, cfg: FinetuneCo
     """What ``python -m training.finetune`` does: labels -> pixels, fine-tune (or resume), export."""
     from mpmae_core.checkpoints import load_any
     from mpmae_core.runtime import metrics
-    from mpmae_core.runtime.fewshot import grouped_folds
+    from mpmae_core.runtime.fewshot import check_labels, grouped_folds
     from mpmae_core.runtime.files import atomic_write_text, check_output
     from mpmae_core.runtime.labels import cap_per_class_grouped
     from mpmae_core.runtime.metadata import default_normalisation
@@ -310,7 +310,9 @@ def run_command(image, labels, class_field, checkpoint, out_dir, cfg: FinetuneCo
 
     meta = ModelMetadata(kind="encoder", input_bands=bands, normalisation=norm, patch_size=encoder.patch_size)
     prep = prepare_input(str(image), meta, log=lambda m: log(f"[finetune] {m}"))
-    rows, cols, y, groups, names = pixel_labels(labels, class_field, prep, buffer_m)
+    rows, cols, y, groups, names = pixel_labels(labels, class_field, prep, buffer_m,
+                                                log=lambda m: log(f"[finetune] {m}"))
+    check_labels(y, groups, names, min_groups=1, what="a fine-tuned segmenter")
     keep = cap_per_class_grouped(y, groups, max_pixels_per_class, cfg.seed)
     rows, cols, y, groups = rows[keep], cols[keep], y[keep], groups[keep]
     validation = {}
@@ -338,7 +340,7 @@ def run_command(image, labels, class_field, checkpoint, out_dir, cfg: FinetuneCo
     return result
 
 
-def pixel_labels(labels, class_field: str, prep, buffer_m: float = 0.0):
+def pixel_labels(labels, class_field: str, prep, buffer_m: float = 0.0, log=lambda m: None):
     """(rows, cols, class, group, class names) of labelled pixels from a vector file (points or
     polygons, with ``class_field``) or a label raster on the image's grid (0 = unlabelled)."""
     from osgeo import gdal
@@ -359,6 +361,8 @@ def pixel_labels(labels, class_field: str, prep, buffer_m: float = 0.0):
         raise ValueError(f"'{labels}' is a vector file: give --class-field, the field holding the classes")
     feats, names, _, _ = read_label_file(labels, class_field, prep.projection)
     cells = label_cells(feats, prep.geotransform, prep.width, prep.height, point_buffer=buffer_m)
+    if cells.conflicts:
+        log(cells.conflict_warning(names))
     if cells.rows.size == 0:
         raise ValueError("none of the labelled features lies inside the image")
     return cells.rows, cells.cols, cells.classes, cells.groups, names

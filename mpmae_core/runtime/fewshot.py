@@ -132,12 +132,19 @@ class LinearHead:
 
 # ----------------------------------------------------------------------------- validation
 
-def check_labels(y: np.ndarray, groups: np.ndarray, class_names: Sequence[str], min_groups: int = 2) -> None:
-    """Refuse labels that cannot give a validated head, naming what to add."""
+def check_labels(y: np.ndarray, groups: np.ndarray, class_names: Sequence[str], min_groups: int = 2,
+                 what: str = "a head") -> None:
+    """Refuse labels that cannot give a validated head (or segmenter), naming what to add."""
+    from mpmae_core.runtime.metadata import MAX_CLASSES
+
+    if len(class_names) > MAX_CLASSES:
+        raise FewShotError(f"the labels name {len(class_names)} classes; class maps hold at most {MAX_CLASSES} "
+                           "(one byte, 255 = no data). Check the class field (an id or a free-text field has a "
+                           "value per feature), or merge classes")
     present = sorted(set(np.asarray(y).tolist()))
     if len(present) < 2:
         only = class_names[present[0]] if present else "none"
-        raise FewShotError(f"a head needs at least two classes, but the labels inside the raster have only one "
+        raise FewShotError(f"{what} needs at least two classes, but the labels inside the raster have only one "
                            f"({only}). Label some places of at least one other class.")
     short = []
     for c in range(len(class_names)):
@@ -245,6 +252,8 @@ def gather_samples(embeddings, features, class_names, log=lambda m: None, featur
     if cells.outside:
         log(f"warning: skipped {len(cells.outside)} of {len(features)} labelled feature(s) outside the raster "
             f"(feature ids {id_list(cells.outside)})")
+    if cells.conflicts:
+        log(cells.conflict_warning(class_names))
     x = read_cells(embeddings, cells.rows, cells.cols)
     ok = np.isfinite(x).all(1)
     nodata_features = sorted(set(cells.groups[~ok].tolist()) - set(cells.groups[ok].tolist()))
@@ -296,6 +305,7 @@ def train_head(source, model_path, features, class_names, output, *, embeddings=
     import tempfile
 
     from mpmae_core.runtime.files import PendingOutput, check_output
+    from mpmae_core.runtime.fingerprint import encoder_fingerprint
     from mpmae_core.runtime.model import OnnxModel
     from mpmae_core.runtime.predict import Cancelled, embeddings_for, input_files
 
@@ -325,7 +335,8 @@ def train_head(source, model_path, features, class_names, output, *, embeddings=
     pending = PendingOutput(output)
     try:
         pending.tmp.write_bytes(head.onnx_bytes(patch_size=meta.patch_size,
-                                                source=f"few-shot head on {Path(model_path).name}"))
+                                                source=f"few-shot head on {Path(model_path).name}",
+                                                encoder=encoder_fingerprint(OnnxModel(model_path, device="cpu"))))
         if report_path:
             pending.companion(report_path).write_text(report_html(cv, samples, f"Few-shot head: {Path(output).name}"),
                                                       encoding="utf-8")

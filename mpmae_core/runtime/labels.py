@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+MAX_LABEL_CLASS = 254  # class maps are one byte with 255 as no data (metadata.MAX_CLASSES)
+
+
 class LabelError(ValueError):
     """Labels that cannot be used; the message names the problem and the fix."""
 
@@ -27,6 +30,43 @@ class LabelCells:
     groups: np.ndarray  # feature number per cell (for grouped cross-validation)
     outside: list = field(default_factory=list)  # feature numbers with no cell inside the grid
     empty: list = field(default_factory=list)  # feature numbers without a geometry
+    #: (class a, class b, cells): places labelled with two classes (dropped from the cells above)
+    conflicts: list = field(default_factory=list)
+
+    def conflict_warning(self, class_names) -> str:
+        """A warning naming the classes labelled at the same places ('' when there are none)."""
+        if not self.conflicts:
+            return ""
+        name = (lambda i: class_names[i] if 0 <= i < len(class_names) else f"class {i}")
+        pairs = "; ".join(f"{name(a)} and {name(b)} at {n} pixel(s)" for a, b, n in self.conflicts[:5])
+        more = f" (and {len(self.conflicts) - 5} more pairs)" if len(self.conflicts) > 5 else ""
+        total = sum(n for _, _, n in self.conflicts)
+        return (f"warning: {total} labelled pixel(s) carry two different classes ({pairs}{more}): overlapping "
+                "features of different classes, or one feature duplicated with another class. Those pixels were left "
+                "out; fix the labels so each place has one class")
+
+
+def conflicting_cells(rows: np.ndarray, cols: np.ndarray, classes: np.ndarray, width: int):
+    """(mask of cells whose place is labelled with more than one class, [(class a, class b, places)]).
+    Sort-based: O(n log n) in the number of labelled cells, whatever the overlap."""
+    n = len(rows)
+    if n == 0:
+        return np.zeros(0, bool), []
+    key = rows.astype(np.int64) * (int(width) + 1) + cols.astype(np.int64)
+    order = np.lexsort((classes, key))
+    k, c = key[order], classes[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    lo = np.minimum.reduceat(c, starts)
+    hi = np.maximum.reduceat(c, starts)
+    bad_place = lo != hi
+    sizes = np.diff(np.r_[starts, n])
+    mask_sorted = np.repeat(bad_place, sizes)
+    mask = np.empty(n, bool)
+    mask[order] = mask_sorted
+    pairs: dict = {}
+    for a, b in zip(lo[bad_place].tolist(), hi[bad_place].tolist()):
+        pairs[(a, b)] = pairs.get((a, b), 0) + 1
+    return mask, sorted(((a, b, m) for (a, b), m in pairs.items()), key=lambda t: -t[2])
 
 
 def _grid_cell(gt, x, y):
@@ -111,8 +151,10 @@ def label_cells(features, geotransform, width: int, height: int, point_buffer: f
         classes.append(np.full(rr.size, cls, np.int64))
         groups.append(np.full(rr.size, number, np.int64))
     cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.empty(0, dt))
-    return LabelCells(cat(rows, np.int64), cat(cols, np.int64), cat(classes, np.int64), cat(groups, np.int64),
-                      outside, empty)
+    rows, cols, classes, groups = cat(rows, np.int64), cat(cols, np.int64), cat(classes, np.int64), cat(groups, np.int64)
+    bad, conflicts = conflicting_cells(rows, cols, classes, width)
+    keep = ~bad
+    return LabelCells(rows[keep], cols[keep], classes[keep], groups[keep], outside, empty, conflicts)
 
 
 def read_cells(path, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -309,8 +351,14 @@ def labels_on_grid(path, prep, class_field: str = "") -> tuple[np.ndarray, list]
             lab[lab == nd] = 0
         if lab.min() < 0:
             raise LabelError("label values must be 0 (unlabelled) or positive class numbers")
-        cats = band.GetCategoryNames() or []
         k = int(lab.max())
+        if k > MAX_LABEL_CLASS:
+            distinct = int(np.unique(lab[lab > 0]).size)
+            raise LabelError(f"the label raster '{path}' holds values up to {k} ({distinct} distinct values): a label "
+                             f"raster holds class numbers 1..{MAX_LABEL_CLASS} with 0 for unlabelled. This looks like "
+                             "an image, not labels: give the raster of class numbers (or a vector file with a class "
+                             "field)")
+        cats = band.GetCategoryNames() or []
         names = [cats[v] if v < len(cats) and cats[v] else f"class {v}" for v in range(1, k + 1)]
         return lab, names
     if not class_field:

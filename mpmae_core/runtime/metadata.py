@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 from mpmae_core import registry
 
 METADATA_KEY = "mmearth"
 FORMAT_VERSION = 1
 KINDS = ("encoder", "segmenter", "head")
+MAX_CLASSES = 254  # class maps are one byte with 255 as no data
 
 
 class MetadataError(ValueError):
@@ -52,6 +54,8 @@ class ModelMetadata:
     feature_channels: list = field(default_factory=list)
     classifier: str = ""  # what the head is, in words (e.g. "logistic regression, L2 0.01")
     precision: str = "float32"  # of the graph's arithmetic ("float16": a GPU variant; float32 in and out)
+    #: head: the encoder it was trained on (``fingerprint.encoder_fingerprint``); empty in older files
+    encoder: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def validate(self) -> "ModelMetadata":
@@ -126,6 +130,11 @@ class ModelMetadata:
             raise MetadataError("'classifier' must be text")
         if self.precision not in ("float32", "float16"):
             raise MetadataError(f"'precision' must be float32 or float16, got {self.precision!r}")
+        if not isinstance(self.encoder, dict):
+            raise MetadataError(f"'encoder' must be an object describing the encoder, got {self.encoder!r:.60}")
+        if len(self.class_names) > MAX_CLASSES:
+            raise MetadataError(f"the model names {len(self.class_names)} classes; class maps hold at most "
+                                f"{MAX_CLASSES} (one byte, 255 = no data)")
         if self.kind == "segmenter" and not self.class_names:
             raise MetadataError("a segmenter model must name its classes")
         if self.class_names and self.class_colours and len(self.class_names) != len(self.class_colours):
@@ -179,12 +188,13 @@ class ModelMetadata:
 
 
 def head_metadata(class_names, class_colours, embedding_dim: int, task: str = "few-shot", patch_size: int = 16,
-                  source: str = "") -> ModelMetadata:
-    """Metadata of a head on ``embedding_dim``-dim embeddings at patch stride."""
+                  source: str = "", encoder: Optional[dict] = None) -> ModelMetadata:
+    """Metadata of a head on ``embedding_dim``-dim embeddings at patch stride; ``encoder``: the
+    fingerprint of the encoder it was trained on."""
     return ModelMetadata(kind="head", task=task, class_names=list(class_names),
                          class_colours=[[int(v) for v in c] for c in class_colours or []],
                          embedding_dim=int(embedding_dim), patch_size=patch_size, output_stride=patch_size,
-                         source=source)
+                         source=source, encoder=dict(encoder or {}))
 
 
 #: ONNX output names of an encoder graph, in order: the final map first (what ``embed`` reads),

@@ -166,15 +166,16 @@ class PixelHead:
             f"random forest, {FOREST_TREES} trees"
         return f"{how} on {sets} ({self.n_features} features per pixel)"
 
-    def metadata(self, patch_size: int, source: str = "", task: str = "few-shot") -> ModelMetadata:
-        return ModelMetadata(kind="head", task=task, class_names=list(self.class_names),
+    def metadata(self, patch_size: int, source: str = "", task: str = "few-shot",
+                 encoder: Optional[dict] = None) -> ModelMetadata:
+        return ModelMetadata(kind="head", task=task, class_names=list(self.class_names), encoder=dict(encoder or {}),
                              class_colours=[[int(v) for v in c] for c in self.class_colours],
                              embedding_dim=self.n_features, patch_size=patch_size, output_stride=1, source=source,
                              features=[b.name for b in self.blocks], feature_channels=[b.channels for b in self.blocks],
                              classifier=self.describe())
 
-    def onnx_bytes(self, patch_size: int, source: str = "") -> bytes:
-        meta = {METADATA_KEY: self.metadata(patch_size, source).to_json()}
+    def onnx_bytes(self, patch_size: int, source: str = "", encoder: Optional[dict] = None) -> bytes:
+        meta = {METADATA_KEY: self.metadata(patch_size, source, encoder=encoder).to_json()}
         if self.members:
             parts = [{"columns": cols, "kind": "forest", "trees": h.forest.onnx_arrays()} if h.forest is not None
                      else {"columns": cols, "kind": "linear", "weight": h.weight, "bias": h.bias}
@@ -354,6 +355,8 @@ def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float
     if cells.outside:
         log(f"warning: skipped {len(cells.outside)} of {len(features)} labelled feature(s) outside the raster "
             f"(feature ids {id_list(cells.outside)})")
+    if cells.conflicts:
+        log(cells.conflict_warning(class_names))
     if cells.rows.size == 0:
         raise FewShotError("none of the labelled features lies inside the raster: check that labels and raster "
                            "cover the same place (their CRS are reconciled automatically)")
@@ -392,6 +395,7 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
     label and save it (ONNX) with its report. Both outputs appear whole or not at all."""
     from mpmae_core.runtime.files import PendingOutput, check_output
+    from mpmae_core.runtime.fingerprint import encoder_fingerprint
     from mpmae_core.runtime.model import OnnxModel
     from mpmae_core.runtime.pixel import encoder_blocks, small_raster_warning
     from mpmae_core.runtime.predict import Cancelled, check_tiling, input_files
@@ -440,7 +444,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     text = report_text(scores, chosen, why, samples)
     pending = PendingOutput(output)
     try:
-        pending.tmp.write_bytes(head.onnx_bytes(meta.patch_size, source=f"per-pixel head on {Path(model_path).name}"))
+        pending.tmp.write_bytes(head.onnx_bytes(meta.patch_size, source=f"per-pixel head on {Path(model_path).name}",
+                                                encoder=encoder_fingerprint(model)))
         if report_path:
             pending.companion(report_path).write_text(
                 report_html(scores, chosen, why, samples, f"Few-shot head: {Path(output).name}"), encoding="utf-8")

@@ -431,6 +431,11 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         if meta.kind != "encoder" or head.metadata.kind != "head":
             raise ValueError(f"with a head, the model must be an encoder and the head a head model; got a "
                              f"{meta.kind} model and a {head.metadata.kind} head")
+        from mpmae_core.runtime.fingerprint import check_head_encoder
+
+        warning = check_head_encoder(head.metadata, head_path, model)
+        if warning:
+            log(warning)
         if head.metadata.per_pixel:
             from mpmae_core.runtime.pixel import blocks_by_name, encoder_blocks
 

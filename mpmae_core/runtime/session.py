@@ -348,6 +348,7 @@ class MappingSession:
         """The self-choosing head of ``train_head`` (every candidate cross-validated) on the cached
         features, saved as ONNX (and its HTML report)."""
         from mpmae_core.runtime.files import PendingOutput, check_output
+        from mpmae_core.runtime.fingerprint import encoder_fingerprint
         from mpmae_core.runtime.model import OnnxModel
         from mpmae_core.runtime.pixelhead import (PixelHead, candidates, check_labels, choose, report_html,
                                                   report_text, score_candidates)
@@ -365,7 +366,8 @@ class MappingSession:
         pending = PendingOutput(output)
         try:
             pending.tmp.write_bytes(head.onnx_bytes(self.model.metadata.patch_size,
-                                                    source=f"per-pixel head on {Path(self.model_path).name}"))
+                                                    source=f"per-pixel head on {Path(self.model_path).name}",
+                                                    encoder=encoder_fingerprint(self.model)))
             if report_path:
                 pending.companion(report_path).write_text(
                     report_html(scores, pick, why, samples, f"Few-shot head: {Path(output).name}"), encoding="utf-8")
