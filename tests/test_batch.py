@@ -201,3 +201,89 @@ def test_row_blocks_of_a_scene_put_together_equal_the_whole(models_dir, scenes, 
                 overlap=32, block=(a, min(a + 2, n)))
         parts.append(gdal.Open(str(p)).ReadAsArray())
     np.testing.assert_array_equal(np.concatenate(parts, axis=0), gdal.Open(str(whole)).ReadAsArray())
+
+
+def test_hostile_inputs_each_fail_alone_in_one_line(scenes, models_dir, tmp_path):
+    """The output folder inside the input glob, a scene listed three times (also with an inline
+    comment), a scene without band names, a STAC collection with one item whose files are missing and
+    one that is not an object: each gets one line (scene, reason, fix), no traceback, no retry, and
+    the good scenes are done once."""
+    from helpers import write_geotiff
+
+    work = tmp_path / "w"
+    work.mkdir()
+    for i in (0, 1):
+        shutil.copy(scenes / f"scene{i}.tif", work / f"scene{i}.tif")
+    arr = gdal.Open(str(scenes / "scene0.tif")).ReadAsArray()
+    write_geotiff(work / "unnamed.tif", arr[:, :128, :128], None, nodata=0)
+    model = str(models_dir / "atto_test.onnx")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "mpmae_core.runtime", "batch", "embed", str(work / "**" / "*.tif"), model,
+           str(work / "out"), "--workers", "1", "--tile", "256", "--overlap", "64", "--device", "cpu"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    text = first.stdout + first.stderr
+    assert first.returncode == 3 and "Traceback" not in text and "Compute Failed" not in text, text[-3000:]
+    assert "2 done, 0 skipped" in first.stdout and "failed: unnamed: " in first.stdout and "--band-map" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)  # outputs now inside the glob
+    assert again.returncode == 3 and "0 done, 2 skipped" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert "left out" in again.stderr and "inside the output folder" in again.stderr
+    # one scene listed three times: run once, with a note
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{work / 'scene0.tif'}   # the first\n{work / 'scene0.tif'}\n# only a comment\n"
+                       f"{work / '.' / 'scene0.tif'}\n")
+    logs = []
+    report = B.run_batch("embed", str(listing), model, tmp_path / "dup", workers=1, log=logs.append, **_job_kw())
+    assert [d["scene"] for d in report.done] == ["scene0"] and not report.failed
+    assert any("listed more than once" in m and "scene0.tif (3 times)" in m for m in logs), logs
+    mosaic = gdal.Open(report.mosaics[0])
+    assert (mosaic.RasterXSize, mosaic.RasterYSize) == (32, 24)  # one scene, once (patch stride)
+    # STAC: a good item, an item whose files are missing, and an entry that is not an object
+    src = gdal.Open(str(work / "scene1.tif"))
+    names = [src.GetRasterBand(i + 1).GetDescription() for i in range(src.RasterCount)]
+    assets_dir = tmp_path / "assets"
+    assets_dir.mkdir()
+    good = {}
+    for i, name in enumerate(names):
+        gdal.Translate(str(assets_dir / f"{name}.tif"), src, bandList=[i + 1])
+        good[name] = {"href": f"assets/{name}.tif"}
+    missing = {n: {"href": f"gone/{n}.tif"} for n in names}
+    coll = tmp_path / "items.json"
+    coll.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "ok", "assets": good}, {"type": "Feature", "id": "nofiles", "assets": missing},
+        ["not", "an", "item"]]}))
+    report = B.run_batch("embed", str(coll), model, tmp_path / "stac", workers=1, **_job_kw())
+    assert [d["scene"] for d in report.done] == ["ok"]
+    reasons = {f["scene"]: f["reason"] for f in report.failed}
+    assert set(reasons) == {"nofiles", "item2"} and "does not exist" in reasons["nofiles"]
+    assert "not a JSON object" in reasons["item2"]
+    (tmp_path / "list.json").write_text("[1, 2, 3]")
+    with pytest.raises(B.BatchError, match="holds a JSON list, not a STAC"):
+        B.expand_inputs(str(tmp_path / "list.json"), tmp_path / "x")
+
+
+def test_a_replaced_scene_with_the_same_size_and_time_is_redone(cluster, scenes, models_dir, tmp_path):
+    model = str(models_dir / "atto_test.onnx")
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copy(scenes / "scene0.tif", work / "a.tif")
+    out = tmp_path / "out"
+    B.run_batch("embed", str(work / "a.tif"), model, out, client=cluster, **_job_kw())
+    st = os.stat(work / "a.tif")
+    other = gdal.Translate(str(tmp_path / "other.tif"), str(scenes / "scene1.tif"))
+    other = None
+    data = (tmp_path / "other.tif").read_bytes()
+    assert len(data) == st.st_size  # same layout, other pixels
+    (work / "a.tif").write_bytes(data)
+    os.utime(work / "a.tif", ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = B.run_batch("embed", str(work / "a.tif"), model, out, client=cluster, **_job_kw())
+    assert [d["scene"] for d in again.done] == ["a"] and not again.skipped
+    single = tmp_path / "single.tif"
+    embed(tmp_path / "other.tif", model, single, device="cpu", tile=256, overlap=64)
+    np.testing.assert_array_equal(np.nan_to_num(gdal.Open(str(out / "a_embeddings.tif")).ReadAsArray(), nan=-9),
+                                  np.nan_to_num(gdal.Open(str(single)).ReadAsArray(), nan=-9))
+
+
+def test_list_lines_take_comments():
+    assert B.list_line("  a/b.tif   # note") == "a/b.tif"
+    assert B.list_line("# whole line") == ""
+    assert B.list_line("c#d.tif") == "c#d.tif"  # a '#' inside a name is kept

@@ -44,6 +44,7 @@ class BatchError(ValueError):
 class Scene:
     id: str
     source: str  # what GDAL opens: a raster file or a VRT
+    error: str = ""  # a scene that cannot be run (a broken STAC item): reported as failed, nothing else stops
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -54,16 +55,20 @@ def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "scene"
 
 
-def expand_inputs(spec: str, work_dir: Path) -> list[Scene]:
+def expand_inputs(spec: str, work_dir: Path, exclude: Optional[Path] = None,
+                  log: Callable[[str], None] = lambda m: None) -> list[Scene]:
     """The scenes of one INPUTS argument (see the module's docstring); VRTs for STAC items go to
-    ``work_dir``. Scene ids are unique (a file name, made unique with its parent folder)."""
+    ``work_dir``. Files inside ``exclude`` (the output folder) are left out, and a file listed more
+    than once is run once (both with a note). Scene ids are unique (a file name, made unique with
+    its parent folder)."""
     spec = str(spec)
     path = Path(spec)
-    if path.is_file() and path.suffix.lower() in (".json", ".geojson"):
-        scenes = stac_scenes(path, work_dir)
+    stac = path.is_file() and path.suffix.lower() in (".json", ".geojson")
+    if stac:
+        scenes = stac_scenes(path, work_dir)  # its VRTs live in work_dir, inside the output folder
     elif path.is_file() and path.suffix.lower() in (".txt", ".lst", ".list"):
         base = path.parent
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        lines = [ln for ln in (list_line(raw) for raw in path.read_text(errors="replace").splitlines()) if ln]
         scenes = [Scene("", str((base / ln) if not os.path.isabs(ln) and "://" not in ln else ln)) for ln in lines]
     elif path.is_file():
         scenes = [Scene("", str(path))]
@@ -73,6 +78,8 @@ def expand_inputs(spec: str, work_dir: Path) -> list[Scene]:
             raise BatchError(f"'{spec}' matches no file: give a glob (quoted, e.g. 'scenes/*.tif'), a text file of "
                              "paths, a STAC ItemCollection or catalogue JSON, or a raster")
         scenes = [Scene("", m) for m in matches if Path(m).is_file()]
+    scenes = scenes if stac else _without_outputs(scenes, exclude, log)
+    scenes = _without_duplicates(scenes, log)
     used: dict = {}
     for s in scenes:
         if not s.id:
@@ -86,8 +93,53 @@ def expand_inputs(spec: str, work_dir: Path) -> list[Scene]:
             n += 1
         used[s.id] = s
     if not scenes:
-        raise BatchError(f"'{spec}' holds no scene")
+        raise BatchError(f"'{spec}' holds no scene" + (f" outside the output folder '{exclude}'" if exclude else ""))
     return scenes
+
+
+def list_line(raw: str) -> str:
+    """A path from a line of a list file: '#' starts a comment (at the line's start, or after a space)."""
+    import re
+
+    return re.split(r"(?:^|\s)#", raw, maxsplit=1)[0].strip()
+
+
+def _local_key(source: str) -> Optional[str]:
+    if "://" in source or source.startswith("/vsi"):
+        return source
+    try:
+        return str(Path(source).resolve())
+    except (OSError, RuntimeError):
+        return source
+
+
+def _without_outputs(scenes: list, exclude: Optional[Path], log) -> list:
+    if exclude is None:
+        return scenes
+    root = str(Path(exclude).resolve())
+    keep = [s for s in scenes if s.error or not (_local_key(s.source) or "").startswith(root + os.sep)]
+    if len(keep) < len(scenes):
+        log(f"note: left out {len(scenes) - len(keep)} file(s) inside the output folder '{exclude}' (this batch's own "
+            "outputs are not inputs)")
+    return keep
+
+
+def _without_duplicates(scenes: list, log) -> list:
+    seen: dict = {}
+    keep = []
+    for s in scenes:
+        key = f"{s.source}#{s.id}" if s.error else _local_key(s.source)
+        if key in seen:
+            seen[key] += 1
+            continue
+        seen[key] = 1
+        keep.append(s)
+    twice = {k: n for k, n in seen.items() if n > 1}
+    if twice:
+        listed = ", ".join(f"{Path(k).name} ({n} times)" for k, n in list(twice.items())[:5])
+        log(f"note: {len(twice)} input(s) listed more than once, each run once: {listed}"
+            + (" ..." if len(twice) > 5 else ""))
+    return keep
 
 
 def stac_scenes(path: Path, work_dir: Path) -> list[Scene]:
@@ -97,33 +149,53 @@ def stac_scenes(path: Path, work_dir: Path) -> list[Scene]:
     if not items:
         raise BatchError(f"'{path}' is a JSON file but holds no STAC item")
     work_dir.mkdir(parents=True, exist_ok=True)
-    return [Scene(_safe_id(item.get("id") or f"item{i}"), str(_item_vrt(item, base, work_dir)))
-            for i, (item, base) in enumerate(items)]
+    scenes = []
+    for i, (item, base) in enumerate(items):
+        if not isinstance(item, dict):
+            scenes.append(Scene(f"item{i}", str(path), error=f"item {i} of '{path}' is not a JSON object: fix or "
+                                                              "remove it"))
+            continue
+        sid = _safe_id(str(item.get("id") or f"item{i}"))
+        try:
+            scenes.append(Scene(sid, str(_item_vrt(item, base, work_dir))))
+        except BatchError as exc:  # one broken item fails only itself
+            scenes.append(Scene(sid, str(path), error=str(exc)))
+    return scenes
 
 
 def _stac_items(path: Path, depth: int = 0):
     try:
         doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BatchError(f"'{path}' is not a readable JSON file: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BatchError(f"'{path}' holds a JSON {type(doc).__name__}, not a STAC ItemCollection, catalogue or item "
+                         "(an object with \"type\": \"FeatureCollection\", \"Catalog\", \"Collection\" or "
+                         "\"Feature\")")
     kind = doc.get("type")
     if kind == "FeatureCollection":
-        for feat in doc.get("features", []):
+        features = doc.get("features", [])
+        for feat in features if isinstance(features, list) else []:
             yield feat, path.parent
     elif kind == "Feature":
         yield doc, path.parent
     elif kind in ("Catalog", "Collection") and depth < 5:
-        for link in doc.get("links", []):
-            if link.get("rel") in ("item", "child") and "://" not in link.get("href", ""):
-                yield from _stac_items((path.parent / link["href"]).resolve(), depth + 1)
+        links = doc.get("links", [])
+        for link in links if isinstance(links, list) else []:
+            href = link.get("href") if isinstance(link, dict) else None
+            if isinstance(href, str) and link.get("rel") in ("item", "child") and "://" not in href:
+                yield from _stac_items((path.parent / href).resolve(), depth + 1)
     else:
         raise BatchError(f"'{path}' is not a STAC ItemCollection, catalogue or item (type {kind!r})")
 
 
 def _asset_band(key: str, asset: dict):
-    names = [key] + [b.get("name", "") for b in asset.get("eo:bands", []) or []] + \
-        [b.get("common_name", "") for b in asset.get("eo:bands", []) or []]
+    eo = asset.get("eo:bands") if isinstance(asset, dict) else None
+    eo = [b for b in eo if isinstance(b, dict)] if isinstance(eo, list) else []
+    names = [key] + [b.get("name", "") for b in eo] + [b.get("common_name", "") for b in eo]
     for n in names:
+        if not isinstance(n, str):
+            continue
         band = registry.canonical_s2_band(n)
         if band:
             return band
@@ -135,10 +207,13 @@ def _item_vrt(item: dict, base: Path, work_dir: Path) -> Path:
 
     g = gdal()
     found = {}
-    for key, asset in (item.get("assets") or {}).items():
-        band = _asset_band(key, asset)
+    assets = item.get("assets")
+    for key, asset in (assets.items() if isinstance(assets, dict) else []):
+        if not isinstance(asset, dict):
+            continue
+        band = _asset_band(str(key), asset)
         href = asset.get("href", "")
-        if not band or not href or band in found:
+        if not band or not isinstance(href, str) or not href or band in found:
             continue
         if href.startswith(("http://", "https://")):
             href = "/vsicurl/" + href
@@ -146,6 +221,9 @@ def _item_vrt(item: dict, base: Path, work_dir: Path) -> Path:
             href = "/vsis3/" + href[5:]
         elif not os.path.isabs(href):
             href = str((base / href).resolve())
+        if not href.startswith("/vsi") and not Path(href).is_file():
+            raise BatchError(f"the STAC item '{item.get('id')}' links {band} to '{href}', which does not exist: download "
+                             "the item's files next to the JSON (or fix its hrefs)")
         found[band] = href
     order = [b for b in registry.S2_PRODUCT_ORDER if b in found]  # the runtime matches bands by name
     if not order:
@@ -162,11 +240,31 @@ def _item_vrt(item: dict, base: Path, work_dir: Path) -> Path:
 
 # ----------------------------------------------------------------------------- identity
 
+SAMPLE_BLOCK = 64 << 10
+SAMPLE_BLOCKS = 16
+
+
+def content_sample(path: str, size: int) -> str:
+    """SHA-256 of the file's size and of ``SAMPLE_BLOCKS`` blocks spread over it (first and last
+    included; the whole file when small): a file replaced by another of the same size and time
+    differs here, at the cost of reading about 1 MiB."""
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= SAMPLE_BLOCK * SAMPLE_BLOCKS:
+            h.update(f.read())
+        else:
+            for i in range(SAMPLE_BLOCKS):
+                f.seek((size - SAMPLE_BLOCK) * i // (SAMPLE_BLOCKS - 1))
+                h.update(f.read(SAMPLE_BLOCK))
+    return h.hexdigest()
+
+
 def file_identity(path: str) -> dict:
     if "://" in path or path.startswith("/vsi"):
         return {"path": path}
     st = os.stat(path)
-    return {"path": str(Path(path).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(Path(path).resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sample_sha256": content_sample(path, st.st_size)}
 
 
 def input_identity(source: str) -> list:
@@ -245,11 +343,14 @@ def run_block(scene: Scene, job: Job, block: tuple, path: str) -> dict:
 
     t = time.time()
     kw = dict(job.options, device=job.device, block=tuple(block), style=False)
-    if job.mode == "embed":
-        res = embed(scene.source, job.model, path, **kw)
-    else:
-        kw.pop("dtype", None)
-        res = segment(scene.source, job.model, path, head_path=job.head, **kw)
+    try:
+        if job.mode == "embed":
+            res = embed(scene.source, job.model, path, **kw)
+        else:
+            kw.pop("dtype", None)
+            res = segment(scene.source, job.model, path, head_path=job.head, **kw)
+    except (ValueError, OSError) as exc:  # the scene's own fault (our messages name it): no retry, no traceback
+        return {"path": path, "error": _reason(exc)}
     return {"path": path, "seconds": time.time() - t, "provider": res["provider"], "run": res["run"],
             "worker_pid": os.getpid()}
 
@@ -260,6 +361,10 @@ def assemble(scene: Scene, job: Job, block_results: list, output: str, manifest:
     from mpmae_core.runtime.gdal_io import RasterError, gdal, gdal_errors
 
     out = Path(output)
+    failed = [r["error"] for r in block_results if r.get("error")]
+    if failed:
+        _cleanup(block_results)
+        return {"error": failed[0]}
     if is_current(out, manifest):
         _cleanup(block_results)
         return {"written": False}
@@ -375,7 +480,7 @@ def _client(workers: int, scheduler: Optional[str], log):
         return client, None
     threads = max(1, (os.cpu_count() or 1) // workers)  # each worker's ONNX Runtime gets its share of the CPUs
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=40, env={"MMEARTH_ORT_THREADS": str(threads)})
+                           silence_logs=50, env={"MMEARTH_ORT_THREADS": str(threads)})
     return Client(cluster), cluster
 
 
@@ -401,7 +506,7 @@ def run_batch(mode: str, inputs: str, model: str, out_dir, *, head: Optional[str
         read_metadata(head)
     options = dict(options or {})
     job = Job(mode, str(Path(model).resolve()), str(Path(head).resolve()) if head else None, options, device)
-    scenes = expand_inputs(inputs, out_dir / "_inputs")
+    scenes = expand_inputs(inputs, out_dir / "_inputs", exclude=out_dir, log=log)
     t0 = time.time()
     ident = {"model": model_identity(model), "head": model_identity(head) if head else None}
     own = client is None
@@ -420,6 +525,9 @@ def run_batch(mode: str, inputs: str, model: str, out_dir, *, head: Optional[str
     futures, final = {}, {}
     try:
         for scene in scenes:
+            if scene.error:
+                report.failed.append({"scene": scene.id, "source": scene.source, "reason": scene.error})
+                continue
             out = output_for(scene, out_dir, mode)
             try:
                 manifest = {"version": MANIFEST_VERSION, "mode": mode, "inputs": input_identity(scene.source),
@@ -450,9 +558,12 @@ def run_batch(mode: str, inputs: str, model: str, out_dir, *, head: Optional[str
             scene = futures[fut]
             try:
                 res = fut.result()
-                report.done.append({"scene": scene.id, "output": str(final[scene.id]), "written": res["written"]})
             except Exception as exc:  # noqa: BLE001 - one failed scene never stops the others
-                report.failed.append({"scene": scene.id, "source": scene.source, "reason": _reason(exc)})
+                res = {"error": _reason(exc)}
+            if res.get("error"):
+                report.failed.append({"scene": scene.id, "source": scene.source, "reason": res["error"]})
+            else:
+                report.done.append({"scene": scene.id, "output": str(final[scene.id]), "written": res["written"]})
             progress(i / total)
     finally:
         if own:
@@ -476,7 +587,7 @@ def run_batch(mode: str, inputs: str, model: str, out_dir, *, head: Optional[str
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
+    return " ".join(text.split())[:2000]
 
 
 def write_mosaics(out_dir: Path, outputs: list, mode: str) -> list:
