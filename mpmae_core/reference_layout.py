@@ -265,6 +265,40 @@ def map_reference_state(sd: dict, args: Any = None) -> MappedCheckpoint:
                             unexpected=sorted(k for k in sd if k not in used_set and k not in dropped), notes=notes)
 
 
+def expected_encoder_shapes(depths: Sequence[int], dims: Sequence[int], patch_size: int, in_chans: int) -> dict:
+    """Key -> shape of every tensor of our encoder (``encoder_keys``) for this configuration: the
+    MMEarth stem (3x3 initial conv, depthwise stem of kernel patch / 8), 2x2 downsamplers, blocks of
+    7x7 depthwise conv, LayerNorm, 4x MLP with GRN."""
+    d0, k = int(dims[0]), int(patch_size) // 8
+    shapes = {"initial_conv.0.weight": (d0, int(in_chans), 3, 3), "initial_conv.0.bias": (d0,),
+              "initial_conv.1.weight": (d0,), "initial_conv.1.bias": (d0,),
+              "stem.0.weight": (d0, 1, k, k), "stem.0.bias": (d0,), "stem.1.weight": (d0,), "stem.1.bias": (d0,)}
+    for i in range(3):
+        a, b = int(dims[i]), int(dims[i + 1])
+        shapes.update({f"downsample_layers.{i}.0.weight": (a,), f"downsample_layers.{i}.0.bias": (a,),
+                       f"downsample_layers.{i}.1.weight": (b, a, 2, 2), f"downsample_layers.{i}.1.bias": (b,)})
+    for i, depth in enumerate(depths):
+        d = int(dims[i])
+        for j in range(depth):
+            pre = f"stages.{i}.{j}."
+            shapes.update({pre + "dwconv.weight": (d, 1, 7, 7), pre + "dwconv.bias": (d,), pre + "norm.weight": (d,),
+                           pre + "norm.bias": (d,), pre + "pwconv1.weight": (4 * d, d), pre + "pwconv1.bias": (4 * d,),
+                           pre + "grn.gamma": (1, 1, 1, 4 * d), pre + "grn.beta": (1, 1, 1, 4 * d),
+                           pre + "pwconv2.weight": (d, 4 * d), pre + "pwconv2.bias": (d,)})
+    shapes.update({"norm.weight": (int(dims[-1]),), "norm.bias": (int(dims[-1]),)})
+    return shapes
+
+
+def shape_problems(state: dict, expected: dict) -> list[str]:
+    """'key: shape where shape is needed' for every tensor of ``state`` whose shape is not the expected one."""
+    out = []
+    for key, want in expected.items():
+        have = getattr(state.get(key), "shape", None)
+        if have is not None and tuple(have) != tuple(want):
+            out.append(f"{key} has shape {tuple(have)} where {tuple(want)} is needed")
+    return out
+
+
 def encoder_keys(depths: Sequence[int]) -> list[str]:
     """Every key of our encoder's state dict (the final norm included), in a fixed order."""
     keys = ["initial_conv.0.weight", "initial_conv.0.bias", "initial_conv.1.weight", "initial_conv.1.bias",

@@ -155,8 +155,77 @@ def w(tmp_path_factory, models_dir):
     f["ckpt"] = run_dir / "checkpoint-00000001.pt"
     f["bad_config"] = d / "bad.json"
     f["bad_config"].write_text(json.dumps({"batch_size": 0}))
+    _issue20_inputs(d, f, rng)
     f["dir"] = d
     return f
+
+
+def _issue20_inputs(d: Path, f: dict, rng) -> None:
+    """The inputs of the hostile-input sweep (issue 20): crafted checkpoints, heads on another encoder or
+    with too many classes, labels without geometry or of one class, a scene as a label raster, a STAC
+    JSON that is a list, a model for a newer ONNX, metadata that is not JSON."""
+    import zipfile
+
+    import onnx
+
+    import pth_craft
+    from mpmae_core import registry
+    from mpmae_core.export import export_encoder
+    from mpmae_core.models import build_encoder
+    from mpmae_core.runtime import fingerprint, onnx_writer
+    from mpmae_core.runtime.metadata import default_normalisation, head_metadata
+    from mpmae_core.runtime.model import OnnxModel
+
+    storage = np.arange(64, dtype=np.float32)
+    for name, raw in (("stride_neg1", pth_craft.Raw(storage, 8, (8,), (-1,))),
+                      ("stride_neg_huge", pth_craft.Raw(storage, 0, (8,), (-10 ** 12,))),
+                      ("stride0_huge", pth_craft.Raw(storage, 0, (300_000_000,), (0,)))):
+        f[name] = pth_craft.write(d / f"{name}.pth", {"norm.weight": np.ones(4, np.float32), "norm.bias": raw})
+    bomb = d / "bomb.pth"
+    data, _ = pth_craft.pickle_bytes({"w": pth_craft.Raw(np.zeros(1, np.float32), 0, (1,), (1,))})
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", data)
+        with zf.open("archive/data/0", "w") as fh:
+            for _ in range(8):
+                fh.write(bytes(32 << 20))
+    f["bomb"] = bomb
+    torch_like = {k: v.numpy() for k, v in build_encoder("atto", patch_size=16).state_dict().items()}
+    torch_like["stages.0.0.pwconv1.weight"] = np.zeros((160, 41), np.float32)
+    f["wrong_shape"] = pth_craft.write(d / "wrong_shape.pth", torch_like, wrap=None)
+    # a head trained on another encoder (its recorded fingerprint), and one with 300 classes
+    import torch
+
+    torch.manual_seed(7)
+    other = d / "other_encoder.onnx"
+    export_encoder(build_encoder("atto", patch_size=16).eval(), other, registry.S2_MMEARTH_BANDS,
+                   default_normalisation(registry.S2_MMEARTH_BANDS))
+    meta = head_metadata(["water", "forest", "field"], None, 320,
+                         encoder=fingerprint.encoder_fingerprint(OnnxModel(other, device="cpu")))
+    (d / "head_other.onnx").write_bytes(onnx_writer.linear_head(rng.normal(size=(3, 320)).astype(np.float32),
+                                                                np.zeros(3, np.float32),
+                                                                metadata={"mmearth": meta.to_json()}))
+    f["head_other"] = d / "head_other.onnx"
+    many = [f"c{i}" for i in range(300)]
+    (d / "head300.onnx").write_bytes(onnx_writer.linear_head(np.zeros((300, 320), np.float32),
+                                                             np.zeros(300, np.float32), metadata={"mmearth": json.dumps(
+                                                                 {"kind": "head", "embedding_dim": 320,
+                                                                  "class_names": many})}))
+    f["head300"] = d / "head300.onnx"
+    (d / "labels.csv").write_text("x,y,landuse\n330100,5821900,water\n330300,5821700,forest\n")
+    f["csv_labels"] = d / "labels.csv"
+    f["scene_as_labels"] = f["scene"]
+    (d / "stac_list.json").write_text("[1, 2, 3]")
+    f["stac_list"] = d / "stac_list.json"
+    m = onnx.load(str(f["head3"]))
+    m.ir_version = 99
+    (d / "ir99.onnx").write_bytes(m.SerializeToString())
+    f["ir99"] = d / "ir99.onnx"
+    m = onnx.load(str(f["head3"]))
+    for prop in m.metadata_props:
+        if prop.key == "mmearth":
+            prop.value = "{not json"
+    (d / "badjson.onnx").write_bytes(m.SerializeToString())
+    f["badjson"] = d / "badjson.onnx"
 
 
 class _Evil:
@@ -271,6 +340,35 @@ def _rows(f):
         Row("rt-batch-encoder-without-head", "rt", ["batch", "segment", s, enc, str(d / "bout2")], 2,
             "give --head", []),
         Row("rt-unknown-command", "rt", ["frobnicate"], 2, "invalid choice", []),
+        # --- the hostile-input sweep of issue 20 --------------------------------------------
+        *[Row(f"rt-fetch-{k}", "rt", ["fetch-model", str(f[k]), "--out", str(d / "models")], 2, frag,
+              [d / "models" / f"{k}.onnx"])
+          for k, frag in (("stride_neg1", "tensor 'model.norm.bias' was refused: its stride -1 is negative"),
+                          ("stride_neg_huge", "stride -1000000000000 is negative"),
+                          ("stride0_huge", "has stride 0"),
+                          ("bomb", "zip bomb"),
+                          ("wrong_shape", "stages.0.0.pwconv1.weight has shape (160, 41) where (160, 40) is needed"))],
+        Row("rt-head-on-another-encoder", "rt", ["segment", s, enc, out, "--head", str(f["head_other"])], 2,
+            "was trained on the encoder 'other_encoder'", [out]),
+        Row("rt-head-300-classes", "rt", ["segment", s, enc, out, "--head", str(f["head300"])], 2,
+            "300 classes; class maps hold at most 254", [out]),
+        Row("rt-train-head-csv-labels", "rt", ["train-head", s, enc, str(f["csv_labels"]), str(d / "h.onnx"),
+                                               "--class-field", "landuse"], 2, "table without geometry",
+            [d / "h.onnx"]),
+        Row("rt-batch-stac-list", "rt", ["batch", "embed", str(f["stac_list"]), enc, str(d / "bout3")], 2,
+            "holds a JSON list, not a STAC", []),
+        Row("rt-model-newer-ir", "rt", ["segment", s, enc, out, "--head", str(f["ir99"])], 2,
+            "newer than this ONNX Runtime reads", [out]),
+        Row("rt-metadata-not-json-names-file", "rt", ["segment", s, enc, out, "--head", str(f["badjson"])], 2,
+            "metadata of 'badjson.onnx' is not valid JSON", [out]),
+        Row("finetune-one-class", "finetune", ["--image", s, "--labels", str(f["one_class"]), "--class-field",
+                                              "landuse", "--encoder", str(f["ckpt"]), "--out", str(d / "ft1"),
+                                              "--steps", "1"], 2, "needs at least two classes",
+            [d / "ft1" / "segmenter.onnx"]),
+        Row("finetune-scene-as-labels", "finetune", ["--image", s, "--labels", str(f["scene_as_labels"]),
+                                                    "--encoder", str(f["ckpt"]), "--out", str(d / "ft2"),
+                                                    "--steps", "1"], 2, "looks like an image",
+            [d / "ft2" / "segmenter.onnx"]),
         # accepted with a warning that names the scale and the option
         Row("rt-reflectance-0-1", "rt", E(f["refl"], enc, d / "ok" / "refl.tif"), 0, "--scale"),
         Row("rt-uint8", "rt", E(f["u8"], enc, d / "ok" / "u8.tif"), 0, "8-bit"),
@@ -289,6 +387,13 @@ def _rows(f):
         Row("inspect-unnamed", "rt", ["inspect", str(f["unnamed"])], 0, "SetDescription"),
         Row("inspect-no-crs", "rt", ["inspect", str(f["nocrs"])], 2, "-a_ullr"),
         # --- qgis_process -----------------------------------------------------------------
+        Row("qp-fetch-stride-neg-huge", "qp", ["mmearth:fetch_model", "NAME=(the URL or FILE below)",
+                                               f"FILE={f['stride_neg_huge']}"], 1, "stride -1000000000000 is negative"),
+        Row("qp-fetch-stride-neg1", "qp", ["mmearth:fetch_model", "NAME=(the URL or FILE below)",
+                                           f"FILE={f['stride_neg1']}"], 1, "its stride -1 is negative"),
+        Row("qp-head-on-another-encoder", "qp", ["mmearth:segment", f"INPUT={s}", f"MODEL={enc}",
+                                                 f"HEAD={f['head_other']}", f"OUTPUT={out}"], 1,
+            "was trained on the encoder 'other_encoder'", [out]),
         Row("qp-output-is-input", "qp", ["mmearth:embed", f"INPUT={s}", f"MODEL={enc}", f"OUTPUT={s}"], 1,
             "same file as the input"),
         Row("qp-missing-input", "qp", ["mmearth:embed", f"INPUT={d / 'nope.tif'}", f"MODEL={enc}", f"OUTPUT={out}"], 1,
@@ -370,6 +475,7 @@ COMMANDS = {
     "import": [PY, "-m", "training.import_reference"],
     "pretrain": [PY, "-m", "training.pretrain"],
     "evaluate": [PY, "-m", "training.evaluate"],
+    "finetune": [PY, "-m", "training.finetune"],
     "qp": [str(ROOT / "scripts" / "qgis_process"), "run"],
 }
 

@@ -166,3 +166,28 @@ def test_fuzz_mutated_checkpoints(tmp_path):
     # the fuzz exercises both outcomes: most mutations are refused, some still read
     assert sum(v for k, v in report["counts"].items() if k.endswith(":refused")) > cases // 4
     assert sum(v for k, v in report["counts"].items() if k.endswith(":read")) > 0
+
+
+@pytest.mark.parametrize("size,patch", [("atto", 8), ("atto", 16), ("tiny", 16)])
+def test_expected_encoder_shapes_equal_the_torch_model(size, patch):
+    from mpmae_core.models import build_encoder
+    from mpmae_core.reference_layout import encoder_keys, expected_encoder_shapes
+
+    enc = build_encoder(size, patch_size=patch)
+    sd = enc.state_dict()
+    want = expected_encoder_shapes(enc.depths, enc.dims, patch, enc.in_chans)
+    assert set(want) == set(encoder_keys(enc.depths))
+    assert {k: tuple(v.shape) for k, v in sd.items() if k in want} == want
+
+
+def test_right_keys_with_wrong_shapes_name_the_weight(tmp_path):
+    from mpmae_core.models import build_encoder
+    from mpmae_core.runtime.convert import ConvertError, convert
+
+    sd = {k: v.numpy() for k, v in build_encoder("atto", patch_size=16).state_dict().items()}
+    sd["stages.1.0.dwconv.weight"] = np.zeros((80, 1, 5, 5), np.float32)
+    path = pth_craft.write(tmp_path / "wrong.pth", sd, wrap=None)
+    with pytest.raises(ConvertError, match=r"stages\.1\.0\.dwconv\.weight has shape \(80, 1, 5, 5\) where "
+                                           r"\(80, 1, 7, 7\) is needed"):
+        convert(path, tmp_path / "models", "m")
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())

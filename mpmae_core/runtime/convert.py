@@ -130,6 +130,17 @@ def checkpoint_arrays(path) -> CheckpointArrays:
     if missing:
         raise ConvertError(f"'{path}' lacks encoder weights ({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}): "
                            "the checkpoint is incomplete or of an unknown layout")
+    try:
+        expected = reference_layout.expected_encoder_shapes(out.depths, out.dims, out.patch_size, out.in_chans)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ConvertError(f"'{path}': the checkpoint's encoder configuration is not usable ({exc}): it is corrupt "
+                           "or of another architecture") from None
+    wrong = reference_layout.shape_problems(out.encoder_state, expected)
+    if wrong:
+        raise ConvertError(f"'{path}': {len(wrong)} encoder weight(s) have the wrong shape for a ConvNeXt V2 "
+                           f"{out.size} of patch {out.patch_size} ({'; '.join(wrong[:3])}"
+                           f"{' ...' if len(wrong) > 3 else ''}): the checkpoint is corrupt, or of another "
+                           "architecture. Download it again, or use the model it was made for")
     if not out.input_bands:
         out.input_bands = list(registry.default_input_bands(out.in_chans) or [])
         if not out.input_bands:

@@ -286,6 +286,7 @@ def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = "
     if class_field not in fields:
         raise RasterError(f"the labels in '{path}' have no field '{class_field}'; they have {', '.join(fields)} "
                           "(choose the class field with --class-field)")
+    check_has_geometry(layer, path, RasterError)
     src = layer.GetSpatialRef()
     name = (src.GetName() or "").lower() if src is not None else ""
     if src is None or (not src.GetAuthorityCode(None) and ("unknown" in name or "undefined" in name)):
@@ -314,6 +315,21 @@ def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = "
     distinct = sorted({v for _, v, _ in raw}, key=_natural_key)
     index = {n: i for i, n in enumerate(distinct)}
     return [(w, index[v]) for w, v, _ in raw], distinct, [fid for _, _, fid in raw], notes
+
+
+def check_has_geometry(layer, path, error=LabelError) -> None:
+    """A table without geometry (a CSV of names or of coordinates) cannot place labels: say how to
+    make it a layer of points, instead of asking for a CRS it cannot use."""
+    from osgeo import ogr
+
+    if layer.GetGeomType() != ogr.wkbNone:
+        return
+    defn = layer.GetLayerDefn()
+    fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    raise error(f"'{path}' is a table without geometry (fields {', '.join(fields[:8])}): labels need points or "
+                "polygons. For a CSV with coordinate columns, make it a point layer with its CRS (QGIS: Layer > Add "
+                "Layer > Add Delimited Text Layer, then Export > Save Features As GeoPackage; or ogr2ogr -f GPKG "
+                "labels.gpkg FILE.csv -oo X_POSSIBLE_NAMES=x -oo Y_POSSIBLE_NAMES=y -a_srs EPSG:NNNN)")
 
 
 def _finite_envelope(geom) -> bool:
@@ -364,6 +380,7 @@ def labels_on_grid(path, prep, class_field: str = "") -> tuple[np.ndarray, list]
     if not class_field:
         raise LabelError(f"'{path}' is a vector file: give --class-field, the field holding the classes")
     layer = ds.GetLayer(0)
+    check_has_geometry(layer, path)
     if layer.GetLayerDefn().GetFieldIndex(class_field) < 0:
         fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
         raise LabelError(f"'{path}' has no field '{class_field}'; it has {', '.join(fields)}")

@@ -145,18 +145,22 @@ class ModelMetadata:
         return json.dumps(asdict(self.validate()))
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelMetadata":
+    def from_json(cls, text: str, source: str = "the model") -> "ModelMetadata":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise MetadataError(f"the model's '{METADATA_KEY}' metadata is not valid JSON: {exc}") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise MetadataError(f"the '{METADATA_KEY}' metadata of {source} is not valid JSON ({exc}): the file was damaged "
+                                "or edited by hand; export or download it again") from None
         if not isinstance(data, dict):
-            raise MetadataError(f"the model's '{METADATA_KEY}' metadata is a JSON {type(data).__name__}, not an object "
+            raise MetadataError(f"the '{METADATA_KEY}' metadata of {source} is a JSON {type(data).__name__}, not an object "
                                 "of named fields: the file was not written by `python -m training.export`")
         known = set(cls.__dataclass_fields__)
         if "kind" not in data:
-            raise MetadataError(f"the model's '{METADATA_KEY}' metadata has no 'kind' (encoder, segmenter or head)")
-        return cls(**{k: v for k, v in data.items() if k in known}).validate()
+            raise MetadataError(f"the '{METADATA_KEY}' metadata of {source} has no 'kind' (encoder, segmenter or head)")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known}).validate()
+        except MetadataError as exc:
+            raise MetadataError(f"{source}: {exc}") from None
 
     @classmethod
     def from_custom_map(cls, custom: dict, source: str = "the model") -> "ModelMetadata":
@@ -166,7 +170,7 @@ class ModelMetadata:
                 "`python -m training.export`, so its bands, normalisation and patch size are unknown. Export it "
                 "with that command."
             )
-        return cls.from_json(custom[METADATA_KEY])
+        return cls.from_json(custom[METADATA_KEY], source)
 
     def encoder_outputs(self) -> list:
         """[output name, channels, stride] of an encoder's outputs: ``stages``, or for older files

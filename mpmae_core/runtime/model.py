@@ -93,6 +93,26 @@ def choose_providers(device: str) -> list[str]:
     return PROVIDERS[device]
 
 
+def describe_load_error(path, exc: BaseException) -> str:
+    """ONNX Runtime's load error as a sentence: the reason kept (its C++ location dropped), with the fix."""
+    import re
+
+    text = " ".join(str(exc).split())
+    text = re.sub(r"\S+\.(cc|h|cpp):\d+ \S+::\S+\(.*?\) ", "", text)  # onnxruntime's source location
+    text = text.replace("[ONNXRuntimeError] : ", "")
+    ir = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text)
+    if ir:
+        return (f"'{path}' was written for ONNX IR version {ir.group(1)}, newer than this ONNX Runtime reads (at most "
+                f"{ir.group(2)}): update onnxruntime (pip install -U onnxruntime; in QGIS the plugin's settings page "
+                "shows how), or export the model again with this toolkit")
+    opset = re.search(r"(Opset \d+ is under development|opset \d+.*not supported[^.]*)", text, re.I)
+    if opset:
+        return (f"'{path}' uses an operator set this ONNX Runtime does not have ({opset.group(1)}): update onnxruntime "
+                "(pip install -U onnxruntime), or export the model again with this toolkit")
+    return (f"'{path}' is not a valid ONNX model (corrupt, truncated or another file type): {text[:600]}. Export or "
+            "download it again")
+
+
 class OnnxModel:
     """Load an exported model; ``run(x)`` returns its single output as float32."""
 
@@ -112,8 +132,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-            raise ModelError(f"'{self.path}' is not a valid ONNX model (corrupt, truncated or another file type): "
-                             f"{str(exc).splitlines()[0][:300]}") from None
+            raise ModelError(describe_load_error(self.path, exc)) from None
         self.providers = self.session.get_providers()
         if wanted[0] != self.providers[0]:
             log(f"{wanted[0]} is not available here; running on {self.providers[0]} instead")
