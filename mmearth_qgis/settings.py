@@ -72,7 +72,7 @@ class CataloguePanel(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         for row, entry in enumerate(self.entries):
-            note = "" if entry.source == "confirmed" else " (folder name not confirmed)"
+            note = "" if entry.confirmed else " (file name not stated by the authors)"
             self.table.setItem(row, 0, QTableWidgetItem(entry.name))
             self.table.setItem(row, 2, QTableWidgetItem(entry.describe() + note))
         self.table.horizontalHeader().setStretchLastSection(True)

@@ -479,14 +479,22 @@ class ReleasedModel:
     tasks: str
     sha256: Optional[str]
     bytes: Optional[int]
-    source: str  # "confirmed" (MMEarth-train's hub loader downloads it) or "readme-pattern"
+    source: str  # "hub" (MMEarth-train's hub loader downloads it: folder and file confirmed) or "readme" (the
+    #: README table lists the folder; the file name is the hub entries' and not stated by the authors)
+    input_bands: Optional[tuple] = None  # the bands the encoder takes, in order (RGB models: B2, B3, B4)
 
     def url(self, base_url: Optional[str] = None) -> str:
         return f"{(base_url or model_base_url()).rstrip('/')}/{self.folder}/{self.file}"
 
     def describe(self) -> str:
+        bands = f", bands {', '.join(self.input_bands)}" if self.input_bands else ""
         return (f"{self.size}, patch {self.patch_size} ({self.crop_px} px crops of {self.tile_px} px tiles), "
-                f"{self.data}, {self.loss} loss, tasks {self.tasks}")
+                f"{self.data}, {self.loss} loss, tasks {self.tasks}{bands}")
+
+    @property
+    def confirmed(self) -> bool:
+        """Folder and file name as the authors' own loader downloads them."""
+        return self.source == "hub"
 
 
 def _catalogue_file() -> dict:
@@ -496,7 +504,13 @@ def _catalogue_file() -> dict:
 def released_models() -> dict[str, ReleasedModel]:
     """name -> ReleasedModel, in the catalogue's order."""
     fields = set(ReleasedModel.__dataclass_fields__)
-    return {m["name"]: ReleasedModel(**{k: v for k, v in m.items() if k in fields}) for m in _catalogue_file()["models"]}
+    out = {}
+    for m in _catalogue_file()["models"]:
+        kw = {k: v for k, v in m.items() if k in fields}
+        if kw.get("input_bands") is not None:
+            kw["input_bands"] = tuple(kw["input_bands"])
+        out[m["name"]] = ReleasedModel(**kw)
+    return out
 
 
 def model_base_url(setting: Optional[str] = None) -> str:

@@ -383,3 +383,49 @@ def test_command_line_fetch_then_embed_and_segment_by_name_without_torch(server,
     assert proc.returncode == 0, proc.stderr[-2000:]
     classes, has_torch = json.loads(proc.stdout.strip().splitlines()[-1])
     assert classes == ["tree cover", "shrubland"] and not has_torch
+
+
+def test_the_catalogue_as_published(tmp_path):
+    catalogue = registry.released_models()
+    assert registry.model_share_page().endswith("/g23YOnaaTp")
+    assert "mmearth-tiny-1M-p16" not in catalogue  # appears in no source
+    folders = {m.folder for m in catalogue.values()}
+    for folder in ("pt-img_mod_atto_1M_64_uncertainty_56-8", "pt-pix_mod_atto_1M_64_uncertainty_56-8",
+                   "pt-rgb_atto_1M_64_uncertainty_56-8", "pt-rgb_atto_1M_128_uncertainty_112-16",
+                   "pt-all_mod_atto_100k_128_uncertainty_112-16", "pt-all_mod_tiny_1M_64_uncertainty_56-8"):
+        assert folder in folders
+    assert {m.source for m in catalogue.values()} == {"hub", "readme"}
+    assert all(m.input_bands == ("B2", "B3", "B4") for m in catalogue.values() if "rgb" in m.folder)
+    listing = "\n".join(F.list_models(tmp_path))
+    assert "file name not stated by the authors" in listing and "bands B2, B3, B4" in listing
+
+
+def test_an_rgb_model_takes_blue_green_red_by_name(tmp_path, monkeypatch):
+    """An RGB release fetched by its catalogue name: the encoder's metadata says B2, B3, B4, and a
+    raster whose bands come as B4, B3, B2 (named) gives the same embeddings as one in B2, B3, B4 order."""
+    from helpers import write_geotiff
+    from mpmae_core.runtime.predict import embed
+    from osgeo import gdal
+
+    entry = registry.released_models()["mmearth-atto-1M-p16-rgb"]
+    root = tmp_path / "srv"
+    (root / entry.folder).mkdir(parents=True)
+    reference_checkpoint(root / entry.folder / entry.file, "atto", 16, tasks="rgb", seed=5)
+    server = Server(root)
+    try:
+        monkeypatch.setenv(registry.MODEL_BASE_URL_ENV, server.url)
+        res = F.fetch_model("mmearth-atto-1M-p16-rgb", tmp_path / "models")
+    finally:
+        server.close()
+    from mpmae_core.runtime.model import OnnxModel
+
+    assert OnnxModel(res["encoder"], device="cpu").metadata.input_bands == ["B2", "B3", "B4"]
+    rgb = np.random.default_rng(0).integers(300, 3000, (3, 96, 96)).astype("uint16")
+    write_geotiff(tmp_path / "bgr.tif", rgb, ["B2", "B3", "B4"], nodata=0)
+    write_geotiff(tmp_path / "rgb.tif", rgb[::-1], ["B4", "B3", "B2"], nodata=0)
+    for name in ("bgr", "rgb"):
+        embed(tmp_path / f"{name}.tif", res["encoder"], tmp_path / f"e_{name}.tif", device="cpu", tile=96, overlap=32,
+              level="l2a")
+    a = gdal.Open(str(tmp_path / "e_bgr.tif")).ReadAsArray()
+    b = gdal.Open(str(tmp_path / "e_rgb.tif")).ReadAsArray()
+    np.testing.assert_array_equal(a, b)

@@ -221,14 +221,23 @@ def model_graphs(arrays: CheckpointArrays, heads: bool = True, source: str = "",
 
 
 def convert(checkpoint, out_dir, name: str, *, heads: bool = True, source: str = "",
-            cancelled: Callable[[], bool] = lambda: False, log: Callable[[str], None] = lambda m: None) -> dict:
+            cancelled: Callable[[], bool] = lambda: False, log: Callable[[str], None] = lambda m: None,
+            input_bands=None) -> dict:
     """Write NAME.onnx (encoder) and NAME-<task>.onnx (landcover heads) into ``out_dir``, all
-    verified, together or not at all. Returns {"encoder": path, "segmenters": {task: path}, ...}."""
+    verified, together or not at all. Returns {"encoder": path, "segmenters": {task: path}, ...}.
+    ``input_bands``: the encoder's bands in order when the catalogue states them (RGB: B2, B3, B4)."""
     from mpmae_core.runtime.files import Cancelled, PendingOutput, check_output
     from mpmae_core.runtime.model import OnnxModel
 
     out_dir = Path(out_dir)
     arrays = checkpoint_arrays(checkpoint)
+    if input_bands:
+        if len(input_bands) != arrays.in_chans:
+            raise ConvertError(f"the catalogue says this model takes {len(input_bands)} bands ({', '.join(input_bands)}) "
+                               f"but the checkpoint's encoder takes {arrays.in_chans}: it is another model; check the "
+                               "name or URL")
+        arrays.input_bands = list(input_bands)
+        arrays.normalisation = default_normalisation(arrays.input_bands)
     log(f"checkpoint: {arrays.describe()}")
     for note in arrays.notes:
         log(note)

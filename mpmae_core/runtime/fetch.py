@@ -451,7 +451,8 @@ def _convert_install(target: Target, source_file: Path, origin: str, digest: str
 
     log(f"converting ({size / 1e6:.1f} MB, SHA-256 {digest[:16]}...) without torch")
     res = convert(source_file, out_dir, target.name, heads=heads, cancelled=cancelled, log=log,
-                  source=f"{target.name} from {origin} (sha256 {digest})")
+                  source=f"{target.name} from {origin} (sha256 {digest})",
+                  input_bands=target.entry.input_bands if target.entry else None)
     progress(1.0)
     return dict(res, name=target.name, origin=origin, sha256=digest, bytes=size)
 
@@ -463,7 +464,7 @@ def list_models(out_dir) -> list[str]:
     lines = [f"catalogue of released MMEarth models (download base {registry.model_base_url()}):"]
     for name, m in registry.released_models().items():
         mark = "installed" if name in installed else "-"
-        note = "" if m.source == "confirmed" else "  (folder name from the README's pattern, not confirmed)"
+        note = "" if m.confirmed else "  (folder from the README table; file name not stated by the authors)"
         lines.append(f"  {name:<32} {mark:<10} {m.describe()}{note}")
     heads = tuple(f"-{t}" for t in registry.PRETEXT_CLASSES)
     others = sorted(n for n in installed if n not in registry.released_models() and not n.endswith(heads))
