@@ -148,11 +148,8 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         return "inference"
 
     def add_model_parameters(self):
-        from qgis.core import QgsProcessingParameterFile
-
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Sentinel-2 raster"))
-        self.addParameter(model_parameter(QgsProcessingParameterFile(
-            self.MODEL, "Model (a model of the models folder by name, or an .onnx file)", extension="onnx")))
+        self.addParameter(model_parameter(self.MODEL, "Model (a model of the models folder by name, or an .onnx file)"))
 
     def add_advanced_parameters(self):
         from qgis.core import (
@@ -306,9 +303,16 @@ class InferenceAlgorithm(MMEarthAlgorithm):
 MODEL_WIDGET = "mmearth_qgis.widgets.ModelWidgetWrapper"
 
 
-def model_parameter(param):
-    """A model parameter shown as a drop-down of the installed models (the widget loads only in
-    the GUI; qgis_process takes a name or a path as text)."""
+def model_parameter(name: str, description: str, optional: bool = False):
+    """A model parameter: text that is a model's name in the models folder or an .onnx path, shown as a
+    drop-down of the installed models (the widget loads only in the GUI; qgis_process takes the text).
+
+    A string parameter, not a file one: QGIS's dialog checks a file parameter's value against its
+    extension before the algorithm sees it, and so refused every name picked from the drop-down.
+    ``checkParameterValues`` resolves the text and names what is wrong."""
+    from qgis.core import QgsProcessingParameterString
+
+    param = QgsProcessingParameterString(name, description, optional=optional)
     param.setMetadata({"widget_wrapper": {"class": MODEL_WIDGET}})
     return param
 

@@ -1,6 +1,6 @@
 """mmearth:segment - a raster, a model and a head (or the model's own landcover head) -> a class map."""
 
-from qgis.core import QgsProcessingParameterFile, QgsProcessingParameterRasterDestination
+from qgis.core import QgsProcessingParameterRasterDestination
 
 from .base import InferenceAlgorithm, model_parameter
 
@@ -28,9 +28,8 @@ class SegmentAlgorithm(InferenceAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_model_parameters()
-        self.addParameter(model_parameter(QgsProcessingParameterFile(
-            self.HEAD, "Head (by name or .onnx file; leave empty for a segmenter model)", extension="onnx",
-            optional=True)))
+        self.addParameter(model_parameter(self.HEAD, "Head (by name or .onnx file; leave empty for a segmenter model)",
+                                          optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.PROBABILITIES, "Class probabilities", optional=True, createByDefault=False))

@@ -1,0 +1,131 @@
+"""QGIS's own Processing dialogs, driven as a person drives them: the real dialog from
+``processing.createAlgorithmDialog``, its widgets set by picking the drop-down entry, then the check
+that Run does (the panel's ``createProcessingParameters`` and the algorithm's
+``checkParameterValues``), then the algorithm itself with those parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from osgeo import gdal
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory, sample_stack):
+    path = tmp_path_factory.mktemp("dlg") / "crop.tif"
+    gdal.Translate(str(path), str(sample_stack), srcWin=[0, 0, 256, 256])
+    return str(path)
+
+
+class DesktopInterface:
+    """The parts of QgisInterface that Processing's dialogs use, made of real widgets (a main window, a
+    map canvas, a message bar, the browser model): not a mock. Tests without the desktop need it
+    because ``processing.createAlgorithmDialog`` parents the dialog on ``iface.mainWindow()``."""
+
+    def __init__(self):
+        from qgis.gui import QgsBrowserGuiModel, QgsMapCanvas, QgsMessageBar
+        from qgis.PyQt.QtWidgets import QMainWindow
+
+        self._window = QMainWindow()
+        self._canvas = QgsMapCanvas(self._window)
+        self._bar = QgsMessageBar(self._window)
+        self._browser = QgsBrowserGuiModel(self._window)
+        self.active = None
+
+    def mainWindow(self):  # noqa: N802
+        return self._window
+
+    def mapCanvas(self):  # noqa: N802
+        return self._canvas
+
+    def messageBar(self):  # noqa: N802
+        return self._bar
+
+    def browserModel(self):  # noqa: N802
+        return self._browser
+
+    def activeLayer(self):  # noqa: N802
+        return self.active
+
+
+@pytest.fixture
+def desktop(qgis_app, monkeypatch):
+    import sys
+
+    iface = DesktopInterface()
+    for name, module in list(sys.modules.items()):
+        if (name.startswith("processing") or name == "qgis.utils") and hasattr(module, "iface"):
+            monkeypatch.setattr(module, "iface", iface)
+    return iface
+
+
+def _wrappers(dialog) -> dict:
+    panel = dialog.mainWidget()
+    return getattr(panel, "wrappers", None) or getattr(panel, "widgets", None) or {}
+
+
+def _set(wrapper, value) -> None:
+    """Set a parameter widget the way its own editor does (C++ wrappers and Python ones alike)."""
+    if hasattr(wrapper, "setParameterValue"):
+        from qgis.core import QgsProcessingContext
+
+        wrapper.setParameterValue(value, QgsProcessingContext())
+    else:
+        wrapper.setValue(value)
+
+
+def _pick(wrapper, text: str) -> None:
+    """Choose ``text`` from the model drop-down, as a click on the entry does."""
+    combo = wrapper.combo
+    items = [combo.itemText(i) for i in range(combo.count())]
+    assert text in items, items
+    combo.setCurrentIndex(items.index(text))
+
+
+def _run_check(dialog, alg):
+    """What pressing Run does before the algorithm starts: the panel builds the parameters (QGIS's own
+    per-parameter check raises there), then the algorithm's check."""
+    from qgis.core import QgsProcessingContext, QgsProject
+
+    params = dialog.mainWidget().createProcessingParameters()
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    ok, message = alg.checkParameterValues(params, context)
+    return params, ok, message, context
+
+
+@pytest.mark.parametrize("alg_id", ["mmearth:embed", "mmearth:segment"])
+def test_a_model_chosen_from_the_drop_down_runs(desktop, models_dir, crop, tmp_path, alg_id):
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingFeedback, QgsProject, QgsRasterLayer
+
+    layer = QgsRasterLayer(crop, "scene")
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        dialog = processing.createAlgorithmDialog(alg_id, {})
+        alg = QgsApplication.processingRegistry().algorithmById(alg_id)
+        wrappers = _wrappers(dialog)
+        _pick(wrappers["MODEL"], "atto_test")
+        if alg_id == "mmearth:segment":
+            _pick(wrappers["HEAD"], "head3")
+        _set(wrappers["INPUT"], layer.id())
+        _set(wrappers["OUTPUT"], str(tmp_path / "out.tif"))
+        params, ok, message, context = _run_check(dialog, alg)
+        assert ok, message
+        assert params["MODEL"] == "atto_test"
+        result = processing.run(alg_id, params, context=context, feedback=QgsProcessingFeedback())
+        assert Path(result["OUTPUT"]).is_file()
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+
+
+def test_a_wrong_model_name_is_named_by_the_check(desktop, models_dir, crop, tmp_path):
+    import processing
+    from qgis.core import QgsApplication
+
+    dialog = processing.createAlgorithmDialog("mmearth:embed", {"INPUT": crop, "OUTPUT": str(tmp_path / "o.tif")})
+    alg = QgsApplication.processingRegistry().algorithmById("mmearth:embed")
+    _set(_wrappers(dialog)["MODEL"], "no_such_model")
+    _, ok, message, _ = _run_check(dialog, alg)
+    assert not ok and "no_such_model" in message and "was not found" in message
