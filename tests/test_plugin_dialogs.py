@@ -129,3 +129,64 @@ def test_a_wrong_model_name_is_named_by_the_check(desktop, models_dir, crop, tmp
     _set(_wrappers(dialog)["MODEL"], "no_such_model")
     _, ok, message, _ = _run_check(dialog, alg)
     assert not ok and "no_such_model" in message and "was not found" in message
+
+
+def _labels_gpkg(path: Path, raster: str) -> Path:
+    """Points with the fields a real labels file has: an id, a name, the class (landuse)."""
+    from osgeo import ogr, osr
+
+    ds = gdal.Open(raster)
+    gt = ds.GetGeoTransform()
+    srs = osr.SpatialReference(wkt=ds.GetProjection())
+    out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = out.CreateLayer("labels", srs=srs, geom_type=ogr.wkbPoint)
+    layer.CreateField(ogr.FieldDefn("id", ogr.OFTInteger))
+    layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
+    layer.CreateField(ogr.FieldDefn("landuse", ogr.OFTString))
+    for i in range(12):
+        f = ogr.Feature(layer.GetLayerDefn())
+        f.SetField("id", i)
+        f.SetField("name", f"site {i}")
+        f.SetField("landuse", ["water", "forest"][i % 2])
+        col, row = 20 + (i % 6) * 40, 30 + (i // 6) * 150 + (i % 2) * 20
+        f.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({gt[0] + (col + 0.5) * gt[1]} {gt[3] + (row + 0.5) * gt[5]})"))
+        layer.CreateFeature(f)
+    out = None
+    return path
+
+
+def test_train_head_dialog_picks_the_class_field_and_runs(desktop, models_dir, crop, tmp_path):
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingFeedback, QgsProject, QgsVectorLayer
+
+    labels = QgsVectorLayer(str(_labels_gpkg(tmp_path / "labels.gpkg", crop)), "labels", "ogr")
+    assert labels.isValid() and labels.fields().names()[0] == "fid"
+    QgsProject.instance().addMapLayer(labels)
+    try:
+        dialog = processing.createAlgorithmDialog("mmearth:train_head", {})
+        alg = QgsApplication.processingRegistry().algorithmById("mmearth:train_head")
+        wrappers = _wrappers(dialog)
+        _set(wrappers["LABELS"], labels.id())
+        assert wrappers["CLASS_FIELD"].value() == "landuse"  # never fid, id or name
+        _pick(wrappers["MODEL"], "atto_test")
+        _set(wrappers["INPUT"], crop)
+        _set(wrappers["OUTPUT"], str(tmp_path / "head.onnx"))
+        params, ok, message, context = _run_check(dialog, alg)
+        assert ok, message
+        params["FEATURE_SETS"] = [0]  # spectra only: quick
+        params["CLASSIFIERS"] = [0]
+        result = processing.run("mmearth:train_head", params, context=context, feedback=QgsProcessingFeedback())
+        assert Path(result["OUTPUT"]).is_file()
+    finally:
+        QgsProject.instance().removeMapLayer(labels.id())
+
+
+def test_class_field_suggestion():
+    from mpmae_core.runtime.labels import suggest_class_field
+
+    assert suggest_class_field([("fid", False), ("id", False), ("name", True), ("landuse", True)]) == "landuse"
+    assert suggest_class_field([("fid", False), ("code", False), ("Class", True)]) == "Class"
+    assert suggest_class_field([("fid", False), ("landcover_code", False), ("note", True)]) == "landcover_code"
+    assert suggest_class_field([("fid", False), ("note", True), ("value", False)]) == "note"
+    assert suggest_class_field([("fid", False), ("value", False)]) == "value"
+    assert suggest_class_field([("fid", False), ("OBJECTID", False)]) == ""

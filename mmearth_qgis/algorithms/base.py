@@ -301,6 +301,7 @@ class InferenceAlgorithm(MMEarthAlgorithm):
 
 
 MODEL_WIDGET = "mmearth_qgis.widgets.ModelWidgetWrapper"
+CLASS_FIELD_WIDGET = "mmearth_qgis.widgets.ClassFieldWidgetWrapper"
 
 
 def model_parameter(name: str, description: str, optional: bool = False):

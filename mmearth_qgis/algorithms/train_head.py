@@ -13,7 +13,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from .base import InferenceAlgorithm
+from .base import CLASS_FIELD_WIDGET, InferenceAlgorithm
 
 
 def class_order(values) -> list:
@@ -69,7 +69,9 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.LABELS, "Labelled points or polygons",
             [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterField(self.CLASS_FIELD, "Class field", parentLayerParameterName=self.LABELS))
+        class_field = QgsProcessingParameterField(self.CLASS_FIELD, "Class field", parentLayerParameterName=self.LABELS)
+        class_field.setMetadata({"widget_wrapper": {"class": CLASS_FIELD_WIDGET, "parent_param": self.LABELS}})
+        self.addParameter(class_field)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "Few-shot head", "ONNX model (*.onnx)"))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.REPORT, "Report", "HTML files (*.html)", optional=True, createByDefault=True))

@@ -317,6 +317,33 @@ def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = "
     return [(w, index[v]) for w, v, _ in raw], distinct, [fid for _, _, fid in raw], notes
 
 
+#: field names that usually hold classes, best first (matched case-insensitively, whole or as a part)
+CLASS_FIELD_NAMES = ("class", "classname", "class_name", "landuse", "land_use", "landcover", "land_cover", "label",
+                     "lc", "lulc", "category", "type", "name")
+#: field names that never hold classes: feature ids
+ID_FIELD_NAMES = ("fid", "id", "ogc_fid", "objectid", "gid", "pk", "rowid")
+
+
+def suggest_class_field(fields) -> str:
+    """The field that most likely holds the classes, from ``fields`` [(name, is_text)]: a field named
+    like a class (``CLASS_FIELD_NAMES``; text before numbers), else the first text field, else the
+    first field that is not an id; never an id field such as fid. '' when none fits."""
+    usable = [(str(n), bool(t)) for n, t in fields if str(n).lower() not in ID_FIELD_NAMES]
+
+    def rank(item):
+        name, is_text = item
+        low = name.lower()
+        exact = next((i for i, c in enumerate(CLASS_FIELD_NAMES) if low == c), None)
+        part = next((i for i, c in enumerate(CLASS_FIELD_NAMES) if len(c) > 2 and c in low), None)
+        named = exact if exact is not None else (len(CLASS_FIELD_NAMES) + part if part is not None else None)
+        return (named is None, named if named is not None else 0, not is_text)
+
+    if not usable:
+        return ""
+    best = min(usable, key=rank)
+    return best[0]
+
+
 def check_has_geometry(layer, path, error=LabelError) -> None:
     """A table without geometry (a CSV of names or of coordinates) cannot place labels: say how to
     make it a layer of points, instead of asking for a CRS it cannot use."""
