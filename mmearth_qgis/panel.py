@@ -3,19 +3,31 @@ label where the model is unsure, map the whole raster.
 
 The work happens in ``mpmae_core.runtime.session``: the encoder runs once per raster and model
 (a QGIS background task fills the on-disk stage cache), then each new label fits a quick head and
-previews the visible extent, also in a task, in a fraction of a second. Labels live in real
-memory layers of the project (points and polygons, field ``class``), in edit mode, so QGIS's own
-editing tools, undo and attribute table work on them; an existing point or polygon layer with a
-class field can be adopted instead. *Map whole raster* trains the self-choosing head of
-``mmearth:train_head`` on every label and writes the same files as the Processing algorithms (the
-head ``.onnx`` and a styled class map), so the run repeats headless with ``qgis_process``. The
-panel's state is saved in the project and restored when it is reopened. Only ``qgis.PyQt``.
+previews the visible extent, also in a task, in a fraction of a second. The preview's layers sit
+in a group just above the raster and below the labels and suggestions; later previews update the
+same layers, so their visibility and order are the user's (confidence starts hidden).
+
+Labels live in a GeoPackage (points and polygons, field ``class``): beside the project file
+(``<project>_mmearth_labels.gpkg``), or one the user chooses, or, for a project not saved yet, in
+the QGIS profile's ``mmearth/labels`` folder; every click is committed at once, so a crash, a
+closed project or QGIS's exit never loses one, and the layers come back with the project. An
+existing point or polygon layer with a class field can be adopted instead.
+
+*Map whole raster* trains the self-choosing head of ``mmearth:train_head`` on every label and maps
+the raster from the cached features (no second encoder run), writing the same files as the
+Processing algorithms (the head ``.onnx``, its report and a styled class map), so the run repeats
+headless with ``qgis_process``; a cancel leaves none of them. Errors also go to QGIS's message bar.
+The panel's state is saved in the project and restored when it is reopened; its temporary folder
+is removed when the panel closes or the plugin unloads. Only ``qgis.PyQt``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from qgis.core import (
@@ -65,8 +77,7 @@ class SessionTask(QgsTask):
 
         try:
             self.result_ = self.fn(lambda f: self.setProgress(100 * f), self.isCanceled)
-        except Cancelled:
-            self.error = "cancelled: nothing was written"
+        except Cancelled:  # not an error: the callers say it was cancelled
             return False
         except Exception as exc:  # noqa: BLE001 - shown in the panel and the log
             from .algorithms.base import error_message
@@ -109,6 +120,24 @@ class PolygonTool(QgsMapTool):
         super().deactivate()
 
 
+def _while_alive(fn):
+    """A slot of the project's signals: once the panel's widgets are deleted (the dock destroyed),
+    it disconnects itself instead of raising in QGIS's signal handling."""
+    import functools
+
+    @functools.wraps(fn)
+    def slot(self, *args):
+        try:
+            return fn(self, *args)
+        except RuntimeError as exc:
+            if "has been deleted" not in str(exc):
+                raise
+            self._disconnect_project()
+            return None
+
+    return slot
+
+
 class FewShotPanel(QgsDockWidget):
     """The dock panel. ``canvas`` is the map canvas (iface.mapCanvas() in QGIS)."""
 
@@ -116,10 +145,13 @@ class FewShotPanel(QgsDockWidget):
     map_finished = pyqtSignal(bool, str)
     cache_ready = pyqtSignal(bool, str)
 
-    def __init__(self, canvas, parent=None):
+    def __init__(self, canvas, parent=None, message_bar=None):
         super().__init__("MMEarth few-shot mapping", parent)
         self.setObjectName("MMEarthFewShotPanel")
         self.canvas = canvas
+        self.message_bar = message_bar
+        self.labels_path = None
+        self.added = []  # label layers in the order labels were added (for Undo label)
         self.session = None
         self.tasks = []
         self.head = None
@@ -130,13 +162,69 @@ class FewShotPanel(QgsDockWidget):
         self.polygon_layer = None
         self.workdir = Path(tempfile.mkdtemp(prefix="mmearth-fewshot-"))
         self.preview_count = 0
+        self.preview_group = None
         self._build()
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)
         self._debounce.timeout.connect(self.preview)
-        QgsProject.instance().writeProject.connect(self.save_state)
-        QgsProject.instance().readProject.connect(self.restore_state)
+        project = QgsProject.instance()
+        self._project_slots = [(project.writeProject, self.save_state), (project.readProject, self.restore_state),
+                               (project.layersAdded, self._pick_default_raster)]
+        for signal, slot in self._project_slots:
+            signal.connect(slot)
+        self._pick_default_raster()
+
+    def _disconnect_project(self) -> None:
+        for signal, slot in getattr(self, "_project_slots", []):
+            try:
+                signal.disconnect(slot)
+            except (TypeError, RuntimeError):
+                pass
+        self._project_slots = []
+
+    # ------------------------------------------------------------------------- messages and clean-up
+    def error(self, text: str) -> None:
+        """An error: in the panel's status line and in QGIS's message bar, which people read."""
+        self.status.setText(text)
+        QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Warning)
+        if self.message_bar is not None:
+            self.message_bar.pushMessage("MMEarth", text, Qgis.Warning, 10)
+
+    def remove_preview_layers(self) -> None:
+        project = QgsProject.instance()
+        for layer in list(self.preview_layers.values()):
+            if layer is not None and _alive(layer):
+                project.removeMapLayer(layer.id())
+        self.preview_layers = {}
+        group = self.preview_group
+        if group is not None:
+            try:
+                if not group.children() and group.parent() is not None:
+                    group.parent().removeChildNode(group)
+            except RuntimeError:
+                pass
+        self.preview_group = None
+
+    def shutdown(self) -> None:
+        """Close and unload: stop the tasks, drop the preview layers, remove the temporary folder."""
+        for task in list(self.tasks):
+            try:
+                task.cancel()
+            except RuntimeError:
+                pass
+        self._disconnect_project()
+        self.remove_preview_layers()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def closeEvent(self, event):  # noqa: N802
+        self.remove_preview_layers()
+        for path in self.workdir.glob("preview*"):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        super().closeEvent(event)
 
     # ------------------------------------------------------------------------- the widget
     def _build(self):
@@ -165,6 +253,7 @@ class FewShotPanel(QgsDockWidget):
         layout.addWidget(self.classes)
         row = QHBoxLayout()
         self.class_name = QLineEdit()
+        self.class_name.setMinimumWidth(140)
         self.class_name.setPlaceholderText("new class, e.g. water")
         self.class_name.returnPressed.connect(self.add_class_from_field)
         self.add_button = QPushButton("Add")
@@ -175,9 +264,12 @@ class FewShotPanel(QgsDockWidget):
         self.colour_button.clicked.connect(self.recolour_class)
         self.remove_button = QPushButton("Remove")
         self.remove_button.clicked.connect(self.remove_class)
-        for w in (self.class_name, self.add_button, self.rename_button, self.colour_button, self.remove_button):
-            row.addWidget(w)
+        row.addWidget(self.class_name, 1)
         layout.addLayout(row)
+        buttons = QHBoxLayout()
+        for w in (self.add_button, self.rename_button, self.colour_button, self.remove_button):
+            buttons.addWidget(w)
+        layout.addLayout(buttons)
 
         labels = QHBoxLayout()
         self.point_tool_button = QPushButton("Click points")
@@ -186,9 +278,23 @@ class FewShotPanel(QgsDockWidget):
         self.polygon_tool_button = QPushButton("Draw polygons")
         self.polygon_tool_button.setCheckable(True)
         self.polygon_tool_button.toggled.connect(self._polygon_tool_toggled)
+        self.undo_button = QPushButton("Undo label")
+        self.undo_button.setToolTip("remove the last label you added")
+        self.undo_button.clicked.connect(self.undo_label)
         labels.addWidget(self.point_tool_button)
         labels.addWidget(self.polygon_tool_button)
+        labels.addWidget(self.undo_button)
         layout.addLayout(labels)
+        store = QHBoxLayout()
+        self.labels_file = QgsFileWidget()
+        self.labels_file.setStorageMode(QgsFileWidget.SaveFile)
+        self.labels_file.setFilter("GeoPackage (*.gpkg)")
+        self.labels_file.setToolTip("where new labels are saved (empty: beside the project file)")
+        self.labels_file.lineEdit().setPlaceholderText("beside the project (automatic)")
+        self.labels_file.setMinimumWidth(160)
+        store.addWidget(QLabel("Labels file"))
+        store.addWidget(self.labels_file, 1)
+        layout.addLayout(store)
         adopt = QHBoxLayout()
         self.adopt_layer = QgsMapLayerComboBox()
         self.adopt_layer.setFilters(QgsMapLayerProxyModel.PointLayer | QgsMapLayerProxyModel.PolygonLayer)
@@ -228,20 +334,25 @@ class FewShotPanel(QgsDockWidget):
         suggest.addWidget(self.suggest_count)
         layout.addLayout(suggest)
 
-        out = QHBoxLayout()
+        layout.addWidget(QLabel("Class map of the whole raster"))
         self.output = QgsFileWidget()
         self.output.setStorageMode(QgsFileWidget.SaveFile)
         self.output.setFilter("GeoTIFF (*.tif)")
+        self.output.setMinimumWidth(200)
+        self.output.lineEdit().setPlaceholderText("landcover.tif (in a temporary folder if empty)")
+        self.output.fileChanged.connect(lambda *_: self.output.lineEdit().setCursorPosition(0))
+        layout.addWidget(self.output)
+        out = QHBoxLayout()
         self.map_button = QPushButton("Map whole raster")
         self.map_button.clicked.connect(self.map_raster)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel_map)
-        out.addWidget(self.output, 1)
-        out.addWidget(self.map_button)
+        out.addWidget(self.map_button, 1)
         out.addWidget(self.cancel_button)
         layout.addLayout(out)
         layout.addStretch(1)
+        body.setMinimumWidth(340)
         self.setWidget(body)
         self.point_tool = QgsMapToolEmitPoint(self.canvas)
         self.point_tool.canvasClicked.connect(self.add_point)
@@ -249,6 +360,17 @@ class FewShotPanel(QgsDockWidget):
         self.polygon_tool.finished.connect(self.add_polygon)
 
     # ------------------------------------------------------------------------- inputs
+    @_while_alive
+    def _pick_default_raster(self, *_):
+        """With no raster chosen yet, the first layer that can feed a model: a multi-band GDAL raster
+        that is not one of this plugin's outputs (a preview, a confidence, a class map)."""
+        if self.raster.currentLayer() is not None:
+            return
+        for layer in QgsProject.instance().mapLayers().values():
+            if can_feed(layer):
+                self.raster.setLayer(layer)
+                return
+
     def raster_layer(self):
         layer = self.raster.currentLayer()
         return layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
@@ -292,7 +414,7 @@ class FewShotPanel(QgsDockWidget):
         except Exception as exc:  # noqa: BLE001
             from .algorithms.base import error_message
 
-            self.status.setText(error_message(exc))
+            self.error(error_message(exc))
             self.session = None
             return
         if self.session.ready:
@@ -310,17 +432,23 @@ class FewShotPanel(QgsDockWidget):
             self.status.setText(f"features ready (computed in {task.result_:.1f} s)")
             if self.auto.isChecked() and self.label_count() >= 2:
                 self.schedule_preview()
+        elif task.error:
+            self.error(task.error)
         else:
-            self.status.setText(task.error or "cancelled: the features were not computed")
+            self.status.setText("cancelled: the features were not computed")
         self.cache_ready.emit(ok, task.error or "")
 
     def _start(self, task, on_done):
         self.tasks.append(task)
 
         def done(ok):
-            if task in self.tasks:
-                self.tasks.remove(task)
-            on_done(ok)
+            try:
+                if task in self.tasks:
+                    self.tasks.remove(task)
+                on_done(ok)
+            except RuntimeError as exc:  # the panel was deleted while its task ran: nothing to show
+                if "has been deleted" not in str(exc):
+                    raise
 
         task.taskCompleted.connect(lambda: done(True))
         task.taskTerminated.connect(lambda: done(False))
@@ -400,14 +528,51 @@ class FewShotPanel(QgsDockWidget):
     def field_of(self, layer) -> str:
         return layer.customProperty("mmearth/class_field", CLASS_FIELD)
 
+    def labels_store(self) -> Path:
+        """The GeoPackage new labels go to: the one chosen, else beside the project file, else (a project
+        not saved yet) a new one in the QGIS profile's mmearth/labels folder. Fixed once chosen."""
+        chosen = self.labels_file.filePath().strip()
+        if chosen:
+            path = Path(chosen)
+            return path if path.suffix.lower() == ".gpkg" else path.with_suffix(".gpkg")
+        if self.labels_path is not None:
+            return self.labels_path
+        project = QgsProject.instance().fileName()
+        if project:
+            p = Path(project)
+            return p.with_name(f"{p.stem}_mmearth_labels.gpkg")
+        folder = Path(QgsApplication.qgisSettingsDirPath()) / "mmearth" / "labels"
+        return folder / f"labels-{time.strftime('%Y%m%d-%H%M%S')}.gpkg"
+
     def _new_label_layer(self, kind: str):
+        from osgeo import ogr, osr
+
         layer_crs = self.raster_layer().crs() if self.raster_layer() else self.canvas.mapSettings().destinationCrs()
-        layer = QgsVectorLayer(f"{kind}?crs={layer_crs.authid() or layer_crs.toWkt()}",
-                               f"MMEarth labels ({kind.lower()}s)", "memory")
-        layer.dataProvider().addAttributes([QgsField(CLASS_FIELD, QVariant.String)])
-        layer.updateFields()
+        path = self.labels_store()
+        table = "points" if kind == "Point" else "polygons"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds = ogr.Open(str(path), 1) if path.exists() else ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+            if ds is None:
+                raise OSError(f"cannot open or create the GeoPackage '{path}'")
+            if ds.GetLayerByName(table) is None:
+                srs = osr.SpatialReference()
+                srs.ImportFromWkt(layer_crs.toWkt())
+                out = ds.CreateLayer(table, srs=srs, geom_type=ogr.wkbPoint if kind == "Point" else ogr.wkbPolygon)
+                if out is None or out.CreateField(ogr.FieldDefn(CLASS_FIELD, ogr.OFTString)) != 0:
+                    raise OSError(f"cannot create the table '{table}' in '{path}'")
+            ds = None
+        except (OSError, RuntimeError) as exc:
+            self.error(f"could not store the labels in '{path}': {exc}. Choose another labels file")
+            return None
+        self.labels_path = path
+        layer = QgsVectorLayer(f"{path}|layername={table}", f"MMEarth labels ({table})", "ogr")
+        if not layer.isValid():
+            self.error(f"could not open the labels in '{path}': choose another labels file")
+            return None
         layer.setCustomProperty("mmearth/class_field", CLASS_FIELD)
-        QgsProject.instance().addMapLayer(layer)
+        QgsProject.instance().addMapLayer(layer, False)
+        QgsProject.instance().layerTreeRoot().insertLayer(0, layer)  # labels above everything
         layer.startEditing()
         self._watch(layer)
         return layer
@@ -461,6 +626,8 @@ class FewShotPanel(QgsDockWidget):
         layer = getattr(self, attr)
         if layer is None or not _alive(layer):
             layer = self._new_label_layer(kind)
+            if layer is None:
+                return
             setattr(self, attr, layer)
             self.restyle_labels()
         if not layer.isEditable():
@@ -475,7 +642,32 @@ class FewShotPanel(QgsDockWidget):
         layer.beginEditCommand(f"MMEarth label {name}")
         layer.addFeature(feature)
         layer.endEditCommand()
+        self._commit(layer)
+        self.added.append(layer)
         layer.triggerRepaint()
+
+    def _commit(self, layer) -> bool:
+        """Save the layer's edits now (staying in edit mode): a click is never only in memory."""
+        if layer.commitChanges(False):
+            return True
+        self.error(f"could not save the label in '{layer.source()}': {'; '.join(layer.commitErrors())}")
+        return False
+
+    def undo_label(self):
+        """Remove the last label added from the panel (saved at once, like the click)."""
+        while self.added:
+            layer = self.added.pop()
+            if not _alive(layer):
+                continue
+            ids = sorted(f.id() for f in layer.getFeatures())
+            if not ids:
+                continue
+            if not layer.isEditable():
+                layer.startEditing()
+            layer.deleteFeature(ids[-1])
+            self._commit(layer)
+            layer.triggerRepaint()
+            return
 
     def add_point(self, point, button=None):
         self._add_label(QgsGeometry.fromPointXY(QgsPointXY(point)), "Point")
@@ -548,9 +740,24 @@ class FewShotPanel(QgsDockWidget):
         x1, y1 = min(x1, self.session.prep.width), min(y1, self.session.prep.height)
         return (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
 
+    def not_ready_reason(self) -> str:
+        """Why a preview or a map cannot start now, in words that are true ('' when it can)."""
+        if self.raster_layer() is None:
+            return "choose a Sentinel-2 raster first"
+        if not self.model.currentText().strip():
+            return "choose a model first"
+        if self.session is None:
+            return "the raster and model could not be opened together: " + (self.findings.text() or "see above")
+        if not self.session.ready:
+            if any("encoder features" in t.description() for t in self.tasks):
+                return "the encoder's features are still being computed for this raster: wait until they are ready"
+            return "the encoder's features were not computed (cancelled or failed): choose the raster again"
+        return ""
+
     def preview(self):
-        if self.session is None or not self.session.ready:
-            self.status.setText("the encoder's features are not ready yet")
+        reason = self.not_ready_reason()
+        if reason:
+            self.status.setText(reason)
             return
         features, names, counts = self.labelled_features()
         if sum(1 for c in counts.values() if c) < 2:
@@ -573,21 +780,62 @@ class FewShotPanel(QgsDockWidget):
         task = SessionTask("MMEarth: preview", work)
         self._start(task, lambda ok: self._preview_done(task, ok))
 
+    def _preview_group_node(self):
+        """The layer-tree group of the preview, just above the raster (so below labels and suggestions)."""
+        group = self.preview_group
+        try:
+            if group is not None and group.parent() is not None:
+                return group
+        except RuntimeError:  # deleted with its project
+            pass
+        root = QgsProject.instance().layerTreeRoot()
+        raster = self.raster_layer()
+        node = root.findLayer(raster.id()) if raster is not None else None
+        parent = node.parent() if node is not None else root
+        index = next((i for i, child in enumerate(parent.children())
+                      if node is not None and getattr(child, "layerId", lambda: None)() == raster.id()), 0)
+        self.preview_group = parent.insertGroup(index, "MMEarth preview")
+        return self.preview_group
+
+    def _show_raster(self, key: str, path, title: str, visible: bool):
+        """Show ``path`` as the preview layer ``key``: the same layer as before with its new data (its
+        place, visibility, name and opacity stay the user's), or a new one in the preview group."""
+        layer = self.preview_layers.get(key)
+        style = str(Path(path).with_suffix(".qml"))
+        if layer is not None and _alive(layer):
+            old = Path(layer.source())
+            opacity = layer.renderer().opacity() if layer.renderer() else 1.0
+            layer.setDataSource(str(path), layer.name(), "gdal")
+            layer.loadNamedStyle(style)
+            if layer.renderer():
+                layer.renderer().setOpacity(opacity)
+            layer.triggerRepaint()
+            if old.parent == self.workdir and old != Path(path):
+                for stale in (old, old.with_suffix(".qml"), Path(str(old) + ".aux.xml")):
+                    try:
+                        stale.unlink()
+                    except OSError:
+                        pass
+            return layer
+        layer = mark_output(QgsRasterLayer(str(path), title, "gdal"))
+        layer.loadNamedStyle(style)
+        QgsProject.instance().addMapLayer(layer, False)
+        node = self._preview_group_node().addLayer(layer)
+        node.setItemVisibilityChecked(visible)
+        self.preview_layers[key] = layer
+        return layer
+
     def _preview_done(self, task, ok):
         if not ok:
-            self.status.setText(task.error or "the preview stopped")
+            if task.error:
+                self.error(task.error)
+            else:
+                self.status.setText("the preview was cancelled")
             return
         head, cv, pv, (class_path, conf_path) = task.result_
         self.head, self.last_preview = head, pv
-        for key, path, title in (("classes", class_path, "MMEarth preview"),
-                                 ("confidence", conf_path, "MMEarth confidence")):
-            old = self.preview_layers.get(key)
-            if old is not None and _alive(old):
-                QgsProject.instance().removeMapLayer(old.id())
-            layer = QgsRasterLayer(str(path), title, "gdal")
-            layer.loadNamedStyle(str(Path(path).with_suffix(".qml")))
-            QgsProject.instance().addMapLayer(layer)
-            self.preview_layers[key] = layer
+        self._show_raster("classes", class_path, "MMEarth preview", True)
+        self._show_raster("confidence", conf_path, "MMEarth confidence", False)
         text = "preview of the view"
         if cv:
             text += (f"; cross-validated accuracy {cv['accuracy']:.0%}, balanced {cv['balanced_accuracy']:.0%} "
@@ -598,7 +846,7 @@ class FewShotPanel(QgsDockWidget):
     # ------------------------------------------------------------------------- suggestions
     def suggest(self):
         if self.last_preview is None:
-            self.status.setText("make a preview first")
+            self.status.setText("make a preview first (label two classes, then Preview)")
             return
         from mpmae_core.runtime.session import MappingSession
 
@@ -623,15 +871,18 @@ class FewShotPanel(QgsDockWidget):
 
         layer.setRenderer(QgsSingleSymbolRenderer(QgsMarkerSymbol.createSimple(
             {"name": "cross2", "color": "0,0,0", "size": "4.5", "outline_width": "0.8", "outline_color": "0,0,0"})))
-        QgsProject.instance().addMapLayer(layer)
+        mark_output(layer)
+        QgsProject.instance().addMapLayer(layer, False)
+        QgsProject.instance().layerTreeRoot().insertLayer(0, layer)  # on top, with the labels
         self.suggestion_layer = layer
         self.status.setText(f"{len(places)} places where the model is least sure (lowest top-class probability): "
                             "label some of them")
 
     # ------------------------------------------------------------------------- the whole raster
     def map_raster(self, output=None):
-        if self.session is None or not self.session.ready:
-            self.status.setText("the encoder's features are not ready yet")
+        reason = self.not_ready_reason()
+        if reason:
+            self.status.setText(reason)
             return
         out = Path(output or self.output.filePath() or (self.workdir / "landcover.tif"))
         self.output.setFilePath(str(out))
@@ -643,13 +894,25 @@ class FewShotPanel(QgsDockWidget):
         self.cancel_button.setEnabled(True)
 
         def work(progress, cancelled):
-            from mpmae_core.runtime.predict import segment
-
-            trained = session.train_full_head(features, names, head_path, class_colours=colours, report_path=report,
-                                              cancelled=cancelled)
-            progress(0.2)
-            res = segment(session.raster, session.model_path, out, head_path=head_path,
-                          progress=lambda f: progress(0.2 + 0.8 * f), cancelled=cancelled)
+            # The head and report are written under temporary names and take their own only when the
+            # map is complete: a cancel or an error at any point leaves no file of any kind.
+            tag = f"mmearth-tmp{os.getpid()}-{time.time_ns()}"
+            tmp_head = out.with_name(f".{out.stem}_head.{tag}.onnx")
+            tmp_report = out.with_name(f".{out.stem}_head.{tag}.html")
+            try:
+                trained = session.train_full_head(features, names, tmp_head, class_colours=colours,
+                                                  report_path=tmp_report, cancelled=cancelled)
+                progress(0.2)
+                res = session.map_to_file(trained["head"], out, progress=lambda f: progress(0.2 + 0.8 * f),
+                                          cancelled=cancelled)
+                os.replace(tmp_head, head_path)
+                os.replace(tmp_report, report)
+            finally:
+                for tmp in (tmp_head, tmp_report):
+                    try:
+                        tmp.unlink()
+                    except OSError:
+                        pass
             return trained, res
 
         self.map_task = SessionTask("MMEarth: landcover map of the whole raster", work)
@@ -664,15 +927,21 @@ class FewShotPanel(QgsDockWidget):
         self.map_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if ok:
-            trained, _ = task.result_
-            layer = QgsRasterLayer(str(out), Path(out).stem, "gdal")
+            trained, res = task.result_
+            layer = mark_output(QgsRasterLayer(str(out), Path(out).stem, "gdal"))
             layer.loadNamedStyle(str(Path(out).with_suffix(".qml")))
-            QgsProject.instance().addMapLayer(layer)
-            text = (f"wrote {out} and the head {head_path} (chosen: {trained['chosen']}); repeat it headless with "
-                    f"qgis_process run mmearth:segment -- INPUT=... MODEL=... HEAD={head_path} OUTPUT=...")
+            QgsProject.instance().addMapLayer(layer, False)
+            self._preview_group_node().parent().insertLayer(0, layer)
+            text = (f"wrote {out} in {res['seconds']:.1f} s from the cached features, and the head {head_path} "
+                    f"(chosen: {trained['chosen']}); repeat it headless with qgis_process run mmearth:segment -- "
+                    f"INPUT=... MODEL=... HEAD={head_path} OUTPUT=...")
+            self.status.setText(text)
+        elif task.error and not task.isCanceled():
+            text = task.error
+            self.error(text)
         else:
-            text = task.error or ("cancelled: nothing was written" if task.isCanceled() else "the map stopped")
-        self.status.setText(text)
+            text = "cancelled: nothing was written"
+            self.status.setText(text)
         self.map_finished.emit(ok, text)
 
     # ------------------------------------------------------------------------- project state
@@ -684,9 +953,11 @@ class FewShotPanel(QgsDockWidget):
                 "polygon_layer": self.polygon_layer.id() if self.polygon_layer and _alive(self.polygon_layer) else "",
                 "auto": self.auto.isChecked(), "output": self.output.filePath()}
 
+    @_while_alive
     def save_state(self, document=None):
         QgsProject.instance().writeEntry(PROJECT_SCOPE, "state", json.dumps(self.state()))
 
+    @_while_alive
     def restore_state(self, document=None):
         text, ok = QgsProject.instance().readEntry(PROJECT_SCOPE, "state", "")
         if not ok or not text:
@@ -710,6 +981,18 @@ class FewShotPanel(QgsDockWidget):
         raster = project.mapLayer(state.get("raster", "")) if state.get("raster") else None
         self.raster.setLayer(raster)
         self._inputs_changed()
+
+
+def can_feed(layer) -> bool:
+    """A raster layer that may feed a model: GDAL, at least three bands (RGB models take three), and
+    not one of this plugin's outputs."""
+    return (isinstance(layer, QgsRasterLayer) and layer.isValid() and layer.providerType() == "gdal"
+            and layer.bandCount() >= 3 and not layer.customProperty("mmearth/output", False))
+
+
+def mark_output(layer):
+    layer.setCustomProperty("mmearth/output", True)
+    return layer
 
 
 def _alive(layer) -> bool:

@@ -54,7 +54,8 @@ class MMEarthPlugin:
         from .panel import FewShotPanel
 
         if self.panel is None:
-            self.panel = FewShotPanel(self.iface.mapCanvas(), self.iface.mainWindow())
+            self.panel = FewShotPanel(self.iface.mapCanvas(), self.iface.mainWindow(),
+                                      message_bar=self.iface.messageBar())
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.panel)
             self.panel.visibilityChanged.connect(lambda v: self.action.setChecked(v) if self.action else None)
         self.panel.setVisible(bool(visible))
@@ -64,6 +65,8 @@ class MMEarthPlugin:
             self.iface.removeToolBarIcon(self.action)
             self.iface.removePluginMenu("&MMEarth", self.action)
             self.action = None
+        if self.panel is not None:
+            self.panel.shutdown()  # tasks stopped, preview layers removed, temporary folder deleted
         if self.panel is not None and self.iface is not None:
             self.iface.removeDockWidget(self.panel)
             self.panel.deleteLater()

@@ -435,3 +435,37 @@ def test_command_line_features_and_train_head(encoders, scene, tmp_path):
                                 "--class-field", "landuse", "--classifiers", "svm"], capture_output=True, text=True,
                          cwd=ROOT)
     assert bad.returncode == 2 and "unknown classifier 'svm'" in bad.stderr
+
+
+def test_whole_raster_map_from_the_cache_equals_segment(encoders, scene, tmp_path, monkeypatch):
+    """The panel's 'Map whole raster' maps from the session's cached stage maps (no second encoder
+    run): the same classes as segment() running the encoder, up to the cache's float16 rounding, with
+    the same names, colours and style; the encoder is not called while mapping."""
+    from mpmae_core.runtime.session import MappingSession
+
+    path, lab = scene
+    _, model = encoders[16]
+    session = MappingSession(path, model, device="cpu", cache_dir=tmp_path / "cache")
+    session.ensure_cache()
+    feats = _points(path, lab, [1, 2, 3], 6)
+    trained = session.train_full_head(feats, ["water", "forest", "farm"], tmp_path / "head.onnx")
+    calls = {"n": 0}
+    original = session.model.run_outputs
+
+    def counting(*a, **kw):
+        calls["n"] += 1
+        return original(*a, **kw)
+
+    monkeypatch.setattr(session.model, "run_outputs", counting)
+    res = session.map_to_file(trained["head"], tmp_path / "cached.tif", rows=96)
+    assert calls["n"] == 0
+    ref = segment(path, model, tmp_path / "segment.tif", head_path=tmp_path / "head.onnx", device="cpu")
+    a = gdal.Open(res["output"]).ReadAsArray()
+    b = gdal.Open(ref["output"]).ReadAsArray()
+    assert a.shape == b.shape and np.array_equal(a == 255, b == 255)
+    assert (a == b).mean() > 0.99, (a == b).mean()
+    ds_a, ds_b = gdal.Open(res["output"]), gdal.Open(ref["output"])
+    assert ds_a.GetGeoTransform() == ds_b.GetGeoTransform()
+    ct_a, ct_b = ds_a.GetRasterBand(1).GetRasterColorTable(), ds_b.GetRasterBand(1).GetRasterColorTable()
+    assert [ct_a.GetColorEntry(i) for i in range(3)] == [ct_b.GetColorEntry(i) for i in range(3)]
+    assert (tmp_path / "cached.qml").read_text() == (tmp_path / "segment.qml").read_text()

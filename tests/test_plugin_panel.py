@@ -119,6 +119,11 @@ def test_few_shot_mapping_in_the_canvas_like_a_person(qtbot, canvas_and_layer, s
         _click(qtbot, canvas, gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5])
     labels = panel.point_layer
     assert labels is not None and labels.featureCount() == 10 and labels.isEditable()
+    # every click is saved at once in a GeoPackage (not a memory layer): another reader sees all ten
+    from qgis.core import QgsVectorLayer
+
+    assert labels.providerType() == "ogr" and ".gpkg" in labels.source()
+    assert QgsVectorLayer(labels.source(), "reader", "ogr").featureCount() == 10
     got = sorted(f["class"] for f in labels.getFeatures())
     assert got == sorted(n for n, _, _ in places)
     for f in labels.getFeatures():  # each click landed on its pixel's class
@@ -127,15 +132,24 @@ def test_few_shot_mapping_in_the_canvas_like_a_person(qtbot, canvas_and_layer, s
         assert CLASSES[[n for n, _, _ in places].index(f["class"]) // 2] == f["class"]
         assert lab[r, c] == [0, "water", "forest", "farm", "meadow", "grass", "scrub", "wetland",
                              "residential"].index(f["class"])
-    labels.undoStack().undo()  # QGIS's own undo works on the label layer
-    assert labels.featureCount() == 9
-    labels.undoStack().redo()
+    qtbot.mouseClick(panel.undo_button, 1)  # the panel's undo removes the last label, saved at once
+    assert labels.featureCount() == 9 and QgsVectorLayer(labels.source(), "reader", "ogr").featureCount() == 9
+    name, r, c = places[-1]
+    panel.classes.setCurrentRow(CLASSES.index(name))
+    _click(qtbot, canvas, gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5])
     assert labels.featureCount() == 10
     # the preview: class map of the view and the confidence, as layers of the project
     with qtbot.waitSignal(panel.preview_ready, timeout=60_000):
         qtbot.mouseClick(panel.preview_button, 1)
     preview, confidence = panel.preview_layers["classes"], panel.preview_layers["confidence"]
     assert QgsProject.instance().mapLayer(preview.id()) and QgsProject.instance().mapLayer(confidence.id())
+    # in the layer tree: labels on top, then the preview group (classes shown, confidence hidden), then the scene
+    root = QgsProject.instance().layerTreeRoot()
+    order = [lyr.name() for lyr in root.layerOrder()]
+    assert order.index("MMEarth labels (points)") < order.index("MMEarth preview") < order.index("Sentinel-2 scene")
+    assert order.index("MMEarth preview") < order.index("MMEarth confidence") < order.index("Sentinel-2 scene")
+    assert root.findLayer(preview.id()).isVisible() and not root.findLayer(confidence.id()).isVisible()
+    root.findLayer(confidence.id()).setItemVisibilityChecked(True)  # the user turns confidence on
     assert preview.renderer().type() == "paletted"
     assert [c.label for c in preview.renderer().classes()] == CLASSES
     assert preview.extent().contains(canvas.extent().buffered(-50)) or preview.extent().intersects(canvas.extent())
@@ -152,6 +166,9 @@ def test_few_shot_mapping_in_the_canvas_like_a_person(qtbot, canvas_and_layer, s
         _click(qtbot, canvas, gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5])
     assert panel.preview_count == 2
     assert QgsProject.instance().mapLayersByName("MMEarth preview") == [panel.preview_layers["classes"]]  # replaced
+    assert panel.preview_layers["classes"] is preview  # the same layer, new data: the user's choices stay
+    assert root.findLayer(confidence.id()).isVisible() and "preview2" in confidence.source()
+    assert [lyr.name() for lyr in root.layerOrder()] == order
     preview, confidence = panel.preview_layers["classes"], panel.preview_layers["confidence"]
     # label where the model is unsure
     qtbot.mouseClick(panel.suggest_button, 1)
@@ -197,7 +214,7 @@ def test_few_shot_mapping_in_the_canvas_like_a_person(qtbot, canvas_and_layer, s
     again.restore_state()
     assert again.class_names() == CLASSES and again.model.currentText() == "atto_test"
     assert again.raster_layer() is not None and again.raster_layer().source() == str(path)
-    assert again.point_layer is not None
+    assert again.point_layer is not None and again.point_layer.featureCount() == 11  # every label came back
 
 
 def test_cancelling_the_whole_raster_map_leaves_no_file(qtbot, canvas_and_layer, scene, models_dir, tmp_path,
@@ -222,9 +239,83 @@ def test_cancelling_the_whole_raster_map_leaves_no_file(qtbot, canvas_and_layer,
         if name in CLASSES[:2]:
             panel.classes.setCurrentRow(CLASSES.index(name))
             panel.add_point(QgsPointXY(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5]))
-    out = tmp_path / "cancelled.tif"
-    with qtbot.waitSignal(panel.map_finished, timeout=300_000) as done:
-        panel.map_raster(out)
-        panel.cancel_map()
-    assert done.args[0] is False and "cancel" in done.args[1].lower()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cancelled")) == []
+    for when in ("at once", "while mapping"):  # before the head is written, and after (the head is temporary)
+        out = tmp_path / "cancelled.tif"
+        with qtbot.waitSignal(panel.map_finished, timeout=300_000) as done:
+            panel.map_raster(out)
+            if when == "at once":
+                panel.cancel_map()
+            else:  # the cancel arrives once the head is written, as the map begins
+                original = panel.session.map_to_file
+
+                def cancel_then_map(*args, original=original, **kw):
+                    assert list(tmp_path.glob(".cancelled_head.*.onnx"))  # the head exists, under a temporary name
+                    panel.map_task.cancel()
+                    return original(*args, **kw)
+
+                monkeypatch.setattr(panel.session, "map_to_file", cancel_then_map)
+        assert done.args[0] is False and "cancel" in done.args[1].lower()
+        left = sorted(p.name for p in tmp_path.iterdir() if "cancelled" in p.name)
+        assert left == [], (when, left)
+
+
+def test_labels_live_beside_the_project_and_come_back_when_it_is_reopened(qtbot, canvas_and_layer, scene, tmp_path):
+    """Labels are committed to <project>_mmearth_labels.gpkg at every click; saving, clearing and
+    reopening the project brings every one back (a memory layer came back empty)."""
+    from qgis.core import QgsPointXY, QgsProject
+
+    from mmearth_qgis.panel import FewShotPanel
+
+    canvas, layer = canvas_and_layer
+    path, lab = scene
+    project_file = tmp_path / "mapping.qgz"
+    assert QgsProject.instance().write(str(project_file))
+    panel = FewShotPanel(canvas)
+    qtbot.addWidget(panel)
+    assert panel.raster_layer() is layer  # the only layer that can feed a model, chosen by itself
+    panel.auto.setChecked(False)
+    for name in ("water", "forest"):
+        panel.add_class(name)
+    gt = gdal.Open(str(path)).GetGeoTransform()
+    for i, (name, r, c) in enumerate(_label_places(lab, 3)[:6]):
+        panel.classes.setCurrentRow(i % 2)
+        panel.add_point(QgsPointXY(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5]))
+    store = tmp_path / "mapping_mmearth_labels.gpkg"
+    assert panel.point_layer.source().startswith(str(store)) and store.is_file()
+    from osgeo import ogr
+
+    assert ogr.Open(str(store)).GetLayerByName("points").GetFeatureCount() == 6  # on disk before any save
+    assert QgsProject.instance().write(str(project_file))
+    panel.shutdown()
+    QgsProject.instance().clear()
+    assert QgsProject.instance().read(str(project_file))
+    again = FewShotPanel(canvas)
+    qtbot.addWidget(again)
+    again.restore_state()
+    assert again.class_names() == ["water", "forest"]
+    assert again.point_layer is not None and again.point_layer.featureCount() == 6
+    assert sorted(f["class"] for f in again.point_layer.getFeatures()) == ["forest"] * 3 + ["water"] * 3
+    again.shutdown()
+    assert not again.workdir.exists()  # the temporary folder goes with the panel
+
+
+def test_errors_reach_the_message_bar_and_status_texts_are_true(qtbot, canvas_and_layer, models_dir):
+    from qgis.gui import QgsMessageBar
+
+    from mmearth_qgis.panel import FewShotPanel
+
+    canvas, layer = canvas_and_layer
+    bar = QgsMessageBar()
+    qtbot.addWidget(bar)
+    panel = FewShotPanel(canvas, message_bar=bar)
+    qtbot.addWidget(panel)
+    panel.raster.setLayer(None)
+    qtbot.mouseClick(panel.preview_button, 1)
+    assert panel.status.text() == "choose a Sentinel-2 raster first"  # not 'features are not ready'
+    panel.raster.setLayer(layer)
+    qtbot.mouseClick(panel.preview_button, 1)
+    assert panel.status.text() == "choose a model first"
+    panel.model.setEditText("head3")  # a head, not an encoder: the session cannot open
+    items = bar.items()
+    assert items and "few-shot mapping needs an encoder" in items[-1].text()
+    assert "needs an encoder" in panel.status.text()

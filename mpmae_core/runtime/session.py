@@ -325,6 +325,39 @@ class MappingSession:
         out_gt = (gt[0] + x0 * gt[1], gt[1] * step, 0.0, gt[3] + y0 * gt[5], 0.0, gt[5] * step)
         return {"probs": probs, "valid": valid, "geotransform": out_gt, "step": step, "origin": (x0, y0)}
 
+    @_locked
+    def map_to_file(self, head, output, *, rows: int = 256, progress: Callable[[float], None] = lambda f: None,
+                    cancelled: Callable[[], bool] = lambda: False) -> dict:
+        """The whole raster's class map with ``head`` from the cached features (no encoder run), written
+        as ``segment`` writes it: uint8, 255 = no data, class names, colours and a .qml; complete or not
+        at all (a cancel leaves nothing)."""
+        from mpmae_core.runtime.predict import check_outputs, writer_guard
+        from mpmae_core.runtime.raster import RasterWriter
+        from mpmae_core.runtime.styles import paletted_qml, style_path
+
+        check_outputs({"class map": output}, [self.raster, self.model_path])
+        if not self.ready:
+            raise ValueError("the encoder's features are not cached yet: wait until they are computed")
+        prep, names, colours = self.prep, list(head.class_names), [list(c) for c in head.class_colours]
+        writer = RasterWriter(output, prep.width, prep.height, 1, "uint8", prep.geotransform, prep.projection,
+                              nodata=255, descriptions=["few-shot"], class_names=names, class_colours=colours)
+        t0, counts = time.time(), np.zeros(len(names), np.int64)
+
+        def run():
+            for y in range(0, prep.height, rows):
+                if cancelled():
+                    raise Cancelled("cancelled by the user; no map was written")
+                n = min(rows, prep.height - y)
+                pv = self.preview(head, (0, y, prep.width, n), max_pixels=prep.width * n)
+                classes = np.where(pv["valid"], np.nan_to_num(pv["probs"]).argmax(0), 255).astype(np.uint8)
+                counts[:] += np.bincount(classes[pv["valid"]], minlength=len(names))[:len(names)]
+                writer.write_rows(y, classes[None], pv["valid"])
+                progress((y + n) / prep.height)
+
+        writer_guard([writer], run)
+        writer_guard([writer], lambda: writer.close({style_path(output): paletted_qml(names, colours)}))
+        return {"output": str(output), "classes": names, "pixels": counts.tolist(), "seconds": time.time() - t0}
+
     @staticmethod
     def suggest(preview: dict, n: int = 10, min_distance_px: int = 0) -> list:
         """Map coordinates (x, y) of the ``n`` least confident valid places of a preview (lowest
