@@ -53,6 +53,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout
                                  QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from . import models
+from .layers import can_feed, first_feeding_layer, mark_output
 
 CLASS_FIELD = "class"
 PROJECT_SCOPE = "mmearth_fewshot"
@@ -366,10 +367,9 @@ class FewShotPanel(QgsDockWidget):
         that is not one of this plugin's outputs (a preview, a confidence, a class map)."""
         if self.raster.currentLayer() is not None:
             return
-        for layer in QgsProject.instance().mapLayers().values():
-            if can_feed(layer):
-                self.raster.setLayer(layer)
-                return
+        layer = first_feeding_layer()
+        if layer is not None:
+            self.raster.setLayer(layer)
 
     def raster_layer(self):
         layer = self.raster.currentLayer()
@@ -981,18 +981,6 @@ class FewShotPanel(QgsDockWidget):
         raster = project.mapLayer(state.get("raster", "")) if state.get("raster") else None
         self.raster.setLayer(raster)
         self._inputs_changed()
-
-
-def can_feed(layer) -> bool:
-    """A raster layer that may feed a model: GDAL, at least three bands (RGB models take three), and
-    not one of this plugin's outputs."""
-    return (isinstance(layer, QgsRasterLayer) and layer.isValid() and layer.providerType() == "gdal"
-            and layer.bandCount() >= 3 and not layer.customProperty("mmearth/output", False))
-
-
-def mark_output(layer):
-    layer.setCustomProperty("mmearth/output", True)
-    return layer
 
 
 def _alive(layer) -> bool:

@@ -75,7 +75,11 @@ class CataloguePanel(QWidget):
             note = "" if entry.confirmed else " (file name not stated by the authors)"
             self.table.setItem(row, 0, QTableWidgetItem(entry.name))
             self.table.setItem(row, 2, QTableWidgetItem(entry.describe() + note))
+            self.table.item(row, 2).setToolTip(entry.describe() + note)
+        self.table.resizeColumnToContents(0)  # the whole name: "mmearth-atto-1M-p8-unweighted", not "mmearth-..."
+        self.table.setColumnWidth(1, max(self.table.columnWidth(1), 70))
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setMinimumWidth(self.table.columnWidth(0) + 300)
         self.download = QPushButton("Download")
         self.cancel = QPushButton("Cancel")
         self.cancel.setEnabled(False)

@@ -190,3 +190,28 @@ def test_class_field_suggestion():
     assert suggest_class_field([("fid", False), ("note", True), ("value", False)]) == "note"
     assert suggest_class_field([("fid", False), ("value", False)]) == "value"
     assert suggest_class_field([("fid", False), ("OBJECTID", False)]) == ""
+
+
+def test_the_raster_input_starts_on_a_layer_that_can_feed_the_model(desktop, crop, tmp_path):
+    """QGIS starts a raster input on the active layer; when that is one of the plugin's outputs (here
+    'MMEarth confidence', one band), the dialog starts on the scene instead."""
+    import processing
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    from helpers import write_geotiff
+    from mmearth_qgis.layers import mark_output
+
+    import numpy as np
+
+    scene = QgsRasterLayer(crop, "scene")
+    conf_path = write_geotiff(tmp_path / "confidence.tif", np.ones((1, 32, 32), np.float32))
+    confidence = mark_output(QgsRasterLayer(str(conf_path), "MMEarth confidence"))
+    QgsProject.instance().addMapLayers([scene, confidence])
+    desktop.active = confidence
+    try:
+        for alg_id in ("mmearth:embed", "mmearth:segment", "mmearth:train_head"):
+            dialog = processing.createAlgorithmDialog(alg_id, {})
+            value = _wrappers(dialog)["INPUT"].parameterValue()
+            assert getattr(value, "id", lambda: value)() == scene.id(), alg_id
+    finally:
+        QgsProject.instance().removeMapLayers([scene.id(), confidence.id()])

@@ -62,3 +62,15 @@ def test_plugin_loads_without_onnxruntime_and_says_how_to_install_it(models_dir,
     # the command is for QGIS's own Python: that interpreter imports qgis
     assert subprocess.run([exe, "-c", "import qgis.core"], capture_output=True, env=env, timeout=120).returncode == 0
     assert not (tmp_path / "e.tif").exists()
+
+
+def test_the_catalogue_table_shows_whole_model_names(qtbot, qgis_app):
+    from qgis.PyQt.QtGui import QFontMetrics
+
+    from mmearth_qgis.settings import CataloguePanel
+
+    panel = CataloguePanel(lambda: "/tmp/none", lambda: "")
+    qtbot.addWidget(panel)
+    metrics = QFontMetrics(panel.table.font())
+    longest = max((panel.table.item(r, 0).text() for r in range(panel.table.rowCount())), key=len)
+    assert panel.table.columnWidth(0) >= metrics.horizontalAdvance(longest)

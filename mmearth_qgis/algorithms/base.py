@@ -147,6 +147,27 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     def groupId(self):  # noqa: N802
         return "inference"
 
+    def createCustomParametersWidget(self, parent=None):  # noqa: N802
+        """QGIS's own dialog, with the raster input on a layer that can feed a model: QGIS starts it on
+        the active layer, which is often one of this plugin's outputs (a confidence or class map)."""
+        from processing.gui.AlgorithmDialog import AlgorithmDialog
+        from qgis.core import QgsProcessingContext, QgsProject
+
+        from ..layers import can_feed, first_feeding_layer
+
+        dialog = AlgorithmDialog(self.create(), parent=parent)
+        wrapper = (getattr(dialog.mainWidget(), "wrappers", None) or {}).get(self.INPUT)
+        if wrapper is not None and hasattr(wrapper, "parameterValue"):
+            context = QgsProcessingContext()
+            context.setProject(QgsProject.instance())
+            current = wrapper.parameterValue()
+            layer = current if hasattr(current, "bandCount") else QgsProject.instance().mapLayer(str(current or ""))
+            if not can_feed(layer):
+                better = first_feeding_layer()
+                if better is not None:
+                    wrapper.setParameterValue(better.id(), context)
+        return dialog
+
     def add_model_parameters(self):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Sentinel-2 raster"))
         self.addParameter(model_parameter(self.MODEL, "Model (a model of the models folder by name, or an .onnx file)"))
