@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from qgis.core import (
     QgsApplication,
     QgsCoordinateTransform,
     QgsFeature,
-    QgsField,
     QgsGeometry,
     QgsMapLayerProxyModel,
     QgsMessageLog,
@@ -47,7 +45,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox, QgsMapTool, QgsMapToolEmitPoint, QgsRubberBand
-from qgis.PyQt.QtCore import QTimer, QVariant, Qt, pyqtSignal
+from qgis.PyQt.QtCore import QTimer, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout, QHBoxLayout, QInputDialog, QLabel,
                                  QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
@@ -58,6 +56,7 @@ from .layers import can_feed, first_feeding_layer, mark_output
 CLASS_FIELD = "class"
 PROJECT_SCOPE = "mmearth_fewshot"
 LOG_TAG = "MMEarth"
+PREVIEW_PROPERTY = "mmearth/preview"  # preview layers: files of the panel's temporary folder
 
 
 def colour_icon(rgb) -> QIcon:
@@ -161,7 +160,7 @@ class FewShotPanel(QgsDockWidget):
         self.suggestion_layer = None
         self.point_layer = None
         self.polygon_layer = None
-        self.workdir = Path(tempfile.mkdtemp(prefix="mmearth-fewshot-"))
+        self.workdir = new_workdir()
         self.preview_count = 0
         self.preview_group = None
         self._build()
@@ -216,7 +215,8 @@ class FewShotPanel(QgsDockWidget):
                 pass
         self._disconnect_project()
         self.remove_preview_layers()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not referenced(self.workdir):  # a class map mapped into it stays while the project shows it
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def closeEvent(self, event):  # noqa: N802
         self.remove_preview_layers()
@@ -340,7 +340,7 @@ class FewShotPanel(QgsDockWidget):
         self.output.setStorageMode(QgsFileWidget.SaveFile)
         self.output.setFilter("GeoTIFF (*.tif)")
         self.output.setMinimumWidth(200)
-        self.output.lineEdit().setPlaceholderText("landcover.tif (in a temporary folder if empty)")
+        self.output.lineEdit().setPlaceholderText("landcover.tif (in the panel's working folder if empty)")
         self.output.fileChanged.connect(lambda *_: self.output.lineEdit().setCursorPosition(0))
         layout.addWidget(self.output)
         out = QHBoxLayout()
@@ -715,10 +715,17 @@ class FewShotPanel(QgsDockWidget):
         return len(self.labelled_features()[0])
 
     def _labels_changed(self, *_):
-        _, _, counts = self.labelled_features()
-        self.counts.setText("labels: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+        # counted once the edit is committed (during a commit a new feature is seen twice)
+        QTimer.singleShot(0, self._count_labels)
         if self.auto.isChecked():
             self.schedule_preview()
+
+    def _count_labels(self):
+        try:
+            _, _, counts = self.labelled_features()
+            self.counts.setText("labels: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+        except RuntimeError:  # the panel was deleted meanwhile
+            pass
 
     def schedule_preview(self):
         self._debounce.start()
@@ -788,14 +795,19 @@ class FewShotPanel(QgsDockWidget):
                 return group
         except RuntimeError:  # deleted with its project
             pass
+        parent, index = self._above_raster()
+        self.preview_group = parent.insertGroup(index, "MMEarth preview")
+        return self.preview_group
+
+    def _above_raster(self):
+        """(layer-tree group, index) just above the raster's node (the top of the tree without one)."""
         root = QgsProject.instance().layerTreeRoot()
         raster = self.raster_layer()
         node = root.findLayer(raster.id()) if raster is not None else None
         parent = node.parent() if node is not None else root
         index = next((i for i, child in enumerate(parent.children())
                       if node is not None and getattr(child, "layerId", lambda: None)() == raster.id()), 0)
-        self.preview_group = parent.insertGroup(index, "MMEarth preview")
-        return self.preview_group
+        return parent, index
 
     def _show_raster(self, key: str, path, title: str, visible: bool):
         """Show ``path`` as the preview layer ``key``: the same layer as before with its new data (its
@@ -818,6 +830,7 @@ class FewShotPanel(QgsDockWidget):
                         pass
             return layer
         layer = mark_output(QgsRasterLayer(str(path), title, "gdal"))
+        layer.setCustomProperty(PREVIEW_PROPERTY, True)
         layer.loadNamedStyle(style)
         QgsProject.instance().addMapLayer(layer, False)
         node = self._preview_group_node().addLayer(layer)
@@ -856,17 +869,16 @@ class FewShotPanel(QgsDockWidget):
         old = self.suggestion_layer
         if old is not None and _alive(old):
             QgsProject.instance().removeMapLayer(old.id())
-        layer = QgsVectorLayer(f"Point?crs={raster.crs().authid() or raster.crs().toWkt()}",
-                               "MMEarth: label here next", "memory")
-        layer.dataProvider().addAttributes([QgsField("confidence", QVariant.Double)])
-        layer.updateFields()
-        feats = []
-        for x, y, p in places:
-            f = QgsFeature(layer.fields())
-            f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
-            f.setAttribute("confidence", p)
-            feats.append(f)
-        layer.dataProvider().addFeatures(feats)
+        # a table of the labels' GeoPackage, not a memory layer: saved with the project, no question at exit
+        path = self.labels_store()
+        try:
+            write_points(path, "suggestions", raster.crs().toWkt(), [(x, y) for x, y, _ in places],
+                         {"confidence": [p for _, _, p in places]})
+        except OSError as exc:
+            self.error(f"could not save the suggestions in '{path}': {exc}")
+            return
+        self.labels_path = self.labels_path or path
+        layer = QgsVectorLayer(f"{path}|layername=suggestions", "MMEarth: label here next", "ogr")
         from qgis.core import QgsMarkerSymbol, QgsSingleSymbolRenderer
 
         layer.setRenderer(QgsSingleSymbolRenderer(QgsMarkerSymbol.createSimple(
@@ -931,10 +943,12 @@ class FewShotPanel(QgsDockWidget):
             layer = mark_output(QgsRasterLayer(str(out), Path(out).stem, "gdal"))
             layer.loadNamedStyle(str(Path(out).with_suffix(".qml")))
             QgsProject.instance().addMapLayer(layer, False)
-            self._preview_group_node().parent().insertLayer(0, layer)
-            text = (f"wrote {out} in {res['seconds']:.1f} s from the cached features, and the head {head_path} "
-                    f"(chosen: {trained['chosen']}); repeat it headless with qgis_process run mmearth:segment -- "
-                    f"INPUT=... MODEL=... HEAD={head_path} OUTPUT=...")
+            parent, index = self._above_raster()  # below the labels and suggestions, like the preview
+            parent.insertLayer(index, layer)
+            text = (f"wrote {out.name} ({res['seconds']:.1f} s from the cached features) and its head "
+                    f"{head_path.name} ({trained['chosen']}); `qgis_process run mmearth:segment -- HEAD={head_path} "
+                    "INPUT=... MODEL=... OUTPUT=...` repeats it headless")
+            QgsMessageLog.logMessage(f"wrote {out} and {head_path}", LOG_TAG, Qgis.Info)
             self.status.setText(text)
         elif task.error and not task.isCanceled():
             text = task.error
@@ -967,6 +981,14 @@ class FewShotPanel(QgsDockWidget):
         except json.JSONDecodeError:
             return
         project = QgsProject.instance()
+        # a saved project holds the last preview's layers, whose files were temporary: the next preview
+        # makes new ones where they were
+        stale = [lyr.id() for lyr in project.mapLayers().values() if lyr.customProperty(PREVIEW_PROPERTY, False)]
+        project.removeMapLayers(stale)
+        for group in project.layerTreeRoot().findGroups():
+            if group.name() == "MMEarth preview" and not group.children():
+                group.parent().removeChildNode(group)
+        self.preview_layers, self.preview_group = {}, None
         self.classes.clear()
         for name, colour in state.get("classes", []):
             self.add_class(name, colour)
@@ -981,6 +1003,73 @@ class FewShotPanel(QgsDockWidget):
         raster = project.mapLayer(state.get("raster", "")) if state.get("raster") else None
         self.raster.setLayer(raster)
         self._inputs_changed()
+
+
+WORK_KEEP_DAYS = 7
+
+
+def work_root() -> Path:
+    """The panels' working folders: in the QGIS profile, not the system's temporary folder (QGIS asks
+    about 'temporary layers' at exit for any layer whose file lies there)."""
+    return Path(QgsApplication.qgisSettingsDirPath()) / "mmearth" / "work"
+
+
+def referenced(folder: Path) -> bool:
+    """Whether a layer of the current project reads a file inside ``folder``."""
+    prefix = str(folder) + os.sep
+    return any(lyr.source().startswith(prefix) for lyr in QgsProject.instance().mapLayers().values())
+
+
+def new_workdir() -> Path:
+    """A fresh working folder for one panel; folders of earlier sessions older than a week that no
+    open project reads are removed first."""
+    root = work_root()
+    root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - WORK_KEEP_DAYS * 86400
+    for old in root.iterdir():
+        try:
+            if old.is_dir() and old.stat().st_mtime < cutoff and not referenced(old):
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    folder = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 1_000_000}"
+    folder.mkdir()
+    return folder
+
+
+def write_points(path: Path, table: str, crs_wkt: str, points, fields: dict) -> None:
+    """(Re)write ``table`` of the GeoPackage ``path`` (created if needed) as these points with float
+    ``fields``; OSError naming the problem."""
+    from osgeo import ogr, osr
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = ogr.Open(str(path), 1) if path.exists() else ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    if ds is None:
+        raise OSError(f"cannot open or create the GeoPackage '{path}'")
+    for i in range(ds.GetLayerCount()):
+        if ds.GetLayerByIndex(i).GetName() == table:
+            ds.DeleteLayer(i)
+            break
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(crs_wkt)
+    layer = ds.CreateLayer(table, srs=srs, geom_type=ogr.wkbPoint)
+    if layer is None:
+        raise OSError(f"cannot create the table '{table}'")
+    for name in fields:
+        layer.CreateField(ogr.FieldDefn(name, ogr.OFTReal))
+    layer.StartTransaction()
+    for i, (x, y) in enumerate(points):
+        f = ogr.Feature(layer.GetLayerDefn())
+        g = ogr.Geometry(ogr.wkbPoint)
+        g.AddPoint_2D(float(x), float(y))
+        f.SetGeometry(g)
+        for name, values in fields.items():
+            f.SetField(name, float(values[i]))
+        if layer.CreateFeature(f) != 0:
+            raise OSError(f"cannot write to the table '{table}'")
+    if layer.CommitTransaction() != 0:
+        raise OSError(f"cannot save the table '{table}'")
+    ds = None
 
 
 def _alive(layer) -> bool:

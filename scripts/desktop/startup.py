@@ -1,0 +1,206 @@
+"""Runs inside the real QGIS desktop (``qgis --code startup.py``), driven by scripts/desktop/run.py.
+
+As a person would: load the scene, open the dock from the plugin's menu action, pick the model from
+the drop-down, type classes and press Add, click labels on the map with the point tool, wait for the
+preview, press 'Suggest where to label', screenshot; save the project, clear it, reopen it and count
+the labels; map the whole raster from the cache; quit through QGIS's own Exit action. Steps are
+chained with QTimer so QGIS's event loop runs between them. Everything measured and checked goes to
+``log.json`` in the output folder, screenshots beside it.
+"""
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from qgis.core import QgsProject
+from qgis.PyQt.QtCore import QPoint, Qt, QTimer
+from qgis.PyQt.QtTest import QTest
+from qgis.PyQt.QtWidgets import QAction, QApplication
+from qgis.utils import iface
+
+CONFIG = json.loads(Path(os.environ["MMEARTH_DESKTOP_CONFIG"]).read_text())
+OUT = Path(CONFIG["out"])
+LOG = {"steps": [], "errors": [], "timings": {}, "checks": {}}
+T0 = time.time()
+
+
+def log(step: str, **kw):
+    LOG["steps"].append({"t": round(time.time() - T0, 2), "step": step, **kw})
+    (OUT / "log.json").write_text(json.dumps(LOG, indent=1))
+
+
+def shot(name: str):
+    iface.mapCanvas().refresh()
+    iface.mapCanvas().waitWhileRendering()
+    QApplication.processEvents()
+    path = OUT / f"{name}.png"
+    iface.mainWindow().grab().save(str(path))
+    log("screenshot", file=path.name)
+
+
+def fail(exc):
+    LOG["errors"].append("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    log("failed")
+    quit_qgis()
+
+
+def later(ms, fn):
+    def run():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - recorded in the log, then QGIS quits
+            fail(exc)
+
+    QTimer.singleShot(ms, run)
+
+
+def wait_for(condition, then, timeout_s=600, what=""):
+    start = time.time()
+
+    def poll():
+        try:
+            if condition():
+                then()
+            elif time.time() - start > timeout_s:
+                raise TimeoutError(f"waited {timeout_s} s for {what}")
+            else:
+                QTimer.singleShot(200, poll_guarded)
+        except Exception as exc:  # noqa: BLE001
+            fail(exc)
+
+    def poll_guarded():
+        poll()
+
+    QTimer.singleShot(200, poll_guarded)
+
+
+def quit_qgis():
+    (OUT / "log.json").write_text(json.dumps(LOG, indent=1))
+    QgsProject.instance().setDirty(False)  # no 'save changes?' question on the way out
+    iface.actionExit().trigger()
+
+
+def _panel():
+    from mmearth_qgis.panel import FewShotPanel
+
+    found = iface.mainWindow().findChildren(FewShotPanel)
+    return found[0] if found else None
+
+
+def click_map(x, y):
+    canvas = iface.mapCanvas()
+    pt = canvas.getCoordinateTransform().transform(x, y)
+    QTest.mouseClick(canvas.viewport(), Qt.LeftButton, Qt.NoModifier, QPoint(int(round(pt.x())), int(round(pt.y()))))
+
+
+# ----------------------------------------------------------------------------- the steps
+
+def step_load():
+    layer = iface.addRasterLayer(CONFIG["scene"], "Sentinel-2 scene")
+    LOG["checks"]["scene_valid"] = bool(layer and layer.isValid())
+    iface.mapCanvas().setExtent(layer.extent())
+    log("scene loaded")
+    later(1500, step_open_dock)
+
+
+def step_open_dock():
+    action = next(a for a in iface.mainWindow().findChildren(QAction) if a.text() == "MMEarth few-shot mapping")
+    action.trigger()
+    QApplication.processEvents()
+    p = _panel()
+    LOG["checks"]["dock_open"] = bool(p and p.isVisible())
+    LOG["checks"]["raster_chosen"] = p.raster_layer() is not None and p.raster_layer().name() == "Sentinel-2 scene"
+    items = [p.model.itemText(i) for i in range(p.model.count())]
+    LOG["checks"]["model_in_drop_down"] = CONFIG["model"] in items
+    LOG["t_model_chosen"] = time.time()
+    p.model.setCurrentIndex(items.index(CONFIG["model"]))
+    log("dock opened, model chosen from the drop-down")
+    shot("1_dock")
+    wait_for(lambda: p.session is not None and p.session.ready, step_classes, what="the encoder features")
+
+
+def step_classes():
+    p = _panel()
+    LOG["timings"]["first_embedding_s"] = round(time.time() - LOG.pop("t_model_chosen"), 2)
+    log("features ready", status=p.status.text())
+    for name in CONFIG["classes"]:
+        QTest.keyClicks(p.class_name, name)
+        QTest.mouseClick(p.add_button, Qt.LeftButton)
+    LOG["checks"]["classes"] = p.class_names()
+    p.point_tool_button.click()
+    later(300, step_labels)
+
+
+def step_labels():
+    p = _panel()
+    p.auto.setChecked(True)
+    for name, x, y in CONFIG["labels"]:
+        p.classes.setCurrentRow(CONFIG["classes"].index(name))
+        click_map(x, y)
+        QApplication.processEvents()
+    log("labels clicked", count=len(CONFIG["labels"]))
+    LOG["t_last_label"] = time.time()
+    n = len(CONFIG["labels"])
+    wait_for(lambda: p.point_layer is not None and p.point_layer.featureCount() == n and p.preview_count > 0
+             and not p.tasks and "preview" in p.status.text(), step_suggest, what="the preview")
+
+
+def step_suggest():
+    p = _panel()
+    LOG["timings"]["preview_after_last_label_s"] = round(time.time() - LOG.pop("t_last_label"), 2)
+    QTest.mouseClick(p.suggest_button, Qt.LeftButton)
+    QApplication.processEvents()
+    root = QgsProject.instance().layerTreeRoot()
+    order = [lyr.name() for lyr in root.layerOrder()]
+    visible = {lyr.name(): root.findLayer(lyr.id()).isVisible() for lyr in root.layerOrder()}
+    LOG["checks"]["layer_order"] = order
+    LOG["checks"]["visible"] = visible
+    LOG["checks"]["labels_in_gpkg"] = p.point_layer.source()
+    log("suggestions", status=p.status.text())
+    shot("2_preview_labels_suggestions")
+    later(200, step_save_reopen)
+
+
+def step_save_reopen():
+    p = _panel()
+    project = OUT / "project.qgz"
+    LOG["checks"]["project_saved"] = QgsProject.instance().write(str(project))
+    before = p.point_layer.featureCount()
+    QgsProject.instance().clear()
+    QApplication.processEvents()
+    LOG["checks"]["project_read"] = QgsProject.instance().read(str(project))
+    QApplication.processEvents()
+    layers = QgsProject.instance().mapLayersByName("MMEarth labels (points)")
+    LOG["checks"]["labels_before_after"] = [before, layers[0].featureCount() if layers else 0]
+    log("project saved and reopened")
+    later(500, step_map)
+
+
+def step_map():
+    p = _panel()
+    wait_for(lambda: p.session is not None and p.session.ready, step_map_go, what="the session after reopening")
+
+
+def step_map_go():
+    p = _panel()
+    LOG["t_map"] = time.time()
+    p.map_finished.connect(step_mapped)
+    p.map_raster(str(OUT / "landcover.tif"))
+
+
+def step_mapped(ok, text):
+    LOG["timings"]["map_whole_raster_s"] = round(time.time() - LOG.pop("t_map"), 2)
+    LOG["checks"]["map_ok"] = ok
+    log("whole raster mapped", text=text)
+    later(800, step_end)
+
+
+def step_end():
+    shot("3_whole_map")
+    log("done")
+    quit_qgis()
+
+
+later(1000, step_load)
