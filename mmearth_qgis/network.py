@@ -24,6 +24,8 @@ def qgis_download(url: str, part, progress=lambda done, total: None, cancelled=l
     from mpmae_core.runtime.files import Cancelled, describe_os_error
 
     partfile = PartFile(Path(part))
+    if partfile.complete(url):
+        return
     restarted = False
     for attempt in range(RETRIES + 2):
         headers = partfile.request_headers(url, log)

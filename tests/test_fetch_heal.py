@@ -156,3 +156,11 @@ def test_a_full_download_disk_is_named_and_leaves_no_part(release, tmp_path, mon
         assert [p.name for p in mnt.iterdir()] == []
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_kept_download_is_used_again_without_a_request(release, tmp_path):
+    server, ckpt, path = release
+    F.fetch_model(server.url + path, tmp_path / "m", keep_download=True)
+    hits = len(server.hits)
+    res = F.fetch_model(server.url + path, tmp_path / "m2", keep_download=True)
+    assert len(server.hits) == hits and res["sha256"] == _sha(ckpt)

@@ -165,6 +165,11 @@ class PartFile:
             except FileNotFoundError:
                 pass
 
+    def complete(self, url: str) -> bool:
+        """A part of ``url`` that already holds all the bytes its server announced (a kept download)."""
+        meta = self.validators()
+        return bool(meta.get("url") == url and meta.get("bytes") and self.size() == meta["bytes"])
+
     def request_headers(self, url: str, log: Callable[[str], None] = lambda m: None) -> dict:
         have = self.size()
         meta = self.validators()
@@ -229,6 +234,8 @@ def http_download(url: str, part: Path, progress: Callable[[int, Optional[int]],
     import urllib.request
 
     partfile = PartFile(part)
+    if partfile.complete(url):
+        return
     restarted = False
     for attempt in range(RETRIES + 2):
         headers = {"User-Agent": "mmearth-toolkit (fetch-model)", **partfile.request_headers(url, log)}
