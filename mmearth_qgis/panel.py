@@ -847,6 +847,8 @@ class FewShotPanel(QgsDockWidget):
             return
         head, cv, pv, (class_path, conf_path) = task.result_
         self.head, self.last_preview = head, pv
+        cells = getattr(self.session, "label_conflicts", None) if self.session is not None else None
+        warning = cells.conflict_warning(self.class_names()) if cells is not None else ""
         self._show_raster("classes", class_path, "MMEarth preview", True)
         self._show_raster("confidence", conf_path, "MMEarth confidence", False)
         text = "preview of the view"
@@ -854,6 +856,8 @@ class FewShotPanel(QgsDockWidget):
             text += (f"; cross-validated accuracy {cv['accuracy']:.0%}, balanced {cv['balanced_accuracy']:.0%} "
                      f"({head.describe()})")
         self.status.setText(text)
+        if warning:
+            self.error(warning)  # the same place labelled with two classes: said, and left out
         self.preview_ready.emit()
 
     # ------------------------------------------------------------------------- suggestions

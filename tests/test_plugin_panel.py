@@ -319,3 +319,36 @@ def test_errors_reach_the_message_bar_and_status_texts_are_true(qtbot, canvas_an
     items = bar.items()
     assert items and "few-shot mapping needs an encoder" in items[-1].text()
     assert "needs an encoder" in panel.status.text()
+
+
+def test_a_place_labelled_with_two_classes_is_named_in_the_message_bar(qtbot, canvas_and_layer, scene, models_dir,
+                                                                      tmp_path, monkeypatch):
+    from qgis.core import QgsPointXY
+    from qgis.gui import QgsMessageBar
+
+    from mmearth_qgis.panel import FewShotPanel
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    canvas, layer = canvas_and_layer
+    path, lab = scene
+    bar = QgsMessageBar()
+    qtbot.addWidget(bar)
+    panel = FewShotPanel(canvas, message_bar=bar)
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.cache_ready, timeout=240_000):
+        panel.model.setEditText("atto_test")
+    panel.auto.setChecked(False)
+    for name in CLASSES[:2]:
+        panel.add_class(name)
+    gt = gdal.Open(str(path)).GetGeoTransform()
+    places = [p for p in _label_places(lab, 3) if p[0] in CLASSES[:2]]
+    for name, r, c in places:
+        panel.classes.setCurrentRow(CLASSES.index(name))
+        panel.add_point(QgsPointXY(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5]))
+    name, r, c = places[0]  # the same place again, as the other class
+    panel.classes.setCurrentRow(1 - CLASSES.index(name))
+    panel.add_point(QgsPointXY(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5]))
+    with qtbot.waitSignal(panel.preview_ready, timeout=60_000):
+        panel.preview()
+    assert any("carry two different classes (water and forest at 1 pixel(s))" in item.text()
+               for item in bar.items()), [i.text() for i in bar.items()]

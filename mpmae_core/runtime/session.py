@@ -179,6 +179,7 @@ class MappingSession:
         self.cache = StageCache(root / cache_key(raster, model_path, options),
                                 [b for b in self.blocks if b.name != SPECTRA])
         self._maps: dict = {}
+        self.label_conflicts = None  # the LabelCells of the last labels (their conflict_warning)
         self.lock = threading.RLock()
 
     # -- the cache ----------------------------------------------------------------------
@@ -264,6 +265,7 @@ class MappingSession:
         from mpmae_core.runtime.labels import label_cells
 
         cells = label_cells(features, self.prep.geotransform, self.prep.width, self.prep.height, buffer_m)
+        self.label_conflicts = cells  # what the caller warns about: places labelled with two classes
         return cells.rows, cells.cols, cells.classes, cells.groups
 
     # -- heads --------------------------------------------------------------------------
