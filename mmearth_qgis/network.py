@@ -20,8 +20,8 @@ def qgis_download(url: str, part, progress=lambda done, total: None, cancelled=l
     FetchError with the reason, Cancelled on cancel (the part is kept for a resume)."""
     from pathlib import Path
 
-    from mpmae_core.runtime.fetch import RETRIES, FetchError, PartFile, Restart, disk_full, manual_hint
-    from mpmae_core.runtime.files import Cancelled, describe_os_error
+    from mpmae_core.runtime.fetch import RETRIES, FetchError, PartFile, Restart, manual_hint, write_error
+    from mpmae_core.runtime.files import Cancelled
 
     partfile = PartFile(Path(part))
     if partfile.complete(url):
@@ -105,7 +105,7 @@ def qgis_download(url: str, part, progress=lambda done, total: None, cancelled=l
         reply.deleteLater()
         if state["oserror"] is not None:
             exc = state["oserror"]
-            raise FetchError(str(disk_full(exc, partfile, state["total"]) or describe_os_error(exc, partfile.part)))
+            raise write_error(exc, partfile, total=state["total"])
         if state["cancel"]:
             raise Cancelled(f"download cancelled; the part kept in {partfile.part.parent} is resumed by the next "
                             "fetch of the same model")

@@ -203,13 +203,16 @@ class Restart(Exception):
     """The partial download cannot be continued: discard it and download from the start."""
 
 
-def disk_full(exc: OSError, partfile: PartFile, total: Optional[int] = None) -> Optional[FetchError]:
-    """A FetchError naming the download cache's disk for ENOSPC/EDQUOT (the part deleted), else None."""
+def write_error(exc: OSError, partfile: PartFile, path: Optional[Path] = None,
+                total: Optional[int] = None) -> FetchError:
+    """The FetchError for an OSError while writing a download: for a full disk (ENOSPC/EDQUOT) one
+    that names the download cache's disk (the part deleted), else ``describe_os_error`` of ``path``
+    (default the part). Both downloaders use it."""
     import errno
     import shutil
 
     if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
-        return None
+        return FetchError(describe_os_error(exc, path or partfile.part))
     partfile.discard()
     folder = partfile.part.parent
     try:
@@ -275,7 +278,7 @@ def http_download(url: str, part: Path, progress: Callable[[int, Optional[int]],
                 restarted = True
                 continue
             except OSError as exc:
-                raise FetchError(str(disk_full(exc, partfile) or describe_os_error(exc, partfile.meta))) from None
+                raise write_error(exc, partfile, partfile.meta) from None
             try:
                 with open(part, mode) as f:
                     while True:
@@ -297,7 +300,7 @@ def http_download(url: str, part: Path, progress: Callable[[int, Optional[int]],
                 raise FetchError(f"the download of {url} kept breaking off ({type(exc).__name__}) at {done} bytes: "
                                  "run the same command again to resume it") from None
             except OSError as exc:
-                raise FetchError(str(disk_full(exc, partfile, total) or describe_os_error(exc, part))) from None
+                raise write_error(exc, partfile, total=total) from None
             if total is not None and done < total:
                 if attempt < RETRIES:
                     continue

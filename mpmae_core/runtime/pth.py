@@ -121,7 +121,7 @@ def _rebuild_tensor(storage, offset, size, stride, *rest):
         return _Refused(why)
     if not size:
         return np.array(storage[offset])
-    if not any(size):
+    if 0 in size:  # an empty tensor reads nothing
         return np.zeros(size, storage.dtype)
     # a read-only view, checked to lie inside the storage: tensors that share a storage (tied weights)
     # cost nothing more, so memory stays bounded by the storages, which are bounded by the file
