@@ -551,10 +551,7 @@ class FewShotPanel(QgsDockWidget):
         path = self.labels_store()
         table = "points" if kind == "Point" else "polygons"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds = ogr.Open(str(path), 1) if path.exists() else ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-            if ds is None:
-                raise OSError(f"cannot open or create the GeoPackage '{path}'")
+            ds = open_geopackage(path)
             if ds.GetLayerByName(table) is None:
                 srs = osr.SpatialReference()
                 srs.ImportFromWkt(layer_crs.toWkt())
@@ -1041,15 +1038,23 @@ def new_workdir() -> Path:
     return folder
 
 
-def write_points(path: Path, table: str, crs_wkt: str, points, fields: dict) -> None:
-    """(Re)write ``table`` of the GeoPackage ``path`` (created if needed) as these points with float
-    ``fields``; OSError naming the problem."""
-    from osgeo import ogr, osr
+def open_geopackage(path: Path):
+    """The GeoPackage ``path`` open for writing, created (with its folder) when missing; OSError if not."""
+    from osgeo import ogr
 
     path.parent.mkdir(parents=True, exist_ok=True)
     ds = ogr.Open(str(path), 1) if path.exists() else ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
     if ds is None:
         raise OSError(f"cannot open or create the GeoPackage '{path}'")
+    return ds
+
+
+def write_points(path: Path, table: str, crs_wkt: str, points, fields: dict) -> None:
+    """(Re)write ``table`` of the GeoPackage ``path`` (created if needed) as these points with float
+    ``fields``; OSError naming the problem."""
+    from osgeo import ogr, osr
+
+    ds = open_geopackage(path)
     for i in range(ds.GetLayerCount()):
         if ds.GetLayerByIndex(i).GetName() == table:
             ds.DeleteLayer(i)
