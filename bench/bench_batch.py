@@ -36,7 +36,7 @@ def main() -> int:
 
     from mpmae_core.data import sample
     from mpmae_core.runtime.batch import run_batch
-    from mpmae_core.runtime.predict import embed
+    from mpmae_core.runtime.inference.predict import embed
 
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     scene = Path(sample.build(verbose=False)["stack"])
@@ -51,7 +51,7 @@ def main() -> int:
         from mpmae_core import registry
         from mpmae_core.export import export_encoder
         from mpmae_core.models import build_encoder
-        from mpmae_core.runtime.metadata import default_normalisation
+        from mpmae_core.runtime.models.metadata import default_normalisation
 
         torch.manual_seed(0)
         model = str(work / "atto.onnx")

@@ -33,10 +33,10 @@ def main() -> int:
     import numpy as np
 
     from mpmae_core.data import sample
-    from mpmae_core.runtime.gdal_io import open_raster
-    from mpmae_core.runtime.labels import read_label_file
-    from mpmae_core.runtime.predict import segment
-    from mpmae_core.runtime.session import MappingSession
+    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.io.labels import read_label_file
+    from mpmae_core.runtime.inference.predict import segment
+    from mpmae_core.runtime.heads.session import MappingSession
 
     work = Path(tempfile.mkdtemp(prefix="bench-panel-"))
     scene = str(sample.build(verbose=False)["stack"])
@@ -47,7 +47,7 @@ def main() -> int:
         from mpmae_core import registry
         from mpmae_core.export import export_encoder
         from mpmae_core.models import build_encoder
-        from mpmae_core.runtime.metadata import default_normalisation
+        from mpmae_core.runtime.models.metadata import default_normalisation
 
         torch.manual_seed(0)
         model = str(work / "atto.onnx")
@@ -80,7 +80,7 @@ def main() -> int:
     encoder_again = time.perf_counter() - t
     # the same two ways for a head on the encoder's features too (the preview's: both sets, logistic),
     # whatever the self-choosing head picked
-    from mpmae_core.runtime.fingerprint import encoder_fingerprint
+    from mpmae_core.runtime.models.fingerprint import encoder_fingerprint
 
     quick, _ = session.quick_head(feats, names)
     (work / "quick.onnx").write_bytes(quick.onnx_bytes(session.model.metadata.patch_size,

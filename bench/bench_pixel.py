@@ -1,14 +1,16 @@
-"""What per-pixel few-shot mapping costs, against the 160 m cell pipeline it replaces.
+"""What per-pixel few-shot mapping costs, against the spectra-only head's map.
 
 On the embedded scene (1536 x 768 px) with the demo's labels (10 points per class, 5 classes)
 and an atto encoder, in one process, rounds interleaved:
 
-- the cell pipeline: embed the scene (patch-stride embeddings), train the LayerNorm + linear head
-  on the labels' 160 m cells, map the scene with it;
+- the encoder alone: embed the scene (patch-stride embeddings);
 - per-pixel: train_head (features under the labels from their owner tiles, 13 candidates
   cross-validated, the chosen one fitted), then the whole-scene map with the chosen head and
   with fixed heads (spectra-only forest: no encoder run; both + logistic; both + forest), and the
   optional per-pixel feature raster.
+
+The last column is each step's time over the spectra-only forest head's map (no encoder run).
+(The 160 m cell pipeline this bench once compared against was retired; see docs/design.md.)
 
     python bench/bench_pixel.py [--model runs/demo/models/atto_demo.onnx] [--rounds 3]
 
@@ -35,14 +37,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--features-raster", action="store_true", help="also time the per-pixel feature raster")
     args = p.parse_args()
-    import numpy as np
-    from osgeo import ogr
-
     from mpmae_core.data import sample
-    from mpmae_core.runtime import fewshot, pixelhead
-    from mpmae_core.runtime.gdal_io import open_raster
-    from mpmae_core.runtime.labels import read_label_file
-    from mpmae_core.runtime.predict import embed, features, segment
+    from mpmae_core.runtime.heads import pixelhead
+    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.io.labels import read_label_file
+    from mpmae_core.runtime.inference.predict import embed, features, segment
 
     work = Path(tempfile.mkdtemp(prefix="bench-pixel-"))
     scene = str(sample.build(verbose=False)["stack"])
@@ -53,7 +52,7 @@ def main() -> int:
         from mpmae_core import registry
         from mpmae_core.export import export_encoder
         from mpmae_core.models import build_encoder
-        from mpmae_core.runtime.metadata import default_normalisation
+        from mpmae_core.runtime.models.metadata import default_normalisation
 
         torch.manual_seed(0)
         model = str(work / "atto.onnx")
@@ -76,11 +75,7 @@ def main() -> int:
     fixed = {"spectra RF": ("spectra", "forest"), "both LR": ("both", "logistic"), "both RF": ("both", "forest")}
     for r in range(args.rounds):
         emb = work / f"emb{r}.tif"
-        timed("cell: embed scene", lambda: embed(scene, model, emb, style=False, **kw))
-        timed("cell: train head on 160 m cells", lambda: fewshot.train_head(scene, model, feats, names,
-                                                                            work / f"cell{r}.onnx", embeddings=emb))
-        timed("cell: map scene", lambda: segment(scene, model, work / f"cellmap{r}.tif", head_path=work / f"cell{r}.onnx",
-                                                 style=False, **kw))
+        timed("encoder: embed scene", lambda: embed(scene, model, emb, style=False, **kw))
         res = timed("pixel: train_head (features, 13 candidates, fit)",
                     lambda: pixelhead.train_pixel_head(scene, model, feats, names, work / f"pix{r}.onnx", **kw))
         timed("pixel: map scene, chosen head", lambda: segment(scene, model, work / f"pixmap{r}.tif",
@@ -97,9 +92,9 @@ def main() -> int:
         for f in work.glob("*.tif"):
             f.unlink()
     chosen = res["chosen"]
-    base = statistics.median(times["cell: map scene"])
+    base = statistics.median(times["pixel: map scene, spectra RF head"])
     print(f"scene {mpx:.2f} Mpx; {len(feats)} labelled points, {len(names)} classes; chosen head: {chosen}")
-    print("| step | median s | Mpx/s | x cell map |")
+    print("| step | median s | Mpx/s | x spectra RF map |")
     print("|---|---|---|---|")
     for name, ts in times.items():
         m = statistics.median(ts)

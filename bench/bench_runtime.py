@@ -101,9 +101,9 @@ def main() -> None:
     from mpmae_core.data import sample
     from mpmae_core.export import export_encoder, export_head
     from mpmae_core.models import build_encoder
-    from mpmae_core.runtime.metadata import default_normalisation
-    from mpmae_core.runtime.model import OnnxModel
-    from mpmae_core.runtime.predict import embed, segment
+    from mpmae_core.runtime.models.metadata import default_normalisation
+    from mpmae_core.runtime.models.model import OnnxModel
+    from mpmae_core.runtime.inference.predict import embed, segment
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
     torch.manual_seed(0)

@@ -20,8 +20,8 @@ def qgis_download(url: str, part, progress=lambda done, total: None, cancelled=l
     FetchError with the reason, Cancelled on cancel (the part is kept for a resume)."""
     from pathlib import Path
 
-    from mpmae_core.runtime.fetch import RETRIES, FetchError, PartFile, Restart, manual_hint, write_error
-    from mpmae_core.runtime.files import Cancelled
+    from mpmae_core.runtime.releases.fetch import RETRIES, FetchError, PartFile, Restart, manual_hint, write_error
+    from mpmae_core.runtime.io.files import Cancelled
 
     partfile = PartFile(Path(part))
     if partfile.complete(url):

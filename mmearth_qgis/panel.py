@@ -1,7 +1,7 @@
 """The dock panel *MMEarth few-shot mapping*: click labels on the map, see the class map change,
 label where the model is unsure, map the whole raster.
 
-The work happens in ``mpmae_core.runtime.session``: the encoder runs once per raster and model
+The work happens in ``mpmae_core.runtime.heads.session``: the encoder runs once per raster and model
 (a QGIS background task fills the on-disk stage cache), then each new label fits a quick head and
 previews the visible extent, also in a task, in a fraction of a second. The preview's layers sit
 in a group just above the raster and below the labels and suggestions; later previews update the
@@ -73,7 +73,7 @@ class SessionTask(QgsTask):
         self.fn, self.result_, self.error = fn, None, ""
 
     def run(self):
-        from mpmae_core.runtime.files import Cancelled
+        from mpmae_core.runtime.io.files import Cancelled
 
         try:
             self.result_ = self.fn(lambda f: self.setProgress(100 * f), self.isCanceled)
@@ -386,7 +386,7 @@ class FewShotPanel(QgsDockWidget):
             return None
 
     def _inputs_changed(self, *_):
-        from mpmae_core.runtime.inspect import inspect_raster, summary_lines
+        from mpmae_core.runtime.io.inspect import inspect_raster, summary_lines
 
         self.session = None
         layer = self.raster_layer()
@@ -407,7 +407,7 @@ class FewShotPanel(QgsDockWidget):
             self.open_session(layer.source(), path)
 
     def open_session(self, raster: str, model: str):
-        from mpmae_core.runtime.session import MappingSession
+        from mpmae_core.runtime.heads.session import MappingSession
 
         try:
             self.session = MappingSession(raster, model, log=lambda m: QgsMessageLog.logMessage(m, LOG_TAG, Qgis.Info))
@@ -774,7 +774,7 @@ class FewShotPanel(QgsDockWidget):
         folder = self.workdir
 
         def work(progress, cancelled):
-            from mpmae_core.runtime.session import write_preview
+            from mpmae_core.runtime.heads.session import write_preview
 
             head, cv = session.quick_head(features, names, colours)
             pv = session.preview(head, window, max_pixels=200_000)
@@ -862,7 +862,7 @@ class FewShotPanel(QgsDockWidget):
         if self.last_preview is None:
             self.status.setText("make a preview first (label two classes, then Preview)")
             return
-        from mpmae_core.runtime.session import MappingSession
+        from mpmae_core.runtime.heads.session import MappingSession
 
         n = self.suggest_count.value()
         places = MappingSession.suggest(self.last_preview, n, min_distance_px=5)

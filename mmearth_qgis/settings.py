@@ -16,7 +16,7 @@ from .network import AUTHCFG_KEY, BASE_URL_KEY
 def onnxruntime_status() -> tuple[bool, str]:
     """(installed, one line for the analyst): the onnxruntime version and devices, or the
     runtime's own message with the command that installs it for this Python."""
-    from mpmae_core.runtime.model import ModelError, cuda_driver_present, onnxruntime
+    from mpmae_core.runtime.models.model import ModelError, cuda_driver_present, onnxruntime
 
     try:
         ort = onnxruntime()
@@ -35,8 +35,8 @@ class FetchTask(QgsTask):
         self.result_, self.error = None, ""
 
     def run(self):
-        from mpmae_core.runtime.fetch import fetch_model
-        from mpmae_core.runtime.files import Cancelled
+        from mpmae_core.runtime.releases.fetch import fetch_model
+        from mpmae_core.runtime.io.files import Cancelled
 
         from .network import qgis_download
 

@@ -69,7 +69,7 @@ class ClassFieldWidgetWrapper(WidgetWrapper):
     def parent_changed(self, wrapper) -> None:
         from qgis.core import QgsProcessingContext, QgsProcessingUtils, QgsProject, QgsVectorLayer
 
-        from mpmae_core.runtime.labels import suggest_class_field
+        from mpmae_core.runtime.io.labels import suggest_class_field
 
         value = wrapper.parameterValue() if hasattr(wrapper, "parameterValue") else wrapper.value()
         source = getattr(value, "source", None)

@@ -28,7 +28,7 @@ from torch import Tensor
 from mpmae_core import reference_layout, registry
 from mpmae_core.models.convnextv2 import ConvNeXtV2Encoder, build_encoder, size_from_dims
 from mpmae_core.models.mpmae import MPMAE
-from mpmae_core.runtime.files import atomic_output
+from mpmae_core.runtime.io.files import atomic_output
 
 FORMAT = "mpmae-checkpoint"
 FORMAT_VERSION = 1
@@ -321,7 +321,7 @@ def export_reference_layout(model: MPMAE) -> dict:
 def save_reference_layout(checkpoint, out) -> Path:
     """Our MP-MAE checkpoint written as a released MMEarth-train ``checkpoint-*.pth`` (sparse
     pretraining layout, with its training arguments), for the tools that read that layout."""
-    from mpmae_core.runtime.files import check_output
+    from mpmae_core.runtime.io.files import check_output
 
     check_output(out, [checkpoint], "checkpoint", (".pth",), "a PyTorch checkpoint")
     model = load_any(checkpoint).model
@@ -338,7 +338,7 @@ def save_reference_layout(checkpoint, out) -> Path:
 
 def import_to_file(checkpoint, out, convention: str = "reference_dense", encoder_only: bool = False) -> tuple:
     """Import a reference checkpoint and write it in our format: (the import report, the model)."""
-    from mpmae_core.runtime.files import check_output
+    from mpmae_core.runtime.io.files import check_output
 
     check_output(out, [checkpoint], "checkpoint", (".pt", ".pth"), "a PyTorch checkpoint")
     imported = import_reference_checkpoint(checkpoint)

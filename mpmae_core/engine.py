@@ -30,7 +30,7 @@ from torch import nn
 from mpmae_core import registry
 from mpmae_core.checkpoints import FORMAT, FORMAT_VERSION, load_checkpoint
 from mpmae_core.models.mpmae import MPMAE, build_mpmae
-from mpmae_core.runtime.files import atomic_output
+from mpmae_core.runtime.io.files import atomic_output
 
 
 class NonFiniteLossError(RuntimeError):

@@ -2,7 +2,7 @@
 
 Protocol (MMEarth paper, section on linear probing): the encoder is frozen; a sample's feature is
 the global average of the encoder's feature map over the sample's window; a LayerNorm and a
-linear layer are trained on top (``runtime.fewshot.LinearHead``: LayerNorm, standardisation,
+linear layer are trained on top (``runtime.linear.LinearHead``: LayerNorm, standardisation,
 L2-regularised softmax regression). The raw-spectra baseline is the same classifier on the
 average of the window's normalised band values. Every representation sees the same splits in one
 run, so differences are paired.
@@ -31,8 +31,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime import fewshot, metrics
-from mpmae_core.runtime.labels import window_labels
+from mpmae_core.runtime.heads import linear, metrics
+from mpmae_core.runtime.io.labels import window_labels
 
 SPECTRA = "raw spectra"
 
@@ -121,7 +121,7 @@ def classify(features: dict, y: np.ndarray, class_names: Sequence[str], shots: S
                 log(f"classification {name}-shot: fewer than 2 classes have more than {k} samples; skipped")
                 break
             for rep, feats in features.items():
-                head = fewshot.LinearHead.fit(feats[train], y[train], list(class_names), l2=l2)
+                head = linear.LinearHead.fit(feats[train], y[train], list(class_names), l2=l2)
                 cm = metrics.confusion_matrix(y[test], head.predict(feats[test]), len(class_names))
                 out.append(RunResult(rep, name, seed, "classification", cm, list(class_names)))
     return out
@@ -155,7 +155,7 @@ def segment_cells(cell_features: dict, cell_labels: np.ndarray, pixel_labels: np
             truth = pix[test_mask]
             for rep, feats in cell_features.items():
                 f = feats.reshape(h * w, -1)
-                head = fewshot.LinearHead.fit(f[cells], y_cells, list(class_names), l2=l2)
+                head = linear.LinearHead.fit(f[cells], y_cells, list(class_names), l2=l2)
                 pred_cells = head.predict(f).reshape(h, w)
                 pred = np.kron(pred_cells, np.ones((patch, patch), pred_cells.dtype))[test_mask]
                 out.append(RunResult(rep, str(k), seed, "segmentation", metrics.confusion_matrix(truth, pred, K),
@@ -165,8 +165,8 @@ def segment_cells(cell_features: dict, cell_labels: np.ndarray, pixel_labels: np
                 spec = pixel_spectra[:, :h * patch, :w * patch].reshape(c, -1).T
                 train_pix = train_pixels.ravel() & (pix.ravel() != nodata)
                 xi, yi = spec[train_pix], pix.ravel()[train_pix]
-                keep = fewshot.cap_per_class(yi, max_pixels, seed)
-                head = fewshot.LinearHead.fit(xi[keep], yi[keep], list(class_names), l2=l2)
+                keep = linear.cap_per_class(yi, max_pixels, seed)
+                head = linear.LinearHead.fit(xi[keep], yi[keep], list(class_names), l2=l2)
                 pred = head.predict(spec[test_mask.ravel()])
                 out.append(RunResult(SPECTRA, str(k), seed, "segmentation", metrics.confusion_matrix(truth, pred, K),
                                      list(class_names)))
@@ -280,7 +280,7 @@ def plots(report: Report, out_dir: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mpmae_core.runtime.files import atomic_output
+    from mpmae_core.runtime.io.files import atomic_output
 
     def save(fig, name: str) -> str:
         fig.tight_layout()
@@ -330,7 +330,7 @@ def plots(report: Report, out_dir: Path) -> dict:
 
 
 def write_report(report: Report, out_dir: Path, results: list[RunResult]) -> Path:
-    from mpmae_core.runtime.files import atomic_write_text
+    from mpmae_core.runtime.io.files import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -358,8 +358,8 @@ class EvaluationError(ValueError):
 
 def load_image(path) -> tuple[np.ndarray, np.ndarray, object]:
     """Normalised (12, H, W) float32 in MMEarth band order, valid mask, and the prepared input."""
-    from mpmae_core.runtime.metadata import ModelMetadata, default_normalisation
-    from mpmae_core.runtime.raster import prepare_input, read_block
+    from mpmae_core.runtime.models.metadata import ModelMetadata, default_normalisation
+    from mpmae_core.runtime.inference.raster import prepare_input, read_block
 
     bands = list(registry.S2_MMEARTH_BANDS)
     meta = ModelMetadata(kind="encoder", input_bands=bands, normalisation=default_normalisation(bands))
@@ -370,7 +370,7 @@ def load_image(path) -> tuple[np.ndarray, np.ndarray, object]:
 
 def load_labels(path, prep, class_field: str = "") -> tuple[np.ndarray, list]:
     """(H, W) int labels on the image's grid (0 = unlabelled) and names of classes 1..K."""
-    from mpmae_core.runtime.labels import labels_on_grid
+    from mpmae_core.runtime.io.labels import labels_on_grid
 
     return labels_on_grid(path, prep, class_field)
 
@@ -515,7 +515,7 @@ def run_pixel(image, lab, valid, names, encoders, shots, seeds, log=print, finet
     import tempfile
 
     from mpmae_core.export import export_encoder, sparse_convention
-    from mpmae_core.runtime.metadata import default_normalisation
+    from mpmae_core.runtime.models.metadata import default_normalisation
 
     bands = list(registry.S2_MMEARTH_BANDS)
     pool, test = pixel_sample(lab, valid)
@@ -542,8 +542,8 @@ def finetuned_runs(image, lab, names, encoders, shots, seeds, steps, rows_cols, 
 
     from mpmae_core.export import sparse_convention
     from mpmae_core.finetune import FinetuneConfig, finetune, predict_pixels
-    from mpmae_core.runtime.metadata import ModelMetadata, default_normalisation
-    from mpmae_core.runtime.raster import prepare_input
+    from mpmae_core.runtime.models.metadata import ModelMetadata, default_normalisation
+    from mpmae_core.runtime.inference.raster import prepare_input
 
     pool_idx, test_idx = rows_cols
     w = lab.shape[1]
@@ -607,7 +607,7 @@ def default_encoders() -> list:
 def run_command(image, labels, class_field, encoder_specs, random_sizes, shots, seeds, window, out_dir,
                 pixel_shots=(10, 30), pixel_seeds=10, finetune_steps=0) -> Path:
     """What ``python -m training.evaluate`` does: defaults, encoders, checks, then :func:`run`."""
-    from mpmae_core.runtime.files import check_output
+    from mpmae_core.runtime.io.files import check_output
 
     check_output(Path(out_dir) / "report.md", [p for p in (image, labels) if p], "report")
     if image is None or labels is None:
@@ -678,8 +678,8 @@ def far_from(points_rc: np.ndarray, rc: np.ndarray, radius: int) -> np.ndarray:
 
 def pixel_fit_predict(x_train, y_train, x_test, blocks, spec, class_names, seed):
     """Fit a fixed candidate (feature set, classifier, l2) and predict the test pixels."""
-    from mpmae_core.runtime.pixel import feature_set_columns
-    from mpmae_core.runtime.pixelhead import Candidate, PixelHead
+    from mpmae_core.runtime.inference.pixel_features import feature_set_columns
+    from mpmae_core.runtime.heads.pixelhead import Candidate, PixelHead
 
     cand = Candidate(*spec)
     sub, cols = feature_set_columns(blocks, cand.feature_set)
@@ -690,8 +690,8 @@ def pixel_fit_predict(x_train, y_train, x_test, blocks, spec, class_names, seed)
 def pixel_chosen_predict(x_train, y_train, x_test, blocks, class_names, seed):
     """What train_head does: score every candidate on the training points (each point its own
     group), fit the chosen one, predict the test pixels. Returns (predictions, chosen name)."""
-    from mpmae_core.runtime.pixel import feature_set_columns
-    from mpmae_core.runtime.pixelhead import PixelHead, candidates, choose, score_candidates
+    from mpmae_core.runtime.inference.pixel_features import feature_set_columns
+    from mpmae_core.runtime.heads.pixelhead import PixelHead, candidates, choose, score_candidates
 
     groups = np.arange(len(y_train))
     scores = score_candidates(x_train, y_train, groups, blocks, class_names, candidates(), seed=seed)
@@ -704,9 +704,9 @@ def pixel_chosen_predict(x_train, y_train, x_test, blocks, class_names, seed):
 
 def pixel_features(image, model_path, rows, cols, tile: int = 512, overlap: int = 128):
     """(n, F) per-pixel features of every block of an ONNX encoder at the pixels, and the blocks."""
-    from mpmae_core.runtime.model import OnnxModel
-    from mpmae_core.runtime.pixel import encoder_blocks, sample_features
-    from mpmae_core.runtime.raster import prepare_input
+    from mpmae_core.runtime.models.model import OnnxModel
+    from mpmae_core.runtime.inference.pixel_features import encoder_blocks, sample_features
+    from mpmae_core.runtime.inference.raster import prepare_input
 
     model = OnnxModel(model_path, device="cpu")
     prep = prepare_input(str(image), model.metadata)

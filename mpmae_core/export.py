@@ -28,9 +28,9 @@ from mpmae_core import registry
 from mpmae_core.models.convnextv2 import ConvNeXtV2Encoder, size_from_dims
 from mpmae_core.models.losses import unpatchify
 from mpmae_core.models.mpmae import MPMAE
-from mpmae_core.runtime.files import atomic_output
-from mpmae_core.runtime import metadata as md
-from mpmae_core.runtime.metadata import ENCODER_OUTPUTS, METADATA_KEY, ModelMetadata, head_metadata
+from mpmae_core.runtime.io.files import atomic_output
+from mpmae_core.runtime.models import metadata as md
+from mpmae_core.runtime.models.metadata import ENCODER_OUTPUTS, METADATA_KEY, ModelMetadata, head_metadata
 
 
 
@@ -176,7 +176,7 @@ def export_head(weight, bias, path: str | os.PathLike, class_names: Sequence[str
     path and the largest difference between onnxruntime and numpy on a probe input."""
     import onnxruntime as ort
 
-    from mpmae_core.runtime import onnx_writer
+    from mpmae_core.runtime.models import onnx_writer
 
     to_np = (lambda t: t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t))
     weight, bias = to_np(weight).astype(np.float32), to_np(bias).astype(np.float32)
@@ -195,8 +195,8 @@ def export_head(weight, bias, path: str | os.PathLike, class_names: Sequence[str
 def export_fp16(checkpoint, out) -> tuple[Path, float]:
     """The half-precision GPU variant of a checkpoint's encoder (float32 in and out), written by the
     torch-free writer and checked against float32 (``convert.FP16_TOLERANCE``)."""
-    from mpmae_core.runtime.convert import checkpoint_arrays, fp16_encoder
-    from mpmae_core.runtime.files import check_output
+    from mpmae_core.runtime.releases.pth_to_onnx import checkpoint_arrays, fp16_encoder
+    from mpmae_core.runtime.io.files import check_output
 
     check_output(out, [checkpoint], "model", (".onnx",), "an ONNX model")
     arrays = checkpoint_arrays(checkpoint)
@@ -209,8 +209,8 @@ def export_fp16(checkpoint, out) -> tuple[Path, float]:
 def export_checkpoint(checkpoint, out, head: Optional[str] = None) -> tuple[Path, float]:
     """Our checkpoint or a reference one -> ONNX encoder (or, with ``head``, a pretext segmenter)."""
     from mpmae_core.checkpoints import CheckpointError, load_any
-    from mpmae_core.runtime.files import check_output
-    from mpmae_core.runtime.metadata import default_normalisation
+    from mpmae_core.runtime.io.files import check_output
+    from mpmae_core.runtime.models.metadata import default_normalisation
 
     check_output(out, [checkpoint], "model", (".onnx",), "an ONNX model")
     loaded = load_any(checkpoint, convention="auto")  # the convention the runtime runs it in

@@ -125,8 +125,8 @@ def finetune(encoder: ConvNeXtV2Encoder, prep, rows: np.ndarray, cols: np.ndarra
     from ``out_dir``'s checkpoint when it holds one for the same model and labels."""
     from mpmae_core.checkpoints import safe_load
     from mpmae_core.engine import lr_at, param_groups
-    from mpmae_core.runtime.files import atomic_output
-    from mpmae_core.runtime.raster import read_block
+    from mpmae_core.runtime.io.files import atomic_output
+    from mpmae_core.runtime.inference.raster import read_block
 
     p = encoder.patch_size
     if cfg.crop % p:
@@ -237,8 +237,8 @@ def _labels_fingerprint(rows, cols, y, names) -> str:
 def predict_pixels(model: PixelSegmenter, prep, rows: np.ndarray, cols: np.ndarray, tile: int = 512,
                    overlap: int = 128) -> np.ndarray:
     """Class index at pixels (rows, cols), each from its owner tile (as the frozen heads sample)."""
-    from mpmae_core.runtime.raster import read_block
-    from mpmae_core.runtime.tiling import axis_owner, raster_windows
+    from mpmae_core.runtime.inference.raster import read_block
+    from mpmae_core.runtime.inference.tiling import axis_owner, raster_windows
 
     device = next(model.parameters()).device
     windows = raster_windows(prep.height, prep.width, tile, overlap, model.encoder.patch_size)
@@ -262,7 +262,7 @@ def export_segmenter(model: PixelSegmenter, path, class_names, class_colours, in
     import copy
 
     from mpmae_core.export import _export
-    from mpmae_core.runtime.metadata import segmenter_metadata
+    from mpmae_core.runtime.models.metadata import segmenter_metadata
 
     model = copy.deepcopy(model).cpu().float().eval()
     enc = model.encoder
@@ -291,12 +291,12 @@ def run_command(image, labels, class_field, checkpoint, out_dir, cfg: FinetuneCo
                 max_pixels_per_class: int = 2000, val_fraction: float = 0.0, log=print) -> FinetuneResult:
     """What ``python -m training.finetune`` does: labels -> pixels, fine-tune (or resume), export."""
     from mpmae_core.checkpoints import load_any
-    from mpmae_core.runtime import metrics
-    from mpmae_core.runtime.fewshot import check_labels, grouped_folds
-    from mpmae_core.runtime.files import atomic_write_text, check_output
-    from mpmae_core.runtime.labels import cap_per_class_grouped
-    from mpmae_core.runtime.metadata import default_normalisation
-    from mpmae_core.runtime.raster import prepare_input
+    from mpmae_core.runtime.heads import metrics
+    from mpmae_core.runtime.heads.linear import check_labels, grouped_folds
+    from mpmae_core.runtime.io.files import atomic_write_text, check_output
+    from mpmae_core.runtime.io.labels import cap_per_class_grouped
+    from mpmae_core.runtime.models.metadata import default_normalisation
+    from mpmae_core.runtime.inference.raster import prepare_input
 
     out_dir = Path(out_dir)
     onnx_path = out_dir / "segmenter.onnx"
@@ -306,7 +306,7 @@ def run_command(image, labels, class_field, checkpoint, out_dir, cfg: FinetuneCo
     encoder = getattr(model, "encoder", model)
     bands = list(getattr(model, "input_bands", None) or registry.default_input_bands(encoder.in_chans) or ())
     norm = loaded.normalisation or default_normalisation(bands)
-    from mpmae_core.runtime.metadata import ModelMetadata
+    from mpmae_core.runtime.models.metadata import ModelMetadata
 
     meta = ModelMetadata(kind="encoder", input_bands=bands, normalisation=norm, patch_size=encoder.patch_size)
     prep = prepare_input(str(image), meta, log=lambda m: log(f"[finetune] {m}"))
@@ -345,13 +345,13 @@ def pixel_labels(labels, class_field: str, prep, buffer_m: float = 0.0, log=lamb
     polygons, with ``class_field``) or a label raster on the image's grid (0 = unlabelled)."""
     from osgeo import gdal
 
-    from mpmae_core.runtime.labels import label_cells, read_label_file
+    from mpmae_core.runtime.io.labels import label_cells, read_label_file
 
     ds = gdal.OpenEx(str(labels))
     if ds is None:
         raise ValueError(f"'{labels}' is neither a raster nor a vector file GDAL can read")
     if ds.RasterCount:
-        from mpmae_core.runtime.labels import labels_on_grid
+        from mpmae_core.runtime.io.labels import labels_on_grid
 
         lab, names = labels_on_grid(labels, prep, class_field)
         r, c = np.nonzero(lab > 0)

@@ -17,7 +17,7 @@ import torch
 
 from mpmae_core import registry
 from mpmae_core.models.convnextv2 import upsample_mask
-from mpmae_core.runtime.files import atomic_output
+from mpmae_core.runtime.io.files import atomic_output
 
 
 def rows_up_to(lines: list[str], step: int) -> list[str]:

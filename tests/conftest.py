@@ -96,7 +96,7 @@ def models_dir(tmp_path_factory):
     from mpmae_core import registry
     from mpmae_core.export import export_encoder, export_head
     from mpmae_core.models import build_encoder
-    from mpmae_core.runtime.metadata import default_normalisation
+    from mpmae_core.runtime.models.metadata import default_normalisation
 
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pth_craft  # noqa: E402
 
-from mpmae_core.runtime.pth import CheckpointReadError, read_pth  # noqa: E402
+from mpmae_core.runtime.releases.pth import CheckpointReadError, read_pth  # noqa: E402
 
 HOSTILE = [-1, -4096, -10 ** 12, 0, 1, 2, 7, 255, 2 ** 31 - 1, 2 ** 31, 2 ** 32 + 1, 2 ** 62, 2 ** 63 - 1, 2 ** 63,
            2 ** 64 + 5, -(2 ** 63), 10 ** 30]

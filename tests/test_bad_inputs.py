@@ -35,7 +35,7 @@ def _scene(rng, rows=128, cols=128, bands=13, lo=500, hi=4000):
 
 
 def _model_bytes(meta_text: str, dim_in: int = 320, classes: int = 3) -> bytes:
-    from mpmae_core.runtime import onnx_writer
+    from mpmae_core.runtime.models import onnx_writer
 
     return onnx_writer.linear_head(np.zeros((classes, dim_in), np.float32), np.zeros(classes, np.float32),
                                    metadata={"mmearth": meta_text})
@@ -131,7 +131,7 @@ def w(tmp_path_factory, models_dir):
                                    "patch_size": 16, "output_stride": 16}), 64)):
         (d / f"{name}.onnx").write_bytes(_model_bytes(text, dim))
         f[name] = d / f"{name}.onnx"
-    from mpmae_core.runtime import onnx_writer
+    from mpmae_core.runtime.models import onnx_writer
 
     (d / "nometa.onnx").write_bytes(onnx_writer.linear_head(np.zeros((2, 4), np.float32), np.zeros(2, np.float32)))
     f["nometa"] = d / "nometa.onnx"
@@ -172,9 +172,9 @@ def _issue20_inputs(d: Path, f: dict, rng) -> None:
     from mpmae_core import registry
     from mpmae_core.export import export_encoder
     from mpmae_core.models import build_encoder
-    from mpmae_core.runtime import fingerprint, onnx_writer
-    from mpmae_core.runtime.metadata import default_normalisation, head_metadata
-    from mpmae_core.runtime.model import OnnxModel
+    from mpmae_core.runtime.models import fingerprint, onnx_writer
+    from mpmae_core.runtime.models.metadata import default_normalisation, head_metadata
+    from mpmae_core.runtime.models.model import OnnxModel
 
     storage = np.arange(64, dtype=np.float32)
     for name, raw in (("stride_neg1", pth_craft.Raw(storage, 8, (8,), (-1,))),

@@ -19,7 +19,7 @@ from osgeo import gdal
 pytest.importorskip("distributed")
 
 from mpmae_core.runtime import batch as B  # noqa: E402
-from mpmae_core.runtime.predict import embed, segment  # noqa: E402
+from mpmae_core.runtime.inference.predict import embed, segment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mpmae_core import evaluation as ev
-from mpmae_core.runtime import metrics
-from mpmae_core.runtime.labels import window_labels
+from mpmae_core.runtime.heads import metrics
+from mpmae_core.runtime.io.labels import window_labels
 
 
 def test_kshot_splits_take_k_per_class_and_never_leak():

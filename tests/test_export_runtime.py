@@ -14,11 +14,11 @@ from helpers import write_geotiff
 from mpmae_core import registry
 from mpmae_core.export import export_encoder, export_head, export_pretext_segmenter
 from mpmae_core.models import build_encoder, build_mpmae
-from mpmae_core.runtime import tiling
-from mpmae_core.runtime.gdal_io import RasterError
-from mpmae_core.runtime.metadata import ModelMetadata, default_normalisation
-from mpmae_core.runtime.model import ModelError, OnnxModel
-from mpmae_core.runtime.predict import Cancelled, embed, segment, upsample_bilinear
+from mpmae_core.runtime.inference import tiling
+from mpmae_core.runtime.io.gdal_io import RasterError
+from mpmae_core.runtime.models.metadata import ModelMetadata, default_normalisation
+from mpmae_core.runtime.models.model import ModelError, OnnxModel
+from mpmae_core.runtime.inference.predict import Cancelled, embed, segment, upsample_bilinear
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = list(registry.S2_MMEARTH_BANDS)
@@ -282,7 +282,7 @@ def test_runtime_never_imports_torch(models, scene, tmp_path):
     path, _ = scene
     code = (
         "import sys, json\n"
-        "from mpmae_core.runtime.predict import embed, segment\n"
+        "from mpmae_core.runtime.inference.predict import embed, segment\n"
         "import mpmae_core.runtime.__main__\n"
         f"embed({str(path)!r}, {str(models['enc_path'])!r}, {str(tmp_path / 'e.tif')!r}, device='cpu')\n"
         f"segment({str(path)!r}, {str(models['enc_path'])!r}, {str(tmp_path / 's.tif')!r}, "
@@ -330,7 +330,7 @@ def test_reference_pretraining_checkpoint_exports_in_the_sparse_convention(tmp_p
 
 
 def test_cuda_request_falls_back_to_cpu_with_a_message(models):
-    from mpmae_core.runtime.model import cuda_driver_present
+    from mpmae_core.runtime.models.model import cuda_driver_present
 
     if cuda_driver_present():
         pytest.skip("a CUDA driver is present: no fallback to observe")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mpmae_core.runtime import fetch as F
-from mpmae_core.runtime.convert import ConvertError
+from mpmae_core.runtime.releases import fetch as F
+from mpmae_core.runtime.releases.pth_to_onnx import ConvertError
 from test_fetch_model import Server, ckpts, reference_checkpoint  # noqa: F401 - ckpts is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,10 +23,10 @@ from mpmae_core import registry
 from mpmae_core.checkpoints import export_reference_layout, save_checkpoint
 from mpmae_core.export import export_checkpoint
 from mpmae_core.models import build_encoder, build_mpmae
-from mpmae_core.runtime import fetch as F
-from mpmae_core.runtime.convert import ConvertError, convert
-from mpmae_core.runtime.files import Cancelled
-from mpmae_core.runtime.pth import CheckpointReadError, read_pth
+from mpmae_core.runtime.releases import fetch as F
+from mpmae_core.runtime.releases.pth_to_onnx import ConvertError, convert
+from mpmae_core.runtime.io.files import Cancelled
+from mpmae_core.runtime.releases.pth import CheckpointReadError, read_pth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,7 +208,7 @@ def test_torch_free_model_equals_the_torch_export(ckpts, key, tmp_path):
             assert a.shape == b.shape and np.abs(a - b).max() / np.abs(b).max() <= 1e-5
     else:
         assert res["segmenters"] == {}
-    from mpmae_core.runtime.model import OnnxModel
+    from mpmae_core.runtime.models.model import OnnxModel
 
     meta = OnnxModel(res["encoder"], device="cpu").metadata
     torch_meta = OnnxModel(tmp_path / "torch.onnx", device="cpu").metadata
@@ -225,7 +225,7 @@ def test_converter_runs_where_torch_cannot_be_imported(ckpts, tmp_path):
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch is blocked in this test')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "from mpmae_core.runtime.fetch import fetch_model\n"
+        "from mpmae_core.runtime.releases.fetch import fetch_model\n"
         f"r = fetch_model({str(ckpts['atto8'])!r}, {str(tmp_path / 'models')!r})\n"
         "print(json.dumps([r['name'], sorted(r['segmenters']), 'torch' in sys.modules]))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -372,7 +372,7 @@ def test_command_line_fetch_then_embed_and_segment_by_name_without_torch(server,
     models = tmp_path / "models"
     code = (
         "import sys, json\n"
-        "from mpmae_core.runtime.predict import embed, segment\n"
+        "from mpmae_core.runtime.inference.predict import embed, segment\n"
         f"m = {str(models)!r}\n"
         f"embed({str(crop)!r}, m + '/mmearth-atto-1M-p16.onnx', {str(tmp_path / 'e.tif')!r}, device='cpu')\n"
         f"r = segment({str(crop)!r}, m + '/mmearth-atto-1M-p16-esa_worldcover.onnx', {str(tmp_path / 'wc.tif')!r}, "
@@ -404,7 +404,7 @@ def test_an_rgb_model_takes_blue_green_red_by_name(tmp_path, monkeypatch):
     """An RGB release fetched by its catalogue name: the encoder's metadata says B2, B3, B4, and a
     raster whose bands come as B4, B3, B2 (named) gives the same embeddings as one in B2, B3, B4 order."""
     from helpers import write_geotiff
-    from mpmae_core.runtime.predict import embed
+    from mpmae_core.runtime.inference.predict import embed
     from osgeo import gdal
 
     entry = registry.released_models()["mmearth-atto-1M-p16-rgb"]
@@ -417,7 +417,7 @@ def test_an_rgb_model_takes_blue_green_red_by_name(tmp_path, monkeypatch):
         res = F.fetch_model("mmearth-atto-1M-p16-rgb", tmp_path / "models")
     finally:
         server.close()
-    from mpmae_core.runtime.model import OnnxModel
+    from mpmae_core.runtime.models.model import OnnxModel
 
     assert OnnxModel(res["encoder"], device="cpu").metadata.input_bands == ["B2", "B3", "B4"]
     rgb = np.random.default_rng(0).integers(300, 3000, (3, 96, 96)).astype("uint16")

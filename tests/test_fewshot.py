@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 from osgeo import ogr
 
-from mpmae_core.runtime import fewshot, labels, metrics, onnx_writer, styles
-from mpmae_core.runtime.metadata import ModelMetadata
+from mpmae_core.runtime.heads import linear, metrics
+
+from mpmae_core.runtime.io import labels, styles
+
+from mpmae_core.runtime.models import onnx_writer
+from mpmae_core.runtime.models.metadata import ModelMetadata
 
 
 # ----------------------------------------------------------------------------- ONNX writer
@@ -45,7 +49,7 @@ def test_varint_matches_protobuf_encoding():
 # ----------------------------------------------------------------------------- classifier
 
 def _objective(theta_w, theta_b, x, y, k, l2):
-    w = fewshot.balanced_weights(y, k)
+    w = linear.balanced_weights(y, k)
     z = x @ theta_w.T + theta_b
     z = z - z.max(1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
@@ -57,7 +61,7 @@ def test_softmax_fit_reaches_the_optimum():
     x = rng.normal(size=(60, 6))
     y = rng.integers(0, 3, 60)
     x[y == 1] += 1.0
-    w, b = fewshot.fit_softmax(x, y, 3, l2=0.05, iters=5000)
+    w, b = linear.fit_softmax(x, y, 3, l2=0.05, iters=5000)
     best = _objective(w, b, x, y, 3, 0.05)
     # independent check: no small perturbation lowers the objective (first-order optimality)
     for _ in range(20):
@@ -75,7 +79,7 @@ def test_head_separates_separable_classes_and_saves_what_it_predicts(tmp_path):
     centres = rng.normal(size=(3, 16)) * 3
     y = np.repeat(np.arange(3), 5)  # five shots per class
     x = centres[y] + rng.normal(size=(15, 16))
-    head = fewshot.LinearHead.fit(x, y, ["a", "b", "c"])
+    head = linear.LinearHead.fit(x, y, ["a", "b", "c"])
     test_y = np.repeat(np.arange(3), 50)
     test_x = centres[test_y] + rng.normal(size=(150, 16))
     assert (head.predict(test_x) == test_y).mean() > 0.95
@@ -114,7 +118,7 @@ def test_grouped_folds_never_split_a_group_and_cover_each_sample_once():
     rng = np.random.default_rng(3)
     groups = np.repeat(np.arange(30), rng.integers(1, 9, 30))
     y = (groups % 3).astype(int)
-    folds = fewshot.grouped_folds(y, groups, 4, seed=7)
+    folds = linear.grouped_folds(y, groups, 4, seed=7)
     everything = np.concatenate(folds)
     assert sorted(everything.tolist()) == list(range(len(y)))
     for test in folds:
@@ -125,15 +129,15 @@ def test_grouped_folds_never_split_a_group_and_cover_each_sample_once():
 
 def test_check_labels_names_what_is_missing():
     names = ["water", "forest", "town"]
-    with pytest.raises(fewshot.FewShotError, match=r"at least two classes.*\(water\)"):
-        fewshot.check_labels(np.zeros(5, int), np.arange(5), names)
+    with pytest.raises(linear.FewShotError, match=r"at least two classes.*\(water\)"):
+        linear.check_labels(np.zeros(5, int), np.arange(5), names)
     y, g = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 2, 3, 4])
-    with pytest.raises(fewshot.FewShotError, match=r"'town' \(1\)"):
-        fewshot.check_labels(y, g, names)
+    with pytest.raises(linear.FewShotError, match=r"'town' \(1\)"):
+        linear.check_labels(y, g, names)
     y, g = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 2, 3, 4, 4])  # town: two cells of one polygon
-    with pytest.raises(fewshot.FewShotError, match=r"'town' \(1\)"):
-        fewshot.check_labels(y, g, names)
-    fewshot.check_labels(np.array([0, 0, 1, 1, 2, 2]), np.arange(6), names)
+    with pytest.raises(linear.FewShotError, match=r"'town' \(1\)"):
+        linear.check_labels(y, g, names)
+    linear.check_labels(np.array([0, 0, 1, 1, 2, 2]), np.arange(6), names)
 
 
 # ----------------------------------------------------------------------------- label cells
@@ -191,7 +195,7 @@ def test_styles_are_valid_qgis_xml():
 
 
 def test_centred_cosine():
-    from mpmae_core.runtime.similarity import centred_cosine
+    from mpmae_core.runtime.inference.similarity import centred_cosine
 
     centre = np.array([10.0, 10.0, 10.0])
     q = np.array([[11.0, 10.0, 10.0], [10.0, 12.0, 10.0]])
@@ -215,8 +219,8 @@ def test_class_colours_follow_landcover_words_and_stay_distinct():
 
 def test_preview_reads_class_colours_names_and_natural_colour(tmp_path):
     from helpers import write_geotiff
-    from mpmae_core.runtime.preview import class_map_rgb, natural_colour, side_by_side
-    from mpmae_core.runtime.raster import RasterWriter
+    from mpmae_core.runtime.io.preview import class_map_rgb, natural_colour, side_by_side
+    from mpmae_core.runtime.inference.raster import RasterWriter
 
     arr = np.array([[0, 1, 255], [1, 1, 0]], np.uint8)
     w = RasterWriter(tmp_path / "c.tif", 3, 2, 1, "uint8", (0, 10, 0, 20, 0, -10), "", nodata=255,

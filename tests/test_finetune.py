@@ -16,8 +16,8 @@ from mpmae_core.checkpoints import save_checkpoint
 from mpmae_core.data import sample
 from mpmae_core.finetune import FinetuneConfig, PixelSegmenter, augment, class_weights, draw_crops, finetune
 from mpmae_core.models import build_encoder
-from mpmae_core.runtime.metadata import ModelMetadata, default_normalisation
-from mpmae_core.runtime.raster import prepare_input
+from mpmae_core.runtime.models.metadata import ModelMetadata, default_normalisation
+from mpmae_core.runtime.inference.raster import prepare_input
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = list(registry.S2_MMEARTH_BANDS)
@@ -138,7 +138,7 @@ def test_finetune_command_exports_a_segmenter_the_runtime_runs(crop, tmp_path):
     assert info["classes"] == ["farm", "forest", "water"] and info["steps"] == 6
     code = (
         "import sys, json\n"
-        "from mpmae_core.runtime.predict import segment\n"
+        "from mpmae_core.runtime.inference.predict import segment\n"
         f"r = segment({str(path)!r}, {str(out / 'segmenter.onnx')!r}, {str(tmp_path / 'map.tif')!r}, device='cpu')\n"
         "print(json.dumps([r['classes'], sorted(m for m in sys.modules if m.split('.')[0] == 'torch')]))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

@@ -16,12 +16,12 @@ from mpmae_core import registry
 from mpmae_core.checkpoints import save_checkpoint
 from mpmae_core.export import export_encoder
 from mpmae_core.models import build_encoder
-from mpmae_core.runtime import fingerprint as FP
-from mpmae_core.runtime.convert import checkpoint_arrays, fp16_encoder
-from mpmae_core.runtime.metadata import MetadataError, ModelMetadata, default_normalisation
-from mpmae_core.runtime.model import OnnxModel
-from mpmae_core.runtime.pixelhead import train_pixel_head
-from mpmae_core.runtime.predict import segment
+from mpmae_core.runtime.models import fingerprint as FP
+from mpmae_core.runtime.releases.pth_to_onnx import checkpoint_arrays, fp16_encoder
+from mpmae_core.runtime.models.metadata import MetadataError, ModelMetadata, default_normalisation
+from mpmae_core.runtime.models.model import OnnxModel
+from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+from mpmae_core.runtime.inference.predict import segment
 
 NAMES = registry.S2_MMEARTH_BANDS
 
@@ -104,7 +104,7 @@ def test_segment_refuses_a_head_on_another_encoder_naming_both(encoders, scene, 
 
 
 def _label_features(raster, labels):
-    from mpmae_core.runtime.labels import read_label_file
+    from mpmae_core.runtime.io.labels import read_label_file
 
     feats, names, _, _ = read_label_file(labels, "landuse", gdal.Open(str(raster)).GetProjection())
     return feats, names
@@ -126,7 +126,7 @@ def test_class_counts_are_bounded():
 
 
 def test_conflicting_cells_agree_with_a_dictionary_count():
-    from mpmae_core.runtime.labels import conflicting_cells
+    from mpmae_core.runtime.io.labels import conflicting_cells
 
     rng = np.random.default_rng(3)
     for _ in range(200):
@@ -148,7 +148,7 @@ def test_conflicting_cells_agree_with_a_dictionary_count():
 
 
 def test_identical_polygons_of_two_classes_are_named_and_left_out():
-    from mpmae_core.runtime.labels import label_cells
+    from mpmae_core.runtime.io.labels import label_cells
 
     gt = (330000.0, 10.0, 0.0, 5822040.0, 0.0, -10.0)
     square = ogr.CreateGeometryFromWkt("POLYGON ((330100 5821900, 330300 5821900, 330300 5821700, 330100 5821700, "
@@ -163,7 +163,7 @@ def test_identical_polygons_of_two_classes_are_named_and_left_out():
 
 
 def test_a_label_raster_with_implausibly_many_classes_is_refused(tmp_path):
-    from mpmae_core.runtime.labels import LabelError, labels_on_grid
+    from mpmae_core.runtime.io.labels import LabelError, labels_on_grid
 
     class Prep:
         width, height = 64, 64
@@ -176,7 +176,7 @@ def test_a_label_raster_with_implausibly_many_classes_is_refused(tmp_path):
 
 
 def test_labels_with_too_many_or_too_few_classes_are_refused():
-    from mpmae_core.runtime.fewshot import FewShotError, check_labels
+    from mpmae_core.runtime.heads.linear import FewShotError, check_labels
 
     y = np.arange(300) % 300
     with pytest.raises(FewShotError, match="300 classes; class maps hold at most 254"):

@@ -66,7 +66,7 @@ def test_disk_full_keeps_the_previous_file_and_says_so(small_disk, tmp_path, mod
 
 
 def test_a_python_write_on_a_full_disk_leaves_nothing(small_disk):
-    from mpmae_core.runtime.files import atomic_write_text
+    from mpmae_core.runtime.io.files import atomic_write_text
 
     (small_disk / "report.html").write_text("old report")
     with pytest.raises(OSError):
@@ -76,7 +76,7 @@ def test_a_python_write_on_a_full_disk_leaves_nothing(small_disk):
 
 
 def test_orphaned_partial_of_a_killed_run_is_removed(tmp_path, models_dir):
-    from mpmae_core.runtime.predict import embed
+    from mpmae_core.runtime.inference.predict import embed
 
     scene = _scene(tmp_path, 128, 128)
     out = tmp_path / "out"
@@ -93,7 +93,7 @@ def test_orphaned_partial_of_a_killed_run_is_removed(tmp_path, models_dir):
 
 def test_huge_mostly_empty_vrt_runs_only_where_data_is(tmp_path, models_dir):
     """A 40,000 x 40,000 px VRT with data in one 256 px corner: the tiles run follow the data."""
-    from mpmae_core.runtime.predict import embed
+    from mpmae_core.runtime.inference.predict import embed
 
     corner = _scene(tmp_path, 256, 256)
     src = gdal.Open(str(corner))

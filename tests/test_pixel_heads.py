@@ -17,13 +17,14 @@ from mpmae_core import registry
 from mpmae_core.data import sample
 from mpmae_core.export import export_encoder
 from mpmae_core.models import build_encoder
-from mpmae_core.runtime import forest as rf
-from mpmae_core.runtime import pixel, pixelhead, tiling
-from mpmae_core.runtime.labels import cap_per_class_grouped, label_cells
-from mpmae_core.runtime.metadata import default_normalisation
-from mpmae_core.runtime.model import OnnxModel
-from mpmae_core.runtime.predict import features, segment
-from mpmae_core.runtime.raster import prepare_input
+from mpmae_core.runtime.heads import forest as rf
+from mpmae_core.runtime.inference import pixel_features, tiling
+from mpmae_core.runtime.heads import pixelhead
+from mpmae_core.runtime.io.labels import cap_per_class_grouped, label_cells
+from mpmae_core.runtime.models.metadata import default_normalisation
+from mpmae_core.runtime.models.model import OnnxModel
+from mpmae_core.runtime.inference.predict import features, segment
+from mpmae_core.runtime.inference.raster import prepare_input
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = list(registry.S2_MMEARTH_BANDS)
@@ -84,17 +85,17 @@ def _torch_hypercolumns(enc, x):
 def test_hypercolumns_equal_a_direct_computation_on_a_small_tile(encoders, p):
     enc, path = encoders[p]
     model = OnnxModel(path, device="cpu")
-    blocks = pixel.encoder_blocks(model.metadata)
+    blocks = pixel_features.encoder_blocks(model.metadata)
     assert [b.name for b in blocks] == ["spectra", "stage1", "stage2", "stage3", "embedding"]
     assert [b.stride for b in blocks] == [1, p // 8, p // 4, p // 2, p]
     x = np.random.default_rng(p).normal(size=(12, 96, 64)).astype(np.float32)
-    maps = pixel.EncoderMaps(model, blocks)(x[None])[0]
-    got = pixel.hypercolumns(x, maps, blocks, 0, 96)
+    maps = pixel_features.EncoderMaps(model, blocks)(x[None])[0]
+    got = pixel_features.hypercolumns(x, maps, blocks, 0, 96)
     np.testing.assert_allclose(got, _torch_hypercolumns(enc, x), atol=2e-4)
     # rows computed in pieces, and single pixels, are the same numbers
-    np.testing.assert_array_equal(pixel.hypercolumns(x, maps, blocks, 40, 57), got[:, 40:57])
+    np.testing.assert_array_equal(pixel_features.hypercolumns(x, maps, blocks, 40, 57), got[:, 40:57])
     ys, xs = np.array([0, 5, 95, 50]), np.array([63, 0, 31, 17])
-    np.testing.assert_array_equal(pixel.sample_hypercolumns(x, maps, blocks, ys, xs), got[:, ys, xs].T)
+    np.testing.assert_array_equal(pixel_features.sample_hypercolumns(x, maps, blocks, ys, xs), got[:, ys, xs].T)
 
 
 def test_small_raster_is_mirrored_and_its_map_does_not_depend_on_where_it_sits(encoders, scene, tmp_path):
@@ -106,9 +107,9 @@ def test_small_raster_is_mirrored_and_its_map_does_not_depend_on_where_it_sits(e
     small = write_geotiff(tmp_path / "small.tif", arr[:, 40:160, 100:220], descs, nodata=0)
     model = OnnxModel(path, device="cpu")
     prep = prepare_input(small, model.metadata)
-    blocks = pixel.encoder_blocks(model.metadata)
+    blocks = pixel_features.encoder_blocks(model.metadata)
     rows, cols = np.mgrid[0:120, 0:120]
-    got = pixel.sample_features(prep, model, blocks, rows.ravel(), cols.ravel())
+    got = pixel_features.sample_features(prep, model, blocks, rows.ravel(), cols.ravel())
     # independent: the raster mirrored out to the 256 px context, centred on the patch grid, by numpy
     start = tiling.axis_starts(128, 512, 128, 16)[0]
     assert start < 0 and tiling.window_length(128, 512, 16) == tiling.MIN_CONTEXT
@@ -167,10 +168,10 @@ def test_feature_raster_holds_exactly_what_heads_are_trained_on(encoders, scene,
     features(src, path, tmp_path / "f.tif", tile=256, overlap=64, device="cpu")
     model = OnnxModel(path, device="cpu")
     prep = prepare_input(src, model.metadata)
-    blocks = pixel.encoder_blocks(model.metadata)
+    blocks = pixel_features.encoder_blocks(model.metadata)
     rng = np.random.default_rng(3)
     rows, cols = rng.integers(0, 400, 300), rng.integers(0, 640, 300)
-    direct = pixel.sample_features(prep, model, blocks, rows, cols, 256, 64)
+    direct = pixel_features.sample_features(prep, model, blocks, rows, cols, 256, 64)
     stored = gdal.Open(str(tmp_path / "f.tif")).ReadAsArray()[:, rows, cols].T
     np.testing.assert_array_equal(np.nan_to_num(stored, nan=-9), np.nan_to_num(direct, nan=-9))
     info = json.loads(gdal.Open(str(tmp_path / "f.tif")).GetMetadataItem("MMEARTH_FEATURES"))
@@ -184,7 +185,7 @@ def test_feature_raster_holds_exactly_what_heads_are_trained_on(encoders, scene,
     assert [s["confusion"] for s in a["scores"]] == [s["confusion"] for s in b["scores"]]
     assert a["chosen"] == b["chosen"]
     # a raster of another grid, or patch-stride embeddings, is refused with the fix
-    from mpmae_core.runtime.predict import embed
+    from mpmae_core.runtime.inference.predict import embed
 
     embed(src, path, tmp_path / "emb.tif", device="cpu")
     with pytest.raises(ValueError, match="not a per-pixel feature raster"):
@@ -199,7 +200,7 @@ def test_feature_raster_holds_exactly_what_heads_are_trained_on(encoders, scene,
 @pytest.mark.parametrize("k", [2, 4])
 def test_onnx_head_equals_the_numpy_head(classifier, k):
     rng = np.random.default_rng(k)
-    blocks = [pixel.Block("spectra", 12, 1), pixel.Block("stage1", 20, 2)]
+    blocks = [pixel_features.Block("spectra", 12, 1), pixel_features.Block("stage1", 20, 2)]
     x = rng.normal(size=(300, 32)).astype(np.float32)
     y = (x[:, 0] + 0.5 * x[:, 15] > 0).astype(int) + (2 * (x[:, 3] > 0.5) if k == 4 else 0)
     cand = pixelhead.Candidate("both", classifier, 1e-2)
@@ -218,7 +219,7 @@ def test_onnx_head_equals_the_numpy_head(classifier, k):
 @pytest.mark.parametrize("k", [2, 4])
 def test_onnx_ensemble_head_equals_the_numpy_mean_of_its_members(k):
     rng = np.random.default_rng(10 + k)
-    blocks = [pixel.Block("spectra", 12, 1), pixel.Block("stage1", 20, 2)]
+    blocks = [pixel_features.Block("spectra", 12, 1), pixel_features.Block("stage1", 20, 2)]
     x = rng.normal(size=(300, 32)).astype(np.float32)
     y = (x[:, 0] + 0.5 * x[:, 15] > 0).astype(int) + (2 * (x[:, 3] > 0.5) if k == 4 else 0)
     members = [pixelhead.Candidate("spectra", "logistic", 1e-2), pixelhead.Candidate("encoder", "forest"),
@@ -250,7 +251,7 @@ def test_the_ensemble_candidate_averages_the_best_head_of_the_three_best_familie
     x = rng.normal(size=(len(y), 32)).astype(np.float32)
     x[:, 0] += y
     x[:, 20] -= y
-    blocks = [pixel.Block("spectra", 12, 1), pixel.Block("stage1", 20, 2)]
+    blocks = [pixel_features.Block("spectra", 12, 1), pixel_features.Block("stage1", 20, 2)]
     scores = pixelhead.score_candidates(x, y, groups, blocks, ["a", "b", "c"], pixelhead.candidates(), folds=4)
     ens, singles = scores[-1], scores[:-1]
     assert len(singles) == 12 and ens["candidate"].classifier == "ensemble"
@@ -291,7 +292,7 @@ def test_candidate_selection_never_scores_a_training_features_pixels(monkeypatch
     y = np.repeat(np.arange(24) % 3, 7)
     x = rng.normal(size=(len(y), 13)).astype(np.float32)
     x[:, 0] = groups  # the group id rides along in the spectra block
-    blocks = [pixel.Block("spectra", 13, 1)]
+    blocks = [pixel_features.Block("spectra", 13, 1)]
     seen = []
     fit, probabilities = pixelhead.PixelHead.fit, pixelhead.PixelHead.probabilities
 
@@ -317,7 +318,7 @@ def test_candidate_selection_never_scores_a_training_features_pixels(monkeypatch
 
 
 def test_choice_takes_the_lowest_brier_score_and_the_cheaper_of_a_tie():
-    blocks = [pixel.Block("spectra", 12, 1), pixel.Block("stage1", 40, 2)]
+    blocks = [pixel_features.Block("spectra", 12, 1), pixel_features.Block("stage1", 40, 2)]
     mk = lambda fs, clf, l2, b: {"candidate": pixelhead.Candidate(fs, clf, l2), "brier": b, "balanced_accuracy": 0.5,  # noqa
                                  "name": pixelhead.Candidate(fs, clf, l2).name, "folds": 5}
     scores = [mk("both", "forest", 0, 0.40), mk("spectra", "logistic", 0.01, 0.45), mk("encoder", "logistic", 0.01, 0.6)]
@@ -360,7 +361,7 @@ def test_forest_learns_what_a_linear_model_cannot():
     y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).astype(int)  # XOR
     forest = rf.RandomForest(n_trees=40).fit(x[:1000], y[:1000], 2, max_features=2)
     assert (forest.predict(x[1000:]) == y[1000:]).mean() > 0.9
-    blocks = [pixel.Block("spectra", 6, 1)]
+    blocks = [pixel_features.Block("spectra", 6, 1)]
     lin = pixelhead.PixelHead.fit(x[:1000], y[:1000], blocks, pixelhead.Candidate("spectra", "logistic", 1e-3), ["a", "b"])
     assert (lin.predict(x[1000:]) == y[1000:]).mean() < 0.7
 
@@ -441,7 +442,7 @@ def test_whole_raster_map_from_the_cache_equals_segment(encoders, scene, tmp_pat
     """The panel's 'Map whole raster' maps from the session's cached stage maps (no second encoder
     run): the same classes as segment() running the encoder, up to the cache's float16 rounding, with
     the same names, colours and style; the encoder is not called while mapping."""
-    from mpmae_core.runtime.session import MappingSession
+    from mpmae_core.runtime.heads.session import MappingSession
 
     path, lab = scene
     _, model = encoders[16]

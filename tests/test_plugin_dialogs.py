@@ -182,7 +182,7 @@ def test_train_head_dialog_picks_the_class_field_and_runs(desktop, models_dir, c
 
 
 def test_class_field_suggestion():
-    from mpmae_core.runtime.labels import suggest_class_field
+    from mpmae_core.runtime.io.labels import suggest_class_field
 
     assert suggest_class_field([("fid", False), ("id", False), ("name", True), ("landuse", True)]) == "landuse"
     assert suggest_class_field([("fid", False), ("code", False), ("Class", True)]) == "Class"

@@ -191,7 +191,7 @@ def test_qgis_downloader_resumes_only_the_same_file_and_heals_a_416(qgis_app, se
     import hashlib
 
     from mmearth_qgis.network import qgis_download
-    from mpmae_core.runtime.fetch import PartFile
+    from mpmae_core.runtime.releases.fetch import PartFile
 
     src = release / "pt-all_mod_atto_1M_64_uncertainty_56-8" / "checkpoint-199.pth"
     url = f"{server.url}/{src.parent.name}/checkpoint-199.pth"

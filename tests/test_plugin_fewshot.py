@@ -8,7 +8,7 @@ from osgeo import gdal, ogr
 from qgis.core import QgsProcessingException, QgsRasterLayer
 
 from mpmae_core.data import sample
-from mpmae_core.runtime.metadata import ModelMetadata
+from mpmae_core.runtime.models.metadata import ModelMetadata
 
 CLASSES = ["farm", "water"]  # water against farmland: separable even by a random-weight encoder
 
@@ -20,7 +20,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def embeddings(scene, models_dir, tmp_path_factory):
-    from mpmae_core.runtime.predict import embed
+    from mpmae_core.runtime.inference.predict import embed
 
     out = tmp_path_factory.mktemp("emb") / "scene_emb.tif"
     embed(scene, models_dir / "atto_test.onnx", out, device="cpu")
@@ -217,32 +217,3 @@ def test_embeddings_get_a_three_component_style(run_alg, scene, embeddings):
     ds = gdal.Open(embeddings)
     spreads = [np.nanstd(ds.GetRasterBand(i + 1).ReadAsArray()) for i in range(ds.RasterCount)]
     assert renderer.redBand() == int(np.argmax(spreads)) + 1
-
-
-def test_labels_in_one_corner_embed_only_their_extent(scene, models_dir, tmp_path):
-    """Runtime level: a head from labels in one corner embeds a window around them, not the raster."""
-    from mpmae_core.runtime.fewshot import labels_extent, train_head
-
-    src = gdal.Open(scene)
-    gt = src.GetGeoTransform()
-    lab = gdal.Open(str(sample.labels_path())).ReadAsArray()[:384, :512]  # the top-left corner
-    feats = []
-    for value in (2, 3):  # forest, farm
-        rows, cols = np.nonzero(lab[8::16, 8::16] == value)
-        for r, c in list(zip(rows, cols))[:4]:
-            g = ogr.Geometry(ogr.wkbPoint)
-            g.AddPoint_2D(gt[0] + (c * 16 + 8) * gt[1], gt[3] + (r * 16 + 8) * gt[5])
-            feats.append((bytes(g.ExportToWkb()), value - 2))
-    assert len(feats) == 8
-    vrt = gdal.Open(labels_extent(scene, feats, tmp_path, margin=128))
-    assert vrt.RasterXSize * vrt.RasterYSize <= 0.5 * src.RasterXSize * src.RasterYSize
-    vgt = vrt.GetGeoTransform()
-    assert (vgt[0] - gt[0]) / gt[1] % 32 == 0 and (vgt[3] - gt[3]) / gt[5] % 32 == 0  # on the patch grid
-    assert [vrt.GetRasterBand(i + 1).GetDescription() for i in range(vrt.RasterCount)] == \
-        [src.GetRasterBand(i + 1).GetDescription() for i in range(src.RasterCount)]  # bands still match by name
-    logs = []
-    res = train_head(scene, models_dir / "atto_test.onnx", feats, ["forest", "farm"], tmp_path / "corner.onnx",
-                     device="cpu", log=logs.append)
-    assert any("labels' extent" in m for m in logs)
-    assert res["samples"]["forest"]["cells"] == 4 and res["samples"]["farm"]["cells"] == 4
-    assert (tmp_path / "corner.onnx").is_file()

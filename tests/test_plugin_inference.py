@@ -38,7 +38,7 @@ def test_embed_by_model_name_keeps_crs_and_grid(run_alg, models_dir, scene, tmp_
     assert ds.GetSpatialRef().IsSame(src.GetSpatialRef())
     assert any("embedding bands" in m for m in feedback.infos)
     # the algorithm is the runtime: same numbers as calling it directly
-    from mpmae_core.runtime.predict import embed
+    from mpmae_core.runtime.inference.predict import embed
 
     embed(path, models_dir / "atto_test.onnx", tmp_path / "direct.tif", device="cpu")
     np.testing.assert_array_equal(ds.ReadAsArray(), gdal.Open(str(tmp_path / "direct.tif")).ReadAsArray())

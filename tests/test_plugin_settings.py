@@ -30,7 +30,7 @@ def test_settings_page_sets_the_models_folder(qtbot, qgis_app, models_dir, tmp_p
 
 
 def test_install_command_names_this_python():
-    from mpmae_core.runtime.model import install_command
+    from mpmae_core.runtime.models.model import install_command
 
     cmd = install_command()
     exe = cmd.split(" -m pip install")[0]

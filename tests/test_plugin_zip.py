@@ -24,10 +24,10 @@ def test_zip_layout(tmp_path):
     assert {n.split("/")[0] for n in names} == {"mmearth_qgis"}
     meta = zipfile.ZipFile(zpath).read("mmearth_qgis/metadata.txt").decode()
     assert meta == (ROOT / "metadata.txt").read_text()  # the file itself, not a symlink
-    assert "mmearth_qgis/vendor/mpmae_core/runtime/onnx_writer.py" in names
+    assert "mmearth_qgis/vendor/mpmae_core/runtime/models/onnx_writer.py" in names
     assert "mmearth_qgis/vendor/mpmae_core/resources/mmearth_s2_band_stats.json" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
-    assert not any("/models/" in n or "engine" in n or "training" in n for n in names)  # no torch code
+    assert not any("mpmae_core/models/" in n or "engine" in n or "training" in n for n in names)  # no torch code
 
 
 @pytest.mark.qgis_process

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import pth_craft
-from mpmae_core.runtime.pth import CheckpointReadError, check_tensor_layout, read_pth
+from mpmae_core.runtime.releases.pth import CheckpointReadError, check_tensor_layout, read_pth
 
 HERE = Path(__file__).resolve().parent
 
@@ -128,7 +128,7 @@ def test_zip_bomb_is_refused_before_it_is_unpacked(tmp_path):
                 fh.write(block)
     assert path.stat().st_size < 8 << 20
     code = ("import resource,sys; lim=1536<<20; resource.setrlimit(resource.RLIMIT_AS,(lim,lim));"
-            "from mpmae_core.runtime.pth import read_pth, CheckpointReadError\n"
+            "from mpmae_core.runtime.releases.pth import read_pth, CheckpointReadError\n"
             "try:\n read_pth(sys.argv[1]); print('READ')\n"
             "except CheckpointReadError as e: print('REFUSED', e)")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
@@ -182,7 +182,7 @@ def test_expected_encoder_shapes_equal_the_torch_model(size, patch):
 
 def test_right_keys_with_wrong_shapes_name_the_weight(tmp_path):
     from mpmae_core.models import build_encoder
-    from mpmae_core.runtime.convert import ConvertError, convert
+    from mpmae_core.runtime.releases.pth_to_onnx import ConvertError, convert
 
     sd = {k: v.numpy() for k, v in build_encoder("atto", patch_size=16).state_dict().items()}
     sd["stages.1.0.dwconv.weight"] = np.zeros((80, 1, 5, 5), np.float32)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from helpers import write_geotiff
-from mpmae_core.runtime import inspect as rinspect
-from mpmae_core.runtime.files import atomic_output, atomic_write_text
-from mpmae_core.runtime.gdal_io import RasterError
+from mpmae_core.runtime.io import inspect as rinspect
+from mpmae_core.runtime.io.files import atomic_output, atomic_write_text
+from mpmae_core.runtime.io.gdal_io import RasterError
 
 PRODUCT_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         return 0
 
     from mpmae_core.checkpoints import CheckpointError
-    from mpmae_core.runtime.gdal_io import RasterError
+    from mpmae_core.runtime.io.gdal_io import RasterError
 
     return cli.run_main(body, (CheckpointError, RasterError, ValueError), prog="training.finetune",
                         interrupted=lambda: f"the same command resumes from {Path(args.out) / 'finetune-state.pt'}")

@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     def body() -> int:
         from mpmae_core.data.mmearth import DataError
         from mpmae_core.engine import NonFiniteLossError
-        from mpmae_core.pretrain import pretrain
+        from mpmae_core.pretraining import pretrain
 
         try:
             cfg = resolve_config(args)

@@ -10,7 +10,7 @@ from qgis.core import (
 
 def raster_problem(raw) -> str:
     """Why a raster parameter value cannot be used, in an analyst's words; '' if GDAL can open it."""
-    from mpmae_core.runtime.gdal_io import RasterError, open_raster
+    from mpmae_core.runtime.io.gdal_io import RasterError, open_raster
 
     if isinstance(raw, QgsRasterLayer):
         raw = raw.source()
@@ -25,10 +25,10 @@ def raster_problem(raw) -> str:
 
 def error_message(exc: BaseException) -> str:
     """One sentence for any error reaching Processing: ours as they are, the rest named as a bug."""
-    from mpmae_core.runtime.files import OutputError, describe_os_error
-    from mpmae_core.runtime.gdal_io import RasterError
-    from mpmae_core.runtime.metadata import MetadataError
-    from mpmae_core.runtime.model import ModelError
+    from mpmae_core.runtime.io.files import OutputError, describe_os_error
+    from mpmae_core.runtime.io.gdal_io import RasterError
+    from mpmae_core.runtime.models.metadata import MetadataError
+    from mpmae_core.runtime.models.model import ModelError
 
     if isinstance(exc, (RasterError, ModelError, MetadataError, OutputError, ValueError)):
         return str(exc)
@@ -232,7 +232,7 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     @staticmethod
     def run_guarded(fn, feedback):
         """Run a runtime call with QGIS progress and cancel; turn its errors into Processing errors."""
-        from mpmae_core.runtime.predict import Cancelled
+        from mpmae_core.runtime.inference.predict import Cancelled
 
         def log(message: str):
             if message.startswith("warning: "):
@@ -248,7 +248,7 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     @staticmethod
     def style_on_load(context, output: str) -> None:
         """Apply the .qml the runtime wrote beside ``output`` when Processing loads it into the project."""
-        from mpmae_core.runtime.styles import style_path
+        from mpmae_core.runtime.io.styles import style_path
 
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)

@@ -47,7 +47,7 @@ class EmbedAlgorithm(InferenceAlgorithm):
             self.addParameter(p)
 
     def process(self, parameters, context, feedback):
-        from mpmae_core.runtime.predict import embed, features
+        from mpmae_core.runtime.inference.predict import embed, features
 
         source = self.raster_source(parameters, self.INPUT, context)
         model = self.model_path(parameters, self.MODEL, context)

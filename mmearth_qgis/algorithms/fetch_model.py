@@ -82,8 +82,8 @@ class FetchModelAlgorithm(MMEarthAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.SEGMENTERS, "Installed landcover heads"))
 
     def process(self, parameters, context, feedback):
-        from mpmae_core.runtime.fetch import fetch_model
-        from mpmae_core.runtime.files import Cancelled
+        from mpmae_core.runtime.releases.fetch import fetch_model
+        from mpmae_core.runtime.io.files import Cancelled
 
         from ..models import models_folder
         from ..network import base_url_setting, qgis_download

@@ -73,12 +73,12 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
         self.addOutput(QgsProcessingOutputString("FINDINGS", "Findings (JSON)"))
 
     def process(self, parameters, context, feedback):
-        from mpmae_core.runtime import inspect as rinspect
-        from mpmae_core.runtime.files import atomic_write_text
-        from mpmae_core.runtime.gdal_io import RasterError
+        from mpmae_core.runtime.io import inspect as rinspect
+        from mpmae_core.runtime.io.files import atomic_write_text
+        from mpmae_core.runtime.io.gdal_io import RasterError
 
-        from mpmae_core.runtime.files import check_output
-        from mpmae_core.runtime.predict import input_files
+        from mpmae_core.runtime.io.files import check_output
+        from mpmae_core.runtime.inference.predict import input_files
 
         source = self.raster_source(parameters, self.INPUT, context)
         report = self.parameterAsFileOutput(parameters, self.REPORT, context)
@@ -119,7 +119,7 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
         }
 
     def _write_table(self, parameters, context, a):
-        from mpmae_core.runtime.inspect import BAND_TABLE_COLUMNS, band_table_rows
+        from mpmae_core.runtime.io.inspect import BAND_TABLE_COLUMNS, band_table_rows
 
         fields = QgsFields()
         for col in BAND_TABLE_COLUMNS:

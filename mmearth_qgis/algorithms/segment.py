@@ -36,7 +36,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
         self.add_advanced_parameters()
 
     def process(self, parameters, context, feedback):
-        from mpmae_core.runtime.predict import segment
+        from mpmae_core.runtime.inference.predict import segment
 
         source = self.raster_source(parameters, self.INPUT, context)
         model = self.model_path(parameters, self.MODEL, context)

@@ -42,7 +42,7 @@ class SimilarityAlgorithm(InferenceAlgorithm):
         self.add_advanced_parameters()
 
     def process(self, parameters, context, feedback):
-        from mpmae_core.runtime.similarity import similarity
+        from mpmae_core.runtime.inference.similarity import similarity
 
         source = self.raster_source(parameters, self.INPUT, context)
         embeddings = self.embeddings_source(parameters, context)

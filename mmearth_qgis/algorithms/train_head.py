@@ -108,7 +108,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         return self.parameterAsRasterLayer(parameters, self.INPUT, context).crs()
 
     def process(self, parameters, context, feedback):
-        from mpmae_core.runtime.pixelhead import train_pixel_head
+        from mpmae_core.runtime.heads.pixelhead import train_pixel_head
 
         source = self.raster_source(parameters, self.INPUT, context)
         stored = self.embeddings_source(parameters, context)

@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime.files import atomic_output, atomic_write_text
+from mpmae_core.runtime.io.files import atomic_output, atomic_write_text
 
 #: Extra per-tile datasets of the reference files (not pretext tasks; written for layout fidelity).
 AUXILIARY = {"sentinel2_cloudmask": ("uint16", 65535), "sentinel2_cloudprod": ("uint16", 65535),

@@ -164,8 +164,8 @@ def _read_band_10m(gdal, path: Path, width: int, height: int) -> np.ndarray:
 
 def build_stack(src: Path, out: Path) -> Path:
     """Write the 13-band 10 m GeoTIFF (uint16, nodata 0, band names as descriptions)."""
-    from mpmae_core.runtime.files import atomic_output
-    from mpmae_core.runtime.gdal_io import gdal
+    from mpmae_core.runtime.io.files import atomic_output
+    from mpmae_core.runtime.io.gdal_io import gdal
 
     g = gdal()
     ref = g.Open(str(src / "IMG_DATA" / f"{SCENE_ID}_B02.jp2"))
@@ -197,8 +197,8 @@ def build_stack(src: Path, out: Path) -> Path:
 
 def build_labels(src: Path, stack: Path, out: Path) -> Path:
     """Rasterise the OSM landuse polygons onto the stack's 10 m grid: uint8, 0 = unlabelled."""
-    from mpmae_core.runtime.files import atomic_output
-    from mpmae_core.runtime.gdal_io import gdal
+    from mpmae_core.runtime.io.files import atomic_output
+    from mpmae_core.runtime.io.gdal_io import gdal
 
     g = gdal()
     ref = g.Open(str(stack))
@@ -234,9 +234,9 @@ def label_points(out: Path, per_class: int = 8, seed: int = 0, classes=None, cel
     Returns the number of points per class."""
     from osgeo import ogr, osr
 
-    from mpmae_core.runtime.files import atomic_output
-    from mpmae_core.runtime.gdal_io import gdal
-    from mpmae_core.runtime.labels import window_labels
+    from mpmae_core.runtime.io.files import atomic_output
+    from mpmae_core.runtime.io.gdal_io import gdal
+    from mpmae_core.runtime.io.labels import window_labels
 
     g = gdal()
     ds = g.Open(str(labels_path()))
@@ -308,7 +308,7 @@ def build_mmearth_file(stack: Path, out_h5: Path) -> Path:
 
     from mpmae_core import registry
     from mpmae_core.data.layout import RELEASE_BANDS, write_mmearth
-    from mpmae_core.runtime.gdal_io import gdal
+    from mpmae_core.runtime.io.gdal_io import gdal
 
     g = gdal()
     ds = g.Open(str(stack))

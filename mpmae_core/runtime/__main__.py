@@ -169,32 +169,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from mpmae_core.runtime.cli import run_main
-    from mpmae_core.runtime.gdal_io import RasterError
-    from mpmae_core.runtime.metadata import MetadataError
-    from mpmae_core.runtime.model import ModelError
-    from mpmae_core.runtime.predict import Cancelled
+    from mpmae_core.runtime.io.gdal_io import RasterError
+    from mpmae_core.runtime.models.metadata import MetadataError
+    from mpmae_core.runtime.models.model import ModelError
+    from mpmae_core.runtime.inference.predict import Cancelled
 
     log = lambda m: print(f"[mmearth] {m}", file=sys.stderr)  # noqa: E731
 
     def body() -> int:
         import os
 
-        from mpmae_core.runtime.predict import embed, segment
+        from mpmae_core.runtime.inference.predict import embed, segment
 
         if "GDAL_CACHEMAX" not in os.environ:
             # GDAL's block cache defaults to 5 % of RAM and would dominate peak memory on large rasters;
             # output rows are written once, so a small cache costs nothing.
-            from mpmae_core.runtime.gdal_io import gdal
+            from mpmae_core.runtime.io.gdal_io import gdal
 
             gdal().SetCacheMax(256 * 1024 * 1024)
         if args.cmd == "inspect":
-            from mpmae_core.runtime.inspect import inspect_raster, summary_lines
+            from mpmae_core.runtime.io.inspect import inspect_raster, summary_lines
 
             print("\n".join(summary_lines(inspect_raster(args.input))))
             return 0
         if args.cmd == "preview":
-            from mpmae_core.runtime.files import check_output
-            from mpmae_core.runtime.preview import side_by_side
+            from mpmae_core.runtime.io.files import check_output
+            from mpmae_core.runtime.io.preview import side_by_side
 
             check_output(args.output, [args.scene, args.classes] + args.compare, "preview", (".png",), "a PNG image")
             out = side_by_side(args.scene, [args.classes] + args.compare, args.output, args.title, args.panel_titles,
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
             if args.cmd == "embed":
                 res = embed(args.input, args.model, args.output, dtype=args.dtype, upsample=args.upsample, **common_kw)
             elif args.cmd == "features":
-                from mpmae_core.runtime.predict import features
+                from mpmae_core.runtime.inference.predict import features
 
                 res = features(args.input, args.model, args.output, blocks=args.blocks, dtype=args.dtype, **common_kw)
             else:
@@ -248,8 +248,8 @@ def batch_command(args, log) -> int:
 def fetch_model_command(args, log) -> int:
     import os
 
-    from mpmae_core.runtime.fetch import fetch_model, list_models
-    from mpmae_core.runtime.predict import Cancelled
+    from mpmae_core.runtime.releases.fetch import fetch_model, list_models
+    from mpmae_core.runtime.inference.predict import Cancelled
 
     out = args.out or os.environ.get("MMEARTH_MODELS") or "models"
     if args.list:
@@ -272,10 +272,10 @@ def fetch_model_command(args, log) -> int:
 
 
 def train_head_command(args, log) -> int:
-    from mpmae_core.runtime.gdal_io import open_raster
-    from mpmae_core.runtime.labels import read_label_file
-    from mpmae_core.runtime.pixelhead import train_pixel_head
-    from mpmae_core.runtime.predict import Cancelled
+    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.io.labels import read_label_file
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.inference.predict import Cancelled
 
     wkt = open_raster(args.input).GetProjection()
     features, names, ids, notes = read_label_file(args.labels, args.class_field, wkt)

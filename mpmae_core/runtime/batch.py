@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mpmae_core import registry
-from mpmae_core.runtime.files import PendingOutput, atomic_write_text
+from mpmae_core.runtime.io.files import PendingOutput, atomic_write_text
 
 MANIFEST_VERSION = 1
 REPORT_NAME = "batch_report.json"
@@ -203,7 +203,7 @@ def _asset_band(key: str, asset: dict):
 
 
 def _item_vrt(item: dict, base: Path, work_dir: Path) -> Path:
-    from mpmae_core.runtime.gdal_io import gdal
+    from mpmae_core.runtime.io.gdal_io import gdal
 
     g = gdal()
     found = {}
@@ -269,7 +269,7 @@ def file_identity(path: str) -> dict:
 
 def input_identity(source: str) -> list:
     """Every file a scene reads (a VRT's sources too), by path, size and modification time."""
-    from mpmae_core.runtime.predict import input_files
+    from mpmae_core.runtime.inference.predict import input_files
 
     seen, out = set(), []
     for f in input_files(source):
@@ -325,9 +325,9 @@ def output_for(scene: Scene, out_dir: Path, mode: str) -> Path:
 
 def plan_blocks(scene: Scene, job: Job, rows_per_block: int) -> tuple[int, list]:
     """(tile rows of the scene, [(a, b), ...] blocks of at most ``rows_per_block`` tile rows)."""
-    from mpmae_core.runtime.gdal_io import open_raster
-    from mpmae_core.runtime.model import read_metadata
-    from mpmae_core.runtime.tiling import raster_windows
+    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.models.model import read_metadata
+    from mpmae_core.runtime.inference.tiling import raster_windows
 
     ds = open_raster(scene.source)
     patch = read_metadata(job.model).patch_size
@@ -339,7 +339,7 @@ def plan_blocks(scene: Scene, job: Job, rows_per_block: int) -> tuple[int, list]
 
 def run_block(scene: Scene, job: Job, block: tuple, path: str) -> dict:
     """One block of tile rows of a scene into its own GeoTIFF (a worker reads the scene itself)."""
-    from mpmae_core.runtime.predict import embed, segment
+    from mpmae_core.runtime.inference.predict import embed, segment
 
     t = time.time()
     kw = dict(job.options, device=job.device, block=tuple(block), style=False)
@@ -358,7 +358,7 @@ def run_block(scene: Scene, job: Job, block: tuple, path: str) -> dict:
 def assemble(scene: Scene, job: Job, block_results: list, output: str, manifest: dict) -> dict:
     """Put a scene's blocks together into its output (verified, atomic), with its style and manifest;
     nothing is written when the output is already complete and current."""
-    from mpmae_core.runtime.gdal_io import RasterError, gdal, gdal_errors
+    from mpmae_core.runtime.io.gdal_io import RasterError, gdal, gdal_errors
 
     out = Path(output)
     failed = [r["error"] for r in block_results if r.get("error")]
@@ -413,8 +413,8 @@ def assemble(scene: Scene, job: Job, block_results: list, output: str, manifest:
 
 
 def _verify_raster(tmp) -> None:
-    from mpmae_core.runtime.gdal_io import gdal
-    from mpmae_core.runtime.raster import RasterError
+    from mpmae_core.runtime.io.gdal_io import gdal
+    from mpmae_core.runtime.inference.raster import RasterError
 
     ds = gdal().Open(str(tmp))
     if ds is None or ds.GetRasterBand(ds.RasterCount).ReadAsArray(0, ds.RasterYSize - 1, ds.RasterXSize, 1) is None:
@@ -423,8 +423,8 @@ def _verify_raster(tmp) -> None:
 
 def _style_for(out: Path, job: Job) -> str:
     """The class map's .qml (names and colours of the head or segmenter); none for embeddings."""
-    from mpmae_core.runtime.model import read_metadata
-    from mpmae_core.runtime.styles import paletted_qml
+    from mpmae_core.runtime.models.model import read_metadata
+    from mpmae_core.runtime.io.styles import paletted_qml
 
     if job.mode != "segment":
         return ""
@@ -489,8 +489,8 @@ def run_batch(mode: str, inputs: str, model: str, out_dir, *, head: Optional[str
               device: str = "auto", progress: Callable[[float], None] = lambda f: None,
               log: Callable[[str], None] = lambda m: None, client=None) -> BatchReport:
     """Embed or map every scene of ``inputs`` into ``out_dir`` on a Dask cluster (see the module)."""
-    from mpmae_core.runtime.files import check_output
-    from mpmae_core.runtime.model import read_metadata
+    from mpmae_core.runtime.io.files import check_output
+    from mpmae_core.runtime.models.model import read_metadata
 
     if mode not in ("embed", "segment"):
         raise BatchError(f"unknown batch mode {mode!r}: embed or segment")
@@ -592,7 +592,7 @@ def _reason(exc: BaseException) -> str:
 
 def write_mosaics(out_dir: Path, outputs: list, mode: str) -> list:
     """One VRT mosaic of the outputs per CRS (GDAL mosaics need one CRS)."""
-    from mpmae_core.runtime.gdal_io import gdal
+    from mpmae_core.runtime.io.gdal_io import gdal
 
     g = gdal()
     by_crs: dict = {}

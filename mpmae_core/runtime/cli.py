@@ -114,7 +114,7 @@ def run_main(fn: Callable[[], int], known: tuple = (), interrupted: Callable[[],
              prog: str = "mmearth") -> int:
     """Run a command's body: known errors print 'error: MESSAGE' (exit 2), Ctrl-C prints what was
     kept (exit 130), anything else prints one line and where the details were saved (exit 1)."""
-    from mpmae_core.runtime.files import OutputError, describe_os_error
+    from mpmae_core.runtime.io.files import OutputError, describe_os_error
 
     try:
         return fn()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from mpmae_core import registry
-from mpmae_core.runtime.files import Cancelled, atomic_write_text, check_output, describe_os_error
+from mpmae_core.runtime.io.files import Cancelled, atomic_write_text, check_output, describe_os_error
 
 HASH_RECORD = ".mmearth-downloads.json"
 CHUNK = 1 << 20
@@ -438,7 +438,7 @@ def fetch_model(spec: str, out_dir, *, name: Optional[str] = None, base_url: Opt
             raise FetchError(f"the download of {target.url} has SHA-256 {digest}, not the {where} {want}: it was "
                              "deleted and nothing was installed. If the authors published a new file, give its "
                              "checksum with --sha256 (QGIS: SHA256), or remove the record")
-        from mpmae_core.runtime.convert import ConvertError
+        from mpmae_core.runtime.releases.pth_to_onnx import ConvertError
 
         try:
             res = _convert_install(target, partfile.part, target.url, digest, size, out_dir, heads, progress,
@@ -457,7 +457,7 @@ def fetch_model(spec: str, out_dir, *, name: Optional[str] = None, base_url: Opt
 
 def _convert_install(target: Target, source_file: Path, origin: str, digest: str, size: int, out_dir: Path, heads,
                      progress, cancelled, log) -> dict:
-    from mpmae_core.runtime.convert import convert
+    from mpmae_core.runtime.releases.pth_to_onnx import convert
 
     log(f"converting ({size / 1e6:.1f} MB, SHA-256 {digest[:16]}...) without torch")
     res = convert(source_file, out_dir, target.name, heads=heads, cancelled=cancelled, log=log,

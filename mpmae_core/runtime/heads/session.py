@@ -30,8 +30,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from mpmae_core.runtime.files import Cancelled
-from mpmae_core.runtime.pixel import SPECTRA, Block, encoder_blocks, feature_set_columns, sample_bilinear
+from mpmae_core.runtime.io.files import Cancelled
+from mpmae_core.runtime.inference.pixel_features import SPECTRA, Block, encoder_blocks, feature_set_columns, sample_bilinear
 
 #: The head the live preview fits after every label: fast to fit and to apply, and rarely far from
 #: the chosen one (the full choice runs when the raster is mapped).
@@ -78,10 +78,10 @@ def build_stage_cache(prep, model, folder: Path, tile: int = 512, overlap: int =
     """Every encoder stage map of the raster at its own stride, each cell from the owner tile of
     its pixels (``tiling``), written as GeoTIFFs (float16) into ``folder``; info.json last, so a
     cache without it is incomplete and is rebuilt."""
-    from mpmae_core.runtime.pixel import EncoderMaps, check_maps
-    from mpmae_core.runtime.predict import writer_guard
-    from mpmae_core.runtime.raster import RasterWriter, has_data, read_block
-    from mpmae_core.runtime.tiling import owned_span, raster_windows
+    from mpmae_core.runtime.inference.pixel_features import EncoderMaps, check_maps
+    from mpmae_core.runtime.inference.predict import writer_guard
+    from mpmae_core.runtime.inference.raster import RasterWriter, has_data, read_block
+    from mpmae_core.runtime.inference.tiling import owned_span, raster_windows
 
     blocks = [b for b in encoder_blocks(model.metadata) if b.name != SPECTRA]
     p = model.metadata.patch_size
@@ -162,8 +162,8 @@ class MappingSession:
     def __init__(self, raster, model_path, *, device: str = "auto", level: str = "auto", dn_offset="auto",
                  band_map=None, scale: float = 1.0, tile: int = 512, overlap: int = 128, cache_dir=None,
                  log: Callable[[str], None] = lambda m: None):
-        from mpmae_core.runtime.model import OnnxModel
-        from mpmae_core.runtime.raster import prepare_input
+        from mpmae_core.runtime.models.model import OnnxModel
+        from mpmae_core.runtime.inference.raster import prepare_input
 
         self.raster, self.model_path = str(raster), str(model_path)
         self.model = OnnxModel(model_path, device=device, log=log)
@@ -198,7 +198,7 @@ class MappingSession:
 
     def _stage(self, name: str) -> np.ndarray:
         if name not in self._maps:  # a few tens of MB per stage for a Sentinel-2 scene of this size
-            from mpmae_core.runtime.gdal_io import open_raster
+            from mpmae_core.runtime.io.gdal_io import open_raster
 
             ds = open_raster(self.cache.path(name))
             self._maps[name] = ds.ReadAsArray().astype(np.float32).reshape(ds.RasterCount, ds.RasterYSize,
@@ -209,7 +209,7 @@ class MappingSession:
     @_locked
     def features_at(self, rows: np.ndarray, cols: np.ndarray, blocks=None) -> np.ndarray:
         """(n, F) features of ``blocks`` (default all) at raster pixels; NaN rows without data."""
-        from mpmae_core.runtime.raster import read_block
+        from mpmae_core.runtime.inference.raster import read_block
 
         blocks = blocks or self.blocks
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
@@ -236,8 +236,8 @@ class MappingSession:
         """(F, len(ys), len(xs)) features on the grid of pixel rows ``ys`` x columns ``xs`` (both
         increasing): the window's bands read once, each stage interpolated separably (rows, then
         columns: the same numbers as :meth:`features_at`, far fewer operations)."""
-        from mpmae_core.runtime.pixel import bilinear_axis
-        from mpmae_core.runtime.raster import read_block
+        from mpmae_core.runtime.inference.pixel_features import bilinear_axis
+        from mpmae_core.runtime.inference.raster import read_block
 
         blocks = blocks or self.blocks
         ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
@@ -262,7 +262,7 @@ class MappingSession:
 
     def label_pixels(self, features, buffer_m: float = 0.0):
         """(rows, cols, classes, groups) of labelled features on the raster's grid."""
-        from mpmae_core.runtime.labels import label_cells
+        from mpmae_core.runtime.io.labels import label_cells
 
         cells = label_cells(features, self.prep.geotransform, self.prep.width, self.prep.height, buffer_m)
         self.label_conflicts = cells  # what the caller warns about: places labelled with two classes
@@ -271,7 +271,7 @@ class MappingSession:
     # -- heads --------------------------------------------------------------------------
     @_locked
     def training_data(self, features, max_per_class: int = 1000, buffer_m: float = 0.0):
-        from mpmae_core.runtime.labels import cap_per_class_grouped
+        from mpmae_core.runtime.io.labels import cap_per_class_grouped
 
         rows, cols, y, groups = self.label_pixels(features, buffer_m)
         keep = cap_per_class_grouped(y, groups, max_per_class)
@@ -283,7 +283,7 @@ class MappingSession:
     @_locked
     def quick_head(self, features, class_names, class_colours=None, buffer_m: float = 0.0):
         """The preview head (PREVIEW_CANDIDATE) on every labelled pixel, and its 5-fold grouped CV."""
-        from mpmae_core.runtime.pixelhead import Candidate, PixelHead, score_candidates
+        from mpmae_core.runtime.heads.pixelhead import Candidate, PixelHead, score_candidates
 
         x, y, groups = self.training_data(features, buffer_m=buffer_m)
         cand = Candidate(*PREVIEW_CANDIDATE)
@@ -333,9 +333,9 @@ class MappingSession:
         """The whole raster's class map with ``head`` from the cached features (no encoder run), written
         as ``segment`` writes it: uint8, 255 = no data, class names, colours and a .qml; complete or not
         at all (a cancel leaves nothing)."""
-        from mpmae_core.runtime.predict import check_outputs, writer_guard
-        from mpmae_core.runtime.raster import RasterWriter
-        from mpmae_core.runtime.styles import paletted_qml, style_path
+        from mpmae_core.runtime.inference.predict import check_outputs, writer_guard
+        from mpmae_core.runtime.inference.raster import RasterWriter
+        from mpmae_core.runtime.io.styles import paletted_qml, style_path
 
         check_outputs({"class map": output}, [self.raster, self.model_path])
         if not self.ready:
@@ -382,10 +382,10 @@ class MappingSession:
                         buffer_m: float = 0.0, cancelled=lambda: False, log=lambda m: None) -> dict:
         """The self-choosing head of ``train_head`` (every candidate cross-validated) on the cached
         features, saved as ONNX (and its HTML report)."""
-        from mpmae_core.runtime.files import PendingOutput, check_output
-        from mpmae_core.runtime.fingerprint import encoder_fingerprint
-        from mpmae_core.runtime.model import OnnxModel
-        from mpmae_core.runtime.pixelhead import (PixelHead, candidates, check_labels, choose, report_html,
+        from mpmae_core.runtime.io.files import PendingOutput, check_output
+        from mpmae_core.runtime.models.fingerprint import encoder_fingerprint
+        from mpmae_core.runtime.models.model import OnnxModel
+        from mpmae_core.runtime.heads.pixelhead import (PixelHead, candidates, check_labels, choose, report_html,
                                                   report_text, score_candidates)
 
         check_output(output, [self.raster, self.model_path], "head", (".onnx",), "an ONNX model")
@@ -421,8 +421,8 @@ __all__ = ["MappingSession", "StageCache", "build_stage_cache", "cache_root", "P
 def write_preview(preview: dict, head, folder, projection: str, stem: str = "preview") -> tuple[Path, Path]:
     """The preview as two small GeoTIFFs in ``folder``: the class map (uint8 with names, colours
     and a .qml) and the confidence (top-class probability, with a colour ramp)."""
-    from mpmae_core.runtime.raster import RasterWriter
-    from mpmae_core.runtime.styles import paletted_qml, pseudocolor_qml, style_path
+    from mpmae_core.runtime.inference.raster import RasterWriter
+    from mpmae_core.runtime.io.styles import paletted_qml, pseudocolor_qml, style_path
 
     folder = Path(folder)
     probs, valid, gt = preview["probs"], preview["valid"], preview["geotransform"]

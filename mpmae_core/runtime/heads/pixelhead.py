@@ -41,11 +41,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime import metrics, onnx_writer
-from mpmae_core.runtime.fewshot import FewShotError, check_labels, fit_softmax, grouped_folds
-from mpmae_core.runtime.forest import RandomForest
-from mpmae_core.runtime.metadata import METADATA_KEY, ModelMetadata
-from mpmae_core.runtime.pixel import FEATURE_SETS, SPECTRA, Block, feature_set_blocks, feature_set_columns
+from mpmae_core.runtime.heads import metrics
+from mpmae_core.runtime.models import onnx_writer
+from mpmae_core.runtime.heads.linear import FewShotError, check_labels, fit_softmax, grouped_folds
+from mpmae_core.runtime.heads.forest import RandomForest
+from mpmae_core.runtime.models.metadata import METADATA_KEY, ModelMetadata
+from mpmae_core.runtime.inference.pixel_features import FEATURE_SETS, SPECTRA, Block, feature_set_blocks, feature_set_columns
 
 CLASSIFIERS = ("logistic", "forest")
 L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
@@ -196,7 +197,7 @@ def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: S
     holds the features of all ``blocks``; no fold ever scores a labelled feature it trained on.
     With candidates of at least two families, the ensemble candidate (:func:`ensemble_score`)
     comes last."""
-    from mpmae_core.runtime.files import Cancelled
+    from mpmae_core.runtime.io.files import Cancelled
 
     k_classes = len(class_names)
     min_groups = min(len(set(groups[y == c].tolist())) for c in np.unique(y))
@@ -340,8 +341,8 @@ def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float
                   progress=lambda f: None, cancelled=lambda: False, feature_raster=None) -> tuple:
     """Features (n, F) under the labels at pixel resolution, their classes, groups and counts;
     computed from the raster, or read from a precomputed ``feature_raster`` (blocks in order)."""
-    from mpmae_core.runtime.labels import cap_per_class_grouped, label_cells, read_pixels
-    from mpmae_core.runtime.pixel import block_slices, sample_features
+    from mpmae_core.runtime.io.labels import cap_per_class_grouped, label_cells, read_pixels
+    from mpmae_core.runtime.inference.pixel_features import block_slices, sample_features
 
     features = list(features)
     ids = list(feature_ids) if feature_ids is not None else list(range(1, len(features) + 1))
@@ -394,12 +395,12 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     """Sample features under the labels (or read them from ``feature_raster``, written by
     ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
     label and save it (ONNX) with its report. Both outputs appear whole or not at all."""
-    from mpmae_core.runtime.files import PendingOutput, check_output
-    from mpmae_core.runtime.fingerprint import encoder_fingerprint
-    from mpmae_core.runtime.model import OnnxModel
-    from mpmae_core.runtime.pixel import encoder_blocks, small_raster_warning
-    from mpmae_core.runtime.predict import Cancelled, check_tiling, input_files
-    from mpmae_core.runtime.raster import prepare_input
+    from mpmae_core.runtime.io.files import PendingOutput, check_output
+    from mpmae_core.runtime.models.fingerprint import encoder_fingerprint
+    from mpmae_core.runtime.models.model import OnnxModel
+    from mpmae_core.runtime.inference.pixel_features import encoder_blocks, small_raster_warning
+    from mpmae_core.runtime.inference.predict import Cancelled, check_tiling, input_files
+    from mpmae_core.runtime.inference.raster import prepare_input
 
     check_tiling(tile, overlap, 0)
     if not isinstance(buffer_m, (int, float)) or not np.isfinite(buffer_m) or buffer_m < 0:
@@ -464,8 +465,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
 def check_feature_raster(path, prep, meta, blocks) -> list:
     """The blocks stored in a per-pixel feature raster, after checking it was written for this
     raster's grid by this encoder and holds every block needed; a ValueError names the fix."""
-    from mpmae_core.runtime.gdal_io import open_raster
-    from mpmae_core.runtime.predict import read_feature_raster_info
+    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.inference.predict import read_feature_raster_info
 
     info = read_feature_raster_info(path)
     fix = ("compute it with `python -m mpmae_core.runtime features` (QGIS: 'Compute embeddings' with per-pixel "

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime.files import atomic_output
-from mpmae_core.runtime.gdal_io import RasterError, open_raster
+from mpmae_core.runtime.io.files import atomic_output
+from mpmae_core.runtime.io.gdal_io import RasterError, open_raster
 
 
 def _read(band, window, step):

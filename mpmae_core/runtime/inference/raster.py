@@ -19,11 +19,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime.files import PendingOutput, describe_os_error
-from mpmae_core.runtime.gdal_io import RasterError, gdal, gdal_errors, open_raster
-from mpmae_core.runtime import inspect as rinspect
-from mpmae_core.runtime.inspect import read_raster_facts, require_georeferenced
-from mpmae_core.runtime.metadata import ModelMetadata
+from mpmae_core.runtime.io.files import PendingOutput, describe_os_error
+from mpmae_core.runtime.io.gdal_io import RasterError, gdal, gdal_errors, open_raster
+from mpmae_core.runtime.io import inspect as rinspect
+from mpmae_core.runtime.io.inspect import read_raster_facts, require_georeferenced
+from mpmae_core.runtime.models.metadata import ModelMetadata
 
 
 @dataclass

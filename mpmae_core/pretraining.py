@@ -53,7 +53,7 @@ def pretrain(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             save_preview(tr.model, batch, out / "previews" / f"epoch_{tr.epoch:04d}.png")
 
     from mpmae_core.engine import checkpoint_step, latest_checkpoint
-    from mpmae_core.runtime.files import atomic_write_text, check_output
+    from mpmae_core.runtime.io.files import atomic_write_text, check_output
 
     check_output(out / "train_config.json", [cfg.data], "run folder")
     previous = latest_checkpoint(out)

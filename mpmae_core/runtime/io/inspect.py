@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime.gdal_io import RasterError, data_type_name, gdal_errors, open_raster
+from mpmae_core.runtime.io.gdal_io import RasterError, data_type_name, gdal_errors, open_raster
 
 #: Pixels per side read for the sampled band statistics: bounded whatever the raster's size.
 SAMPLE_SIDE = 512

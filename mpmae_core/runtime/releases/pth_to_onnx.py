@@ -25,10 +25,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from mpmae_core import reference_layout, registry
-from mpmae_core.runtime import onnx_writer
-from mpmae_core.runtime.metadata import (METADATA_KEY, default_normalisation, encoder_metadata,
+from mpmae_core.runtime.models import onnx_writer
+from mpmae_core.runtime.models.metadata import (METADATA_KEY, default_normalisation, encoder_metadata,
                                          segmenter_metadata)
-from mpmae_core.runtime.pth import CheckpointReadError, read_pth
+from mpmae_core.runtime.releases.pth import CheckpointReadError, read_pth
 
 OUR_FORMAT = "mpmae-checkpoint"  # checkpoints.FORMAT (that module needs torch)
 
@@ -157,7 +157,7 @@ FP16_TOLERANCE = 1e-2  # max |fp16 - fp32| relative to max |fp32|, per output, o
 def fp16_encoder(arrays: CheckpointArrays, source: str = "") -> tuple[bytes, float]:
     """The encoder in half precision (weights and arithmetic; float32 in and out), for GPUs, and its
     largest relative difference from the float32 graph on a probe (refused beyond FP16_TOLERANCE)."""
-    from mpmae_core.runtime.model import onnxruntime
+    from mpmae_core.runtime.models.model import onnxruntime
 
     meta = encoder_metadata(arrays.depths, arrays.dims, arrays.patch_size, arrays.convention, arrays.input_bands,
                             arrays.normalisation, source=source)
@@ -180,7 +180,7 @@ def fp16_encoder(arrays: CheckpointArrays, source: str = "") -> tuple[bytes, flo
 
 def check_graph(data: bytes, in_chans: int, patch: int, what: str) -> None:
     """Open the graph with ONNX Runtime and run it on a probe: finite outputs of the right shape."""
-    from mpmae_core.runtime.model import onnxruntime
+    from mpmae_core.runtime.models.model import onnxruntime
 
     ort = onnxruntime()
     try:
@@ -196,7 +196,7 @@ def check_graph(data: bytes, in_chans: int, patch: int, what: str) -> None:
 def model_graphs(arrays: CheckpointArrays, heads: bool = True, source: str = "",
                  cancelled: Callable[[], bool] = lambda: False) -> dict:
     """name suffix ('' for the encoder, '-<task>' for pretext segmenters) -> ONNX bytes."""
-    from mpmae_core.runtime.files import Cancelled
+    from mpmae_core.runtime.io.files import Cancelled
 
     meta = encoder_metadata(arrays.depths, arrays.dims, arrays.patch_size, arrays.convention, arrays.input_bands,
                             arrays.normalisation, source=source)
@@ -226,8 +226,8 @@ def convert(checkpoint, out_dir, name: str, *, heads: bool = True, source: str =
     """Write NAME.onnx (encoder) and NAME-<task>.onnx (landcover heads) into ``out_dir``, all
     verified, together or not at all. Returns {"encoder": path, "segmenters": {task: path}, ...}.
     ``input_bands``: the encoder's bands in order when the catalogue states them (RGB: B2, B3, B4)."""
-    from mpmae_core.runtime.files import Cancelled, PendingOutput, check_output
-    from mpmae_core.runtime.model import OnnxModel
+    from mpmae_core.runtime.io.files import Cancelled, PendingOutput, check_output
+    from mpmae_core.runtime.models.model import OnnxModel
 
     out_dir = Path(out_dir)
     arrays = checkpoint_arrays(checkpoint)

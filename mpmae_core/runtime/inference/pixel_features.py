@@ -193,9 +193,9 @@ def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols
                     cancelled: Callable[[], bool] = lambda: False) -> np.ndarray:
     """(n, F) features at raster pixels (rows, cols), each from its owner tile; NaN rows where the
     pixel has no data. Only tiles owning a requested pixel are read and run."""
-    from mpmae_core.runtime.files import Cancelled
-    from mpmae_core.runtime.raster import read_block
-    from mpmae_core.runtime.tiling import axis_owner, raster_windows
+    from mpmae_core.runtime.io.files import Cancelled
+    from mpmae_core.runtime.inference.raster import read_block
+    from mpmae_core.runtime.inference.tiling import axis_owner, raster_windows
 
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     total = sum(b.channels for b in blocks)
@@ -250,7 +250,7 @@ class PixelHeadRunner:
 
 
 def small_raster_warning(prep, tile: int, log) -> None:
-    from mpmae_core.runtime.tiling import MIN_CONTEXT
+    from mpmae_core.runtime.inference.tiling import MIN_CONTEXT
 
     if min(prep.width, prep.height) < min(tile, MIN_CONTEXT):
         log(f"warning: the raster is only {prep.width} x {prep.height} px; it is mirrored out to "

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpmae_core.runtime.gdal_io import open_raster
-from mpmae_core.runtime.raster import RasterWriter
+from mpmae_core.runtime.io.gdal_io import open_raster
+from mpmae_core.runtime.inference.raster import RasterWriter
 
 AGGREGATES = ("max", "mean")
 
@@ -42,11 +42,10 @@ def similarity(source, model_path, queries, output, *, embeddings=None, aggregat
     """``queries``: WKB points/polygons in the embeddings raster's CRS. Writes a one-band float32 map."""
     import tempfile
 
-    from mpmae_core.runtime.fewshot import FewShotError
-    from mpmae_core.runtime.labels import label_cells, read_cells
-    from mpmae_core.runtime.files import GEOTIFF_EXTENSIONS, check_output
-    from mpmae_core.runtime.predict import Cancelled, embeddings_for, input_files, writer_guard
-    from mpmae_core.runtime.styles import pseudocolor_qml, style_path
+    from mpmae_core.runtime.io.labels import LabelError, label_cells, read_cells
+    from mpmae_core.runtime.io.files import GEOTIFF_EXTENSIONS, check_output
+    from mpmae_core.runtime.inference.predict import Cancelled, embeddings_for, input_files, writer_guard
+    from mpmae_core.runtime.io.styles import pseudocolor_qml, style_path
 
     inputs = input_files(source) + [str(model_path)] + (input_files(embeddings) if embeddings else [])
     check_output(output, inputs, "similarity map", GEOTIFF_EXTENSIONS, "a GeoTIFF")
@@ -61,7 +60,7 @@ def similarity(source, model_path, queries, output, *, embeddings=None, aggregat
         q = read_cells(emb, cells.rows, cells.cols)
         q = q[np.isfinite(q).all(1)]
         if not len(q):
-            raise FewShotError("no query point lies over valid pixels of the raster: put the query points inside "
+            raise LabelError("no query point lies over valid pixels of the raster: put the query points inside "
                                "the raster, where it has data")
         total, count = np.zeros(ds.RasterCount), 0
         for _, block in _row_blocks(ds):

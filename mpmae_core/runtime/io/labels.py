@@ -159,7 +159,7 @@ def label_cells(features, geotransform, width: int, height: int, point_buffer: f
 
 def read_cells(path, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Values (n, bands) of a raster at cells, reading only the window that holds them; NaN nodata."""
-    from mpmae_core.runtime.gdal_io import open_raster
+    from mpmae_core.runtime.io.gdal_io import open_raster
 
     ds = open_raster(path)
     n = ds.RasterCount
@@ -177,7 +177,7 @@ def read_cells(path, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 def read_pixels(path, rows: np.ndarray, cols: np.ndarray, window: int = 256) -> np.ndarray:
     """Values (n, bands) of a raster at scattered pixels, reading only the ``window``-sized squares
     that hold them (a feature raster may have hundreds of bands); NaN nodata."""
-    from mpmae_core.runtime.gdal_io import open_raster
+    from mpmae_core.runtime.io.gdal_io import open_raster
 
     ds = open_raster(path)
     n = ds.RasterCount
@@ -190,7 +190,7 @@ def read_pixels(path, rows: np.ndarray, cols: np.ndarray, window: int = 256) -> 
         r1, c1 = int(rows[sel].max()) + 1, int(cols[sel].max()) + 1
         block = ds.ReadAsArray(c0, r0, c1 - c0, r1 - r0)
         if block is None:
-            from mpmae_core.runtime.gdal_io import RasterError
+            from mpmae_core.runtime.io.gdal_io import RasterError
 
             raise RasterError(f"could not read '{path}' at x {c0}..{c1 - 1}, y {r0}..{r1 - 1}: the file is damaged")
         block = block.astype(np.float32).reshape(n, r1 - r0, c1 - c0)
@@ -200,36 +200,6 @@ def read_pixels(path, rows: np.ndarray, cols: np.ndarray, window: int = 256) -> 
                 vals[vals[:, b] == nd, b] = np.nan
         out[sel] = vals
     return out
-
-
-def label_window(features, geotransform, width: int, height: int, margin: int, multiple: int):
-    """The pixel window (x0, y0, w, h) holding every labelled geometry plus ``margin`` pixels of
-    context, with its origin and size on the ``multiple`` grid (the model's patches stay aligned
-    with the full raster's), clipped to the raster; None when no geometry touches the raster.
-    ``features``: iterable of (WKB in the raster's CRS, anything)."""
-    from osgeo import ogr
-
-    gt = geotransform
-    xs, ys = [], []
-    for wkb, _ in features:
-        geom = ogr.CreateGeometryFromWkb(bytes(wkb)) if wkb else None
-        if geom is None or geom.IsEmpty():
-            continue
-        minx, maxx, miny, maxy = geom.GetEnvelope()
-        for x, y in ((minx, miny), (maxx, maxy)):
-            c, r = _grid_cell(gt, x, y)
-            xs.append(c)
-            ys.append(r)
-    if not xs:
-        return None
-    x0, x1 = max(min(xs) - margin, 0), min(max(xs) + 1 + margin, width)
-    y0, y1 = max(min(ys) - margin, 0), min(max(ys) + 1 + margin, height)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    x0, y0 = x0 - x0 % multiple, y0 - y0 % multiple
-    x1 = min(x1 + (-x1) % multiple, width)
-    y1 = min(y1 + (-y1) % multiple, height)
-    return x0, y0, x1 - x0, y1 - y0
 
 
 def window_labels(labels: np.ndarray, window: int, nodata: int = 0, min_share: float = 0.5) -> np.ndarray:
@@ -273,7 +243,7 @@ def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = "
     skipped (and counted in the returned notes); an undefined CRS is an error naming the fix."""
     from osgeo import ogr, osr
 
-    from mpmae_core.runtime.gdal_io import RasterError
+    from mpmae_core.runtime.io.gdal_io import RasterError
 
     ds = ogr.Open(str(path))
     if ds is None:

@@ -25,12 +25,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime.files import GEOTIFF_EXTENSIONS, Cancelled, check_output  # noqa: F401 (Cancelled: API)
-from mpmae_core.runtime.model import OnnxModel
-from mpmae_core.runtime.pixel import PixelHeadRunner, softmax, upsample_bilinear  # noqa: F401 (upsample_bilinear: API)
-from mpmae_core.runtime.raster import PreparedInput, RasterWriter, has_data, output_geotransform, read_block
-from mpmae_core.runtime.styles import BandMoments, paletted_qml, style_path
-from mpmae_core.runtime.tiling import blend_weights, raster_windows, round_up
+from mpmae_core.runtime.io.files import GEOTIFF_EXTENSIONS, Cancelled, check_output  # noqa: F401 (Cancelled: API)
+from mpmae_core.runtime.models.model import OnnxModel
+from mpmae_core.runtime.inference.pixel_features import PixelHeadRunner, softmax, upsample_bilinear  # noqa: F401 (upsample_bilinear: API)
+from mpmae_core.runtime.inference.raster import PreparedInput, RasterWriter, has_data, output_geotransform, read_block
+from mpmae_core.runtime.io.styles import BandMoments, paletted_qml, style_path
+from mpmae_core.runtime.inference.tiling import blend_weights, raster_windows, round_up
 
 
 F16_MAX = float(np.finfo(np.float16).max)
@@ -208,7 +208,7 @@ def writer_guard(writers, fn):
 
 def input_files(source) -> list[str]:
     """Every file GDAL reads for ``source`` (a VRT's sources too); [source] when it cannot tell."""
-    from mpmae_core.runtime.gdal_io import gdal_errors, gdal
+    from mpmae_core.runtime.io.gdal_io import gdal_errors, gdal
 
     g = gdal()
     with gdal_errors():
@@ -233,7 +233,7 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
           log=lambda m: None, block: Optional[tuple] = None) -> dict:
     """Embedding raster (D bands) at patch stride, or upsampled to pixels; NaN where no data. With
     ``style``, a .qml beside it shows the three bands of largest spread as RGB."""
-    from mpmae_core.runtime.raster import prepare_input
+    from mpmae_core.runtime.inference.raster import prepare_input
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
@@ -281,10 +281,10 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
     and run on; NaN where no data. ``blocks``: names to keep (default every block)."""
     import json
 
-    from mpmae_core.runtime.pixel import EncoderMaps, blocks_by_name, check_maps, encoder_blocks, hypercolumns, \
+    from mpmae_core.runtime.inference.pixel_features import EncoderMaps, blocks_by_name, check_maps, encoder_blocks, hypercolumns, \
         rows_per_chunk
-    from mpmae_core.runtime.raster import prepare_input
-    from mpmae_core.runtime.tiling import owned_span
+    from mpmae_core.runtime.inference.raster import prepare_input
+    from mpmae_core.runtime.inference.tiling import owned_span
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
@@ -382,7 +382,7 @@ def read_feature_raster_info(path) -> Optional[dict]:
     """The MMEARTH_FEATURES description of a per-pixel feature raster, or None for another raster."""
     import json
 
-    from mpmae_core.runtime.gdal_io import open_raster
+    from mpmae_core.runtime.io.gdal_io import open_raster
 
     text = open_raster(path).GetMetadataItem(FEATURES_KEY)
     if not text:
@@ -418,7 +418,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     """Class map (uint8, 255 = no data, colour table and class names; with ``style`` a .qml whose
     legend names the classes) and optional probabilities. ``block``: tile rows (a, b) only, as
     ``TiledPredictor.run`` describes (for huge rasters split across tasks)."""
-    from mpmae_core.runtime.raster import prepare_input
+    from mpmae_core.runtime.inference.raster import prepare_input
 
     check_tiling(tile, overlap, batch)
     inputs = input_files(source) + [str(model_path)] + ([str(head_path)] if head_path else [])
@@ -431,13 +431,13 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         if meta.kind != "encoder" or head.metadata.kind != "head":
             raise ValueError(f"with a head, the model must be an encoder and the head a head model; got a "
                              f"{meta.kind} model and a {head.metadata.kind} head")
-        from mpmae_core.runtime.fingerprint import check_head_encoder
+        from mpmae_core.runtime.models.fingerprint import check_head_encoder
 
         warning = check_head_encoder(head.metadata, head_path, model)
         if warning:
             log(warning)
         if head.metadata.per_pixel:
-            from mpmae_core.runtime.pixel import blocks_by_name, encoder_blocks
+            from mpmae_core.runtime.inference.pixel_features import blocks_by_name, encoder_blocks
 
             blocks = blocks_by_name(encoder_blocks(meta), head.metadata.features, head.metadata.feature_channels,
                                     f"the head '{head_path}'")
@@ -455,7 +455,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         log(note)
     spec = TileSpec(tile, overlap, batch or auto_batch(model))
     if blocks is not None:
-        from mpmae_core.runtime.pixel import small_raster_warning
+        from mpmae_core.runtime.inference.pixel_features import small_raster_warning
 
         small_raster_warning(prep, tile, log)
         encoder = model if any(b.name != "spectra" for b in blocks) else None
@@ -499,8 +499,8 @@ def embeddings_for(source, model_path, embeddings, workdir, *, progress=lambda f
     fits the model, or a fresh one computed from ``source`` into ``workdir``."""
     from pathlib import Path
 
-    from mpmae_core.runtime.gdal_io import open_raster
-    from mpmae_core.runtime.model import read_metadata
+    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.models.model import read_metadata
 
     meta = read_metadata(model_path)
     if meta.kind != "encoder":

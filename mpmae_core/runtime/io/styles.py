@@ -12,7 +12,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from mpmae_core.runtime.files import atomic_write_text
+from mpmae_core.runtime.io.files import atomic_write_text
 
 _HEAD = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n<qgis version=\"3.22\" styleCategories=\"Symbology\">\n<pipe>\n"
 _TAIL = "</pipe>\n</qgis>\n"

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from mpmae_core.runtime.metadata import MetadataError, ModelMetadata
+from mpmae_core.runtime.models.metadata import MetadataError, ModelMetadata
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
