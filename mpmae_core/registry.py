@@ -1,7 +1,9 @@
 """The one place for facts the whole project agrees on.
 
-Sentinel-2 band names and their MMEarth order, the L1C / L2A variants and the default
-normalisation statistics live here. The model, the data pipeline, the export metadata and the
+Input sources as data (``SourceSpec``: Sentinel-2 L1C / L2A, its RGB bands, and whatever a test
+or a later version adds): band names and their order, native resolutions, levels, scale and
+offset rules, nodata, plausibility limits, the masks a product carries and the default
+normalisation statistics. Also the pretext tasks, the class tables and the model catalogue. The model, the data pipeline, the export metadata and the
 QGIS plugin all read this module, so it imports nothing heavier than the standard library.
 
 Band order is always carried by *name*. MMEarth stores B8A before B8; most GeoTIFF stacks put
@@ -13,35 +15,209 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Optional, Sequence
 
 
+# --------------------------------------------------------------------------------------------
+# Input sources: what a raster of a given kind holds, as data. A new source is one SourceSpec
+# (plus, for a new file format, one reader); matching, inspection, normalisation and the model
+# metadata all read it from here.
+# --------------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
-class S2Band:
-    name: str
-    common_name: str
+class Band:
+    name: str  # the canonical name ("B8A")
+    common_name: str  # the STAC / eo common name ("nir08")
     wavelength_nm: float
-    resolution_m: int
+    resolution_m: float  # native ground sampling distance
+    aliases: tuple[str, ...] = ()  # other spellings seen in the wild (lower case)
+
+
+S2Band = Band  # the name before sources were data
+
+
+@dataclass(frozen=True)
+class Level:
+    """A processing level of a source; each level has its own normalisation statistics."""
+
+    name: str  # "l1c"
+    title: str  # "Level-1C (top of atmosphere)"
+    product_pattern: str = ""  # regex over the raster's metadata (upper case) that names this level
+    only_bands: tuple[str, ...] = ()  # bands only this level carries: their presence names it
+    statistics_key: str = ""  # the level's entry in the source's statistics file
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """A quality layer the products of a source carry (clouds, shadows, snow)."""
+
+    name: str  # "scl"
+    title: str
+    levels: tuple[str, ...]  # the levels whose products carry it
+    resolution_m: float
+    kind: str  # "classes" (one value per class), "probability" (0-100 %) or "flags" (one 0/1 band per flag)
+    classes: tuple[tuple[int, str], ...] = ()  # value (or band number, for flags) -> meaning
+    masked: tuple[int, ...] = ()  # the values (or flag bands) masked by default
+    threshold: float = 0.0  # "probability": masked at or above this
+    file_pattern: str = ""  # how the layer's file is named inside a product
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Everything the runtime needs to know about one kind of input raster."""
+
+    name: str
+    title: str  # as in "a Sentinel-2 raster", "Sentinel-2 band names"
+    bands: tuple[Band, ...]  # every band the source can carry, in its storage order
+    model_bands: tuple[str, ...]  # the bands a model of this source takes by default, in input order
+    product_order: tuple[str, ...]  # the order of the products and most stacks
+    display_bands: tuple[str, ...]  # red, green, blue for showing a scene
+    levels: tuple[Level, ...]
+    default_level: str  # assumed (with a warning) when a raster does not say
+    units: str  # what the raw values are ("digital numbers, reflectance x 10000")
+    dn_scale: float = 1.0  # raw value = physical value x dn_scale
+    nodata: float = 0.0
+    plausible_p99: tuple[float, float] = (0.0, float("inf"))  # the raw 99th percentile of real scenes
+    offset_keys: tuple[str, ...] = ()  # metadata items that state the additive offset (as a negative number)
+    baseline_key: str = ""  # metadata item naming the processing baseline ...
+    baseline_offsets: tuple[tuple[float, float], ...] = ()  # ... and (from baseline, offset) rules
+    gsd_m: float = 10.0
+    band_token: str = ""  # regex finding a band name inside free text; its groups, joined after "B", name it
+    fillable: tuple[tuple[str, str], ...] = ()  # band -> the neighbour a band map may repeat for it
+    masks: tuple[MaskSpec, ...] = ()
+    statistics_file: str = ""  # a resource of mpmae_core.resources with per-level mean and std
+    statistics_order_key: str = ""  # the file's key listing the band order of its entries
+    #: level -> {band: (mean, std)}, for sources whose statistics are not in a file (tests, toys)
+    statistics: dict = field(default_factory=dict, hash=False, compare=False)
+    summary: str = ""  # one line for listings
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.bands)
+
+    @property
+    def band_by_name(self) -> dict:
+        return {b.name: b for b in self.bands}
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return tuple(lv.name for lv in self.levels)
+
+    def level(self, name: str) -> Level:
+        for lv in self.levels:
+            if lv.name == name:
+                return lv
+        raise ValueError(f"unknown {self.title} processing level {name!r}; expected one of "
+                         f"{', '.join(self.level_names)}")
+
+    def canonical_band(self, label: Optional[str]) -> Optional[str]:
+        """The band a free-text label denotes: its name, common name or an alias (any case), or a
+        band token inside a longer label; None when it names no band, or several."""
+        if not label:
+            return None
+        text = label.strip()
+        key = re.sub(r"[\s\-]+", "_", text.lower())
+        names = _name_table(self)
+        if key in names:
+            return names[key]
+        if not self.band_token:
+            return None
+        found = {"B" + "".join(g) for g in re.findall(self.band_token, text.upper())}
+        # "Band 8" style tokens with a bare number are ambiguous with band *indices*: refuse them.
+        if re.fullmatch(r"(?i)band[ _-]?\d+", text) or len(found) != 1:
+            return None
+        name = found.pop()
+        return name if name in self.band_by_name else None
+
+    def default_statistics(self, level: str, bands: Sequence[str]) -> tuple[list[float], list[float]]:
+        """Default per-band (mean, std) of raw values at ``level``."""
+        lv = self.level(level.lower())
+        if self.statistics:
+            table = self.statistics.get(lv.name, {})
+            mean = {b: float(v[0]) for b, v in table.items()}
+            std = {b: float(v[1]) for b, v in table.items()}
+        elif self.statistics_file:
+            raw = _resource_json(self.statistics_file)
+            entry, order = raw[lv.statistics_key], raw[self.statistics_order_key]
+            mean, std = dict(zip(order, entry["mean"])), dict(zip(order, entry["std"]))
+        else:
+            mean, std = {}, {}
+        missing = [b for b in bands if b not in mean]
+        if missing:
+            raise ValueError(f"no default {lv.name.upper()} statistics for band(s) {', '.join(missing)}")
+        return [mean[b] for b in bands], [std[b] for b in bands]
+
+    def detect_level(self, labels: Sequence[Optional[str]], metadata: dict) -> tuple[Optional[str], str]:
+        """(level or None, how it was found) from the bands present or the raster's metadata."""
+        names = {self.canonical_band(d) for d in labels}
+        for lv in self.levels:
+            only = [b for b in lv.only_bands if b in names]
+            if only:
+                band = self.band_by_name[only[0]]
+                return lv.name, (f"band {band.name} ({band.common_name}) is present, which only "
+                                 f"{lv.title.split(' (')[0]} products carry")
+        text = " ".join(f"{k}={v}" for k, v in (metadata or {}).items()).upper()
+        for lv in self.levels:
+            if lv.product_pattern and re.search(lv.product_pattern, text):
+                return lv.name, f"the raster's metadata names a {lv.title.split(' (')[0]} product"
+        return None, ""
+
+    def detect_offset(self, metadata: dict) -> Optional[float]:
+        """The offset to subtract from raw values, from the raster's metadata; None when it does not say."""
+        meta = {k.upper(): v for k, v in (metadata or {}).items()}
+        for key in self.offset_keys:
+            for k, v in meta.items():
+                if key in k:
+                    try:
+                        return -float(v)  # the products state the offset as a negative number
+                    except ValueError:
+                        continue
+        if self.baseline_key:
+            for k, v in meta.items():
+                if self.baseline_key in k:
+                    try:
+                        baseline = float(v)
+                    except ValueError:
+                        continue
+                    offset = 0.0
+                    for since, value in self.baseline_offsets:
+                        if baseline >= since:
+                            offset = value
+                    return offset
+        return None
+
+
+@lru_cache(maxsize=None)
+def _resource_json(name: str) -> dict:
+    return json.loads(resources.files("mpmae_core.resources").joinpath(name).read_text())
+
+
+def _name_table(spec: SourceSpec) -> dict:
+    table = {}
+    for b in spec.bands:
+        for key in (b.name, b.common_name) + tuple(b.aliases):
+            table.setdefault(re.sub(r"[\s\-]+", "_", key.lower()), b.name)
+    return table
 
 
 #: Every Sentinel-2 MSI band, in the order the MMEarth HDF5 files store them (B8A before B8).
-S2_BANDS: tuple[S2Band, ...] = (
-    S2Band("B1", "coastal", 443, 60),
-    S2Band("B2", "blue", 490, 10),
-    S2Band("B3", "green", 560, 10),
-    S2Band("B4", "red", 665, 10),
-    S2Band("B5", "rededge1", 705, 20),
-    S2Band("B6", "rededge2", 740, 20),
-    S2Band("B7", "rededge3", 783, 20),
-    S2Band("B8A", "nir08", 865, 20),
-    S2Band("B8", "nir", 842, 10),
-    S2Band("B9", "nir09", 945, 60),
-    S2Band("B10", "cirrus", 1375, 60),
-    S2Band("B11", "swir16", 1610, 20),
-    S2Band("B12", "swir22", 2190, 20),
+S2_BANDS: tuple[Band, ...] = (
+    Band("B1", "coastal", 443, 60, ("aerosol", "coastal_aerosol", "coastalaerosol")),
+    Band("B2", "blue", 490, 10),
+    Band("B3", "green", 560, 10),
+    Band("B4", "red", 665, 10),
+    Band("B5", "rededge1", 705, 20, ("red_edge_1", "rededge_1")),
+    Band("B6", "rededge2", 740, 20, ("red_edge_2", "rededge_2")),
+    Band("B7", "rededge3", 783, 20, ("red_edge_3", "rededge_3")),
+    Band("B8A", "nir08", 865, 20, ("narrow_nir", "nirnarrow", "nir_narrow", "red_edge_4", "rededge4")),
+    Band("B8", "nir", 842, 10),
+    Band("B9", "nir09", 945, 60, ("water_vapour", "water_vapor", "watervapour", "wv")),
+    Band("B10", "cirrus", 1375, 60),
+    Band("B11", "swir16", 1610, 20, ("swir1", "swir_1")),
+    Band("B12", "swir22", 2190, 20, ("swir2", "swir_2")),
 )
 S2_BAND_BY_NAME = {b.name: b for b in S2_BANDS}
 
@@ -56,6 +232,107 @@ S2_RGB_BANDS: tuple[str, ...] = ("B2", "B3", "B4")
 #: Red, green, blue: the order for displaying a Sentinel-2 image.
 S2_RGB_DISPLAY: tuple[str, ...] = ("B4", "B3", "B2")
 
+#: Sentinel-2 nodata value in the raw uint16 digital numbers.
+S2_NODATA = 0
+#: Raw digital numbers are reflectance x 10000; products from processing baseline 04.00 on
+#: (25 January 2022) add this offset, which must be subtracted before using MMEarth statistics.
+S2_QUANTIFICATION = 10000.0
+S2_BASELINE_04_OFFSET = 1000.0
+
+#: The L2A scene classification (SCL, 20 m). Masked by default: no data, saturated or defective,
+#: cloud shadows, clouds of medium and high probability, thin cirrus. Snow (11) is a state of the
+#: ground, not a fault of the data, so it is kept unless asked for.
+S2_SCL = MaskSpec(
+    "scl", "Scene classification (SCL)", ("l2a",), 20, "classes",
+    ((0, "no data"), (1, "saturated or defective"), (2, "dark area pixels / topographic shadow"),
+     (3, "cloud shadow"), (4, "vegetation"), (5, "not vegetated"), (6, "water"), (7, "unclassified"),
+     (8, "cloud, medium probability"), (9, "cloud, high probability"), (10, "thin cirrus"), (11, "snow or ice")),
+    masked=(0, 1, 3, 8, 9, 10), file_pattern=r"SCL_20m")
+#: The L2A cloud probability (0-100 %, 20 m).
+S2_CLDPRB = MaskSpec("cldprb", "Cloud probability (MSK_CLDPRB)", ("l2a",), 20, "probability", threshold=50.0,
+                     file_pattern=r"MSK_CLDPRB_20m")
+#: The L1C classification mask of processing baseline 04.00 and later (one band per flag, 60 m).
+S2_CLASSI = MaskSpec("classi", "Classification mask (MSK_CLASSI_B00)", ("l1c",), 60, "flags",
+                     ((1, "opaque clouds"), (2, "cirrus"), (3, "snow or ice")), masked=(1, 2),
+                     file_pattern=r"MSK_CLASSI_B00")
+
+SENTINEL2 = SourceSpec(
+    name="sentinel2",
+    title="Sentinel-2",
+    bands=S2_BANDS,
+    model_bands=S2_MMEARTH_BANDS,
+    product_order=S2_PRODUCT_ORDER,
+    display_bands=S2_RGB_DISPLAY,
+    levels=(Level("l1c", "Level-1C (top of atmosphere)", r"L1C|LEVEL-?1C|MSI1C", ("B10",), "sentinel2_l1c_without_B10"),
+            Level("l2a", "Level-2A (bottom of atmosphere)", r"L2A|LEVEL-?2A|MSI2A", (), "sentinel2_l2a")),
+    default_level="l2a",
+    units="Sentinel-2 digital numbers (reflectance x 10000)",
+    dn_scale=S2_QUANTIFICATION,
+    nodata=S2_NODATA,
+    # The 99th percentile of DNs over a scene's bands is above 500 for real scenes, even all-water
+    # ones at L2A (reflectance x 1000, "DN/10", stays below), and below reflectance 2.5 (saturated
+    # clouds reach about 1.6).
+    plausible_p99=(500.0, 25000.0),
+    offset_keys=("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET"),
+    baseline_key="PROCESSING_BASELINE",
+    baseline_offsets=((4.0, S2_BASELINE_04_OFFSET),),
+    # "B8A", "B08", "b4", "S2_B11", "T33UUU_20170216T102101_B04", "Band 8A"... The token must not
+    # be glued to other letters or digits on either side (so "SB12X" or "B123" are not bands).
+    band_token=r"(?<![A-Z0-9])B(?:AND)?[ _-]?0?(1[0-2]|[1-9])(A?)(?![A-Z0-9])",
+    fillable=(("B1", "the band number of B2"), ("B9", "the band number of B8A")),
+    masks=(S2_SCL, S2_CLDPRB, S2_CLASSI),
+    statistics_file="mmearth_s2_band_stats.json",
+    statistics_order_key="band_order_l2a",  # both entries are stored in the 12-band MMEarth order
+    summary="Sentinel-2 MSI, Level-1C or Level-2A: the 12 bands of the MMEarth models (B10 left out)",
+)
+#: The released RGB MMEarth models: Sentinel-2's blue, green and red, in that order.
+SENTINEL2_RGB = replace(SENTINEL2, name="sentinel2_rgb", model_bands=S2_RGB_BANDS,
+                        summary="Sentinel-2 true colour: blue, green, red (B2, B3, B4)")
+
+#: Every input source the runtime knows, by name. A test or a plugin may add one.
+SOURCES: dict[str, SourceSpec] = {s.name: s for s in (SENTINEL2, SENTINEL2_RGB)}
+DEFAULT_SOURCE = SENTINEL2.name
+
+
+def source(name: str = DEFAULT_SOURCE) -> SourceSpec:
+    """The spec of source ``name``; the message names those known."""
+    if isinstance(name, SourceSpec):
+        return name
+    if name not in SOURCES:
+        raise ValueError(f"unknown input source {name!r}; this version knows {', '.join(SOURCES)} "
+                         "(a model for another source needs a newer mpmae_core)")
+    return SOURCES[name]
+
+
+def source_for_bands(bands: Sequence[str]) -> SourceSpec:
+    """The source a model taking ``bands`` reads: one whose model bands are exactly these, else the
+    first whose bands include them all."""
+    bands = tuple(bands)
+    for spec in SOURCES.values():
+        if spec.model_bands == bands:
+            return spec
+    for spec in SOURCES.values():
+        if bands and all(b in spec.band_by_name for b in bands):
+            return spec
+    raise ValueError(f"no known input source has the bands {', '.join(bands) or '(none)'}; known sources: "
+                     + "; ".join(f"{s.name} ({', '.join(s.band_names)})" for s in SOURCES.values()))
+
+
+def level_choices(spec: "SourceSpec | str | None" = None) -> tuple[str, ...]:
+    """What a user may ask for: "auto" or a level of the source (of any source when None)."""
+    if spec is None:
+        levels = []
+        for s in SOURCES.values():
+            levels.extend(lv for lv in s.level_names if lv not in levels)
+        return ("auto",) + tuple(levels)
+    return ("auto",) + source(spec).level_names
+
+
+#: Processing levels an MMEarth tile can have; statistics are chosen per tile by this.
+S2_LEVELS: tuple[str, ...] = SENTINEL2.level_names
+#: What a user may ask for: a level, or "auto" (from the raster's bands and metadata).
+S2_LEVEL_CHOICES: tuple[str, ...] = level_choices(SENTINEL2)
+
 #: Encoder sizes: name -> (depths, dims). Parameter counts (12 bands, final norm, no head) match MMEarth.
 ENCODER_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
@@ -69,32 +346,10 @@ ENCODER_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 PATCH_SIZES: tuple[int, ...] = (8, 16)
 CONVENTIONS: tuple[str, ...] = ("sparse", "reference_dense")
 
-#: Processing levels an MMEarth tile can have; statistics are chosen per tile by this.
-S2_LEVELS: tuple[str, ...] = ("l1c", "l2a")
-#: What a user may ask for: a level, or "auto" (from the raster's bands and metadata).
-S2_LEVEL_CHOICES: tuple[str, ...] = ("auto",) + S2_LEVELS
 
-#: Sentinel-2 nodata value in the raw uint16 digital numbers.
-S2_NODATA = 0
-#: Raw digital numbers are reflectance x 10000; products from processing baseline 04.00 on
-#: (25 January 2022) add this offset, which must be subtracted before using MMEarth statistics.
-S2_QUANTIFICATION = 10000.0
-S2_BASELINE_04_OFFSET = 1000.0
-
-_COMMON_NAMES = {b.common_name: b.name for b in S2_BANDS}
-# Spellings seen in the wild for the same bands (STAC, GEE, SNAP, band descriptions).
-_COMMON_NAMES.update({
-    "aerosol": "B1", "coastal_aerosol": "B1", "coastalaerosol": "B1",
-    "red_edge_1": "B5", "rededge_1": "B5", "red_edge_2": "B6", "rededge_2": "B6",
-    "red_edge_3": "B7", "rededge_3": "B7", "nir08": "B8A", "narrow_nir": "B8A",
-    "nirnarrow": "B8A", "nir_narrow": "B8A", "red_edge_4": "B8A", "rededge4": "B8A",
-    "water_vapour": "B9", "water_vapor": "B9", "watervapour": "B9", "wv": "B9",
-    "swir1": "B11", "swir_1": "B11", "swir2": "B12", "swir_2": "B12",
-})
-
-# "B8A", "B08", "b4", "S2_B11", "T33UUU_20170216T102101_B04", "Band 8A"... The band token must not
-# be glued to other letters or digits on either side (so "SB12X" or "B123" are not bands).
-_BAND_TOKEN = re.compile(r"(?<![A-Z0-9])B(?:AND)?[ _-]?0?(1[0-2]|[1-9])(A?)(?![A-Z0-9])")
+def canonical_band(label: Optional[str], spec: "SourceSpec | str" = DEFAULT_SOURCE) -> Optional[str]:
+    """The band of source ``spec`` that a free-text label denotes (see SourceSpec.canonical_band)."""
+    return source(spec).canonical_band(label)
 
 
 def canonical_s2_band(label: Optional[str]) -> Optional[str]:
@@ -106,21 +361,7 @@ def canonical_s2_band(label: Optional[str]) -> Optional[str]:
     Plain numbers ("1", "Band 1") are *not* accepted: band numbers say nothing about which
     wavelength a stack holds.
     """
-    if not label:
-        return None
-    text = label.strip()
-    key = re.sub(r"[\s\-]+", "_", text.lower())
-    if key in _COMMON_NAMES:
-        return _COMMON_NAMES[key]
-    found = {f"B{num}{a}" for num, a in _BAND_TOKEN.findall(text.upper())}
-    # "Band 8" style tokens with a bare number are ambiguous with band *indices*: refuse them.
-    bare = re.fullmatch(r"(?i)band[ _-]?\d+", text)
-    if bare or len(found) != 1:
-        return None
-    name = found.pop()
-    if name == "B8A" or name in S2_BAND_BY_NAME:
-        return name
-    return None
+    return SENTINEL2.canonical_band(label)
 
 
 @dataclass
@@ -135,6 +376,7 @@ class BandMatch:
     source_index: tuple[Optional[int], ...]
     unused: tuple[int, ...]
     duplicates: dict[str, list[int]] = field(default_factory=dict)
+    source: str = DEFAULT_SOURCE
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -150,6 +392,7 @@ class BandMatch:
 
     def describe_problem(self) -> str:
         """A message that names what is wrong and how to fix it; empty when the match is complete."""
+        spec = source(self.source)
         problems = []
         if self.duplicates:
             dup = "; ".join(
@@ -158,56 +401,65 @@ class BandMatch:
             )
             problems.append(f"ambiguous band names ({dup}): give each band a unique description")
         if self.missing:
-            named = sum(1 for lab in self.labels if canonical_s2_band(lab))
+            named = sum(1 for lab in self.labels if spec.canonical_band(lab))
             if named == 0:
-                hint = ("the raster's bands have no Sentinel-2 band names in their descriptions; map the bands by "
+                hint = (f"the raster's bands have no {spec.title} band names in their descriptions; map the bands by "
                         "hand (--band-map, or 'Band map' in QGIS), or name them once, listing the names in the raster's "
-                        "own band order, with: " + set_descriptions_command("FILE.tif", S2_PRODUCT_ORDER))
+                        "own band order, with: " + set_descriptions_command("FILE.tif", spec.product_order))
             else:
-                fill = [m for m in self.missing if m in FILLABLE_BANDS]
+                fillable = dict(spec.fillable)
+                fill = [m for m in self.missing if m in fillable]
                 hint = "add these bands to the stack, or map the bands by hand"
                 if fill:
                     hint += (f"; {', '.join(fill)} (atmospheric bands the landcover barely depends on) can be "
                              "stood in for by a neighbouring band: a band map may repeat a band number, e.g. "
-                             f"{FILLABLE_BANDS[fill[0]]} for {fill[0]}")
+                             f"{fillable[fill[0]]} for {fill[0]}")
             problems.append(f"missing band(s) {', '.join(self.missing)}: {hint}")
         return "; ".join(problems)
 
 
 #: Bands a user may stand in for by a neighbour (repeating a band in the band map), and which.
-FILLABLE_BANDS = {"B1": "the band number of B2", "B9": "the band number of B8A"}
+FILLABLE_BANDS = dict(SENTINEL2.fillable)
 
 
 def set_descriptions_command(path: str, names: Sequence[str]) -> str:
-    """A shell command that writes Sentinel-2 band names into a raster's band descriptions
+    """A shell command that writes band names into a raster's band descriptions
     (gdal_edit.py cannot set descriptions)."""
     return ("python3 -c \"from osgeo import gdal; ds = gdal.Open('" + path + "', gdal.GA_Update); "
             "[ds.GetRasterBand(i + 1).SetDescription(n) for i, n in enumerate('"
             + " ".join(names) + "'.split())]\"")
 
 
-def match_bands(labels: Sequence[Optional[str]], wanted: Sequence[str] = S2_MMEARTH_BANDS) -> BandMatch:
-    """Match raster band labels (descriptions) to the wanted Sentinel-2 bands, by name only."""
+def match_bands(labels: Sequence[Optional[str]], wanted: Sequence[str] = S2_MMEARTH_BANDS,
+                spec: "SourceSpec | str | None" = None) -> BandMatch:
+    """Match raster band labels (descriptions) to the wanted bands of a source, by name only
+    (the source is the one of the wanted bands when not given)."""
     wanted = tuple(wanted)
+    if spec is None:
+        try:
+            spec = source_for_bands(wanted)
+        except ValueError:
+            spec = SOURCES[DEFAULT_SOURCE]  # its check below names the band it does not know
+    spec = source(spec)
     for w in wanted:
-        if w not in S2_BAND_BY_NAME:
-            raise ValueError(f"unknown Sentinel-2 band {w!r}; known bands: {', '.join(S2_STORAGE_ORDER)}")
+        if w not in spec.band_by_name:
+            raise ValueError(f"unknown {spec.title} band {w!r}; known bands: {', '.join(spec.band_names)}")
     by_name: dict[str, list[int]] = {}
     for i, lab in enumerate(labels):
-        name = canonical_s2_band(lab)
+        name = spec.canonical_band(lab)
         if name is not None:
             by_name.setdefault(name, []).append(i)
     duplicates = {n: idx for n, idx in by_name.items() if len(idx) > 1 and n in wanted}
-    source = tuple(by_name[w][0] if w in by_name and w not in duplicates else None for w in wanted)
-    used = {s for s in source if s is not None}
+    src = tuple(by_name[w][0] if w in by_name and w not in duplicates else None for w in wanted)
+    used = {s for s in src if s is not None}
     unused = tuple(i for i in range(len(labels)) if i not in used)
-    return BandMatch(wanted, tuple(labels), source, unused, duplicates)
+    return BandMatch(wanted, tuple(labels), src, unused, duplicates, spec.name)
 
 
-@lru_cache(maxsize=None)
-def _default_stats_file() -> dict:
-    text = resources.files("mpmae_core.resources").joinpath("mmearth_s2_band_stats.json").read_text()
-    return json.loads(text)
+def default_statistics(level: str, bands: Sequence[str], spec: "SourceSpec | str | None" = None):
+    """Default per-band (mean, std) of raw values for ``level`` of the source of ``bands``."""
+    spec = source(spec) if spec is not None else source_for_bands(bands)
+    return spec.default_statistics(level, bands)
 
 
 def s2_default_statistics(level: str, bands: Sequence[str] = S2_MMEARTH_BANDS) -> tuple[list[float], list[float]]:
@@ -216,18 +468,9 @@ def s2_default_statistics(level: str, bands: Sequence[str] = S2_MMEARTH_BANDS) -
     These are the published MMEarth statistics (third-party copies; see the JSON's provenance).
     A real MMEarth download ships its own ``_band_stats.json``, which must take precedence.
     """
-    level = level.lower()
-    if level not in S2_LEVELS:
+    if level.lower() not in S2_LEVELS:
         raise ValueError(f"unknown Sentinel-2 processing level {level!r}; expected one of {S2_LEVELS}")
-    raw = _default_stats_file()
-    entry = raw["sentinel2_l2a"] if level == "l2a" else raw["sentinel2_l1c_without_B10"]
-    order = raw["band_order_l2a"]  # both entries are stored in the 12-band MMEarth order
-    mean = dict(zip(order, entry["mean"]))
-    std = dict(zip(order, entry["std"]))
-    missing = [b for b in bands if b not in mean]
-    if missing:
-        raise ValueError(f"no default {level.upper()} statistics for band(s) {', '.join(missing)}")
-    return [mean[b] for b in bands], [std[b] for b in bands]
+    return SENTINEL2.default_statistics(level, bands)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingOutputBoolean,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterRasterLayer,
@@ -33,6 +34,7 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
     INPUT = "INPUT"
     OUTPUT = "OUTPUT"
     REPORT = "REPORT"
+    SOURCE = "SOURCE"
 
     def name(self):
         return "inspect"
@@ -49,7 +51,8 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
     def shortHelpString(self):  # noqa: N802
         return (
             "Reads a raster and reports its bands (description, data type, nodata, sampled value range), "
-            "CRS and pixel size, then tells whether it can be fed to an MMEarth Sentinel-2 model and "
+            "CRS and pixel size, then tells whether it can be fed to an MMEarth model of the chosen input "
+            "source (Sentinel-2 unless set otherwise) and "
             "which raster band feeds each model input. Bands are matched by name (B8A, B08, 'red', "
             "'nir08', ...), never by position: MMEarth orders B8A before B8.\n\n"
             "Outputs an optional band table and an optional HTML report; the verdict and the band "
@@ -58,6 +61,7 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer"))
+        self.addParameter(QgsProcessingParameterEnum(self.SOURCE, "Input source", self._sources(), defaultValue=0))
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, "Band table", QgsProcessing.TypeVector, optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -86,7 +90,8 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
             check_output(report, input_files(source), "report", (".html", ".htm"), "an HTML page")
         feedback.setProgressText("Reading raster metadata and a sample of its pixels")
         try:
-            assessment = rinspect.inspect_raster(source)
+            assessment = rinspect.inspect_raster(
+                source, source=list(self._source_names())[self.parameterAsEnum(parameters, self.SOURCE, context)])
         except RasterError as exc:
             raise QgsProcessingException(str(exc)) from None
         for line in rinspect.summary_lines(assessment):
@@ -101,6 +106,18 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
             results[self.REPORT] = report
         feedback.setProgress(100)
         return results
+
+    @staticmethod
+    def _source_names():
+        from mpmae_core import registry
+
+        return list(registry.SOURCES)
+
+    @staticmethod
+    def _sources():
+        from mpmae_core import registry
+
+        return [f"{s.name}: {s.summary or s.title}" for s in registry.SOURCES.values()]
 
     @staticmethod
     def _values(a):

@@ -152,8 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--band-map", dict(type=_band_map)),
                      ("--dtype", dict(default="float32", type=cli.choice_of(["float32", "float16"], "dtype")))):
         bt.add_argument(name, **kw)
-    i = sub.add_parser("inspect", help="can this raster feed a Sentinel-2 model?")
+    i = sub.add_parser("inspect", help="can this raster feed a model, and how do its bands map?")
     i.add_argument("input")
+    i.add_argument("--source", default=registry.DEFAULT_SOURCE, type=cli.choice_of(list(registry.SOURCES), "input source"),
+                   help="the input source to assess against: " + "; ".join(
+                       f"{s.name} ({s.summary or s.title})" for s in registry.SOURCES.values()))
     v = sub.add_parser("preview", help="PNG of a class map next to its scene in natural colour")
     v.add_argument("scene")
     v.add_argument("classes")
@@ -190,7 +193,7 @@ def main(argv=None) -> int:
         if args.cmd == "inspect":
             from mpmae_core.runtime.io.inspect import inspect_raster, summary_lines
 
-            print("\n".join(summary_lines(inspect_raster(args.input))))
+            print("\n".join(summary_lines(inspect_raster(args.input, source=args.source))))
             return 0
         if args.cmd == "preview":
             from mpmae_core.runtime.io.files import check_output

@@ -53,6 +53,7 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
                   scale: float = 1.0) -> PreparedInput:
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise RasterError(f"the scale factor must be a positive number, got {scale!r}")
+    spec = meta.source_spec  # the input source's rules (registry): bands, levels, offsets, plausibility
     facts = read_raster_facts(source, sample=False)
     require_georeferenced(facts)
     if facts.crs_is_geographic:
@@ -77,29 +78,35 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
             raise RasterError(f"band map refers to band(s) {bad}; the raster has bands 1..{ds.RasterCount}")
         numbers = [int(b) for b in band_map]
     else:
-        match = registry.match_bands(descriptions, meta.input_bands)
+        match = registry.match_bands(descriptions, meta.input_bands, spec)
         if not match.complete:
             raise RasterError(f"'{source}' cannot feed this model: {match.describe_problem()}; the model takes "
                               f"{', '.join(meta.input_bands)} (or give {BAND_MAP_OPTION})")
         numbers = [i + 1 for i in match.source_index]
         if not match.is_identity:
             notes.append("bands matched by name: " + ", ".join(f"{b}<-{n}" for b, n in zip(meta.input_bands, numbers)))
-    if level not in registry.S2_LEVEL_CHOICES:
-        raise RasterError(f"unknown processing level {level!r}: choose one of {', '.join(registry.S2_LEVEL_CHOICES)}")
+    choices = registry.level_choices(spec)
+    if level not in choices:
+        raise RasterError(f"unknown processing level {level!r}: choose one of {', '.join(choices)}")
     if level == "auto":
-        found, how = rinspect.detect_level(descriptions, facts.metadata)
+        found, how = rinspect.detect_level(descriptions, facts.metadata, spec)
         if found is None:
-            found = "l2a" if "l2a" in meta.normalisation else next(iter(meta.normalisation))
-            log(f"warning: the raster does not state its processing level (no band B10, no product type in its "
-                f"metadata): assuming {found.upper()}; if that is wrong, set {LEVEL_OPTION}")
+            found = spec.default_level if spec.default_level in meta.normalisation else next(iter(meta.normalisation))
+            if len(spec.levels) > 1:
+                log(f"warning: the raster does not state its processing level (no band that only one level carries, "
+                    f"no product type in its metadata): assuming {found.upper()}; if that is wrong, set "
+                    f"{LEVEL_OPTION}")
         level = found
     mean, std = meta.statistics(level)
     if dn_offset == "auto":
-        found = rinspect.detect_dn_offset(facts.metadata)
+        found = rinspect.detect_dn_offset(facts.metadata, spec)
         if found is None:
             found = 0.0
-            log("no processing-baseline metadata: assuming DNs without the +1000 offset of baseline 04.00 (for "
-                f"products from 2022-01-25 on, set {rinspect.OFFSET_OPTION} to 1000)")
+            if spec.baseline_offsets:
+                since, value = spec.baseline_offsets[-1]
+                log(f"no processing-baseline metadata: assuming values without the +{value:g} offset of baseline "
+                    f"{since:05.2f} (for products of that baseline or later, set {rinspect.OFFSET_OPTION} to "
+                    f"{value:g})")
         dn_offset = found
     try:
         dn_offset = float(dn_offset)
@@ -114,7 +121,7 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
     nodata = float(meta.nodata if nd is None else nd)
     p50, p99 = rinspect.robust_statistics(ds, numbers, nodata)
     types = sorted({facts.bands[n - 1].data_type for n in numbers})
-    for finding in rinspect.radiometry_findings(p50, p99, types, float(scale), dn_offset):
+    for finding in rinspect.radiometry_findings(p50, p99, types, float(scale), dn_offset, spec):
         log(f"warning: {finding.message}")
     return PreparedInput(ds, str(source), numbers, level, dn_offset, nodata,
                          np.asarray(mean, np.float32), np.asarray(std, np.float32), facts.width, facts.height,

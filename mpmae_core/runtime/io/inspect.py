@@ -1,4 +1,5 @@
-"""Inspect a raster and tell whether, and how, it can be fed to an MMEarth Sentinel-2 model.
+"""Inspect a raster and tell whether, and how, it can be fed to an MMEarth model of an input source
+(Sentinel-2 unless told otherwise; the rules are the source's, in the registry).
 
 :func:`read_raster_facts` reads metadata and a bounded sample of pixels with GDAL;
 :func:`assess` is a pure function of those facts, so every rule is testable without files.
@@ -20,8 +21,7 @@ from mpmae_core.runtime.io.gdal_io import RasterError, data_type_name, gdal_erro
 
 #: Pixels per side read for the sampled band statistics: bounded whatever the raster's size.
 SAMPLE_SIDE = 512
-#: Ground sampling distance the MMEarth models were trained at, and the tolerance around it.
-MODEL_GSD_M = 10.0
+#: Tolerance around the source's ground sampling distance (registry.SourceSpec.gsd_m).
 GSD_TOLERANCE = 0.05
 
 
@@ -71,6 +71,11 @@ class Assessment:
     level_guess: str
     findings: list[Finding] = field(default_factory=list)
     level_source: str = ""  # how the level was found: "band B10", "metadata", or "" (assumed)
+    source: str = registry.DEFAULT_SOURCE  # the input source (registry.SOURCES) assessed against
+
+    @property
+    def spec(self) -> registry.SourceSpec:
+        return registry.source(self.source)
 
     @property
     def compatible(self) -> bool:
@@ -203,58 +208,31 @@ def require_georeferenced(facts: RasterFacts) -> None:
 # Processing level, DN offset and radiometry: pure rules shared by inspect and the runtime
 # ------------------------------------------------------------------------------------------
 
-_L2A = re.compile(r"L2A|LEVEL-?2A|MSI2A")  # MSIL2A, S2MSI2A, Level-2A
-_L1C = re.compile(r"L1C|LEVEL-?1C|MSI1C")  # MSIL1C, S2MSI1C, Level-1C
+def detect_level(descriptions: Sequence[str], metadata: dict,
+                 source: "registry.SourceSpec | str" = registry.DEFAULT_SOURCE) -> tuple[Optional[str], str]:
+    """(level | None, how it was found) from the bands present (B10 exists only in Sentinel-2 L1C)
+    or the raster's metadata (product type or level); the rules are the source's (registry)."""
+    return registry.source(source).detect_level(descriptions, metadata)
 
 
-def detect_level(descriptions: Sequence[str], metadata: dict) -> tuple[Optional[str], str]:
-    """('l1c' | 'l2a' | None, how it was found) from band names (B10 exists only in L1C) or the
-    raster's metadata (product type or level)."""
-    names = {registry.canonical_s2_band(d) for d in descriptions}
-    if "B10" in names:
-        return "l1c", "band B10 (cirrus) is present, which only Level-1C products carry"
-    text = " ".join(f"{k}={v}" for k, v in (metadata or {}).items()).upper()
-    if _L2A.search(text):
-        return "l2a", "the raster's metadata names a Level-2A product"
-    if _L1C.search(text):
-        return "l1c", "the raster's metadata names a Level-1C product"
-    return None, ""
+def detect_dn_offset(metadata: dict, source: "registry.SourceSpec | str" = registry.DEFAULT_SOURCE) -> Optional[float]:
+    """The offset to subtract, from the raster's metadata (for Sentinel-2: BOA/RADIO_ADD_OFFSET,
+    else PROCESSING_BASELINE); None when the metadata does not say."""
+    return registry.source(source).detect_offset(metadata)
 
-
-def detect_dn_offset(metadata: dict) -> Optional[float]:
-    """The DN offset to subtract, from Sentinel-2 metadata (BOA/RADIO_ADD_OFFSET, PROCESSING_BASELINE)."""
-    meta = {k.upper(): v for k, v in (metadata or {}).items()}
-    for key in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET"):
-        for k, v in meta.items():
-            if key in k:
-                try:
-                    return -float(v)  # the products state the offset as -1000
-                except ValueError:
-                    continue
-    for k, v in meta.items():
-        if "PROCESSING_BASELINE" in k:
-            try:
-                return registry.S2_BASELINE_04_OFFSET if float(v) >= 4.0 else 0.0
-            except ValueError:
-                continue
-    return None
-
-
-#: The 99th percentile of Sentinel-2 DNs (reflectance x 10000) over a scene's bands is above this
-#: for real scenes, even all-water ones at L2A; reflectance x 1000 ("DN/10") stays below it.
-PLAUSIBLE_P99_MIN = 500.0
-#: ... and below this (reflectance 2.5; saturated clouds reach about 1.6).
-PLAUSIBLE_P99_MAX = 25000.0
 
 SCALE_OPTION = "the scale factor (--scale on the command line, 'Scale factor' in QGIS)"
 OFFSET_OPTION = "the DN offset (--dn-offset on the command line, 'DN offset' in QGIS)"
 
 
 def radiometry_findings(p50: Sequence[float], p99: Sequence[float], data_types: Sequence[str],
-                        scale: float = 1.0, dn_offset: float = 0.0) -> list[Finding]:
-    """Warnings when the values read do not look like Sentinel-2 digital numbers after ``scale``
+                        scale: float = 1.0, dn_offset: float = 0.0,
+                        source: "registry.SourceSpec | str" = registry.DEFAULT_SOURCE) -> list[Finding]:
+    """Warnings when the values read do not look like the source's raw values after ``scale``
     and ``dn_offset``, each naming the likely scale and the option that fixes it. ``p50``/``p99``
     are per-band robust statistics of the raw values (None where a band had no data)."""
+    spec = registry.source(source)
+    low, high = spec.plausible_p99
     p50 = [v for v in p50 if v is not None]
     p99 = [v for v in p99 if v is not None]
     if not p99:
@@ -262,19 +240,19 @@ def radiometry_findings(p50: Sequence[float], p99: Sequence[float], data_types: 
     top = max(p99) * scale
     mid = float(np.median(p50)) * scale if p50 else top
     out = []
-    if "Byte" in data_types and scale == 1.0:
-        return [Finding("warning", "8-bit data (values 0-255) is not Sentinel-2 digital numbers (reflectance x 10000, "
-                                   "uint16): it looks like a visualisation. Use the original product's bands")]
-    if top <= 2.0:
+    if "Byte" in data_types and scale == 1.0 and spec.dn_scale > 255:
+        return [Finding("warning", f"8-bit data (values 0-255) is not {spec.units}: it looks like a visualisation. "
+                                   "Use the original product's bands")]
+    if top <= 2.0 and spec.dn_scale > 2.0:
         out.append(Finding("warning", f"values look like reflectance scaled to 0-1 (99th percentile {top:.3g}); the "
-                                      "models expect Sentinel-2 digital numbers (reflectance x 10000): set "
-                                      f"{SCALE_OPTION} to 10000"))
-    elif top < PLAUSIBLE_P99_MIN:
-        out.append(Finding("warning", f"values are small for Sentinel-2 digital numbers (99th percentile {top:.4g}, "
-                                      "real scenes exceed 500): they look like reflectance x 1000 (some processors "
-                                      f"write DN/10); if so, set {SCALE_OPTION} to 10"))
-    elif top > PLAUSIBLE_P99_MAX:
-        out.append(Finding("warning", f"values are too large for Sentinel-2 digital numbers (99th percentile "
+                                      f"models expect {spec.units}: set {SCALE_OPTION} to {spec.dn_scale:g}"))
+    elif top < low:
+        hint = (f": they look like reflectance x {spec.dn_scale / 10:g} (some processors write DN/10); if so, set "
+                f"{SCALE_OPTION} to 10") if spec.dn_scale >= 100 else f": check the data's scale and set {SCALE_OPTION}"
+        out.append(Finding("warning", f"values are small for {spec.units} (99th percentile {top:.4g}, real scenes "
+                                      f"exceed {low:g}){hint}"))
+    elif top > high:
+        out.append(Finding("warning", f"values are too large for {spec.units} (99th percentile "
                                       f"{top:.5g}); check the data's scale and set {SCALE_OPTION} (e.g. 0.1)"))
     if dn_offset and mid - dn_offset < 0:
         out.append(Finding("warning", f"half the values are below the DN offset of {dn_offset:g} being subtracted "
@@ -311,11 +289,16 @@ def robust_statistics(ds, band_numbers: Sequence[int], nodata: Optional[float], 
     return p50, p99
 
 
-def assess(facts: RasterFacts, wanted: Sequence[str] = registry.S2_MMEARTH_BANDS) -> Assessment:
-    """Judge whether the raster can feed a Sentinel-2 model that takes the ``wanted`` bands."""
-    match = registry.match_bands([b.description for b in facts.bands], wanted)
-    level, how = detect_level([b.description for b in facts.bands], facts.metadata)
-    out = Assessment(facts, match, level or "unknown", level_source=how)
+def assess(facts: RasterFacts, wanted: Optional[Sequence[str]] = None,
+           source: "registry.SourceSpec | str | None" = None) -> Assessment:
+    """Judge whether the raster can feed a model that takes the ``wanted`` bands of ``source``
+    (by default the source's model bands; the source of ``wanted`` when only they are given)."""
+    spec = registry.source(source) if source is not None else \
+        registry.source_for_bands(wanted) if wanted else registry.source()
+    wanted = tuple(wanted or spec.model_bands)
+    match = registry.match_bands([b.description for b in facts.bands], wanted, spec)
+    level, how = detect_level([b.description for b in facts.bands], facts.metadata, spec)
+    out = Assessment(facts, match, level or "unknown", level_source=how, source=spec.name)
     add = out.findings.append
 
     broken = [b for b in facts.bands if b.read_error]
@@ -336,43 +319,48 @@ def assess(facts: RasterFacts, wanted: Sequence[str] = registry.S2_MMEARTH_BANDS
     if facts.crs_is_geographic:
         add(Finding("warning",
                     f"the raster is in a geographic CRS ({facts.crs_authid or facts.crs_name}, degrees); the "
-                    "models expect about 10 m square pixels: reproject to the local UTM zone at 10 m "
-                    "(QGIS: Raster > Projections > Warp) first"))
+                    f"models expect about {spec.gsd_m:g} m square pixels: reproject to the local UTM zone at "
+                    f"{spec.gsd_m:g} m (QGIS: Raster > Projections > Warp) first"))
     elif facts.crs_unit_to_metre:
         px = [s * facts.crs_unit_to_metre for s in facts.pixel_size]
-        if any(abs(p - MODEL_GSD_M) > GSD_TOLERANCE * MODEL_GSD_M for p in px):
+        if any(abs(p - spec.gsd_m) > GSD_TOLERANCE * spec.gsd_m for p in px):
             add(Finding("warning",
                         f"pixel size is {px[0]:g} x {px[1]:g} m but the models were trained at "
-                        f"{MODEL_GSD_M:g} m: resample to {MODEL_GSD_M:g} m first"))
+                        f"{spec.gsd_m:g} m: resample to {spec.gsd_m:g} m first"))
 
     used = [facts.bands[s] for s in match.source_index if s is not None] or list(facts.bands)
     types = sorted({b.data_type for b in used})
-    offset = detect_dn_offset(facts.metadata) or 0.0
+    offset = detect_dn_offset(facts.metadata, spec) or 0.0
     out.findings.extend(radiometry_findings([b.sample_p50 for b in used], [b.sample_p99 for b in used], types,
-                                            1.0, offset))
-    if types and types != ["UInt16"] and "Byte" not in types:
-        add(Finding("info", f"data type {', '.join(types)}; Sentinel-2 products are UInt16"))
+                                            1.0, offset, spec))
+    if spec is registry.SENTINEL2 or spec.dn_scale == registry.S2_QUANTIFICATION:
+        if types and types != ["UInt16"] and "Byte" not in types:
+            add(Finding("info", f"data type {', '.join(types)}; {spec.title} products are UInt16"))
     if used and all(b.nodata is None for b in used):
         add(Finding("info",
-                    "no nodata value is set; Sentinel-2 marks empty pixels with 0: set nodata to 0 so "
-                    "empty areas are skipped"))
+                    f"no nodata value is set; {spec.title} marks empty pixels with {spec.nodata:g}: set nodata to "
+                    f"{spec.nodata:g} so empty areas are skipped"))
     if level:
         add(Finding("info", f"processing level {level.upper()}: {how}"))
-    else:
-        add(Finding("warning", "the raster does not say its processing level (no band B10, no product type in its "
-                               "metadata): the runtime will assume L2A (bottom of atmosphere). If it is Level-1C, "
-                               "set the processing level (--level l1c on the command line, 'Sentinel-2 processing "
+    elif len(spec.levels) > 1:
+        assumed = spec.level(spec.default_level)
+        others = [lv for lv in spec.levels if lv.name != assumed.name]
+        add(Finding("warning", f"the raster does not say its processing level (no band that only one level carries, "
+                               f"no product type in its metadata): the runtime will assume {assumed.name.upper()} "
+                               f"({assumed.title}). If it is {others[0].title.split(' (')[0]}, set the processing "
+                               f"level (--level {others[0].name} on the command line, '{spec.title} processing "
                                "level' in QGIS)"))
     if offset:
         add(Finding("info", f"processing baseline 04.00 or later: the offset of {offset:g} is subtracted from every DN"))
     return out
 
 
-def inspect_raster(source: str | os.PathLike, wanted: Sequence[str] = registry.S2_MMEARTH_BANDS) -> Assessment:
+def inspect_raster(path: str | os.PathLike, wanted: Optional[Sequence[str]] = None,
+                   source: "registry.SourceSpec | str | None" = None) -> Assessment:
     """Read and assess a raster in one call; raises RasterError for unreadable or ungeoreferenced input."""
-    facts = read_raster_facts(source)
+    facts = read_raster_facts(path)
     require_georeferenced(facts)
-    return assess(facts, wanted)
+    return assess(facts, wanted, source)
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -389,7 +377,7 @@ def band_table_rows(a: Assessment) -> list[tuple]:
     rows = []
     for b in a.facts.bands:
         rows.append((
-            b.index, b.description, registry.canonical_s2_band(b.description) or "", b.data_type,
+            b.index, b.description, a.spec.canonical_band(b.description) or "", b.data_type,
             b.nodata, b.sample_min, b.sample_max, b.sample_mean, b.sample_valid_fraction,
         ))
     return rows
@@ -411,7 +399,7 @@ def summary_lines(a: Assessment) -> list[str]:
                      f"{_fmt(mn):>9s} {_fmt(mx):>9s} {_fmt(mean):>9s}")
     lines.append("")
     verdict = "YES" if a.compatible else "NO"
-    lines.append(f"Can feed a {len(a.match.wanted)}-band MMEarth Sentinel-2 model: {verdict}")
+    lines.append(f"Can feed a {len(a.match.wanted)}-band MMEarth {a.spec.title} model: {verdict}")
     lines.extend("  " + m for m in a.mapping_lines())
     for finding in a.findings:
         lines.append(f"{finding.severity.upper()}: {finding.message}")
@@ -435,7 +423,7 @@ def html_report(a: Assessment) -> str:
         f"<h2>{esc(os.path.basename(f.source))}</h2>"
         f"<p>{esc(f.driver)}, {f.width} x {f.height} px, {len(f.bands)} bands, CRS {esc(f.crs_authid or f.crs_name)}, "
         f"pixel {f.pixel_size[0]:g} x {f.pixel_size[1]:g} {esc(f.crs_linear_unit or 'degree')}</p>"
-        f"<p><b>This raster {verdict} be fed to a {len(a.match.wanted)}-band MMEarth Sentinel-2 model.</b></p>"
+        f"<p><b>This raster {verdict} be fed to a {len(a.match.wanted)}-band MMEarth {esc(a.spec.title)} model.</b></p>"
         f"<table border='1' cellspacing='0' cellpadding='3'><tr>{head}</tr>{body}</table>"
         f"<h3>Band mapping</h3><ul>{mapping}</ul><h3>Findings</h3><ul>{findings}</ul></body></html>"
     )

@@ -3,10 +3,14 @@
 Stored as one JSON string under the ONNX metadata key ``mmearth`` (read back with onnxruntime's
 ``custom_metadata_map``, so the runtime needs no ``onnx`` package). Pure Python.
 
-Radiometry: inputs are Sentinel-2 digital numbers (reflectance x 10000). Products from processing
-baseline 04.00 on (25 January 2022) add +1000 to every DN; the models expect DNs without that
-offset, so the runtime subtracts ``dn_offset`` (from the raster's metadata, or the user) before
-normalising with the statistics of the raster's processing level.
+Radiometry: inputs are the raw values of the model's input source (``input_source``, a
+``registry.SourceSpec``): for Sentinel-2, digital numbers (reflectance x 10000). Products from
+processing baseline 04.00 on (25 January 2022) add +1000 to every DN; the models expect DNs
+without that offset, so the runtime subtracts ``dn_offset`` (from the raster's metadata, or the
+user) before normalising with the statistics of the raster's processing level.
+
+Format versions: 1 had no ``input_source`` (every model was Sentinel-2: a version-1 file is read
+as ``sentinel2``, or ``sentinel2_rgb`` when it takes B2, B3, B4); 2 names the source.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Optional
 from mpmae_core import registry
 
 METADATA_KEY = "mmearth"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KINDS = ("encoder", "segmenter", "head")
 MAX_CLASSES = 254  # class maps are one byte with 255 as no data
 
@@ -56,7 +60,15 @@ class ModelMetadata:
     precision: str = "float32"  # of the graph's arithmetic ("float16": a GPU variant; float32 in and out)
     #: head: the encoder it was trained on (``fingerprint.encoder_fingerprint``); empty in older files
     encoder: dict = field(default_factory=dict)
+    #: encoder, segmenter: the input source (registry.SOURCES) whose bands, levels and radiometry
+    #: it takes; empty in version-1 files (then found from the input bands)
+    input_source: str = ""
     format_version: int = FORMAT_VERSION
+
+    @property
+    def source_spec(self) -> registry.SourceSpec:
+        """The registry's spec of the model's input source."""
+        return registry.source(self.input_source or registry.source_for_bands(self.input_bands).name)
 
     def validate(self) -> "ModelMetadata":
         def number(name, low, integer=False, inclusive=True):
@@ -98,15 +110,30 @@ class ModelMetadata:
                 isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
                 for c in self.class_colours):
             raise MetadataError(f"'class_colours' must be a list of [r, g, b] values 0-255, got {self.class_colours!r}")
+        if not isinstance(self.input_source, str):
+            raise MetadataError(f"'input_source' must be the name of an input source, got {self.input_source!r:.60}")
         if self.kind != "head":
-            unknown = [b for b in self.input_bands if b not in registry.S2_BAND_BY_NAME]
-            if not self.input_bands or unknown:
-                raise MetadataError(f"input bands {self.input_bands} are not Sentinel-2 band names")
+            if not self.input_bands:
+                raise MetadataError("the model names no input bands")
+            if not self.input_source:  # version 1: every model was Sentinel-2
+                try:
+                    self.input_source = registry.source_for_bands(self.input_bands).name
+                except ValueError:
+                    raise MetadataError(f"input bands {self.input_bands} are not Sentinel-2 band names") from None
+            try:
+                spec = registry.source(self.input_source)
+            except ValueError as exc:
+                raise MetadataError(str(exc)) from None
+            unknown = [b for b in self.input_bands if b not in spec.band_by_name]
+            if unknown:
+                raise MetadataError(f"input bands {self.input_bands} are not {spec.title} band names "
+                                    f"({', '.join(spec.band_names)})")
             if not isinstance(self.normalisation, dict) or not self.normalisation:
                 raise MetadataError("the model has no normalisation statistics")
             for level, stats in self.normalisation.items():
-                if level not in registry.S2_LEVELS:
-                    raise MetadataError(f"normalisation for unknown level {level!r}")
+                if level not in spec.level_names:
+                    raise MetadataError(f"normalisation for unknown level {level!r} (the {spec.title} levels are "
+                                        f"{', '.join(spec.level_names)})")
                 if not isinstance(stats, dict):
                     raise MetadataError(f"{level} statistics must be an object with 'mean' and 'std'")
                 mean, std = stats.get("mean", []), stats.get("std", [])
@@ -214,14 +241,17 @@ def encoder_stages(dims, patch_size: int) -> list:
 
 
 def encoder_metadata(depths, dims, patch_size: int, convention: str, input_bands, normalisation: dict,
-                     source: str = "") -> ModelMetadata:
-    """The metadata of an encoder graph: what ``training.export`` and the torch-free converter write."""
+                     source: str = "", input_source: str = "") -> ModelMetadata:
+    """The metadata of an encoder graph: what ``training.export`` and the torch-free converter write.
+    ``input_source``: the registry's source (by default the one of ``input_bands``)."""
     size = next((n for n, (dp, dm) in registry.ENCODER_SIZES.items()
                  if tuple(dm) == tuple(dims) and tuple(dp) == tuple(depths)), "")
+    spec = registry.source(input_source) if input_source else registry.source_for_bands(input_bands)
     return ModelMetadata(kind="encoder", input_bands=list(input_bands), normalisation=normalisation,
                          patch_size=int(patch_size), embedding_dim=int(dims[-1]), convention=convention,
                          output_stride=int(patch_size), stages=encoder_stages(dims, patch_size), model_size=size,
-                         source=source)
+                         source=source, input_source=spec.name, gsd_m=float(spec.gsd_m), nodata=float(spec.nodata),
+                         dn_scale=float(spec.dn_scale))
 
 
 def segmenter_metadata(depths, dims, patch_size: int, input_bands, normalisation: dict, task: str, class_names,
@@ -234,12 +264,14 @@ def segmenter_metadata(depths, dims, patch_size: int, input_bands, normalisation
     return meta
 
 
-def default_normalisation(bands) -> dict:
-    """MMEarth's published L1C and L2A statistics for ``bands`` (those a level lacks are left out)."""
+def default_normalisation(bands, input_source: str = "") -> dict:
+    """The source's default statistics for ``bands`` at each of its levels (those a level lacks are
+    left out): for Sentinel-2, MMEarth's published L1C and L2A statistics."""
+    spec = registry.source(input_source) if input_source else registry.source_for_bands(bands)
     out = {}
-    for level in registry.S2_LEVELS:
+    for level in spec.level_names:
         try:
-            mean, std = registry.s2_default_statistics(level, bands)
+            mean, std = spec.default_statistics(level, bands)
         except ValueError:
             continue
         out[level] = {"mean": mean, "std": std}
