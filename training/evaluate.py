@@ -26,12 +26,13 @@ from mpmae_core import registry
 from mpmae_core.evaluation import (EvaluationError, cell_features, default_encoders, load_encoder,  # noqa: F401
                                    load_image, load_labels, random_encoder, run, run_command)
 from mpmae_core.runtime import cli
+from mpmae_core.runtime.cli import program as program_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=program_name("python -m training.evaluate"), description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", help="Sentinel-2 GeoTIFF (default: the embedded sample scene)")
     p.add_argument("--labels", help="label raster on the image's grid, or a vector file with --class-field "

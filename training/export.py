@@ -14,10 +14,11 @@ import sys
 
 from mpmae_core import registry
 from mpmae_core.runtime.cli import choice_of, run_main
+from mpmae_core.runtime.cli import program as program_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=program_name("python -m training.export"), description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--head", type=choice_of(tuple(registry.PRETEXT_CLASSES), "pretext head"),

@@ -18,12 +18,13 @@ import sys
 from pathlib import Path
 
 from mpmae_core.runtime import cli
+from mpmae_core.runtime.cli import program as program_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=program_name("python -m training.finetune"), description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", help="Sentinel-2 GeoTIFF (default: the embedded sample scene)")
     p.add_argument("--labels", help="points or polygons (with --class-field) or a label raster on the image's grid "

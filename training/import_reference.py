@@ -12,10 +12,11 @@ import sys
 
 from mpmae_core import registry
 from mpmae_core.runtime.cli import choice_of, run_main
+from mpmae_core.runtime.cli import program as program_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.import_reference", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=program_name("python -m training.import_reference"), description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="reference checkpoint-*.pth (or a bare state dict)")
     p.add_argument("--out", required=True, help="our checkpoint to write (.pt)")
     p.add_argument("--convention", type=choice_of(registry.CONVENTIONS, "convention"), default="reference_dense",

@@ -19,6 +19,7 @@ import json
 import sys
 import tomllib
 from pathlib import Path
+from mpmae_core.runtime.cli import program as program_name
 
 PRESETS = {
     # A real but small run: the embedded Sentinel-2 scene, its real modalities only.
@@ -36,7 +37,7 @@ PRESETS = {
 def build_parser() -> argparse.ArgumentParser:
     from mpmae_core.runtime import cli
 
-    p = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=program_name("python -m training.pretrain"), description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", type=cli.choice_of(sorted(PRESETS), "preset"), default="demo")
     p.add_argument("--config", help="TOML or JSON file of settings")

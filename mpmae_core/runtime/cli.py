@@ -13,6 +13,16 @@ import traceback
 from typing import Callable, Sequence
 
 
+#: The program name parsers show, when a front end runs under another name (``mmearth embed``
+#: runs ``python -m mpmae_core.runtime embed``): set by the ``mmearth`` command, else None.
+PROGRAM: "str | None" = None
+
+
+def program(default: str) -> str:
+    """The name a parser's usage line shows: ``PROGRAM`` when set, else ``default``."""
+    return PROGRAM or default
+
+
 def _number(text: str, kind, what: str):
     try:
         value = kind(text)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 

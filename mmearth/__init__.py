@@ -1,0 +1,1 @@
+"""The one command: ``mmearth SUBCOMMAND ...`` (see :mod:`mmearth.cli`)."""
