@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mpmae_core import reference_layout, registry
+from mpmae_core import registry
+
+from mpmae_core.runtime.releases import reference_layout
 from mpmae_core.models.convnextv2 import ConvNeXtV2Encoder, build_encoder, size_from_dims
 from mpmae_core.models.mpmae import MPMAE
 from mpmae_core.runtime.io.files import atomic_output

@@ -725,14 +725,16 @@ class ReleasedModel:
     source: str  # "hub" (MMEarth-train's hub loader downloads it: folder and file confirmed) or "readme" (the
     #: README table lists the folder; the file name is the hub entries' and not stated by the authors)
     input_bands: Optional[tuple] = None  # the bands the encoder takes, in order (RGB models: B2, B3, B4)
+    licence: str = ""  # of the weights, in short (the catalogue's licence_short unless the entry says otherwise)
 
     def url(self, base_url: Optional[str] = None) -> str:
         return f"{(base_url or model_base_url()).rstrip('/')}/{self.folder}/{self.file}"
 
     def describe(self) -> str:
         bands = f", bands {', '.join(self.input_bands)}" if self.input_bands else ""
+        licence = f"; licence: {self.licence}" if self.licence else ""
         return (f"{self.size}, patch {self.patch_size} ({self.crop_px} px crops of {self.tile_px} px tiles), "
-                f"{self.data}, {self.loss} loss, tasks {self.tasks}{bands}")
+                f"{self.data}, {self.loss} loss, tasks {self.tasks}{bands}{licence}")
 
     @property
     def confirmed(self) -> bool:
@@ -748,8 +750,10 @@ def released_models() -> dict[str, ReleasedModel]:
     """name -> ReleasedModel, in the catalogue's order."""
     fields = set(ReleasedModel.__dataclass_fields__)
     out = {}
-    for m in _catalogue_file()["models"]:
-        kw = {k: v for k, v in m.items() if k in fields}
+    catalogue = _catalogue_file()
+    for m in catalogue["models"]:
+        kw = {"licence": catalogue.get("licence_short", "")}
+        kw.update({k: v for k, v in m.items() if k in fields})
         if kw.get("input_bands") is not None:
             kw["input_bands"] = tuple(kw["input_bands"])
         out[m["name"]] = ReleasedModel(**kw)
@@ -760,6 +764,11 @@ def model_base_url(setting: Optional[str] = None) -> str:
     """Where the released checkpoints are downloaded from: $MMEARTH_MODEL_BASE_URL, else the given
     setting (the QGIS plugin's), else the catalogue's own."""
     return os.environ.get(MODEL_BASE_URL_ENV) or setting or _catalogue_file()["base_url"]
+
+
+def released_weights_licence() -> str:
+    """What the catalogue says of the released weights' licence, in full."""
+    return _catalogue_file().get("licence", "")
 
 
 def model_share_page() -> str:

@@ -20,8 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "mmearth_qgis"
 #: The torch-free part of mpmae_core the plugin needs (a test checks the plugin runs on exactly this).
-VENDORED = ["mpmae_core/__init__.py", "mpmae_core/registry.py", "mpmae_core/reference_layout.py", "mpmae_core/resources",
-            "mpmae_core/runtime"]
+VENDORED = ["mpmae_core/__init__.py", "mpmae_core/registry.py", "mpmae_core/resources", "mpmae_core/runtime"]
 SKIP_DIRS = {"__pycache__", ".pytest_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
 

@@ -184,7 +184,7 @@ def test_reader_rebuilds_every_tensor_exactly_and_refuses_foreign_globals(tmp_pa
 
 
 def test_the_reader_has_no_unpickler():
-    src = (ROOT / "mpmae_core" / "runtime" / "pth.py").read_text()
+    src = (ROOT / "mpmae_core" / "runtime" / "releases" / "pth.py").read_text()
     assert "import pickle" not in src and "Unpickler" not in src
 
 
@@ -398,6 +398,7 @@ def test_the_catalogue_as_published(tmp_path):
     assert all(m.input_bands == ("B2", "B3", "B4") for m in catalogue.values() if "rgb" in m.folder)
     listing = "\n".join(F.list_models(tmp_path))
     assert "file name not stated by the authors" in listing and "bands B2, B3, B4" in listing
+    assert "weights licence: Not stated" in listing and "CC BY-NC 4.0" in listing
 
 
 def test_an_rgb_model_takes_blue_green_red_by_name(tmp_path, monkeypatch):
@@ -419,7 +420,9 @@ def test_an_rgb_model_takes_blue_green_red_by_name(tmp_path, monkeypatch):
         server.close()
     from mpmae_core.runtime.models.model import OnnxModel
 
-    assert OnnxModel(res["encoder"], device="cpu").metadata.input_bands == ["B2", "B3", "B4"]
+    meta = OnnxModel(res["encoder"], device="cpu").metadata
+    assert meta.input_bands == ["B2", "B3", "B4"] and meta.input_source == "sentinel2_rgb"
+    assert meta.licence == entry.licence and "non-commercial" in meta.licence  # the catalogue's words travel along
     rgb = np.random.default_rng(0).integers(300, 3000, (3, 96, 96)).astype("uint16")
     write_geotiff(tmp_path / "bgr.tif", rgb, ["B2", "B3", "B4"], nodata=0)
     write_geotiff(tmp_path / "rgb.tif", rgb[::-1], ["B4", "B3", "B2"], nodata=0)

@@ -171,7 +171,7 @@ def test_fuzz_mutated_checkpoints(tmp_path):
 @pytest.mark.parametrize("size,patch", [("atto", 8), ("atto", 16), ("tiny", 16)])
 def test_expected_encoder_shapes_equal_the_torch_model(size, patch):
     from mpmae_core.models import build_encoder
-    from mpmae_core.reference_layout import encoder_keys, expected_encoder_shapes
+    from mpmae_core.runtime.releases.reference_layout import encoder_keys, expected_encoder_shapes
 
     enc = build_encoder(size, patch_size=patch)
     sd = enc.state_dict()

@@ -63,6 +63,9 @@ class ModelMetadata:
     #: encoder, segmenter: the input source (registry.SOURCES) whose bands, levels and radiometry
     #: it takes; empty in version-1 files (then found from the input bands)
     input_source: str = ""
+    #: the licence of the weights, where known (released models: the catalogue's words); empty for a
+    #: user's own models, whose licence is theirs to state
+    licence: str = ""
     format_version: int = FORMAT_VERSION
 
     @property
@@ -110,6 +113,8 @@ class ModelMetadata:
                 isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
                 for c in self.class_colours):
             raise MetadataError(f"'class_colours' must be a list of [r, g, b] values 0-255, got {self.class_colours!r}")
+        if not isinstance(self.licence, str):
+            raise MetadataError(f"'licence' must be text, got {self.licence!r:.60}")
         if not isinstance(self.input_source, str):
             raise MetadataError(f"'input_source' must be the name of an input source, got {self.input_source!r:.60}")
         if self.kind != "head":

@@ -462,7 +462,8 @@ def _convert_install(target: Target, source_file: Path, origin: str, digest: str
     log(f"converting ({size / 1e6:.1f} MB, SHA-256 {digest[:16]}...) without torch")
     res = convert(source_file, out_dir, target.name, heads=heads, cancelled=cancelled, log=log,
                   source=f"{target.name} from {origin} (sha256 {digest})",
-                  input_bands=target.entry.input_bands if target.entry else None)
+                  input_bands=target.entry.input_bands if target.entry else None,
+                  licence=target.entry.licence if target.entry else "")
     progress(1.0)
     return dict(res, name=target.name, origin=origin, sha256=digest, bytes=size)
 
@@ -471,7 +472,8 @@ def list_models(out_dir) -> list[str]:
     """The catalogue with what is installed in ``out_dir``, then any other models there."""
     out_dir = Path(out_dir)
     installed = {p.stem for p in out_dir.glob("*.onnx")} if out_dir.is_dir() else set()
-    lines = [f"catalogue of released MMEarth models (download base {registry.model_base_url()}):"]
+    lines = [f"catalogue of released MMEarth models (download base {registry.model_base_url()}):",
+             f"  weights licence: {registry.released_weights_licence()}"]
     for name, m in registry.released_models().items():
         mark = "installed" if name in installed else "-"
         note = "" if m.confirmed else "  (folder from the README table; file name not stated by the authors)"

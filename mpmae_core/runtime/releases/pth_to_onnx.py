@@ -24,7 +24,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from mpmae_core import reference_layout, registry
+from mpmae_core import registry
+
+from mpmae_core.runtime.releases import reference_layout
 from mpmae_core.runtime.models import onnx_writer
 from mpmae_core.runtime.models.metadata import (METADATA_KEY, default_normalisation, encoder_metadata,
                                          segmenter_metadata)
@@ -194,12 +196,14 @@ def check_graph(data: bytes, in_chans: int, patch: int, what: str) -> None:
 
 
 def model_graphs(arrays: CheckpointArrays, heads: bool = True, source: str = "",
-                 cancelled: Callable[[], bool] = lambda: False) -> dict:
-    """name suffix ('' for the encoder, '-<task>' for pretext segmenters) -> ONNX bytes."""
+                 cancelled: Callable[[], bool] = lambda: False, licence: str = "") -> dict:
+    """name suffix ('' for the encoder, '-<task>' for pretext segmenters) -> ONNX bytes; ``licence``:
+    of the weights, written into every graph's metadata."""
     from mpmae_core.runtime.io.files import Cancelled
 
     meta = encoder_metadata(arrays.depths, arrays.dims, arrays.patch_size, arrays.convention, arrays.input_bands,
                             arrays.normalisation, source=source)
+    meta.licence = licence
     out = {"": onnx_writer.convnext_encoder(arrays.encoder_state, arrays.depths, arrays.dims, arrays.in_chans,
                                             arrays.patch_size, convention=arrays.convention,
                                             metadata={METADATA_KEY: meta.to_json()})}
@@ -214,6 +218,7 @@ def model_graphs(arrays: CheckpointArrays, heads: bool = True, source: str = "",
             names, colours = registry.PRETEXT_CLASSES[task]
             smeta = segmenter_metadata(arrays.depths, arrays.dims, arrays.patch_size, arrays.input_bands,
                                        arrays.normalisation, task, names, colours, source=source)
+            smeta.licence = licence
             out[f"-{task}"] = onnx_writer.pretext_segmenter(
                 full, task, arrays.depths, arrays.dims, arrays.in_chans, arrays.patch_size, len(names),
                 arrays.decoder_dim, arrays.decoder_depth, metadata={METADATA_KEY: smeta.to_json()})
@@ -222,10 +227,11 @@ def model_graphs(arrays: CheckpointArrays, heads: bool = True, source: str = "",
 
 def convert(checkpoint, out_dir, name: str, *, heads: bool = True, source: str = "",
             cancelled: Callable[[], bool] = lambda: False, log: Callable[[str], None] = lambda m: None,
-            input_bands=None) -> dict:
+            input_bands=None, licence: str = "") -> dict:
     """Write NAME.onnx (encoder) and NAME-<task>.onnx (landcover heads) into ``out_dir``, all
     verified, together or not at all. Returns {"encoder": path, "segmenters": {task: path}, ...}.
-    ``input_bands``: the encoder's bands in order when the catalogue states them (RGB: B2, B3, B4)."""
+    ``input_bands``: the encoder's bands in order when the catalogue states them (RGB: B2, B3, B4);
+    ``licence``: of the weights (the catalogue's words), kept in the models' metadata."""
     from mpmae_core.runtime.io.files import Cancelled, PendingOutput, check_output
     from mpmae_core.runtime.models.model import OnnxModel
 
@@ -243,7 +249,7 @@ def convert(checkpoint, out_dir, name: str, *, heads: bool = True, source: str =
         log(note)
     if cancelled():
         raise Cancelled("cancelled by the user; no model was installed")
-    graphs = model_graphs(arrays, heads, source or f"converted from {Path(checkpoint).name}", cancelled)
+    graphs = model_graphs(arrays, heads, source or f"converted from {Path(checkpoint).name}", cancelled, licence)
     paths = {suffix: out_dir / f"{name}{suffix}.onnx" for suffix in graphs}
     for p in paths.values():
         check_output(p, [checkpoint], "model", (".onnx",), "an ONNX model")
