@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import encoder_or_random  # noqa: E402
+
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -44,19 +46,7 @@ def main() -> int:
     inputs.mkdir()
     for i in range(args.copies):
         shutil.copy(scene, inputs / f"scene{i}.tif")
-    model = args.model
-    if not model:
-        import torch
-
-        from mpmae_core import registry
-        from mpmae_core.export import export_encoder
-        from mpmae_core.models import build_encoder
-        from mpmae_core.runtime.models.metadata import default_normalisation
-
-        torch.manual_seed(0)
-        model = str(work / "atto.onnx")
-        export_encoder(build_encoder("atto").eval(), model, registry.S2_MMEARTH_BANDS,
-                       default_normalisation(registry.S2_MMEARTH_BANDS))
+    model = encoder_or_random(args.model, work)
     mpx = args.copies * 1536 * 768 / 1e6
     times = {"plain runtime, 1 process": [], "batch, 1 worker": [], "batch, 2 workers": []}
     startup = {}

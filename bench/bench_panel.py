@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import demo_labels, encoder_or_random  # noqa: E402
+
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -33,29 +35,13 @@ def main() -> int:
     import numpy as np
 
     from mpmae_core.data import sample
-    from mpmae_core.runtime.io.gdal_io import open_raster
-    from mpmae_core.runtime.io.labels import read_label_file
     from mpmae_core.runtime.inference.predict import segment
     from mpmae_core.runtime.heads.session import MappingSession
 
     work = Path(tempfile.mkdtemp(prefix="bench-panel-"))
     scene = str(sample.build(verbose=False)["stack"])
-    model = args.model
-    if not model:
-        import torch
-
-        from mpmae_core import registry
-        from mpmae_core.export import export_encoder
-        from mpmae_core.models import build_encoder
-        from mpmae_core.runtime.models.metadata import default_normalisation
-
-        torch.manual_seed(0)
-        model = str(work / "atto.onnx")
-        export_encoder(build_encoder("atto").eval(), model, registry.S2_MMEARTH_BANDS,
-                       default_normalisation(registry.S2_MMEARTH_BANDS))
-    pts = work / "points.gpkg"
-    sample.label_points(pts, per_class=4, seed=0, classes=["water", "forest", "farm", "meadow", "residential"])
-    feats, names, _, _ = read_label_file(pts, "landuse", open_raster(scene).GetProjection())
+    model = encoder_or_random(args.model, work)
+    feats, names = demo_labels(scene, work, per_class=4)
     session = MappingSession(scene, model, device="cpu", cache_dir=work / "cache")
     t = time.perf_counter()
     session.ensure_cache()

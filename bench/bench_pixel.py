@@ -30,6 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import demo_labels, encoder_or_random  # noqa: E402
+
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -40,28 +42,13 @@ def main() -> int:
     from mpmae_core.data import sample
     from mpmae_core.runtime.heads import pixelhead
     from mpmae_core.runtime.io.gdal_io import open_raster
-    from mpmae_core.runtime.io.labels import read_label_file
     from mpmae_core.runtime.inference.predict import embed, features, segment
 
     work = Path(tempfile.mkdtemp(prefix="bench-pixel-"))
     scene = str(sample.build(verbose=False)["stack"])
-    model = args.model
-    if not model:
-        import torch
-
-        from mpmae_core import registry
-        from mpmae_core.export import export_encoder
-        from mpmae_core.models import build_encoder
-        from mpmae_core.runtime.models.metadata import default_normalisation
-
-        torch.manual_seed(0)
-        model = str(work / "atto.onnx")
-        export_encoder(build_encoder("atto").eval(), model, registry.S2_MMEARTH_BANDS,
-                       default_normalisation(registry.S2_MMEARTH_BANDS))
-    pts = work / "points.gpkg"
-    sample.label_points(pts, per_class=10, seed=0, classes=["water", "forest", "farm", "meadow", "residential"])
+    model = encoder_or_random(args.model, work)
+    feats, names = demo_labels(scene, work, per_class=10)
     ds = open_raster(scene)
-    feats, names, _, _ = read_label_file(pts, "landuse", ds.GetProjection())
     mpx = ds.RasterXSize * ds.RasterYSize / 1e6
     kw = dict(device="cpu")
     times: dict = {}

@@ -40,7 +40,6 @@ from qgis.core import (
     QgsPointXY,
     QgsProject,
     QgsRasterLayer,
-    QgsTask,
     QgsVectorLayer,
     QgsWkbTypes,
 )
@@ -51,7 +50,8 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout
                                  QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from . import models
-from .layers import can_feed, first_feeding_layer, mark_output
+from .layers import first_feeding_layer, mark_output
+from .tasks import BackgroundTask
 
 CLASS_FIELD = "class"
 PROJECT_SCOPE = "mmearth_fewshot"
@@ -63,28 +63,6 @@ def colour_icon(rgb) -> QIcon:
     pix = QPixmap(14, 14)
     pix.fill(QColor(*rgb))
     return QIcon(pix)
-
-
-class SessionTask(QgsTask):
-    """Run ``fn(progress, cancelled)`` in the background; ``result_``/``error`` afterwards."""
-
-    def __init__(self, description: str, fn):
-        super().__init__(description, QgsTask.CanCancel)
-        self.fn, self.result_, self.error = fn, None, ""
-
-    def run(self):
-        from mpmae_core.runtime.io.files import Cancelled
-
-        try:
-            self.result_ = self.fn(lambda f: self.setProgress(100 * f), self.isCanceled)
-        except Cancelled:  # not an error: the callers say it was cancelled
-            return False
-        except Exception as exc:  # noqa: BLE001 - shown in the panel and the log
-            from .algorithms.base import error_message
-
-            self.error = error_message(exc)
-            return False
-        return True
 
 
 class PolygonTool(QgsMapTool):
@@ -423,7 +401,7 @@ class FewShotPanel(QgsDockWidget):
             return
         self.status.setText("computing the encoder's features once for this raster and model ...")
         session = self.session
-        task = SessionTask("MMEarth: encoder features", lambda progress, cancelled: session.ensure_cache(progress,
+        task = BackgroundTask("MMEarth: encoder features", lambda progress, cancelled: session.ensure_cache(progress,
                                                                                                       cancelled))
         self._start(task, lambda ok: self._cache_done(task, ok))
 
@@ -781,7 +759,7 @@ class FewShotPanel(QgsDockWidget):
             paths = write_preview(pv, head, folder, projection, stem)
             return head, cv, pv, paths
 
-        task = SessionTask("MMEarth: preview", work)
+        task = BackgroundTask("MMEarth: preview", work)
         self._start(task, lambda ok: self._preview_done(task, ok))
 
     def _preview_group_node(self):
@@ -928,7 +906,7 @@ class FewShotPanel(QgsDockWidget):
                         pass
             return trained, res
 
-        self.map_task = SessionTask("MMEarth: landcover map of the whole raster", work)
+        self.map_task = BackgroundTask("MMEarth: landcover map of the whole raster", work)
         self._start(self.map_task, lambda ok: self._map_done(self.map_task, ok, out, head_path))
 
     def cancel_map(self):

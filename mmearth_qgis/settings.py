@@ -3,7 +3,7 @@ released MMEarth models with a Download button (progress and Cancel; the downloa
 background task through QGIS's network settings), a download mirror and authentication, and
 whether onnxruntime is there (with the exact command to install it for QGIS's Python when not)."""
 
-from qgis.core import QgsApplication, QgsSettings, QgsTask
+from qgis.core import QgsApplication, QgsSettings
 from qgis.gui import QgsAuthConfigSelect, QgsFileWidget, QgsOptionsPageWidget, QgsOptionsWidgetFactory
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
@@ -11,6 +11,7 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QFormLayout, QHBoxLayout, QL
 
 from . import models
 from .network import AUTHCFG_KEY, BASE_URL_KEY
+from .tasks import BackgroundTask
 
 
 def onnxruntime_status() -> tuple[bool, str]:
@@ -26,33 +27,21 @@ def onnxruntime_status() -> tuple[bool, str]:
     return True, f"onnxruntime {ort.__version__} ({'GPU and CPU' if gpu else 'CPU'})"
 
 
-class FetchTask(QgsTask):
-    """One released model fetched in the background (``runtime.fetch`` with QGIS's network)."""
+class FetchTask(BackgroundTask):
+    """One released model fetched in the background (``releases.fetch`` with QGIS's network)."""
 
     def __init__(self, name: str, folder: str, base_url: str = ""):
-        super().__init__(f"MMEarth: fetching {name}", QgsTask.CanCancel)
+        super().__init__(f"MMEarth: fetching {name}", self._fetch,
+                         "cancelled: nothing was installed (the part already downloaded is resumed next time)")
         self.name_, self.folder, self.base_url = name, folder, base_url
-        self.result_, self.error = None, ""
 
-    def run(self):
+    def _fetch(self, progress, cancelled):
         from mpmae_core.runtime.releases.fetch import fetch_model
-        from mpmae_core.runtime.io.files import Cancelled
 
         from .network import qgis_download
 
-        try:
-            self.result_ = fetch_model(self.name_, self.folder, base_url=self.base_url or None,
-                                       downloader=qgis_download, progress=lambda f: self.setProgress(100 * f),
-                                       cancelled=self.isCanceled)
-        except Cancelled:
-            self.error = "cancelled: nothing was installed (the part already downloaded is resumed next time)"
-            return False
-        except Exception as exc:  # noqa: BLE001 - shown to the analyst on the page
-            from .algorithms.base import error_message
-
-            self.error = error_message(exc)
-            return False
-        return True
+        return fetch_model(self.name_, self.folder, base_url=self.base_url or None, downloader=qgis_download,
+                           progress=progress, cancelled=cancelled)
 
 
 class CataloguePanel(QWidget):

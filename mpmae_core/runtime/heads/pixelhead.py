@@ -381,9 +381,54 @@ def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float
     if not ok.any():
         raise FewShotError("none of the labelled features lies over valid pixels of the raster")
     x, y, groups = x[ok], y[ok], groups[ok]
-    samples = {n: {"features": len(set(groups[y == i].tolist())), "pixels": int((y == i).sum())}
-               for i, n in enumerate(class_names)}
-    return x, y, groups, samples
+    return x, y, groups, sample_counts(y, groups, class_names)
+
+
+def sample_counts(y: np.ndarray, groups: np.ndarray, class_names) -> dict:
+    """class -> labelled features and pixels, as the reports show them."""
+    return {n: {"features": len(set(groups[y == i].tolist())), "pixels": int((y == i).sum())}
+            for i, n in enumerate(class_names)}
+
+
+def choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model_path, *, samples=None,
+                         class_colours=None, report_path=None, cands=None, folds: int = 5, seed: int = 0,
+                         progress=lambda f: None, cancelled=lambda: False) -> dict:
+    """What every self-choosing head ends with: cross-validate the candidates on (x, y, groups),
+    choose, fit the choice on all the labels, and write the head (ONNX, with the fingerprint of
+    ``model``) and its HTML report, both whole or neither. ``train_pixel_head`` and the panel's
+    session both end here."""
+    from mpmae_core.runtime.io.files import Cancelled, PendingOutput
+    from mpmae_core.runtime.models.fingerprint import encoder_fingerprint
+    from mpmae_core.runtime.models.model import OnnxModel
+
+    class_names = list(class_names)
+    samples = samples if samples is not None else sample_counts(y, groups, class_names)
+    check_labels(y, groups, class_names)
+    scores = score_candidates(x, y, groups, blocks, class_names, list(cands or candidates()), folds=folds, seed=seed,
+                              cancelled=cancelled, progress=progress)
+    chosen, why = choose(scores, blocks)
+    cand = scores[chosen]["candidate"]
+    sub, cols = feature_set_columns(blocks, cand.feature_set)
+    if cancelled():
+        raise Cancelled("cancelled by the user; no output was written")
+    head = PixelHead.fit(x[:, cols], y, sub, cand, class_names, class_colours, seed=seed)
+    pending = PendingOutput(output)
+    try:
+        pending.tmp.write_bytes(head.onnx_bytes(model.metadata.patch_size,
+                                                source=f"per-pixel head on {Path(model_path).name}",
+                                                encoder=encoder_fingerprint(model)))
+        if report_path:
+            pending.companion(report_path).write_text(
+                report_html(scores, chosen, why, samples, f"Few-shot head: {Path(output).name}"), encoding="utf-8")
+        pending.commit(lambda tmp: OnnxModel(tmp, device="cpu"))
+    except BaseException:
+        pending.abort()
+        raise
+    best = scores[chosen]
+    return {"output": str(output), "report": str(report_path or ""), "text": report_text(scores, chosen, why, samples),
+            "scores": scores, "chosen": best["name"], "why": why, "samples": samples, "classes": class_names,
+            "cv": {"accuracy": best["accuracy"], "balanced_accuracy": best["balanced_accuracy"], "miou": best["miou"],
+                   "folds": best["folds"]}, "head": head}
 
 
 def train_pixel_head(source, model_path, features, class_names, output, *, report_path=None, feature_ids=None,
@@ -395,11 +440,10 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     """Sample features under the labels (or read them from ``feature_raster``, written by
     ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
     label and save it (ONNX) with its report. Both outputs appear whole or not at all."""
-    from mpmae_core.runtime.io.files import PendingOutput, check_output
-    from mpmae_core.runtime.models.fingerprint import encoder_fingerprint
+    from mpmae_core.runtime.io.files import check_output
     from mpmae_core.runtime.models.model import OnnxModel
     from mpmae_core.runtime.inference.pixel_features import encoder_blocks, small_raster_warning
-    from mpmae_core.runtime.inference.predict import Cancelled, check_tiling, input_files
+    from mpmae_core.runtime.inference.predict import check_tiling, input_files
     from mpmae_core.runtime.inference.raster import prepare_input
 
     check_tiling(tile, overlap, 0)
@@ -433,33 +477,11 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                                           progress=lambda f: progress(0.5 * f), cancelled=cancelled,
                                           feature_raster=stored)
     log(f"features of {len(y)} labelled pixels ({x.shape[1]} per pixel) in {time.time() - t0:.1f} s")
-    check_labels(y, groups, class_names)
-    scores = score_candidates(x, y, groups, blocks, class_names, cands, folds=folds, seed=seed, cancelled=cancelled,
-                              progress=lambda f: progress(0.5 + 0.45 * f))
-    chosen, why = choose(scores, blocks)
-    cand = scores[chosen]["candidate"]
-    sub, cols = feature_set_columns(blocks, cand.feature_set)
-    if cancelled():
-        raise Cancelled("cancelled by the user; no output was written")
-    head = PixelHead.fit(x[:, cols], y, sub, cand, class_names, class_colours, seed=seed)
-    text = report_text(scores, chosen, why, samples)
-    pending = PendingOutput(output)
-    try:
-        pending.tmp.write_bytes(head.onnx_bytes(meta.patch_size, source=f"per-pixel head on {Path(model_path).name}",
-                                                encoder=encoder_fingerprint(model)))
-        if report_path:
-            pending.companion(report_path).write_text(
-                report_html(scores, chosen, why, samples, f"Few-shot head: {Path(output).name}"), encoding="utf-8")
-        pending.commit(lambda tmp: OnnxModel(tmp, device="cpu"))
-    except BaseException:
-        pending.abort()
-        raise
+    res = choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model_path, samples=samples,
+                               class_colours=class_colours, report_path=report_path, cands=cands, folds=folds,
+                               seed=seed, progress=lambda f: progress(0.5 + 0.45 * f), cancelled=cancelled)
     progress(1.0)
-    best = scores[chosen]
-    return {"output": str(output), "report": str(report_path or ""), "text": text, "scores": scores,
-            "chosen": best["name"], "why": why, "samples": samples, "classes": list(class_names),
-            "cv": {"accuracy": best["accuracy"], "balanced_accuracy": best["balanced_accuracy"], "miou": best["miou"],
-                   "folds": best["folds"]}, "head": head}
+    return res
 
 
 def check_feature_raster(path, prep, meta, blocks) -> list:

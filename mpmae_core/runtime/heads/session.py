@@ -382,37 +382,15 @@ class MappingSession:
                         buffer_m: float = 0.0, cancelled=lambda: False, log=lambda m: None) -> dict:
         """The self-choosing head of ``train_head`` (every candidate cross-validated) on the cached
         features, saved as ONNX (and its HTML report)."""
-        from mpmae_core.runtime.io.files import PendingOutput, check_output
-        from mpmae_core.runtime.models.fingerprint import encoder_fingerprint
-        from mpmae_core.runtime.models.model import OnnxModel
-        from mpmae_core.runtime.heads.pixelhead import (PixelHead, candidates, check_labels, choose, report_html,
-                                                  report_text, score_candidates)
+        from mpmae_core.runtime.io.files import check_output
+        from mpmae_core.runtime.heads.pixelhead import choose_fit_and_write
 
         check_output(output, [self.raster, self.model_path], "head", (".onnx",), "an ONNX model")
         x, y, groups = self.training_data(features, buffer_m=buffer_m)
-        check_labels(y, groups, class_names)
-        scores = score_candidates(x, y, groups, self.blocks, list(class_names), candidates(), cancelled=cancelled)
-        pick, why = choose(scores, self.blocks)
-        cand = scores[pick]["candidate"]
-        sub, cols = feature_set_columns(self.blocks, cand.feature_set)
-        head = PixelHead.fit(x[:, cols], y, sub, cand, list(class_names), class_colours)
-        samples = {n: {"features": len(set(groups[y == i].tolist())), "pixels": int((y == i).sum())}
-                   for i, n in enumerate(class_names)}
-        pending = PendingOutput(output)
-        try:
-            pending.tmp.write_bytes(head.onnx_bytes(self.model.metadata.patch_size,
-                                                    source=f"per-pixel head on {Path(self.model_path).name}",
-                                                    encoder=encoder_fingerprint(self.model)))
-            if report_path:
-                pending.companion(report_path).write_text(
-                    report_html(scores, pick, why, samples, f"Few-shot head: {Path(output).name}"), encoding="utf-8")
-            pending.commit(lambda tmp: OnnxModel(tmp, device="cpu"))
-        except BaseException:
-            pending.abort()
-            raise
-        log(report_text(scores, pick, why, samples))
-        return {"head": head, "output": str(output), "chosen": scores[pick]["name"], "why": why,
-                "cv": scores[pick], "scores": scores}
+        res = choose_fit_and_write(x, y, groups, self.blocks, class_names, output, self.model, self.model_path,
+                                   class_colours=class_colours, report_path=report_path, cancelled=cancelled)
+        log(res["text"])
+        return res
 
 
 __all__ = ["MappingSession", "StageCache", "build_stage_cache", "cache_root", "PREVIEW_CANDIDATE", "Block"]
