@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--batch", type=cli.non_negative_int, default=0,
                         help="tiles per model call (default 0: 1 on CPU, 8 on CUDA)")
     common.add_argument("--device", default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))
-    common.add_argument("--level", default="auto", type=cli.choice_of(registry.S2_LEVEL_CHOICES, "processing level"),
-                        help="Sentinel-2 processing level: " + ", ".join(registry.S2_LEVEL_CHOICES))
+    common.add_argument("--level", default="auto", type=cli.choice_of(registry.level_choices(), "processing level"),
+                        help="Sentinel-2 processing level: " + ", ".join(registry.level_choices()))
     common.add_argument("--dn-offset", default="auto", type=cli.dn_offset,
                         help="DN offset to subtract: auto, 0, or 1000 (baseline >= 04.00)")
     common.add_argument("--scale", type=cli.positive_float, default=1.0,
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kw in (("--tile", dict(type=cli.positive_int, default=512)),
                      ("--overlap", dict(type=cli.non_negative_int, default=128)),
                      ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
-                     ("--level", dict(default="auto", type=cli.choice_of(registry.S2_LEVEL_CHOICES, "processing level"))),
+                     ("--level", dict(default="auto", type=cli.choice_of(registry.level_choices(), "processing level"))),
                      ("--dn-offset", dict(default="auto", type=cli.dn_offset)),
                      ("--scale", dict(type=cli.positive_float, default=1.0)),
                      ("--band-map", dict(type=_band_map))):
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--overlap", dict(type=cli.non_negative_int, default=128)),
                      ("--batch", dict(type=cli.non_negative_int, default=0)),
                      ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
-                     ("--level", dict(default="auto", type=cli.choice_of(registry.S2_LEVEL_CHOICES, "processing level"))),
+                     ("--level", dict(default="auto", type=cli.choice_of(registry.level_choices(), "processing level"))),
                      ("--dn-offset", dict(default="auto", type=cli.dn_offset)),
                      ("--scale", dict(type=cli.positive_float, default=1.0)),
                      ("--band-map", dict(type=_band_map)),
