@@ -490,6 +490,7 @@ def _snapshot(folder: Path) -> dict:
     return {p: _digest(p) for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_bad_input_table(w, tmp_path_factory):
     rows = _rows(w)
     assert len({r.id for r in rows}) == len(rows)

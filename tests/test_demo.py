@@ -8,10 +8,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_runs_and_writes_its_outputs(tmp_path):
     # every step, with shorter pretraining (6 epochs, not 30) and 3 evaluation seeds (not 20), so CI keeps time
     env = dict(os.environ, MMEARTH_RUNS=str(tmp_path), MMEARTH_VENV=str(Path(sys.executable).parents[1]),

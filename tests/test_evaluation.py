@@ -113,6 +113,7 @@ def small_scene(tmp_path_factory):
     return img, lab
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_the_report(small_scene, tmp_path):
     from training.evaluate import main
 

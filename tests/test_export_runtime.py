@@ -309,6 +309,7 @@ def test_command_line(models, scene, tmp_path):
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_reference_pretraining_checkpoint_exports_in_the_sparse_convention(tmp_path):
     from mpmae_core.checkpoints import export_reference_layout
 

@@ -41,6 +41,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_two_fetches_of_one_url_at_once_both_succeed(release, tmp_path):
     """Before: both failed with 'unexpected BadZipFile ... This is a bug' and a .part longer than the
     file. Now the second waits for the first; both install the same, checked model."""

@@ -188,6 +188,7 @@ def test_the_reader_has_no_unpickler():
     assert "import pickle" not in src and "Unpickler" not in src
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["atto16", "atto8", "tiny16"])
 def test_torch_free_model_equals_the_torch_export(ckpts, key, tmp_path):
     res = convert(ckpts[key], tmp_path / "models", "m")

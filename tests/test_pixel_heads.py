@@ -143,6 +143,7 @@ def _fit_head(enc, path, src, lab, out=None, feature_sets=("both",), classifiers
     return out
 
 
+@pytest.mark.slow
 def test_tiled_features_and_maps_are_close_to_untiled(encoders, scene, tmp_path):
     _, path = encoders[16]
     src, lab = scene

@@ -90,6 +90,7 @@ def test_cancelled_fetch_installs_nothing(qgis_app, env):
     assert not env.exists() or not list(env.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.qgis_process
 def test_qgis_process_fetches_then_embeds_trains_and_maps_by_name_with_torch_blocked(server, crop, tmp_path):
     from mpmae_core.data import sample

@@ -68,6 +68,7 @@ def _train(run_alg, scene, labels, out, **extra):
     return run_alg("mmearth:train_head", params)
 
 
+@pytest.mark.slow
 def test_few_shot_head_separates_the_labelled_classes(run_alg, scene, points, models_dir, tmp_path):
     head = tmp_path / "head.onnx"
     result, feedback = _train(run_alg, scene, points[0], head)

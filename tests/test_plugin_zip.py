@@ -30,6 +30,7 @@ def test_zip_layout(tmp_path):
     assert not any("mpmae_core/models/" in n or "engine" in n or "training" in n for n in names)  # no torch code
 
 
+@pytest.mark.slow
 @pytest.mark.qgis_process
 def test_zip_installs_into_a_clean_profile_and_runs_headless(tmp_path, models_dir):
     if not os.access(QGIS_BIN, os.X_OK):
