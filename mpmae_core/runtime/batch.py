@@ -189,53 +189,16 @@ def _stac_items(path: Path, depth: int = 0):
         raise BatchError(f"'{path}' is not a STAC ItemCollection, catalogue or item (type {kind!r})")
 
 
-def _asset_band(key: str, asset: dict):
-    eo = asset.get("eo:bands") if isinstance(asset, dict) else None
-    eo = [b for b in eo if isinstance(b, dict)] if isinstance(eo, list) else []
-    names = [key] + [b.get("name", "") for b in eo] + [b.get("common_name", "") for b in eo]
-    for n in names:
-        if not isinstance(n, str):
-            continue
-        band = registry.canonical_s2_band(n)
-        if band:
-            return band
-    return None
-
-
 def _item_vrt(item: dict, base: Path, work_dir: Path) -> Path:
-    from mpmae_core.runtime.io.gdal_io import gdal
+    """The item's bands stacked by name on its 10 m grid (``io.products``, as for one product)."""
+    from mpmae_core.runtime.io import products
 
-    g = gdal()
-    found = {}
-    assets = item.get("assets")
-    for key, asset in (assets.items() if isinstance(assets, dict) else []):
-        if not isinstance(asset, dict):
-            continue
-        band = _asset_band(str(key), asset)
-        href = asset.get("href", "")
-        if not band or not isinstance(href, str) or not href or band in found:
-            continue
-        if href.startswith(("http://", "https://")):
-            href = "/vsicurl/" + href
-        elif href.startswith("s3://"):
-            href = "/vsis3/" + href[5:]
-        elif not os.path.isabs(href):
-            href = str((base / href).resolve())
-        if not href.startswith("/vsi") and not Path(href).is_file():
-            raise BatchError(f"the STAC item '{item.get('id')}' links {band} to '{href}', which does not exist: download "
-                             "the item's files next to the JSON (or fix its hrefs)")
-        found[band] = href
-    order = [b for b in registry.S2_PRODUCT_ORDER if b in found]  # the runtime matches bands by name
-    if not order:
-        raise BatchError(f"the STAC item '{item.get('id')}' has no Sentinel-2 band assets (B01..B12)")
-    out = work_dir / f"{_safe_id(item.get('id') or 'item')}.vrt"
-    vrt = g.BuildVRT(str(out), [found[b] for b in order], separate=True, resolution="highest")
-    if vrt is None:
-        raise BatchError(f"the assets of STAC item '{item.get('id')}' could not be opened: {g.GetLastErrorMsg()}")
-    for i, b in enumerate(order, start=1):
-        vrt.GetRasterBand(i).SetDescription(b)
-    vrt = None
-    return out
+    label = f"the STAC item '{item.get('id')}'"
+    try:
+        product = products.stac_item(item, base, source=str(base), label=label)
+        return products.build_vrt(product, work_dir / f"{_safe_id(item.get('id') or 'item')}.vrt")
+    except products.ProductError as exc:
+        raise BatchError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- identity

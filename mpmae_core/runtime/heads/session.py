@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -40,11 +39,9 @@ CACHE_VERSION = 1
 
 
 def cache_root() -> Path:
-    env = os.environ.get("MMEARTH_CACHE")
-    if env:
-        return Path(env) / "features"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mmearth" / "features"
+    from mpmae_core.runtime.io.files import user_cache_dir
+
+    return user_cache_dir() / "features"
 
 
 def file_identity(path) -> dict:

@@ -53,8 +53,11 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
                   scale: float = 1.0) -> PreparedInput:
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise RasterError(f"the scale factor must be a positive number, got {scale!r}")
+    from mpmae_core.runtime.io.products import stack_path
+
     spec = meta.source_spec  # the input source's rules (registry): bands, levels, offsets, plausibility
-    facts = read_raster_facts(source, sample=False)
+    path = stack_path(source)  # a product, STAC item or band folder: its 10 m VRT stack
+    facts = read_raster_facts(path, sample=False)
     require_georeferenced(facts)
     if facts.crs_is_geographic:
         raise RasterError(
@@ -66,7 +69,7 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
         if any(abs(v - meta.gsd_m) > 0.05 * meta.gsd_m for v in px):
             log(f"warning: pixel size is {px[0]:g} x {px[1]:g} m but the model was trained at {meta.gsd_m:g} m: "
                 f"results will be poor unless the raster is resampled to {meta.gsd_m:g} m")
-    ds = open_raster(source)
+    ds = open_raster(path)
     descriptions = [b.description for b in facts.bands]
     notes = []
     if band_map:

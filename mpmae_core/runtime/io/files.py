@@ -61,6 +61,15 @@ def describe_os_error(exc: OSError, path, action: str = "write") -> str:
 # Checks before any work
 # ------------------------------------------------------------------------------------------
 
+def user_cache_dir() -> Path:
+    """Where the runtime keeps what it can make again (feature caches, product stacks):
+    $MMEARTH_CACHE, else $XDG_CACHE_HOME/mmearth, else ~/.cache/mmearth."""
+    env = os.environ.get("MMEARTH_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "mmearth"
+
+
 def same_file(a, b) -> bool:
     """Whether two paths name the same file: same inode when both exist, else the same resolved path."""
     try:

@@ -356,8 +356,12 @@ def assess(facts: RasterFacts, wanted: Optional[Sequence[str]] = None,
 
 def inspect_raster(path: str | os.PathLike, wanted: Optional[Sequence[str]] = None,
                    source: "registry.SourceSpec | str | None" = None) -> Assessment:
-    """Read and assess a raster in one call; raises RasterError for unreadable or ungeoreferenced input."""
-    facts = read_raster_facts(path)
+    """Read and assess a raster (or a Sentinel-2 product, STAC item or band folder, through its
+    stack) in one call; raises RasterError for unreadable or ungeoreferenced input."""
+    from mpmae_core.runtime.io.products import stack_path
+
+    facts = read_raster_facts(stack_path(path))
+    facts.source = str(path)
     require_georeferenced(facts)
     return assess(facts, wanted, source)
 

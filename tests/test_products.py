@@ -1,0 +1,219 @@
+"""Sentinel-2 as it is downloaded: SAFE products (folder, zip, MTD xml), band folders and STAC
+items read as one virtual 10 m stack, built from the embedded real scene's own JP2 band files."""
+
+import json
+import random
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from mpmae_core.data import sample
+from mpmae_core.runtime.io import products as P
+from mpmae_core.runtime.io.inspect import inspect_raster
+
+SAFE_L1C = "S2A_MSIL1C_20170216T102101_N0204_R065_T33UUU_20170216T102204.SAFE"
+GRANULE = "GRANULE/L1C_T33UUU_A008642_20170216T102204/IMG_DATA"
+
+
+def mtd(level: str = "1C", baseline: str = "02.04", offset: bool = False) -> str:
+    offsets = ""
+    if offset:
+        tag = "RADIO_ADD_OFFSET" if level == "1C" else "BOA_ADD_OFFSET"
+        offsets = "".join(f'<{tag} band_id="{i}">-1000</{tag}>' for i in range(13))
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<n1:Level-{level}_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int">'
+            f"<n1:General_Info><Product_Info><PRODUCT_START_TIME>2017-02-16T10:21:01.026Z</PRODUCT_START_TIME>"
+            f"<PROCESSING_LEVEL>Level-{level}</PROCESSING_LEVEL><PRODUCT_TYPE>S2MSI{level}</PRODUCT_TYPE>"
+            f"<PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE><SPACECRAFT_NAME>Sentinel-2A</SPACECRAFT_NAME>"
+            f"</Product_Info><Product_Image_Characteristics><QUANTIFICATION_VALUE unit=\"none\">10000"
+            f"</QUANTIFICATION_VALUE>{offsets}</Product_Image_Characteristics></n1:General_Info>"
+            f"</n1:Level-{level}_User_Product>")
+
+
+@pytest.fixture(scope="module")
+def bands_dir():
+    sample.build(verbose=False)
+    return sample.scene_dir() / "IMG_DATA"
+
+
+def make_safe(root, bands_dir, level="1C", baseline="02.04", offset=False, drop=()):
+    safe = root / SAFE_L1C.replace("MSIL1C", f"MSIL{level}")
+    img = safe / GRANULE
+    img.mkdir(parents=True)
+    (safe / f"MTD_MSIL{level}.xml").write_text(mtd(level, baseline, offset))
+    for f in sorted(bands_dir.glob("*.jp2")):
+        if not any(f.stem.endswith(d) for d in drop):
+            shutil.copy(f, img / f.name)
+    return safe
+
+
+def zip_folder(folder, out):
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for p in sorted(folder.rglob("*")):
+            z.write(p, str(p.relative_to(folder.parent)))
+    return out
+
+
+def read_stack(path) -> tuple:
+    ds = gdal.Open(str(path))
+    names = [ds.GetRasterBand(i + 1).GetDescription() for i in range(ds.RasterCount)]
+    return names, ds.ReadAsArray(), ds.GetGeoTransform(), ds.GetMetadata()
+
+
+def hand_stack() -> tuple:
+    names, arr, gt, _ = read_stack(sample.build(verbose=False)["stack"])
+    return [n.replace("B0", "B") for n in names], arr, gt
+
+
+@pytest.mark.parametrize("form", ["folder", "zip", "mtd"])
+def test_a_safe_product_stacks_like_the_hand_stack(form, bands_dir, tmp_path):
+    safe = make_safe(tmp_path, bands_dir)
+    source = {"folder": safe, "zip": zip_folder(safe, tmp_path / "product.zip"),
+              "mtd": safe / "MTD_MSIL1C.xml"}[form]
+    assert P.is_product(source)
+    vrt = P.stack_path(source, tmp_path / "stacks")
+    names, arr, gt, meta = read_stack(vrt)
+    want_names, want, want_gt = hand_stack()
+    assert names == want_names  # product order, named by band
+    assert gt == want_gt
+    np.testing.assert_array_equal(arr, want)  # nearest onto 10 m: pixel for pixel the hand stack
+    assert meta["PRODUCT_TYPE"] == "S2MSI1C" and meta["PROCESSING_LEVEL"] == "L1C"
+    assert P.stack_path(source, tmp_path / "stacks") == vrt  # built once, reused
+    if form == "zip":
+        assert "/vsizip/" in gdal.Open(str(vrt)).GetFileList()[1]  # nothing was unpacked
+
+
+def test_the_offset_follows_the_processing_baseline(bands_dir, tmp_path, models_dir):
+    from mpmae_core.runtime.inference.raster import prepare_input
+    from mpmae_core.runtime.models.model import OnnxModel
+
+    meta = OnnxModel(models_dir / "atto_test.onnx", device="cpu").metadata
+    old = make_safe(tmp_path / "old", bands_dir, baseline="02.04")
+    new = make_safe(tmp_path / "new", bands_dir, baseline="04.00", offset=True)
+    bare = make_safe(tmp_path / "bare", bands_dir, baseline="04.00")  # the baseline alone says +1000 too
+    assert prepare_input(old, meta).dn_offset == 0.0
+    assert prepare_input(new, meta).dn_offset == 1000.0
+    assert prepare_input(bare, meta).dn_offset == 1000.0
+    assert prepare_input(new, meta).level == "l1c"
+
+
+def test_an_l2a_product_takes_each_band_at_its_finest_and_knows_its_level(bands_dir, tmp_path):
+    safe = tmp_path / SAFE_L1C.replace("MSIL1C", "MSIL2A")
+    res = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B05": 20, "B06": 20, "B07": 20, "B8A": 20, "B11": 20,
+           "B12": 20, "B01": 60, "B09": 60}
+    for band, r in res.items():
+        for rr in (10, 20, 60):
+            if rr < r:
+                continue
+            folder = safe / "GRANULE/L2A_T33UUU_A008642_20170216T102204/IMG_DATA" / f"R{rr}m"
+            folder.mkdir(parents=True, exist_ok=True)
+            src = bands_dir / f"{sample.SCENE_ID}_{band}.jp2"
+            if rr == r:
+                shutil.copy(src, folder / f"{sample.SCENE_ID}_{band}_{rr}m.jp2")
+            else:  # the coarser copies a real L2A product also has: never chosen
+                ds = gdal.Open(str(src))
+                gdal.Translate(str(folder / f"{sample.SCENE_ID}_{band}_{rr}m.jp2"), ds, format="JP2OpenJPEG",
+                               xRes=rr, yRes=rr, resampleAlg="average", creationOptions=["QUALITY=100", "REVERSIBLE=YES"])
+    (safe / "MTD_MSIL2A.xml").write_text(mtd("2A", "05.09", offset=True))
+    product = P.open_product(safe)
+    assert product.level == "l2a" and "B10" not in product.bands
+    assert [product.bands[b].rsplit("_", 1)[1] for b in ("B2", "B5", "B8A", "B1")] == ["10m.jp2", "20m.jp2", "20m.jp2",
+                                                                                      "60m.jp2"]
+    names, arr, _, meta = read_stack(P.stack_path(safe, tmp_path / "stacks"))
+    want_names, want, _ = hand_stack()
+    keep = [i for i, n in enumerate(want_names) if n != "B10"]
+    assert names == [want_names[i] for i in keep]
+    np.testing.assert_array_equal(arr, want[keep])
+    assert P.registry.SENTINEL2.detect_offset(meta) == 1000.0
+    a = inspect_raster(safe)
+    assert a.compatible and a.level_guess == "l2a" and a.facts.source == str(safe)
+
+
+def test_a_folder_of_band_files_and_a_stac_item_with_relative_hrefs(bands_dir, tmp_path):
+    folder_vrt = P.stack_path(bands_dir, tmp_path / "stacks")
+    names, arr, _, _ = read_stack(folder_vrt)
+    want_names, want, _ = hand_stack()
+    assert names == want_names
+    np.testing.assert_array_equal(arr, want)
+
+    common = {"B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1", "B06": "rededge2",
+              "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B09": "nir09", "B10": "cirrus", "B11": "swir16",
+              "B12": "swir22"}
+    (tmp_path / "item").mkdir()
+    assets = {c: {"href": f"../{bands_dir.name}/{sample.SCENE_ID}_{b}.jp2"} for b, c in common.items()}
+    shutil.copytree(bands_dir, tmp_path / bands_dir.name)
+    item = {"type": "Feature", "id": "S2A_33UUU_20170216_0_L1C", "properties": {"s2:processing_baseline": "02.04",
+                                                                               "s2:product_type": "S2MSI1C"},
+            "assets": assets, "links": []}
+    path = tmp_path / "item" / "item.json"
+    path.write_text(json.dumps(item))
+    names, arr, _, meta = read_stack(P.stack_path(path, tmp_path / "stacks"))
+    assert names == want_names
+    np.testing.assert_array_equal(arr, want)
+    assert meta["S2_PRODUCT_TYPE"] == "S2MSI1C"
+
+
+def test_the_same_map_from_the_zip_as_from_the_hand_stack(bands_dir, tmp_path, models_dir):
+    from mpmae_core.runtime.inference.predict import segment
+
+    z = zip_folder(make_safe(tmp_path, bands_dir), tmp_path / "product.zip")
+    a = segment(z, models_dir / "atto_test.onnx", tmp_path / "a.tif", head_path=models_dir / "head3.onnx",
+                device="cpu")
+    b = segment(sample.build(verbose=False)["stack"], models_dir / "atto_test.onnx", tmp_path / "b.tif",
+                head_path=models_dir / "head3.onnx", device="cpu")
+    np.testing.assert_array_equal(gdal.Open(a["output"]).ReadAsArray(), gdal.Open(b["output"]).ReadAsArray())
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_products_get_clear_messages(bands_dir, tmp_path):
+    safe = make_safe(tmp_path / "missing", bands_dir, drop=("_B11", "_B12"))
+    with pytest.raises(P.ProductError, match="lacks band file\\(s\\) B11, B12.*download the product again"):
+        P.open_product(safe)
+    good = zip_folder(make_safe(tmp_path / "good", bands_dir), tmp_path / "good.zip")
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(P.ProductError, match="not a readable zip.*download it again"):
+        P.open_product(cut)
+    with pytest.raises(P.ProductError, match="DTD or entities"):
+        P.product_metadata(b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>')
+    with pytest.raises(P.ProductError, match="not a STAC item.*'FeatureCollection'.*mmearth batch"):
+        P.stac_item({"type": "FeatureCollection"}, tmp_path, "c.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(P.ProductError, match="holds no Sentinel-2 band files"):
+        P.open_product(tmp_path / "empty")
+
+
+def test_metadata_and_stac_parsers_survive_any_bytes():
+    """A fuzz run: mutated product metadata and STAC items fail only with ProductError."""
+    rng = random.Random(0)
+    seed_xml = mtd("2A", "05.09", offset=True).encode()
+    seed_json = json.dumps({"type": "Feature", "id": "x", "properties": {"s2:processing_baseline": "05.09"},
+                            "assets": {"red": {"href": "B04.jp2"}, "scl": {"href": "SCL.jp2"}}}).encode()
+    for i in range(1500):
+        data = bytearray(seed_xml if i % 2 else seed_json)
+        for _ in range(rng.randint(1, 12)):
+            op = rng.randrange(4)
+            pos = rng.randrange(len(data))
+            if op == 0:
+                data[pos] = rng.randrange(256)
+            elif op == 1:
+                del data[pos:pos + rng.randint(1, 40)]
+            elif op == 2:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 20)))
+            else:
+                data[pos:pos] = data[rng.randrange(len(data)):][: rng.randint(1, 200)]
+        try:
+            if i % 2:
+                P.product_metadata(bytes(data))
+            else:
+                try:
+                    doc = json.loads(bytes(data))
+                except (ValueError, RecursionError):
+                    continue
+                P.stac_item(doc, "/nowhere", "fuzz.json")
+        except P.ProductError:
+            pass
