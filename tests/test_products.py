@@ -131,6 +131,47 @@ def test_an_l2a_product_takes_each_band_at_its_finest_and_knows_its_level(bands_
     assert a.compatible and a.level_guess == "l2a" and a.facts.source == str(safe)
 
 
+def write_scl(path, hand, snow=True):
+    """A 20 m SCL from the scene's own bright clouds: 9 (cloud, high probability) where blue is in
+    its top 3 %, 11 (snow) in one corner block, 4 (vegetation) elsewhere."""
+    names, arr, gt = hand
+    blue = arr[names.index("B2")][::2, ::2].astype(float)
+    scl = np.where(blue > np.percentile(blue, 97), 9, 4).astype(np.uint8)
+    if snow:
+        scl[-40:, -40:] = 11
+    mem = gdal.GetDriverByName("MEM").Create("", scl.shape[1], scl.shape[0], 1, gdal.GDT_Byte)
+    mem.SetGeoTransform([gt[0], 20.0, 0.0, gt[3], 0.0, -20.0])
+    mem.SetProjection(gdal.Open(str(sample.build(verbose=False)["stack"])).GetProjection())
+    mem.GetRasterBand(1).WriteArray(scl)
+    gdal.GetDriverByName("JP2OpenJPEG").CreateCopy(str(path), mem, options=["QUALITY=100", "REVERSIBLE=YES"])
+    return np.repeat(np.repeat(scl, 2, axis=0), 2, axis=1)  # on the 10 m grid (nearest)
+
+
+def test_clouds_in_the_scl_are_no_data_in_the_map_and_snow_is_kept(bands_dir, tmp_path, models_dir):
+    from mpmae_core.runtime.inference.predict import segment
+
+    safe = make_safe(tmp_path, bands_dir, level="2A", baseline="02.04")
+    img = next(safe.rglob("IMG_DATA"))
+    (img / f"{sample.SCENE_ID}_B10.jp2").unlink()  # L2A has no B10
+    scl = write_scl(img / f"{sample.SCENE_ID}_SCL_20m.jp2", hand_stack())
+    product = P.open_product(safe)
+    assert product.level == "l2a" and product.quality_mask()[0] == "scl"
+    logs = []
+    res = segment(safe, models_dir / "atto_test.onnx", tmp_path / "map.tif", head_path=models_dir / "head3.onnx",
+                  device="cpu", log=logs.append)
+    classes = gdal.Open(res["output"]).ReadAsArray()
+    cloud = scl[: classes.shape[0], : classes.shape[1]] == 9
+    assert cloud.mean() > 0.01
+    assert (classes[cloud] == 255).all()  # every cloud pixel is no data
+    # the head maps 16 px cells: a cell without a cloud pixel is mapped whole, snow (11) included
+    h, w = classes.shape
+    cells = cloud[: h // 16 * 16, : w // 16 * 16].reshape(h // 16, 16, w // 16, 16).any(axis=(1, 3))
+    clear = np.repeat(np.repeat(~cells, 16, axis=0), 16, axis=1)
+    assert clear.mean() > 0.5 and (classes[: clear.shape[0], : clear.shape[1]][clear] != 255).all()
+    assert (classes[-40:, -40:] != 255).mean() > 0.9
+    assert any("Scene classification (SCL) masks clouds" in m for m in logs)
+
+
 def test_a_folder_of_band_files_and_a_stac_item_with_relative_hrefs(bands_dir, tmp_path):
     folder_vrt = P.stack_path(bands_dir, tmp_path / "stacks")
     names, arr, _, _ = read_stack(folder_vrt)

@@ -42,6 +42,7 @@ class PreparedInput:
     projection: str
     notes: list
     scale: float = 1.0  # raw values are multiplied by this before the DN offset is subtracted
+    mask: object = None  # io.products.QualityMask: the product's clouds and shadows, masked as no data
 
 
 LEVEL_OPTION = "the processing level (--level on the command line, 'Sentinel-2 processing level' in QGIS)"
@@ -126,9 +127,14 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
     types = sorted({facts.bands[n - 1].data_type for n in numbers})
     for finding in rinspect.radiometry_findings(p50, p99, types, float(scale), dn_offset, spec):
         log(f"warning: {finding.message}")
+    from mpmae_core.runtime.io.products import quality_mask
+
+    mask = quality_mask(ds)
+    if mask is not None:
+        notes.append(f"the product's {mask.spec.title} masks clouds and shadows as no data")
     return PreparedInput(ds, str(source), numbers, level, dn_offset, nodata,
                          np.asarray(mean, np.float32), np.asarray(std, np.float32), facts.width, facts.height,
-                         facts.geotransform, ds.GetProjection(), notes, float(scale))
+                         facts.geotransform, ds.GetProjection(), notes, float(scale), mask)
 
 
 def mirror_index(idx: np.ndarray, n: int) -> np.ndarray:
@@ -144,8 +150,8 @@ def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.
     Parts of the window beyond the raster are filled by mirroring the raster (so the model sees
     real content all around, also around a raster smaller than the window) and are marked
     invalid: no output is written there. A pixel is invalid when any used band holds the nodata
-    value (or is not finite); it is fed to the model as 0 (the band mean) and its outputs are
-    masked. Raw values are multiplied by ``prep.scale``, then the DN offset is subtracted. A read
+    value (or is not finite), or the product's quality mask marks it (clouds, shadows: see
+    io.products); it is fed to the model as 0 (the band mean) and its outputs are masked. Raw values are multiplied by ``prep.scale``, then the DN offset is subtracted. A read
     error raises RasterError naming the file, the window and GDAL's reason.
     """
     c = len(prep.band_numbers)
@@ -156,14 +162,18 @@ def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.
     inside = y0 == y and x0 == x and y1 == y + h and x1 == x + w
     if inside:
         raw = read_window(prep.ds, prep.band_numbers, x0, y0, x1 - x0, y1 - y0, prep.source).astype(np.float32)
+        masked = prep.mask.masked(x0, y0, x1 - x0, y1 - y0) if prep.mask is not None else None
     else:
         rows = mirror_index(np.arange(y, y + h), prep.height)
         cols = mirror_index(np.arange(x, x + w), prep.width)
         r0, c0 = int(rows.min()), int(cols.min())
-        block = read_window(prep.ds, prep.band_numbers, c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1,
-                            prep.source).astype(np.float32)
+        bw, bh = int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1
+        block = read_window(prep.ds, prep.band_numbers, c0, r0, bw, bh, prep.source).astype(np.float32)
         raw = block[:, rows - r0][:, :, cols - c0]
+        masked = prep.mask.masked(c0, r0, bw, bh)[rows - r0][:, cols - c0] if prep.mask is not None else None
     bad = (raw == prep.nodata).any(0) | ~np.isfinite(raw).all(0)
+    if masked is not None:
+        bad |= masked
     if prep.scale != 1.0:
         raw *= np.float32(prep.scale)
     norm = (raw - prep.dn_offset - prep.mean[:, None, None]) / prep.std[:, None, None]

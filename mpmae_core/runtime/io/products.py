@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Optional
 from xml.etree import ElementTree
 
+import numpy as np
+
 from mpmae_core import registry
 from mpmae_core.runtime.io.gdal_io import RasterError
 
@@ -40,6 +42,10 @@ MAX_METADATA_BYTES = 16 * 1024 * 1024
 MAX_ZIP_MEMBERS = 100_000
 #: Raster files a band may be in.
 BAND_SUFFIXES = (".jp2", ".tif", ".tiff", ".vrt")
+#: Metadata items of a stack that name its product's quality mask: the file, and the registry's MaskSpec.
+MASK_FILE_KEY, MASK_KIND_KEY = "MMEARTH_MASK", "MMEARTH_MASK_KIND"
+#: Which of a product's masks is applied, by preference, for each level.
+MASK_PREFERENCE = {"l2a": ("scl", "cldprb"), "l1c": ("classi",)}
 
 
 class ProductError(RasterError):
@@ -65,6 +71,13 @@ class Product:
     @property
     def level(self) -> Optional[str]:
         return self.spec.detect_level(list(self.bands), self.metadata)[0]
+
+    def quality_mask(self) -> tuple[str, str]:
+        """(mask name, GDAL path) of the mask this product's level is read with, or ("", "")."""
+        for name in MASK_PREFERENCE.get(self.level or "", ()):
+            if name in self.masks:
+                return name, self.masks[name]
+        return "", ""
 
     def order(self) -> list:
         """The product's bands in product order (the runtime matches them by name anyway)."""
@@ -346,6 +359,9 @@ def build_vrt(product: Product, out) -> Path:
             band.SetNoDataValue(product.spec.nodata)
         meta = {k: v for k, v in product.metadata.items()}
         meta["MMEARTH_PRODUCT"] = product.source
+        mask, mask_path = product.quality_mask()
+        if mask:
+            meta[MASK_FILE_KEY], meta[MASK_KIND_KEY] = mask_path, mask
         level = product.level
         if level:
             meta["PROCESSING_LEVEL"] = level.upper()
@@ -374,3 +390,63 @@ def stack_path(source, cache_dir=None) -> str:
     if not out.is_file():
         build_vrt(product, out)
     return str(out)
+
+
+# ------------------------------------------------------------------------------------------ masks
+
+
+@dataclass
+class QualityMask:
+    """A product's quality layer on the stack's grid, and the rule that turns its values into 'masked'."""
+
+    ds: object  # GDAL dataset on the stack's grid (nearest)
+    spec: registry.MaskSpec
+    path: str
+
+    def masked(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """(h, w) bool: True where the layer says cloud, shadow, no data... (the spec's rule)."""
+        from mpmae_core.runtime.io.gdal_io import gdal_errors
+
+        spec = self.spec
+        bands = list(spec.masked) if spec.kind == "flags" else [1]
+        out = np.zeros((h, w), bool)
+        for b in bands:
+            if b > self.ds.RasterCount:
+                continue
+            with gdal_errors() as errors:
+                arr = self.ds.GetRasterBand(b).ReadAsArray(x, y, w, h)
+            if arr is None or errors:
+                raise ProductError(f"could not read the mask '{self.path}' (window x {x}, y {y}; GDAL says: "
+                                   f"{errors.text()}): the product is damaged; download it again")
+            if spec.kind == "classes":
+                out |= np.isin(arr, spec.masked)
+            elif spec.kind == "probability":
+                out |= arr >= spec.threshold
+            else:
+                out |= arr != 0
+        return out
+
+
+def quality_mask(stack_ds) -> Optional[QualityMask]:
+    """The quality mask a product stack names (its metadata), warped onto the stack's grid by
+    nearest neighbour; None for a raster that names none."""
+    from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors
+
+    meta = stack_ds.GetMetadata() or {}
+    path, kind = meta.get(MASK_FILE_KEY), meta.get(MASK_KIND_KEY)
+    if not path or not kind:
+        return None
+    spec = next((m for m in registry.SENTINEL2.masks if m.name == kind), None)
+    if spec is None:
+        raise ProductError(f"the stack names a mask of unknown kind {kind!r}: build it again with this version")
+    g = gdal()
+    gt = stack_ds.GetGeoTransform()
+    w, h = stack_ds.RasterXSize, stack_ds.RasterYSize
+    bounds = (gt[0], gt[3] + h * gt[5], gt[0] + w * gt[1], gt[3])
+    with gdal_errors() as errors:
+        ds = g.Warp("", path, format="VRT", outputBounds=bounds, width=w, height=h, dstSRS=stack_ds.GetProjection(),
+                    resampleAlg="near")
+    if ds is None:
+        raise ProductError(f"the product's mask '{path}' could not be opened ({errors.text()}): the product is "
+                           "damaged; download it again")
+    return QualityMask(ds, spec, path)
