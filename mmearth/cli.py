@@ -75,6 +75,8 @@ DATA = "MMEarth data files"
 
 COMMANDS: dict[str, Command] = {
     "inspect": Command(RUNTIME, "can this raster feed a model, and how do its bands map?", _runtime("inspect"), True),
+    "stack": Command(RUNTIME, "a Sentinel-2 product, STAC item or band folder as one 10 m stack (VRT or COG)",
+                     _runtime("stack"), True),
     "embed": Command(RUNTIME, "embedding raster of a scene", _runtime("embed"), True),
     "features": Command(RUNTIME, "per-pixel feature raster (spectra and every encoder stage)", _runtime("features"),
                         True),

@@ -258,3 +258,30 @@ def test_metadata_and_stac_parsers_survive_any_bytes():
                 P.stac_item(doc, "/nowhere", "fuzz.json")
         except P.ProductError:
             pass
+
+
+def test_mmearth_stack_writes_what_the_model_sees(bands_dir, tmp_path, capsys):
+    from mmearth.cli import main
+
+    safe = make_safe(tmp_path, bands_dir, level="2A", baseline="05.09", offset=True)
+    img = next(safe.rglob("IMG_DATA"))
+    (img / f"{sample.SCENE_ID}_B10.jp2").unlink()
+    scl = write_scl(img / f"{sample.SCENE_ID}_SCL_20m.jp2", hand_stack())
+    assert main(["stack", str(safe), str(tmp_path / "s.vrt")]) == 0
+    names, arr, _, meta = read_stack(tmp_path / "s.vrt")
+    want_names, want, _ = hand_stack()
+    keep = [i for i, n in enumerate(want_names) if n != "B10"]
+    np.testing.assert_array_equal(arr, want[keep])
+    assert meta["PROCESSING_LEVEL"] == "L2A" and meta["BOA_ADD_OFFSET"] == "-1000"
+    assert main(["stack", str(safe), str(tmp_path / "s.tif"), "--cog"]) == 0
+    names, arr, _, meta = read_stack(tmp_path / "s.tif")
+    assert names[-1] == "MASK" and names[:-1] == [want_names[i] for i in keep]
+    np.testing.assert_array_equal(arr[:-1], want[keep])
+    np.testing.assert_array_equal(arr[-1], np.isin(scl[: arr.shape[1], : arr.shape[2]], [0, 1, 3, 8, 9, 10]))
+    assert gdal.Info(str(tmp_path / "s.tif"), format="json")["metadata"]["IMAGE_STRUCTURE"]["LAYOUT"] == "COG"
+    capsys.readouterr()
+    assert main(["stack", str(safe), str(tmp_path / "s.png")]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ".vrt" in err
+    assert main(["stack", str(tmp_path / "nowhere.zip"), str(tmp_path / "n.vrt")]) != 0
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "n.vrt").exists()

@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--source", default=registry.DEFAULT_SOURCE, type=cli.choice_of(list(registry.SOURCES), "input source"),
                    help="the input source to assess against: " + "; ".join(
                        f"{s.name} ({s.summary or s.title})" for s in registry.SOURCES.values()))
+    st = sub.add_parser("stack", help="a Sentinel-2 product, STAC item or band folder as one 10 m stack to look at")
+    st.add_argument("input", help="a SAFE .zip, .SAFE folder or MTD_*.xml, a STAC item JSON, or a folder of band files")
+    st.add_argument("output", help="a .vrt (a few kilobytes, pointing at the product), or a .tif with --cog")
+    st.add_argument("--cog", action="store_true", help="write a Cloud-Optimised GeoTIFF, with the quality mask as a "
+                                                      "last band MASK")
     v = sub.add_parser("preview", help="PNG of a class map next to its scene in natural colour")
     v.add_argument("scene")
     v.add_argument("classes")
@@ -195,6 +200,12 @@ def main(argv=None) -> int:
             from mpmae_core.runtime.io.inspect import inspect_raster, summary_lines
 
             print("\n".join(summary_lines(inspect_raster(args.input, source=args.source))))
+            return 0
+        if args.cmd == "stack":
+            from mpmae_core.runtime.io.products import write_stack
+
+            res = write_stack(args.input, args.output, cog=args.cog, log=log)
+            log(f"wrote {res['output']}: bands {', '.join(res['bands'])}; level {res['level'].upper() or 'unknown'}")
             return 0
         if args.cmd == "preview":
             from mpmae_core.runtime.io.files import check_output

@@ -450,3 +450,60 @@ def quality_mask(stack_ds) -> Optional[QualityMask]:
         raise ProductError(f"the product's mask '{path}' could not be opened ({errors.text()}): the product is "
                            "damaged; download it again")
     return QualityMask(ds, spec, path)
+
+
+def write_stack(source, output, cog: bool = False, log=lambda m: None) -> dict:
+    """``mmearth stack``: what the model sees, as a file to look at. A VRT (``.vrt``: the product's
+    bands by name, a few kilobytes pointing at the product) or, with ``cog``, a Cloud-Optimised
+    GeoTIFF of the bands plus a last band ``MASK`` (1 where the product's quality layer masks the
+    pixel, 0 elsewhere). Both carry the level and offsets; both appear whole or not at all."""
+    from mpmae_core.runtime.io.files import atomic_output, check_output
+    from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors, open_raster
+
+    product = open_product(source)
+    ext = (".tif", ".tiff") if cog else (".vrt",)
+    check_output(output, [str(source)], "stack", ext, "a GeoTIFF" if cog else "a VRT")
+    if not cog:
+        build_vrt(product, output)
+        return {"output": str(output), "bands": product.order(), "level": product.level or ""}
+    g = gdal()
+    vrt = build_vrt(product, Path(str(output) + ".bands.tmp.vrt"))
+    try:
+        src = open_raster(vrt)
+        mask = quality_mask(src)
+        w, h, n = src.RasterXSize, src.RasterYSize, src.RasterCount
+        with atomic_output(output) as tmp:
+            mem_path = str(tmp) + ".work.tif"
+            ds = g.GetDriverByName("GTiff").Create(mem_path, w, h, n + 1, g.GDT_UInt16,
+                                                   options=["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"])
+            ds.SetGeoTransform(src.GetGeoTransform())
+            ds.SetProjection(src.GetProjection())
+            meta = dict(src.GetMetadata() or {})
+            meta.pop(MASK_FILE_KEY, None)
+            ds.SetMetadata(meta)
+            for y in range(0, h, 512):
+                rows = min(512, h - y)
+                for b in range(1, n + 1):
+                    with gdal_errors() as errors:
+                        arr = src.GetRasterBand(b).ReadAsArray(0, y, w, rows)
+                    if arr is None:
+                        raise ProductError(f"could not read {product.name}, band {b} ({errors.text()}): the "
+                                           "product is damaged; download it again")
+                    ds.GetRasterBand(b).WriteArray(arr, 0, y)
+                masked = mask.masked(0, y, w, rows) if mask is not None else np.zeros((rows, w), bool)
+                ds.GetRasterBand(n + 1).WriteArray(masked.astype(np.uint16), 0, y)
+            for b in range(1, n + 1):
+                ds.GetRasterBand(b).SetDescription(src.GetRasterBand(b).GetDescription())
+                ds.GetRasterBand(b).SetNoDataValue(product.spec.nodata)
+            ds.GetRasterBand(n + 1).SetDescription("MASK")
+            ds = None
+            with gdal_errors() as errors:
+                out = g.Translate(str(tmp), mem_path, format="COG", creationOptions=["COMPRESS=DEFLATE"])
+            if out is None:
+                raise ProductError(f"could not write the COG '{output}': {errors.text()}")
+            out = None
+            Path(mem_path).unlink()
+    finally:
+        Path(vrt).unlink(missing_ok=True)
+    log(f"wrote {output}: {n} bands and MASK ({mask.spec.title if mask else 'no quality layer in the product'})")
+    return {"output": str(output), "bands": product.order() + ["MASK"], "level": product.level or ""}
