@@ -285,3 +285,59 @@ def test_mmearth_stack_writes_what_the_model_sees(bands_dir, tmp_path, capsys):
     assert "Traceback" not in err and ".vrt" in err
     assert main(["stack", str(tmp_path / "nowhere.zip"), str(tmp_path / "n.vrt")]) != 0
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "n.vrt").exists()
+
+
+def test_an_area_of_interest_cuts_the_work_and_masks_outside_its_polygon(tmp_path, models_dir):
+    """A triangle given in EPSG:4326 over a corner of the scene (UTM 33N): the map covers only its
+    window, its pixels outside the triangle are no data, inside equal the whole-scene map's
+    (away from the window's edge, where tiles see less context), and an AOI elsewhere is refused."""
+    from osgeo import ogr, osr
+
+    from mpmae_core.runtime.inference.predict import segment
+    from mpmae_core.runtime.io.aoi import AoiError
+
+    stack = sample.build(verbose=False)["stack"]
+    ds = gdal.Open(str(stack))
+    gt = ds.GetGeoTransform()
+    utm = osr.SpatialReference()
+    utm.ImportFromWkt(ds.GetProjection())
+    wgs = osr.SpatialReference()
+    wgs.ImportFromEPSG(4326)
+    for s in (utm, wgs):
+        s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    to_wgs = osr.CoordinateTransformation(utm, wgs)
+    corners = [(gt[0] + c * gt[1], gt[3] + r * gt[5]) for c, r in ((100, 100), (612, 100), (100, 484))]
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in corners + corners[:1]:
+        lon, lat, _ = to_wgs.TransformPoint(x, y)
+        ring.AddPoint_2D(lon, lat)
+    tri = ogr.Geometry(ogr.wkbPolygon)
+    tri.AddGeometry(ring)
+    path = tmp_path / "aoi.gpkg"
+    vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = vds.CreateLayer("aoi", srs=wgs, geom_type=ogr.wkbPolygon)
+    feat = ogr.Feature(layer.GetLayerDefn())
+    feat.SetGeometry(tri)
+    layer.CreateFeature(feat)
+    vds = None
+    model, head = models_dir / "atto_test.onnx", models_dir / "head3.onnx"
+    logs = []
+    part = segment(stack, model, tmp_path / "part.tif", head_path=head, device="cpu", aoi=str(path), log=logs.append)
+    whole = segment(stack, model, tmp_path / "whole.tif", head_path=head, device="cpu")
+    p, w = gdal.Open(part["output"]), gdal.Open(whole["output"])
+    assert any("area of interest: a window of" in m for m in logs)
+    assert p.RasterXSize * p.RasterYSize < 0.3 * w.RasterXSize * w.RasterYSize
+    pgt = p.GetGeoTransform()
+    c0, r0 = round((pgt[0] - gt[0]) / gt[1]), round((pgt[3] - gt[3]) / gt[5])
+    assert (c0, r0) == (96, 96)  # at the triangle (bent a little by the CRS), on the model's 16 px patch grid
+    pa = p.ReadAsArray()
+    wa = w.ReadAsArray()[r0:r0 + pa.shape[0], c0:c0 + pa.shape[1]]
+    rows, cols = np.mgrid[0:pa.shape[0], 0:pa.shape[1]]
+    x, y = c0 + cols + 0.5 - 100, r0 + rows + 0.5 - 100  # pixel centres, from the triangle's right angle
+    inside_far = (x > 40) & (y > 40) & (x / 512 + y / 384 < 0.8)
+    outside = x / 512 + y / 384 > 1.05
+    assert (pa[outside] == 255).all() and (pa[inside_far] != 255).all()
+    assert (pa[inside_far] == wa[inside_far]).mean() > 0.9
+    with pytest.raises(AoiError, match="outside the raster"):
+        segment(stack, model, tmp_path / "nowhere.tif", head_path=head, device="cpu", aoi="0,0,10,10,EPSG:4326")
+    assert not (tmp_path / "nowhere.tif").exists()

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--band-map", type=_band_map,
                         help="raster band numbers feeding the model's bands, in order (a number may repeat)")
     common.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
+    common.add_argument("--aoi", help="an area of interest: a polygon layer (file, or file|layer), or an extent "
+                                      "xmin,ymin,xmax,ymax in the raster's CRS (add ,EPSG:NNNN for another); reading, "
+                                      "compute and outputs are cut to it")
     e = sub.add_parser("embed", parents=[common], help="embedding raster")
     e.add_argument("--upsample", action="store_true", help="embeddings per pixel instead of per patch")
     e.add_argument("--dtype", default="float32", type=cli.choice_of(["float32", "float16"], "dtype"))
@@ -224,7 +227,7 @@ def main(argv=None) -> int:
             return batch_command(args, log)
         common_kw = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device, level=args.level,
                          dn_offset=args.dn_offset, band_map=args.band_map, scale=args.scale, cog=args.cog,
-                         progress=Bar(args.cmd), log=log)
+                         progress=Bar(args.cmd), log=log, aoi=args.aoi)
         try:
             if args.cmd == "embed":
                 res = embed(args.input, args.model, args.output, dtype=args.dtype, upsample=args.upsample, **common_kw)

@@ -51,13 +51,19 @@ BAND_MAP_OPTION = "a band map (--band-map 1,2,3,... on the command line, 'Band m
 
 def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "auto", dn_offset="auto",
                   band_map: Optional[Sequence[int]] = None, log: Callable[[str], None] = lambda m: None,
-                  scale: float = 1.0) -> PreparedInput:
+                  scale: float = 1.0, aoi=None) -> PreparedInput:
+    """The raster (or a product's stack) ready to read in normalised blocks. ``aoi``: an area of
+    interest (io.aoi: a polygon layer, or an extent): everything is cut to its window, and pixels
+    of the window outside it are no data."""
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise RasterError(f"the scale factor must be a positive number, got {scale!r}")
     from mpmae_core.runtime.io.products import stack_path
 
     spec = meta.source_spec  # the input source's rules (registry): bands, levels, offsets, plausibility
     path = stack_path(source)  # a product, STAC item or band folder: its 10 m VRT stack
+    area = None
+    if aoi:
+        path, area = _aoi_window(path, aoi, log, meta.patch_size)
     facts = read_raster_facts(path, sample=False)
     require_georeferenced(facts)
     if facts.crs_is_geographic:
@@ -71,6 +77,8 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
             log(f"warning: pixel size is {px[0]:g} x {px[1]:g} m but the model was trained at {meta.gsd_m:g} m: "
                 f"results will be poor unless the raster is resampled to {meta.gsd_m:g} m")
     ds = open_raster(path)
+    if area is not None:
+        gdal().Unlink(path)  # the window's VRT lives on in the open dataset only
     descriptions = [b.description for b in facts.bands]
     notes = []
     if band_map:
@@ -132,9 +140,36 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
     mask = quality_mask(ds)
     if mask is not None:
         notes.append(f"the product's {mask.spec.title} masks clouds and shadows as no data")
+    if area is not None:
+        from mpmae_core.runtime.io.aoi import Masks
+
+        mask = area if mask is None else Masks([mask, area])
     return PreparedInput(ds, str(source), numbers, level, dn_offset, nodata,
                          np.asarray(mean, np.float32), np.asarray(std, np.float32), facts.width, facts.height,
                          facts.geotransform, ds.GetProjection(), notes, float(scale), mask)
+
+
+def _aoi_window(path: str, aoi, log, align: int) -> tuple:
+    """(a VRT of the window of ``path`` that holds the area, the area's PolygonMask on it)."""
+    import hashlib
+
+    from mpmae_core.runtime.io.aoi import aoi_window, polygon_mask, read_aoi
+
+    facts = read_raster_facts(path, sample=False)
+    require_georeferenced(facts)
+    geom = read_aoi(aoi, facts.crs_wkt)
+    x, y, w, h = aoi_window(geom, facts.geotransform, facts.width, facts.height, align)
+    key = hashlib.sha256(f"{path}|{x},{y},{w},{h}".encode()).hexdigest()[:16]
+    window = f"/vsimem/mmearth-aoi-{key}.vrt"
+    with gdal_errors() as errors:
+        out = gdal().Translate(window, path, format="VRT", srcWin=[x, y, w, h])
+    if out is None:
+        raise RasterError(f"could not cut '{path}' to the area of interest: {errors.text()}")
+    gt = out.GetGeoTransform()
+    out = None
+    log(f"area of interest: a window of {w} x {h} px of {facts.width} x {facts.height} "
+        f"({w * h / (facts.width * facts.height):.1%} of the raster); pixels outside the area are no data")
+    return window, polygon_mask(geom, gt, w, h)
 
 
 def mirror_index(idx: np.ndarray, n: int) -> np.ndarray:
