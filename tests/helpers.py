@@ -42,3 +42,57 @@ def write_geotiff(
     ds.FlushCache()
     ds = None
     return Path(path)
+
+
+class RangeServer:
+    """An HTTP server on 127.0.0.1 serving a folder with HEAD and byte ranges (``bytes=a-b``), as
+    object stores serve COGs; ``requests`` records (method, path, Range) and ``sent`` the body bytes."""
+
+    def __init__(self, root):
+        import http.server
+        import threading
+        from pathlib import Path
+
+        self.root, self.requests, self.sent = Path(root), [], 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _serve(self, body: bool):
+                path = outer.root / self.path.split("?")[0].lstrip("/")
+                rng = self.headers.get("Range")
+                outer.requests.append((self.command, self.path, rng))
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start, end = 0, len(data) - 1
+                if rng and rng.startswith("bytes="):
+                    a, _, b = rng[6:].partition("-")
+                    start, end = int(a or 0), min(int(b) if b else len(data) - 1, len(data) - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(end - start + 1))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data[start:end + 1])
+                    outer.sent += end - start + 1
+
+            def do_GET(self):  # noqa: N802
+                self._serve(True)
+
+            def do_HEAD(self):  # noqa: N802
+                self._serve(False)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -341,3 +341,27 @@ def test_an_area_of_interest_cuts_the_work_and_masks_outside_its_polygon(tmp_pat
     with pytest.raises(AoiError, match="outside the raster"):
         segment(stack, model, tmp_path / "nowhere.tif", head_path=head, device="cpu", aoi="0,0,10,10,EPSG:4326")
     assert not (tmp_path / "nowhere.tif").exists()
+
+
+def test_a_stac_item_served_over_http_is_read_through_range_requests(bands_dir, tmp_path, monkeypatch):
+    from helpers import RangeServer
+
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    root = tmp_path / "srv"
+    shutil.copytree(bands_dir, root / "bands")
+    assets = {f.stem.rsplit("_", 1)[1]: {"href": f"bands/{f.name}"} for f in sorted(bands_dir.glob("*.jp2"))}
+    (root / "item.json").write_text(json.dumps({"type": "Feature", "id": "remote", "assets": assets,
+                                                "properties": {"s2:processing_baseline": "02.04"}}))
+    server = RangeServer(root)
+    try:
+        vrt = P.stack_path(f"{server.url}/item.json", tmp_path / "stacks")
+        ds = gdal.Open(str(vrt))
+        assert all("/vsicurl/http://127.0.0.1" in f for f in ds.GetFileList()[1:])
+        window = ds.ReadAsArray(512, 256, 256, 128)
+        _, want, _ = hand_stack()
+        np.testing.assert_array_equal(window, want[:, 256:384, 512:768])
+        assert any(rng for _, p, rng in server.requests if p.endswith(".jp2"))  # ranges, not whole files
+    finally:
+        server.close()
+    with pytest.raises(P.ProductError, match="could not be fetched"):
+        P.open_product(f"{server.url}/item.json")  # the server is gone
