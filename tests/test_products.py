@@ -147,6 +147,7 @@ def write_scl(path, hand, snow=True):
     return np.repeat(np.repeat(scl, 2, axis=0), 2, axis=1)  # on the 10 m grid (nearest)
 
 
+@pytest.mark.slow
 def test_clouds_in_the_scl_are_no_data_in_the_map_and_snow_is_kept(bands_dir, tmp_path, models_dir):
     from mpmae_core.runtime.inference.predict import segment
 
@@ -196,6 +197,7 @@ def test_a_folder_of_band_files_and_a_stac_item_with_relative_hrefs(bands_dir, t
     assert meta["S2_PRODUCT_TYPE"] == "S2MSI1C"
 
 
+@pytest.mark.slow
 def test_the_same_map_from_the_zip_as_from_the_hand_stack(bands_dir, tmp_path, models_dir):
     from mpmae_core.runtime.inference.predict import segment
 
