@@ -367,3 +367,53 @@ def test_a_stac_item_served_over_http_is_read_through_range_requests(bands_dir, 
         server.close()
     with pytest.raises(P.ProductError, match="could not be fetched"):
         P.open_product(f"{server.url}/item.json")  # the server is gone
+
+
+def test_labels_under_clouds_are_left_out_and_inspect_reports_the_masked_share(bands_dir, tmp_path, models_dir):
+    from osgeo import ogr
+
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+
+    safe = make_safe(tmp_path, bands_dir, level="2A", baseline="02.04")
+    img = next(safe.rglob("IMG_DATA"))
+    (img / f"{sample.SCENE_ID}_B10.jp2").unlink()
+    scl = write_scl(img / f"{sample.SCENE_ID}_SCL_20m.jp2", hand_stack(), snow=False)
+    a = inspect_raster(safe)
+    found = [f.message for f in a.findings if "masked as no data by the product's Scene classification" in f.message]
+    assert found and abs(float(found[0].split("%")[0]) / 100 - (scl == 9).mean()) < 0.01
+    _, _, gt = hand_stack()
+    lab = gdal.Open(str(sample.labels_path())).ReadAsArray()
+    feats = []
+    for cls, value in enumerate((2, 3)):  # forest, farm: four clear points each
+        rows, cols = np.nonzero((lab == value) & (scl[: lab.shape[0], : lab.shape[1]] == 4))
+        for i in np.linspace(0, len(rows) - 1, 4).astype(int):
+            feats.append((rows[i], cols[i], cls))
+    cr, cc = np.nonzero(scl == 9)
+    feats += [(cr[0], cc[0], 0), (cr[-1], cc[-1], 1)]  # two labels on clouds
+    wkb = []
+    for r, c, cls in feats:
+        g = ogr.Geometry(ogr.wkbPoint)
+        g.AddPoint_2D(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5])
+        wkb.append((bytes(g.ExportToWkb()), cls))
+    logs = []
+    res = train_pixel_head(safe, models_dir / "atto_test.onnx", wkb, ["forest", "farm"], tmp_path / "h.onnx",
+                           feature_sets=["spectra"], classifiers=["forest"], device="cpu", log=logs.append)
+    assert any("skipped 2 labelled feature(s)" in m and "masked as clouds" in m for m in logs), logs
+    assert res["samples"]["forest"]["features"] == 4 and res["samples"]["farm"]["features"] == 4
+
+
+def test_a_stac_item_whose_files_are_unreachable_says_so(bands_dir, tmp_path, monkeypatch):
+    from helpers import RangeServer
+
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    root = tmp_path / "srv"
+    root.mkdir()
+    assets = {f.stem.rsplit("_", 1)[1]: {"href": f"gone/{f.name}"} for f in sorted(bands_dir.glob("*.jp2"))}
+    (root / "item.json").write_text(json.dumps({"type": "Feature", "id": "gone", "assets": assets}))
+    server = RangeServer(root)
+    try:
+        with pytest.raises(P.ProductError, match="could not be opened.*damaged or incomplete"):
+            P.stack_path(f"{server.url}/item.json", tmp_path / "stacks")
+    finally:
+        server.close()
+    assert not list((tmp_path / "stacks").glob("*.vrt"))  # no half stack is left

@@ -376,7 +376,8 @@ def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float
     ok = np.isfinite(x).all(1)
     nodata = sorted(set(groups[~ok].tolist()) - set(groups[ok].tolist()))
     if nodata:
-        log(f"warning: skipped {len(nodata)} labelled feature(s) over pixels without data (feature ids "
+        log(f"warning: skipped {len(nodata)} labelled feature(s) over pixels without data, or masked as clouds or "
+            f"shadows by the product (feature ids "
             f"{id_list(nodata)})")
     if not ok.any():
         raise FewShotError("none of the labelled features lies over valid pixels of the raster")

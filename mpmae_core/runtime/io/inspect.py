@@ -360,10 +360,35 @@ def inspect_raster(path: str | os.PathLike, wanted: Optional[Sequence[str]] = No
     stack) in one call; raises RasterError for unreadable or ungeoreferenced input."""
     from mpmae_core.runtime.io.products import stack_path
 
-    facts = read_raster_facts(stack_path(path))
+    stack = stack_path(path)
+    facts = read_raster_facts(stack)
     facts.source = str(path)
     require_georeferenced(facts)
-    return assess(facts, wanted, source)
+    out = assess(facts, wanted, source)
+    masked = masked_fraction(stack)
+    if masked is not None:
+        title, share = masked
+        out.findings.append(Finding("warning" if share > 0.5 else "info",
+                                    f"{share:.1%} of the scene is masked as no data by the product's {title} (clouds, "
+                                    "shadows, no data)" + ("; little of it can be mapped" if share > 0.5 else "")))
+    return out
+
+
+def masked_fraction(stack, side: int = SAMPLE_SIDE):
+    """(mask title, share of pixels masked) of a product stack's quality layer, over a decimated
+    read of at most side x side pixels; None when the raster names no quality layer."""
+    from mpmae_core.runtime.io.products import quality_mask
+
+    ds = open_raster(stack)
+    mask = quality_mask(ds)
+    if mask is None:
+        return None
+    w, h = ds.RasterXSize, ds.RasterYSize
+    step = max(1, int(math.ceil(max(w, h) / side)))
+    rows = []
+    for y in range(0, h, step):
+        rows.append(mask.masked(0, y, w, 1)[0, ::step])
+    return mask.spec.title, float(np.mean(np.concatenate(rows))) if rows else 0.0
 
 
 def _fmt(v: Optional[float]) -> str:
