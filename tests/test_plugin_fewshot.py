@@ -13,6 +13,13 @@ from mpmae_core.runtime.models.metadata import ModelMetadata
 CLASSES = ["farm", "water"]  # water against farmland: separable even by a random-weight encoder
 
 
+@pytest.fixture(autouse=True)
+def _models_by_name(models_dir):
+    """Every test here names the model 'atto_test': the models folder ($MMEARTH_MODELS) must hold it,
+    whichever tests run (a -m 'not slow' run skips the one that asked for it first)."""
+    return models_dir
+
+
 @pytest.fixture(scope="module")
 def scene():
     return str(sample.build(verbose=False)["stack"])
