@@ -16,7 +16,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Optional, Sequence
 
@@ -98,9 +98,18 @@ class SourceSpec:
     def band_names(self) -> tuple[str, ...]:
         return tuple(b.name for b in self.bands)
 
-    @property
+    @cached_property  # built once per spec (a frozen dataclass: its bands never change)
     def band_by_name(self) -> dict:
         return {b.name: b for b in self.bands}
+
+    @cached_property
+    def _names(self) -> dict:
+        """Every spelling (name, common name, alias; lower case, spaces and dashes as _) -> band."""
+        table = {}
+        for b in self.bands:
+            for key in (b.name, b.common_name) + tuple(b.aliases):
+                table.setdefault(re.sub(r"[\s\-]+", "_", key.lower()), b.name)
+        return table
 
     @property
     def level_names(self) -> tuple[str, ...]:
@@ -120,7 +129,7 @@ class SourceSpec:
             return None
         text = label.strip()
         key = re.sub(r"[\s\-]+", "_", text.lower())
-        names = _name_table(self)
+        names = self._names
         if key in names:
             return names[key]
         if not self.band_token:
@@ -193,14 +202,6 @@ class SourceSpec:
 @lru_cache(maxsize=None)
 def _resource_json(name: str) -> dict:
     return json.loads(resources.files("mpmae_core.resources").joinpath(name).read_text())
-
-
-def _name_table(spec: SourceSpec) -> dict:
-    table = {}
-    for b in spec.bands:
-        for key in (b.name, b.common_name) + tuple(b.aliases):
-            table.setdefault(re.sub(r"[\s\-]+", "_", key.lower()), b.name)
-    return table
 
 
 #: Every Sentinel-2 MSI band, in the order the MMEarth HDF5 files store them (B8A before B8).

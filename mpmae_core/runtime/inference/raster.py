@@ -42,7 +42,9 @@ class PreparedInput:
     projection: str
     notes: list
     scale: float = 1.0  # raw values are multiplied by this before the DN offset is subtracted
-    mask: object = None  # io.products.QualityMask: the product's clouds and shadows, masked as no data
+    #: what else is no data: the product's quality layer (io.products.QualityMask), the area of
+    #: interest's outside (io.aoi.PolygonMask), or both (io.aoi.Masks); anything with masked(x, y, w, h)
+    mask: object = None
 
 
 LEVEL_OPTION = "the processing level (--level on the command line, 'Sentinel-2 processing level' in QGIS)"
@@ -186,8 +188,10 @@ def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.
     real content all around, also around a raster smaller than the window) and are marked
     invalid: no output is written there. A pixel is invalid when any used band holds the nodata
     value (or is not finite), or the product's quality mask marks it (clouds, shadows: see
-    io.products); it is fed to the model as 0 (the band mean) and its outputs are masked. Raw values are multiplied by ``prep.scale``, then the DN offset is subtracted. A read
-    error raises RasterError naming the file, the window and GDAL's reason.
+    io.products) or lies outside the area of interest; it is fed to the model as 0 (the band
+    mean) and its outputs are masked. Raw values are multiplied by ``prep.scale``, then the DN
+    offset is subtracted. A read error raises RasterError naming the file, the window and GDAL's
+    reason.
     """
     c = len(prep.band_numbers)
     y0, x0 = max(y, 0), max(x, 0)

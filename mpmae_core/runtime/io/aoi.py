@@ -65,20 +65,21 @@ def read_aoi(aoi, raster_wkt: str):
     layer = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
     if layer is None:
         raise AoiError(f"'{path}' has no layer {layer_name!r}")
-    union = ogr.Geometry(ogr.wkbMultiPolygon)
+    parts = ogr.Geometry(ogr.wkbMultiPolygon)
     src = layer.GetSpatialRef()
+    if src is not None:
+        src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     for feat in layer:
         g = feat.GetGeometryRef()
-        if g is None or g.IsEmpty():
-            continue
-        g = g.Clone()
-        if g.GetDimension() < 2:
+        if g is None or g.IsEmpty() or g.GetDimension() < 2:
             continue  # points and lines enclose no area
+        g = ogr.ForceToMultiPolygon(g.Clone())  # curves and surfaces too
         if src is not None:
-            src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
             _transform(g, src, target, path)
-        union = union.Union(g)
-    if union.IsEmpty():
+        for i in range(g.GetGeometryCount()):
+            parts.AddGeometry(g.GetGeometryRef(i))
+    union = parts.UnionCascaded() if not parts.IsEmpty() else parts  # once, not feature by feature
+    if union is None or union.IsEmpty():
         raise AoiError(f"'{path}' holds no polygon: an area of interest needs polygons (or give an extent "
                        "xmin,ymin,xmax,ymax)")
     return union

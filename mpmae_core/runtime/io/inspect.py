@@ -365,7 +365,9 @@ def inspect_raster(path: str | os.PathLike, wanted: Optional[Sequence[str]] = No
     facts.source = str(path)
     require_georeferenced(facts)
     out = assess(facts, wanted, source)
-    masked = masked_fraction(stack)
+    from mpmae_core.runtime.io.products import MASK_FILE_KEY
+
+    masked = masked_fraction(stack) if MASK_FILE_KEY in facts.metadata else None
     if masked is not None:
         title, share = masked
         out.findings.append(Finding("warning" if share > 0.5 else "info",

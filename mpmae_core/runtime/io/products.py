@@ -376,7 +376,8 @@ def stack_path(source, cache_dir=None) -> str:
     path, size and time, and reused while they stay the same."""
     if not is_product(source):
         return str(source)
-    product = open_product(source)
+    if not re.match(r"https?://", str(source)) and not Path(str(source)).exists():
+        raise ProductError(f"'{source}' does not exist: check the path")
     if cache_dir is None:
         from mpmae_core.runtime.io.files import user_cache_dir
 
@@ -387,8 +388,8 @@ def stack_path(source, cache_dir=None) -> str:
         key = f"{Path(key).resolve()}|{st.st_size}|{st.st_mtime_ns}"
     name = re.sub(r"[^\w.-]", "_", Path(str(source).rstrip("/")).stem)[:60]
     out = Path(cache_dir) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.vrt"
-    if not out.is_file():
-        build_vrt(product, out)
+    if not out.is_file():  # the product is read (zip listing, metadata XML) only to build its stack
+        build_vrt(open_product(source), out)
     return str(out)
 
 
@@ -468,12 +469,14 @@ def write_stack(source, output, cog: bool = False, log=lambda m: None) -> dict:
         return {"output": str(output), "bands": product.order(), "level": product.level or ""}
     g = gdal()
     vrt = build_vrt(product, Path(str(output) + ".bands.tmp.vrt"))
+    work_files = []
     try:
         src = open_raster(vrt)
         mask = quality_mask(src)
         w, h, n = src.RasterXSize, src.RasterYSize, src.RasterCount
         with atomic_output(output) as tmp:
             mem_path = str(tmp) + ".work.tif"
+            work_files.append(Path(mem_path))
             ds = g.GetDriverByName("GTiff").Create(mem_path, w, h, n + 1, g.GDT_UInt16,
                                                    options=["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"])
             ds.SetGeoTransform(src.GetGeoTransform())
@@ -502,8 +505,8 @@ def write_stack(source, output, cog: bool = False, log=lambda m: None) -> dict:
             if out is None:
                 raise ProductError(f"could not write the COG '{output}': {errors.text()}")
             out = None
-            Path(mem_path).unlink()
     finally:
-        Path(vrt).unlink(missing_ok=True)
+        for f in [Path(vrt)] + work_files:
+            f.unlink(missing_ok=True)
     log(f"wrote {output}: {n} bands and MASK ({mask.spec.title if mask else 'no quality layer in the product'})")
     return {"output": str(output), "bands": product.order() + ["MASK"], "level": product.level or ""}
