@@ -65,6 +65,36 @@ def _window(text):
     return values
 
 
+AOI_HELP = ("an area of interest: a polygon layer (file, or file|layer), or an extent xmin,ymin,xmax,ymax in the "
+            "raster's CRS (add ,EPSG:NNNN for another); reading, compute and outputs are cut to it")
+
+
+def add_mask_arguments(parser) -> None:
+    """--aoi and the mask options, for every command that reads a raster."""
+    from mpmae_core.runtime import cli
+
+    parser.add_argument("--aoi", help=AOI_HELP)
+    parser.add_argument("--mask", help="also no data: a mask raster on the input's grid (non-zero masks) or a polygon "
+                                       "layer (inside masks)")
+    parser.add_argument("--mask-dilate", type=cli.non_negative_int, default=0, metavar="N",
+                        help="grow every mask by N pixels (cloud edges leak; default 0)")
+    parser.add_argument("--mask-snow", action="store_true", help="mask snow and ice too (the product's SCL or "
+                                                                 "classification mask)")
+    parser.add_argument("--cloud-probability", type=cli.positive_float, metavar="PERCENT",
+                        help="also mask pixels whose cloud probability (L2A MSK_CLDPRB) is at least PERCENT")
+    parser.add_argument("--no-product-mask", action="store_true",
+                        help="do not apply the product's own quality layer (clouds are then read as land)")
+
+
+def mask_options(args):
+    """The MaskOptions the arguments ask for, or None for the defaults."""
+    from mpmae_core.runtime.io.masks import MaskOptions
+
+    opts = MaskOptions(product=not args.no_product_mask, snow=args.mask_snow, cloud_probability=args.cloud_probability,
+                       user=args.mask, dilate=args.mask_dilate)
+    return None if opts == MaskOptions() else opts
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mpmae_core import registry
     from mpmae_core.runtime import cli
@@ -90,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--band-map", type=_band_map,
                         help="raster band numbers feeding the model's bands, in order (a number may repeat)")
     common.add_argument("--cog", action="store_true", help="write a Cloud Optimized GeoTIFF")
-    common.add_argument("--aoi", help="an area of interest: a polygon layer (file, or file|layer), or an extent "
-                                      "xmin,ymin,xmax,ymax in the raster's CRS (add ,EPSG:NNNN for another); reading, "
-                                      "compute and outputs are cut to it")
+    add_mask_arguments(common)
     e = sub.add_parser("embed", parents=[common], help="embedding raster")
     e.add_argument("--upsample", action="store_true", help="embeddings per pixel instead of per patch")
     e.add_argument("--dtype", default="float32", type=cli.choice_of(["float32", "float16"], "dtype"))
@@ -126,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--scale", dict(type=cli.positive_float, default=1.0)),
                      ("--band-map", dict(type=_band_map))):
         h.add_argument(name, **kw)
+    add_mask_arguments(h)
     fm = sub.add_parser("fetch-model", help="download a released MMEarth model and convert it, without torch")
     fm.add_argument("model", nargs="?", help="a catalogue name (see --list), an http(s) URL or a checkpoint file")
     fm.add_argument("--out", default=None, help="the models folder (default $MMEARTH_MODELS, else ./models)")
@@ -156,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--band-map", dict(type=_band_map)),
                      ("--dtype", dict(default="float32", type=cli.choice_of(["float32", "float16"], "dtype")))):
         bt.add_argument(name, **kw)
+    add_mask_arguments(bt)
     i = sub.add_parser("inspect", help="can this raster feed a model, and how do its bands map?")
     i.add_argument("input")
     i.add_argument("--source", default=registry.DEFAULT_SOURCE, type=cli.choice_of(list(registry.SOURCES), "input source"),
@@ -164,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stack", help="a Sentinel-2 product, STAC item or band folder as one 10 m stack to look at")
     st.add_argument("input", help="a SAFE .zip, .SAFE folder or MTD_*.xml, a STAC item JSON, or a folder of band files")
     st.add_argument("output", help="a .vrt (a few kilobytes, pointing at the product), or a .tif with --cog")
-    st.add_argument("--cog", action="store_true", help="write a Cloud-Optimised GeoTIFF, with the quality mask as a "
+    st.add_argument("--cog", action="store_true", help="write a Cloud-Optimised GeoTIFF, with the masks as a "
                                                       "last band MASK")
+    add_mask_arguments(st)
     v = sub.add_parser("preview", help="PNG of a class map next to its scene in natural colour")
     v.add_argument("scene")
     v.add_argument("classes")
@@ -207,7 +238,7 @@ def main(argv=None) -> int:
         if args.cmd == "stack":
             from mpmae_core.runtime.io.products import write_stack
 
-            res = write_stack(args.input, args.output, cog=args.cog, log=log)
+            res = write_stack(args.input, args.output, cog=args.cog, aoi=args.aoi, masks=mask_options(args), log=log)
             log(f"wrote {res['output']}: bands {', '.join(res['bands'])}; level {res['level'].upper() or 'unknown'}")
             return 0
         if args.cmd == "preview":
@@ -227,7 +258,7 @@ def main(argv=None) -> int:
             return batch_command(args, log)
         common_kw = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, device=args.device, level=args.level,
                          dn_offset=args.dn_offset, band_map=args.band_map, scale=args.scale, cog=args.cog,
-                         progress=Bar(args.cmd), log=log, aoi=args.aoi)
+                         progress=Bar(args.cmd), log=log, aoi=args.aoi, masks=mask_options(args))
         try:
             if args.cmd == "embed":
                 res = embed(args.input, args.model, args.output, dtype=args.dtype, upsample=args.upsample, **common_kw)
@@ -252,7 +283,7 @@ def batch_command(args, log) -> int:
     from mpmae_core.runtime.batch import run_batch
 
     options = dict(tile=args.tile, overlap=args.overlap, batch=args.batch, level=args.level, dn_offset=args.dn_offset,
-                   scale=args.scale, band_map=args.band_map)
+                   scale=args.scale, band_map=args.band_map, aoi=args.aoi, masks=mask_options(args))
     if args.mode == "embed":
         options["dtype"] = args.dtype
     report = run_batch(args.mode, args.inputs, args.model, args.out_dir, head=args.head, workers=args.workers,
@@ -295,7 +326,9 @@ def train_head_command(args, log) -> int:
     from mpmae_core.runtime.heads.pixelhead import train_pixel_head
     from mpmae_core.runtime.inference.predict import Cancelled
 
-    wkt = open_raster(args.input).GetProjection()
+    from mpmae_core.runtime.io.products import stack_path
+
+    wkt = open_raster(stack_path(args.input)).GetProjection()
     features, names, ids, notes = read_label_file(args.labels, args.class_field, wkt)
     for what, n in (("without a geometry", notes["no_geometry"]), ("without a class value", notes["no_class"])):
         if n:
@@ -307,7 +340,7 @@ def train_head_command(args, log) -> int:
                                classifiers=args.classifiers, max_pixels_per_class=args.max_pixels,
                                feature_raster=args.features, tile=args.tile, overlap=args.overlap, device=args.device,
                                level=args.level, dn_offset=args.dn_offset, scale=args.scale, band_map=args.band_map,
-                               progress=Bar("train-head"), log=log)
+                               aoi=args.aoi, masks=mask_options(args), progress=Bar("train-head"), log=log)
     except Cancelled:
         raise KeyboardInterrupt from None
     print(res["text"])

@@ -77,8 +77,9 @@ def expand_inputs(spec: str, work_dir: Path, exclude: Optional[Path] = None,
         if not matches:
             raise BatchError(f"'{spec}' matches no file: give a glob (quoted, e.g. 'scenes/*.tif'), a text file of "
                              "paths, a STAC ItemCollection or catalogue JSON, or a raster")
-        scenes = [Scene("", m) for m in matches if Path(m).is_file()]
+        scenes = [Scene("", m) for m in matches if Path(m).is_file() or list(Path(m).glob("MTD_MSIL*.xml"))]
     scenes = scenes if stac else _without_outputs(scenes, exclude, log)
+    scenes = [s if s.error or stac else _product_scene(s, work_dir) for s in scenes]
     scenes = _without_duplicates(scenes, log)
     used: dict = {}
     for s in scenes:
@@ -189,6 +190,26 @@ def _stac_items(path: Path, depth: int = 0):
         raise BatchError(f"'{path}' is not a STAC ItemCollection, catalogue or item (type {kind!r})")
 
 
+def _product_scene(scene: Scene, work_dir: Path) -> Scene:
+    """A SAFE product (zip, folder, MTD xml) as a scene: its 10 m stack (a VRT in ``work_dir``), named
+    after the product; a damaged product fails only itself."""
+    import re
+
+    from mpmae_core.runtime.io import products
+
+    src = scene.source
+    name = Path(src.rstrip("/")).name
+    if not (name.lower().endswith(".zip") or re.fullmatch(r"MTD_MSIL(1C|2A)\.xml", name, re.I)
+            or Path(src).is_dir()):
+        return scene
+    sid = _safe_id(Path(src).parent.stem if name.upper().startswith("MTD_") else Path(src.rstrip("/")).stem)
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        return Scene(sid, str(products.build_vrt(products.open_product(src), work_dir / f"{sid}.vrt")))
+    except products.ProductError as exc:
+        return Scene(sid, src, error=str(exc))
+
+
 def _item_vrt(item: dict, base: Path, work_dir: Path) -> Path:
     """The item's bands stacked by name on its 10 m grid (``io.products``, as for one product)."""
     from mpmae_core.runtime.io import products
@@ -254,6 +275,24 @@ def model_identity(path) -> dict:
     return {"path": str(Path(path).resolve()), "sha256": h.hexdigest()}
 
 
+def options_identity(options: dict) -> dict:
+    """The options as JSON, with the area of interest's and the mask's files by identity (a changed
+    file is another run)."""
+    import dataclasses
+
+    out = {}
+    for k, v in options.items():
+        if dataclasses.is_dataclass(v):
+            v = {f: (str(x) if x is not None and not isinstance(x, (int, float, bool)) else x)
+                 for f, x in dataclasses.asdict(v).items()}
+            if v.get("user") and Path(str(v["user"]).partition("|")[0]).is_file():
+                v["user"] = file_identity(str(v["user"]).partition("|")[0])
+        elif k == "aoi" and v and Path(str(v).partition("|")[0]).is_file():
+            v = {"text": str(v), "file": file_identity(str(v).partition("|")[0])}
+        out[k] = v
+    return out
+
+
 def manifest_path(output: Path) -> Path:
     return output.with_name(output.name + ".json")
 
@@ -294,8 +333,13 @@ def plan_blocks(scene: Scene, job: Job, rows_per_block: int) -> tuple[int, list]
 
     ds = open_raster(scene.source)
     patch = read_metadata(job.model).patch_size
-    n = len(raster_windows(ds.RasterYSize, ds.RasterXSize, job.options.get("tile", 512),
-                           job.options.get("overlap", 128), patch))
+    height, width = ds.RasterYSize, ds.RasterXSize
+    if job.options.get("aoi"):  # the tiles of the area's window (AoiError: the scene lies outside it)
+        from mpmae_core.runtime.io.aoi import aoi_window, read_aoi
+
+        _, _, width, height = aoi_window(read_aoi(job.options["aoi"], ds.GetProjection()), ds.GetGeoTransform(),
+                                         width, height, patch)
+    n = len(raster_windows(height, width, job.options.get("tile", 512), job.options.get("overlap", 128), patch))
     step = max(1, int(rows_per_block))
     return n, [(a, min(a + step, n)) for a in range(0, n, step)]
 
@@ -414,6 +458,7 @@ class BatchReport:
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    outside: list = field(default_factory=list)  # scenes the area of interest does not reach
     mosaics: list = field(default_factory=list)
     seconds: float = 0.0
     workers: int = 0
@@ -421,7 +466,8 @@ class BatchReport:
 
     def text(self) -> str:
         lines = [f"{len(self.done)} done, {len(self.skipped)} skipped (complete and current), {len(self.failed)} "
-                 f"failed, in {self.seconds:.1f} s on {self.workers} worker(s)"]
+                 f"failed, in {self.seconds:.1f} s on {self.workers} worker(s)"
+                 + (f"; {len(self.outside)} outside the area of interest" if self.outside else "")]
         lines += [f"  failed: {f['scene']}: {f['reason']}" for f in self.failed]
         lines += [f"  mosaic: {m}" for m in self.mosaics]
         return "\n".join(lines)
@@ -494,7 +540,8 @@ def run_batch(mode: str, inputs: str, model: str, out_dir, *, head: Optional[str
             out = output_for(scene, out_dir, mode)
             try:
                 manifest = {"version": MANIFEST_VERSION, "mode": mode, "inputs": input_identity(scene.source),
-                            "model": ident["model"], "head": ident["head"], "options": options, "scene": scene.id,
+                            "model": ident["model"], "head": ident["head"], "options": options_identity(options),
+                            "scene": scene.id,
                             "source": scene.source}
             except Exception as exc:  # noqa: BLE001 - a scene that cannot even be listed is a failed scene
                 report.failed.append({"scene": scene.id, "source": scene.source, "reason": str(exc)})
@@ -505,6 +552,12 @@ def run_batch(mode: str, inputs: str, model: str, out_dir, *, head: Optional[str
             try:
                 _, blocks = plan_blocks(scene, job, rows_per_block)
             except Exception as exc:  # noqa: BLE001
+                from mpmae_core.runtime.io.aoi import AoiError
+
+                if isinstance(exc, AoiError) and "outside the raster" in str(exc):
+                    report.outside.append({"scene": scene.id, "source": scene.source})
+                    log(f"{scene.id}: outside the area of interest, left out")
+                    continue
                 report.failed.append({"scene": scene.id, "source": scene.source, "reason": _reason(exc)})
                 continue
             parts = [client.submit(run_block, scene, job, blk, str(blocks_dir / f"{scene.id}.{i}.tif"),

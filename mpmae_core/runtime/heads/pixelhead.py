@@ -436,8 +436,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                      class_colours=None, buffer_m: float = 0.0, feature_sets: Sequence[str] = FEATURE_SETS,
                      classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
                      seed: int = 0, tile: int = 512, overlap: int = 128, device: str = "auto", level: str = "auto",
-                     dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None,
-                     progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
+                     dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
+                     masks=None, progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
     """Sample features under the labels (or read them from ``feature_raster``, written by
     ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
     label and save it (ONNX) with its report. Both outputs appear whole or not at all."""
@@ -463,7 +463,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     if tile % meta.patch_size or overlap % meta.patch_size:
         raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the model's patch size "
                          f"{meta.patch_size}")
-    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale)
+    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale,
+                         aoi=aoi, masks=masks)
     for note in prep.notes:
         log(note)
     small_raster_warning(prep, tile, log)

@@ -158,7 +158,7 @@ class MappingSession:
 
     def __init__(self, raster, model_path, *, device: str = "auto", level: str = "auto", dn_offset="auto",
                  band_map=None, scale: float = 1.0, tile: int = 512, overlap: int = 128, cache_dir=None,
-                 log: Callable[[str], None] = lambda m: None):
+                 masks=None, log: Callable[[str], None] = lambda m: None):
         from mpmae_core.runtime.models.model import OnnxModel
         from mpmae_core.runtime.inference.raster import prepare_input
 
@@ -167,11 +167,13 @@ class MappingSession:
         if self.model.metadata.kind != "encoder":
             raise ValueError(f"'{model_path}' is a {self.model.metadata.kind} model; few-shot mapping needs an encoder")
         self.prep = prepare_input(raster, self.model.metadata, level=level, dn_offset=dn_offset, band_map=band_map,
-                                  log=log, scale=scale)
+                                  log=log, scale=scale, masks=masks)
         self.blocks = encoder_blocks(self.model.metadata)
         self.tile, self.overlap = tile, overlap
         options = {"level": self.prep.level, "dn_offset": self.prep.dn_offset, "scale": scale,
                    "band_map": band_map, "tile": tile, "overlap": overlap}
+        if masks is not None:  # other masks, other encoder inputs: another cache
+            options["masks"] = repr(masks)
         root = Path(cache_dir) if cache_dir else cache_root()
         self.cache = StageCache(root / cache_key(raster, model_path, options),
                                 [b for b in self.blocks if b.name != SPECTRA])

@@ -230,7 +230,7 @@ def check_outputs(outputs: dict, inputs: list) -> None:
 def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 0, device: str = "auto",
           dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto", band_map=None,
           scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
-          log=lambda m: None, block: Optional[tuple] = None, aoi=None) -> dict:
+          log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None) -> dict:
     """Embedding raster (D bands) at patch stride, or upsampled to pixels; NaN where no data. With
     ``style``, a .qml beside it shows the three bands of largest spread as RGB."""
     from mpmae_core.runtime.inference.raster import prepare_input
@@ -243,7 +243,7 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
     if model.metadata.kind != "encoder":
         raise ValueError(f"'{model_path}' is a {model.metadata.kind} model; embed needs an encoder model")
     prep = prepare_input(source, model.metadata, level=level, dn_offset=dn_offset, band_map=band_map, log=log,
-                         scale=scale, aoi=aoi)
+                         scale=scale, aoi=aoi, masks=masks)
     for note in prep.notes:
         log(note)
     runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "embed", upsample=upsample)
@@ -275,7 +275,7 @@ FEATURE_BLOCK_ROWS = 16  # rows per GeoTIFF block of a feature raster: written w
 def features(source, model_path, output, *, blocks=None, tile: int = 512, overlap: int = 128, batch: int = 0,
              device: str = "auto", dtype: str = "float32", level: str = "auto", dn_offset="auto", band_map=None,
              scale: float = 1.0, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
-             log=lambda m: None, aoi=None) -> dict:
+             log=lambda m: None, aoi=None, masks=None) -> dict:
     """Per-pixel feature raster: each pixel's normalised spectra and every encoder stage upsampled
     to it (``pixel`` module), from its owner tile, exactly the vectors a per-pixel head is trained
     and run on; NaN where no data. ``blocks``: names to keep (default every block)."""
@@ -300,7 +300,7 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
     available = encoder_blocks(meta)
     chosen = blocks_by_name(available, blocks, what="the feature raster") if blocks else available
     prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale,
-                         aoi=aoi)
+                         aoi=aoi, masks=masks)
     for note in prep.notes:
         log(note)
     n_feat = sum(b.channels for b in chosen)
@@ -415,7 +415,7 @@ def check_tiling(tile, overlap, batch) -> None:
 def segment(source, model_path, output, *, head_path=None, probabilities_path=None, tile: int = 512,
             overlap: int = 128, batch: int = 0, device: str = "auto", level: str = "auto", dn_offset="auto",
             band_map=None, scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None,
-            cancelled=lambda: False, log=lambda m: None, block: Optional[tuple] = None, aoi=None) -> dict:
+            cancelled=lambda: False, log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None) -> dict:
     """Class map (uint8, 255 = no data, colour table and class names; with ``style`` a .qml whose
     legend names the classes) and optional probabilities. ``block``: tile rows (a, b) only, as
     ``TiledPredictor.run`` describes (for huge rasters split across tasks)."""
@@ -452,7 +452,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         raise ValueError(f"'{model_path}' is an encoder without a class head: give a head model (--head), or export "
                          "a segmenter with `python -m training.export CKPT --head esa_worldcover`")
     prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale,
-                         aoi=aoi)
+                         aoi=aoi, masks=masks)
     for note in prep.notes:
         log(note)
     spec = TileSpec(tile, overlap, batch or auto_batch(model))

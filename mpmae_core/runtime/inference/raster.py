@@ -53,10 +53,11 @@ BAND_MAP_OPTION = "a band map (--band-map 1,2,3,... on the command line, 'Band m
 
 def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "auto", dn_offset="auto",
                   band_map: Optional[Sequence[int]] = None, log: Callable[[str], None] = lambda m: None,
-                  scale: float = 1.0, aoi=None) -> PreparedInput:
+                  scale: float = 1.0, aoi=None, masks=None) -> PreparedInput:
     """The raster (or a product's stack) ready to read in normalised blocks. ``aoi``: an area of
     interest (io.aoi: a polygon layer, or an extent): everything is cut to its window, and pixels
-    of the window outside it are no data."""
+    of the window outside it are no data. ``masks``: an io.masks.MaskOptions (default: the
+    product's own quality layer, not dilated)."""
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise RasterError(f"the scale factor must be a positive number, got {scale!r}")
     from mpmae_core.runtime.io.products import stack_path
@@ -137,11 +138,10 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
     types = sorted({facts.bands[n - 1].data_type for n in numbers})
     for finding in rinspect.radiometry_findings(p50, p99, types, float(scale), dn_offset, spec):
         log(f"warning: {finding.message}")
-    from mpmae_core.runtime.io.products import quality_mask
+    from mpmae_core.runtime.io.masks import build_masks
 
-    mask = quality_mask(ds)
-    if mask is not None:
-        notes.append(f"the product's {mask.spec.title} masks clouds and shadows as no data")
+    mask, mask_notes = build_masks(ds, masks, log)
+    notes.extend(mask_notes)
     if area is not None:
         from mpmae_core.runtime.io.aoi import Masks
 

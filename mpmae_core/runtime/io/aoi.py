@@ -25,6 +25,18 @@ class AoiError(RasterError):
     """An area of interest that cannot be used; the message says why and what to do."""
 
 
+@dataclass(frozen=True)
+class Area:
+    """Polygons already read (by QGIS, from any layer or a selection): WKB geometries in a CRS."""
+
+    wkbs: tuple  # bytes per feature
+    crs_wkt: str
+    title: str = "the layer's polygons"
+
+    def __str__(self) -> str:
+        return self.title
+
+
 def read_aoi(aoi, raster_wkt: str):
     """The area of interest as one OGR geometry in the raster's CRS."""
     from osgeo import ogr, osr
@@ -32,6 +44,8 @@ def read_aoi(aoi, raster_wkt: str):
     target = osr.SpatialReference()
     target.ImportFromWkt(raster_wkt)
     target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    if isinstance(aoi, Area):
+        return _area_geometry(aoi, target)
     text = str(aoi)
     m = _EXTENT.match(text)
     if m:
@@ -56,6 +70,9 @@ def read_aoi(aoi, raster_wkt: str):
             _transform(geom, src, target, text)
         return geom
     path, _, layer_name = text.partition("|")
+    layer_name = layer_name.split("|")[0]
+    if layer_name.startswith("layername="):  # a QGIS layer source: path|layername=name
+        layer_name = layer_name[len("layername="):]
     if not Path(path).exists():
         raise AoiError(f"the area of interest '{path}' does not exist: give a polygon layer (GeoPackage, Shapefile, "
                        "GeoJSON ...) or an extent xmin,ymin,xmax,ymax")
@@ -82,6 +99,28 @@ def read_aoi(aoi, raster_wkt: str):
     if union is None or union.IsEmpty():
         raise AoiError(f"'{path}' holds no polygon: an area of interest needs polygons (or give an extent "
                        "xmin,ymin,xmax,ymax)")
+    return union
+
+
+def _area_geometry(area: Area, target):
+    from osgeo import ogr, osr
+
+    src = osr.SpatialReference()
+    if not area.crs_wkt or src.ImportFromWkt(area.crs_wkt) != 0:
+        raise AoiError(f"{area.title} have no CRS: set the layer's CRS")
+    src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    parts = ogr.Geometry(ogr.wkbMultiPolygon)
+    for wkb in area.wkbs:
+        g = ogr.CreateGeometryFromWkb(bytes(wkb))
+        if g is None or g.IsEmpty() or g.GetDimension() < 2:
+            continue
+        g = ogr.ForceToMultiPolygon(g)
+        _transform(g, src, target, area.title)
+        for i in range(g.GetGeometryCount()):
+            parts.AddGeometry(g.GetGeometryRef(i))
+    union = parts.UnionCascaded() if not parts.IsEmpty() else parts
+    if union is None or union.IsEmpty():
+        raise AoiError(f"{area.title} hold no polygon: an area of interest needs polygons (or give an extent)")
     return union
 
 
@@ -152,7 +191,7 @@ class Masks:
 
     @property
     def spec(self):  # the first with a spec (the product's), for messages
-        return next((p.spec for p in self.parts if hasattr(p, "spec")), None)
+        return next((p.spec for p in self.parts if getattr(p, "spec", None) is not None), None)
 
     def masked(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         out = np.zeros((h, w), bool)

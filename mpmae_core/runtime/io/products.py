@@ -46,6 +46,8 @@ BAND_SUFFIXES = (".jp2", ".tif", ".tiff", ".vrt")
 MASK_FILE_KEY, MASK_KIND_KEY = "MMEARTH_MASK", "MMEARTH_MASK_KIND"
 #: Which of a product's masks is applied, by preference, for each level.
 MASK_PREFERENCE = {"l2a": ("scl", "cldprb"), "l1c": ("classi",)}
+#: Bumped when a stack's VRT gains content, so that stacks cached by an older version are rebuilt.
+STACK_VERSION = 2
 
 
 class ProductError(RasterError):
@@ -336,9 +338,10 @@ def _checked(product: Product) -> Product:
     return product
 
 
-def build_vrt(product: Product, out) -> Path:
+def build_vrt(product: Product, out, bounds=None) -> Path:
     """Write the product's 10 m stack as a VRT at ``out``: bands by name in product order,
-    nearest-neighbour onto the grid of its 10 m bands, the product's metadata on the dataset."""
+    nearest-neighbour onto the grid of its 10 m bands, the product's metadata on the dataset.
+    ``bounds`` (xmin, ymin, xmax, ymax on that grid): only that window."""
     from mpmae_core.runtime.io.files import atomic_output
     from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors
 
@@ -348,8 +351,9 @@ def build_vrt(product: Product, out) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
         with gdal_errors() as errors:
+            extra = {"outputBounds": tuple(bounds)} if bounds else {}
             vrt = g.BuildVRT(str(tmp), [product.bands[b] for b in order], separate=True, resolution="highest",
-                             resampleAlg="nearest")
+                             resampleAlg="nearest", **extra)
         if vrt is None:
             raise ProductError(f"the band files of {product.name} could not be opened: "
                                f"{errors.text() or g.GetLastErrorMsg()}; the product is damaged or incomplete")
@@ -362,6 +366,8 @@ def build_vrt(product: Product, out) -> Path:
         mask, mask_path = product.quality_mask()
         if mask:
             meta[MASK_FILE_KEY], meta[MASK_KIND_KEY] = mask_path, mask
+        for name, path in product.masks.items():  # every layer, for the options that ask for another
+            meta[f"{MASK_FILE_KEY}_{name.upper()}"] = path
         level = product.level
         if level:
             meta["PROCESSING_LEVEL"] = level.upper()
@@ -382,10 +388,10 @@ def stack_path(source, cache_dir=None) -> str:
         from mpmae_core.runtime.io.files import user_cache_dir
 
         cache_dir = user_cache_dir() / "stacks"
-    key = str(source)
-    if not re.match(r"https?://", key):
-        st = Path(key).stat()
-        key = f"{Path(key).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{STACK_VERSION}|{source}"
+    if not re.match(r"https?://", str(source)):
+        st = Path(str(source)).stat()
+        key = f"{STACK_VERSION}|{Path(str(source)).resolve()}|{st.st_size}|{st.st_mtime_ns}"
     name = re.sub(r"[^\w.-]", "_", Path(str(source).rstrip("/")).stem)[:60]
     out = Path(cache_dir) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.vrt"
     if not out.is_file():  # the product is read (zip listing, metadata XML) only to build its stack
@@ -431,12 +437,22 @@ class QualityMask:
 def quality_mask(stack_ds) -> Optional[QualityMask]:
     """The quality mask a product stack names (its metadata), warped onto the stack's grid by
     nearest neighbour; None for a raster that names none."""
-    from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors
-
     meta = stack_ds.GetMetadata() or {}
     path, kind = meta.get(MASK_FILE_KEY), meta.get(MASK_KIND_KEY)
     if not path or not kind:
         return None
+    return _mask_on_grid(stack_ds, path, kind)
+
+
+def product_mask(stack_ds, name: str) -> Optional[QualityMask]:
+    """Another of the product's quality layers by name ("cldprb", "scl", "classi"), or None."""
+    path = (stack_ds.GetMetadata() or {}).get(f"{MASK_FILE_KEY}_{name.upper()}")
+    return _mask_on_grid(stack_ds, path, name) if path else None
+
+
+def _mask_on_grid(stack_ds, path: str, kind: str) -> QualityMask:
+    from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors
+
     spec = next((m for m in registry.SENTINEL2.masks if m.name == kind), None)
     if spec is None:
         raise ProductError(f"the stack names a mask of unknown kind {kind!r}: build it again with this version")
@@ -445,55 +461,83 @@ def quality_mask(stack_ds) -> Optional[QualityMask]:
     w, h = stack_ds.RasterXSize, stack_ds.RasterYSize
     bounds = (gt[0], gt[3] + h * gt[5], gt[0] + w * gt[1], gt[3])
     with gdal_errors() as errors:
-        ds = g.Warp("", path, format="VRT", outputBounds=bounds, width=w, height=h, dstSRS=stack_ds.GetProjection(),
-                    resampleAlg="near")
+        src = g.OpenEx(path, g.OF_RASTER)  # a file that is not a raster gives None, not a crash in Warp
+        ds = None if src is None else g.Warp("", src, format="VRT", outputBounds=bounds, width=w, height=h,
+                                              dstSRS=stack_ds.GetProjection(), resampleAlg="near")
     if ds is None:
         raise ProductError(f"the product's mask '{path}' could not be opened ({errors.text()}): the product is "
                            "damaged; download it again")
     return QualityMask(ds, spec, path)
 
 
-def write_stack(source, output, cog: bool = False, log=lambda m: None) -> dict:
+def _dn_offset(ds, product: Product) -> float:
+    from mpmae_core.runtime.io.inspect import detect_dn_offset
+
+    found = detect_dn_offset(ds.GetMetadata() or {}, product.spec)
+    return float(found or 0.0)
+
+
+def write_stack(source, output, cog: bool = False, aoi=None, masks=None, log=lambda m: None) -> dict:
     """``mmearth stack``: what the model sees, as a file to look at. A VRT (``.vrt``: the product's
     bands by name, a few kilobytes pointing at the product) or, with ``cog``, a Cloud-Optimised
-    GeoTIFF of the bands plus a last band ``MASK`` (1 where the product's quality layer masks the
-    pixel, 0 elsewhere). Both carry the level and offsets; both appear whole or not at all."""
+    GeoTIFF of the bands plus a last band ``MASK`` (1 where the masks make the pixel no data: the
+    product's quality layer and the ``masks`` options, as the model's input reads them; 0
+    elsewhere). ``aoi`` cuts both to the area's window (and, in the COG, masks outside the area).
+    Both carry the level and offsets, and a natural-colour style (.qml) beside them; both appear
+    whole or not at all."""
     from mpmae_core.runtime.io.files import atomic_output, check_output
     from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors, open_raster
+    from mpmae_core.runtime.io.styles import write_natural_colour_style
 
     product = open_product(source)
     ext = (".tif", ".tiff") if cog else (".vrt",)
     check_output(output, [str(source)], "stack", ext, "a GeoTIFF" if cog else "a VRT")
-    if not cog:
-        build_vrt(product, output)
-        return {"output": str(output), "bands": product.order(), "level": product.level or ""}
     g = gdal()
     vrt = build_vrt(product, Path(str(output) + ".bands.tmp.vrt"))
-    work_files = []
+    work_files = [Path(vrt)]
     try:
         src = open_raster(vrt)
-        mask = quality_mask(src)
-        w, h, n = src.RasterXSize, src.RasterYSize, src.RasterCount
+        W, H, n = src.RasterXSize, src.RasterYSize, src.RasterCount
+        gt = src.GetGeoTransform()
+        x0, y0, w, h, inside = 0, 0, W, H, None
+        if aoi:
+            from mpmae_core.runtime.io.aoi import aoi_window, polygon_mask, read_aoi
+
+            geom = read_aoi(aoi, src.GetProjection())
+            x0, y0, w, h = aoi_window(geom, gt, W, H)
+            log(f"area of interest: a window of {w} x {h} px of {W} x {H}")
+        wgt = (gt[0] + x0 * gt[1], gt[1], 0.0, gt[3] + y0 * gt[5], 0.0, gt[5])
+        if not cog:
+            bounds = (wgt[0], wgt[3] + h * gt[5], wgt[0] + w * gt[1], wgt[3]) if aoi else None
+            build_vrt(product, output, bounds=bounds)
+            write_natural_colour_style(output, product.order(), product.spec, _dn_offset(src, product))
+            return {"output": str(output), "bands": product.order(), "level": product.level or ""}
+        from mpmae_core.runtime.io.masks import build_masks
+
+        mask, notes = build_masks(src, masks, log)
+        if aoi:
+            inside = polygon_mask(geom, wgt, w, h).inside
         with atomic_output(output) as tmp:
             mem_path = str(tmp) + ".work.tif"
             work_files.append(Path(mem_path))
             ds = g.GetDriverByName("GTiff").Create(mem_path, w, h, n + 1, g.GDT_UInt16,
                                                    options=["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"])
-            ds.SetGeoTransform(src.GetGeoTransform())
+            ds.SetGeoTransform(wgt)
             ds.SetProjection(src.GetProjection())
-            meta = dict(src.GetMetadata() or {})
-            meta.pop(MASK_FILE_KEY, None)
+            meta = {k: v for k, v in (src.GetMetadata() or {}).items() if not k.startswith(MASK_FILE_KEY)}
             ds.SetMetadata(meta)
             for y in range(0, h, 512):
                 rows = min(512, h - y)
                 for b in range(1, n + 1):
                     with gdal_errors() as errors:
-                        arr = src.GetRasterBand(b).ReadAsArray(0, y, w, rows)
+                        arr = src.GetRasterBand(b).ReadAsArray(x0, y0 + y, w, rows)
                     if arr is None:
                         raise ProductError(f"could not read {product.name}, band {b} ({errors.text()}): the "
                                            "product is damaged; download it again")
                     ds.GetRasterBand(b).WriteArray(arr, 0, y)
-                masked = mask.masked(0, y, w, rows) if mask is not None else np.zeros((rows, w), bool)
+                masked = mask.masked(x0, y0 + y, w, rows) if mask is not None else np.zeros((rows, w), bool)
+                if inside is not None:
+                    masked = masked | ~inside[y:y + rows]
                 ds.GetRasterBand(n + 1).WriteArray(masked.astype(np.uint16), 0, y)
             for b in range(1, n + 1):
                 ds.GetRasterBand(b).SetDescription(src.GetRasterBand(b).GetDescription())
@@ -505,8 +549,9 @@ def write_stack(source, output, cog: bool = False, log=lambda m: None) -> dict:
             if out is None:
                 raise ProductError(f"could not write the COG '{output}': {errors.text()}")
             out = None
+        write_natural_colour_style(output, product.order() + ["MASK"], product.spec, _dn_offset(src, product))
     finally:
-        for f in [Path(vrt)] + work_files:
+        for f in work_files:
             f.unlink(missing_ok=True)
-    log(f"wrote {output}: {n} bands and MASK ({mask.spec.title if mask else 'no quality layer in the product'})")
+    log(f"wrote {output}: {n} bands and MASK ({'; '.join(notes) or 'no quality layer in the product'})")
     return {"output": str(output), "bands": product.order() + ["MASK"], "level": product.level or ""}

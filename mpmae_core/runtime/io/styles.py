@@ -96,3 +96,27 @@ def write_style(raster_path, qml: str) -> Path:
     path = style_path(raster_path)
     atomic_write_text(path, qml)
     return path
+
+
+#: The reflectance a natural-colour view stretches to white: bright land, not clouds.
+NATURAL_COLOUR_MAX_REFLECTANCE = 0.3
+
+
+def natural_colour_qml(rgb: Sequence[int], dn_offset: float = 0.0, quantification: float = 10000.0) -> str:
+    """Red, green and blue bands (1-based) stretched from reflectance 0 to
+    ``NATURAL_COLOUR_MAX_REFLECTANCE`` in digital numbers (``dn_offset`` + reflectance x
+    ``quantification``): the same look on every scene, unlike a per-scene min-max stretch."""
+    lo = float(dn_offset)
+    hi = lo + NATURAL_COLOUR_MAX_REFLECTANCE * float(quantification)
+    return multiband_qml(rgb, [lo] * 3, [hi] * 3)
+
+
+def write_natural_colour_style(raster_path, band_names: Sequence[str], spec, dn_offset: float = 0.0):
+    """The .qml showing a stack in natural colour (the source's display bands), or None when the
+    stack lacks one of them."""
+    from mpmae_core import registry
+
+    match = registry.match_bands(list(band_names), list(spec.display_bands), spec)
+    if not match.complete:
+        return None
+    return write_style(raster_path, natural_colour_qml([i + 1 for i in match.source_index], dn_offset))
