@@ -18,18 +18,45 @@ SAFE_L1C = "S2A_MSIL1C_20170216T102101_N0204_R065_T33UUU_20170216T102204.SAFE"
 GRANULE = "GRANULE/L1C_T33UUU_A008642_20170216T102204/IMG_DATA"
 
 
-def mtd(level: str = "1C", baseline: str = "02.04", offset: bool = False) -> str:
+BAND_NAMES = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
+
+
+def mtd(level: str = "1C", baseline: str = "02.04", offset: bool = False, files=()) -> str:
+    """A product's MTD_MSIL1C.xml / MTD_MSIL2A.xml with what GDAL's SENTINEL2 driver reads too (its
+    band list and granule files), so QGIS opens the product as ESA's are opened."""
     offsets = ""
     if offset:
         tag = "RADIO_ADD_OFFSET" if level == "1C" else "BOA_ADD_OFFSET"
         offsets = "".join(f'<{tag} band_id="{i}">-1000</{tag}>' for i in range(13))
-    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<n1:Level-{level}_User_Product xmlns:n1="https://psd-14.sentinel2.eo.esa.int">'
+    xsd = f"https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_Level-{level}.xsd"
+    names = "".join(f"<BAND_NAME>{b}</BAND_NAME>" for b in BAND_NAMES)
+    images = "".join(f"<IMAGE_FILE>{f}</IMAGE_FILE>" for f in files)
+    granule = GRANULE.split("/")[1]
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<n1:Level-{level}_User_Product xmlns:n1="{xsd}" '
+            f'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="{xsd}">'
             f"<n1:General_Info><Product_Info><PRODUCT_START_TIME>2017-02-16T10:21:01.026Z</PRODUCT_START_TIME>"
             f"<PROCESSING_LEVEL>Level-{level}</PROCESSING_LEVEL><PRODUCT_TYPE>S2MSI{level}</PRODUCT_TYPE>"
             f"<PROCESSING_BASELINE>{baseline}</PROCESSING_BASELINE><SPACECRAFT_NAME>Sentinel-2A</SPACECRAFT_NAME>"
-            f"</Product_Info><Product_Image_Characteristics><QUANTIFICATION_VALUE unit=\"none\">10000"
-            f"</QUANTIFICATION_VALUE>{offsets}</Product_Image_Characteristics></n1:General_Info>"
+            f'<Query_Options completeSingleTile="true"><PRODUCT_FORMAT>SAFE_COMPACT</PRODUCT_FORMAT>'
+            f"<Band_List>{names}</Band_List></Query_Options><Product_Organisation><Granule_List>"
+            f'<Granule granuleIdentifier="{granule}" imageFormat="JPEG2000">{images}</Granule></Granule_List>'
+            f"</Product_Organisation></Product_Info><Product_Image_Characteristics><QUANTIFICATION_VALUE "
+            f'unit="none">10000</QUANTIFICATION_VALUE>{offsets}</Product_Image_Characteristics></n1:General_Info>'
             f"</n1:Level-{level}_User_Product>")
+
+
+def tile_mtd(level: str, band_file) -> str:
+    """The granule's MTD_TL.xml: its CRS and, per resolution, its size and corner (GDAL's driver reads it)."""
+    ref = gdal.Open(str(band_file))
+    gt, w, h, ref = ref.GetGeoTransform(), ref.RasterXSize, ref.RasterYSize, None
+    sizes = "".join(f'<Size resolution="{r}"><NROWS>{h * 10 // r}</NROWS><NCOLS>{w * 10 // r}</NCOLS></Size>'
+                    for r in (10, 20, 60))
+    corners = "".join(f'<Geoposition resolution="{r}"><ULX>{gt[0]:.0f}</ULX><ULY>{gt[3]:.0f}</ULY><XDIM>{r}</XDIM>'
+                      f"<YDIM>-{r}</YDIM></Geoposition>" for r in (10, 20, 60))
+    return (f'<?xml version="1.0" encoding="UTF-8"?><n1:Level-{level}_Tile_ID xmlns:n1="https://psd-14.sentinel2.eo.'
+            f'esa.int/PSD/S2_PDI_Level-{level}_Tile_Metadata.xsd"><n1:Geometric_Info><Tile_Geocoding metadataLevel='
+            f'"Brief"><HORIZONTAL_CS_NAME>WGS84 / UTM zone 33N</HORIZONTAL_CS_NAME><HORIZONTAL_CS_CODE>EPSG:32633'
+            f"</HORIZONTAL_CS_CODE>{sizes}{corners}</Tile_Geocoding></n1:Geometric_Info></n1:Level-{level}_Tile_ID>")
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +69,13 @@ def make_safe(root, bands_dir, level="1C", baseline="02.04", offset=False, drop=
     safe = root / SAFE_L1C.replace("MSIL1C", f"MSIL{level}")
     img = safe / GRANULE
     img.mkdir(parents=True)
-    (safe / f"MTD_MSIL{level}.xml").write_text(mtd(level, baseline, offset))
+    files = []
     for f in sorted(bands_dir.glob("*.jp2")):
         if not any(f.stem.endswith(d) for d in drop):
             shutil.copy(f, img / f.name)
+            files.append(f"{GRANULE}/{f.stem}")
+    (safe / f"MTD_MSIL{level}.xml").write_text(mtd(level, baseline, offset, files))
+    (img.parent / "MTD_TL.xml").write_text(tile_mtd(level, next(bands_dir.glob("*_B02.jp2"))))
     return safe
 
 

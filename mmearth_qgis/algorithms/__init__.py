@@ -7,7 +7,8 @@ def all_algorithms():
     from .inspect_raster import InspectRasterAlgorithm
     from .segment import SegmentAlgorithm
     from .similarity import SimilarityAlgorithm
+    from .stack import StackAlgorithm
     from .train_head import TrainHeadAlgorithm
 
     return [InspectRasterAlgorithm(), EmbedAlgorithm(), TrainHeadAlgorithm(), SegmentAlgorithm(), SimilarityAlgorithm(),
-            FetchModelAlgorithm()]
+            FetchModelAlgorithm(), StackAlgorithm()]

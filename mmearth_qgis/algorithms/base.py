@@ -11,16 +11,39 @@ from qgis.core import (
 def raster_problem(raw) -> str:
     """Why a raster parameter value cannot be used, in an analyst's words; '' if GDAL can open it."""
     from mpmae_core.runtime.io.gdal_io import RasterError, open_raster
+    from mpmae_core.runtime.io.products import is_product, stack_path
 
     if isinstance(raw, QgsRasterLayer):
         raw = raw.source()
     if not isinstance(raw, str) or not raw:
         return ""
     try:
-        open_raster(raw)
+        open_raster(stack_path(raw) if is_product(raw) else raw)
     except RasterError as exc:
         return str(exc)
     return ""
+
+
+def product_value(raw):
+    """The product a raster parameter's value names (a SAFE zip, folder or MTD xml, a STAC item file
+    or URL, a band folder, or a layer QGIS opened from a product with GDAL's SENTINEL2 driver, which
+    holds one resolution's bands only), or None for an ordinary raster."""
+    from mpmae_core.runtime.io.products import is_product, product_of_gdal_name
+
+    if isinstance(raw, QgsRasterLayer):
+        return product_of_gdal_name(raw.source())
+    if isinstance(raw, str) and raw:
+        from qgis.core import QgsProject
+
+        layer = QgsProject.instance().mapLayer(raw)
+        if isinstance(layer, QgsRasterLayer):
+            return product_of_gdal_name(layer.source())
+        named = QgsProject.instance().mapLayersByName(raw)
+        if named and isinstance(named[0], QgsRasterLayer):
+            return product_of_gdal_name(named[0].source())
+        if is_product(raw):
+            return raw
+    return None
 
 
 def error_message(exc: BaseException) -> str:
@@ -77,7 +100,17 @@ class MMEarthAlgorithm(QgsProcessingAlgorithm):
         resolve model names first, and say precisely why a raster cannot be used."""
         from ..models import resolve_model
 
+        from mpmae_core.runtime.io.products import stack_path
+
         parameters = dict(parameters)
+        for definition in self.parameterDefinitions():  # a product stands in as its 10 m stack
+            if isinstance(definition, QgsProcessingParameterRasterLayer):
+                product = product_value(parameters.get(definition.name()))
+                if product:
+                    try:
+                        parameters[definition.name()] = stack_path(product)
+                    except (ValueError, OSError) as exc:
+                        return False, error_message(exc)
         for name in self.MODEL_PARAMS:
             value = parameters.get(name)
             if isinstance(value, str) and value:
@@ -95,7 +128,16 @@ class MMEarthAlgorithm(QgsProcessingAlgorithm):
         return ok, message
 
     def raster_source(self, parameters, name, context) -> str:
-        """The GDAL source of a raster parameter, or a QgsProcessingException naming what is wrong."""
+        """The GDAL source of a raster parameter (for a product, its 10 m stack: every band, its
+        quality layer named), or a QgsProcessingException naming what is wrong."""
+        from mpmae_core.runtime.io.products import stack_path
+
+        product = product_value(parameters.get(name))
+        if product:
+            try:
+                return stack_path(product)
+            except (ValueError, OSError) as exc:
+                raise QgsProcessingException(error_message(exc)) from None
         layer = self.parameterAsRasterLayer(parameters, name, context)
         if layer is None or not layer.isValid():
             raw = parameters.get(name)
@@ -140,6 +182,11 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     SCALE = "SCALE"
     BAND_MAP = "BAND_MAP"
     EMBEDDINGS = "EMBEDDINGS"
+    PRODUCT_MASK = "PRODUCT_MASK"
+    MASK_SNOW = "MASK_SNOW"
+    CLOUD_PROBABILITY = "CLOUD_PROBABILITY"
+    MASK = "MASK"
+    MASK_DILATE = "MASK_DILATE"
 
     def group(self):
         return "Embeddings and landcover"
@@ -169,8 +216,53 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         return dialog
 
     def add_model_parameters(self):
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Sentinel-2 raster"))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.INPUT, "Sentinel-2 raster or product (a SAFE .zip, folder or MTD xml, a STAC item, a band folder)"))
         self.addParameter(model_parameter(self.MODEL, "Model (a model of the models folder by name, or an .onnx file)"))
+
+    AREA = "AREA"
+    EXTENT = "EXTENT"
+
+    def add_area_parameters(self):
+        """The area of interest: polygons, or the standard extent parameter (either, not both)."""
+        from qgis.core import QgsProcessing, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource
+
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.AREA, "Area of interest (polygons; reading, compute and outputs are cut to it; optional)",
+            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, "Area of interest as an extent (optional; instead of polygons)", optional=True))
+
+    def area_of_interest(self, parameters, context, feedback, source):
+        """The runtime's area of interest (io.aoi.Area of the polygons, or an extent string in the
+        raster's CRS), or None."""
+        from qgis.core import QgsCoordinateReferenceSystem
+
+        has_area = bool(parameters.get(self.AREA)) and self.parameterDefinition(self.AREA) is not None
+        has_extent = bool(parameters.get(self.EXTENT)) and self.parameterDefinition(self.EXTENT) is not None
+        if has_area and has_extent:
+            raise QgsProcessingException("Give the area of interest as polygons or as an extent, not both.")
+        if not (has_area or has_extent):
+            return None
+        crs = self.source_crs(source)
+        if has_extent:
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
+            if rect.isNull() or rect.isEmpty():
+                raise QgsProcessingException("The area of interest's extent is empty: draw or type a larger one.")
+            return f"{rect.xMinimum()!r},{rect.yMinimum()!r},{rect.xMaximum()!r},{rect.yMaximum()!r}"
+        from mpmae_core.runtime.io.aoi import Area
+
+        feats = self.features_in(parameters, self.AREA, context, feedback, crs)
+        layer = self.parameterAsSource(parameters, self.AREA, context)
+        title = f"the polygons of '{layer.sourceName() if layer is not None else 'the area layer'}'"
+        return Area(tuple(wkb for wkb, _, _ in feats), QgsCoordinateReferenceSystem(crs).toWkt(), title)
+
+    @staticmethod
+    def source_crs(source):
+        layer = QgsRasterLayer(source, "input", "gdal")
+        if not layer.isValid():
+            raise QgsProcessingException(f"Could not open '{source}' to read its CRS.")
+        return layer.crs()
 
     def add_advanced_parameters(self):
         from qgis.core import (
@@ -199,6 +291,33 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         for p in params:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
+        self.add_mask_parameters()
+
+    def add_mask_parameters(self):
+        """The mask options (advanced): the product's cloud mask, snow, cloud probability, a user's mask, dilation."""
+        from qgis.core import (
+            QgsProcessingParameterBoolean,
+            QgsProcessingParameterDefinition,
+            QgsProcessingParameterMapLayer,
+            QgsProcessingParameterNumber,
+        )
+
+        params = [
+            QgsProcessingParameterBoolean(self.PRODUCT_MASK, "Apply the product's cloud mask (SCL, or MSK_CLASSI "
+                                          "for Level-1C)", defaultValue=True),
+            QgsProcessingParameterBoolean(self.MASK_SNOW, "Mask snow and ice too", defaultValue=False),
+            QgsProcessingParameterNumber(self.CLOUD_PROBABILITY, "Also mask a cloud probability (Level-2A "
+                                         "MSK_CLDPRB) of at least this percentage (optional)",
+                                         QgsProcessingParameterNumber.Double, None, optional=True, minValue=1,
+                                         maxValue=100),
+            QgsProcessingParameterMapLayer(self.MASK, "Mask (a raster on the input's grid: non-zero masks; or a "
+                                           "polygon layer: inside masks; optional)", optional=True),
+            QgsProcessingParameterNumber(self.MASK_DILATE, "Grow the masks by (pixels; cloud edges leak)",
+                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=100),
+        ]
+        for p in params:
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
 
     def inference_options(self, parameters, context) -> dict:
         text = (self.parameterAsString(parameters, self.BAND_MAP, context) or "").strip()
@@ -222,7 +341,38 @@ class InferenceAlgorithm(MMEarthAlgorithm):
                     device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
                     level=LEVELS[self.parameterAsEnum(parameters, self.LEVEL, context)],
                     dn_offset=dn_offset, scale=self.parameterAsDouble(parameters, self.SCALE, context),
-                    band_map=band_map)
+                    band_map=band_map, masks=self.mask_options(parameters, context))
+
+    def mask_options(self, parameters, context):
+        """The MaskOptions the advanced parameters ask for (None: the defaults)."""
+        from qgis.core import QgsVectorLayer
+
+        from mpmae_core.runtime.io.masks import MaskError, MaskOptions
+
+        user = None
+        if parameters.get(self.MASK):
+            layer = self.parameterAsLayer(parameters, self.MASK, context)
+            if layer is None or not layer.isValid():
+                raise QgsProcessingException(f"Could not load the mask {parameters.get(self.MASK)!r}: give a raster "
+                                             "on the input's grid or a polygon layer.")
+            if isinstance(layer, QgsVectorLayer):
+                from mpmae_core.runtime.io.aoi import Area
+
+                wkbs = tuple(bytes(f.geometry().asWkb()) for f in layer.getFeatures() if f.hasGeometry())
+                user = Area(wkbs, layer.crs().toWkt(), f"the polygons of '{layer.name()}'")
+            else:
+                user = layer.source()
+        probability = parameters.get(self.CLOUD_PROBABILITY)
+        probability = None if probability in (None, "") else self.parameterAsDouble(parameters, self.CLOUD_PROBABILITY,
+                                                                                     context)
+        try:
+            opts = MaskOptions(product=self.parameterAsBool(parameters, self.PRODUCT_MASK, context),
+                               snow=self.parameterAsBool(parameters, self.MASK_SNOW, context),
+                               cloud_probability=probability, user=user,
+                               dilate=self.parameterAsInt(parameters, self.MASK_DILATE, context))
+        except MaskError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        return None if opts == MaskOptions() else opts
 
     def model_path(self, parameters, name, context, what="model") -> str:
         from ..models import resolve_model
@@ -263,7 +413,7 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     def grid_crs(self, parameters, context):
         """The CRS labels are reprojected to: the embeddings raster's, else the input raster's."""
         name = self.EMBEDDINGS if parameters.get(self.EMBEDDINGS) else self.INPUT
-        return self.parameterAsRasterLayer(parameters, name, context).crs()
+        return self.source_crs(self.raster_source(parameters, name, context))
 
     def add_embeddings_parameter(self):
         from qgis.core import QgsProcessingParameterDefinition

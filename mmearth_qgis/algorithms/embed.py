@@ -37,6 +37,7 @@ class EmbedAlgorithm(InferenceAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_model_parameters()
+        self.add_area_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Embeddings"))
         self.add_advanced_parameters()
         for p in (QgsProcessingParameterBoolean(self.UPSAMPLE, "Upsample embeddings to pixels", False),
@@ -53,6 +54,7 @@ class EmbedAlgorithm(InferenceAlgorithm):
         model = self.model_path(parameters, self.MODEL, context)
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         opts = self.inference_options(parameters, context)
+        opts["aoi"] = self.area_of_interest(parameters, context, feedback, source)
         if self.parameterAsBool(parameters, self.PER_PIXEL, context):
             res = self.run_guarded(lambda **kw: features(
                 source, model, out, dtype=DTYPES[self.parameterAsEnum(parameters, self.DTYPE, context)], **opts, **kw),

@@ -30,6 +30,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
         self.add_model_parameters()
         self.addParameter(model_parameter(self.HEAD, "Head (by name or .onnx file; leave empty for a segmenter model)",
                                           optional=True))
+        self.add_area_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.PROBABILITIES, "Class probabilities", optional=True, createByDefault=False))
@@ -46,6 +47,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
         probs = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context) \
             if parameters.get(self.PROBABILITIES) else None
         opts = self.inference_options(parameters, context)
+        opts["aoi"] = self.area_of_interest(parameters, context, feedback, source)
         res = self.run_guarded(lambda **kw: segment(source, model, out, head_path=head, probabilities_path=probs,
                                                     **opts, **kw), feedback)
         feedback.pushInfo(f"classes: {', '.join(res['classes'])}; {res['run']} tiles run, {res['skipped']} empty "

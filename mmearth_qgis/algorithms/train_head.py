@@ -78,6 +78,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.BUFFER, "Point buffer (metres; 0 = a point labels its own pixel)", QgsProcessingParameterNumber.Double,
             0.0, minValue=0.0, maxValue=1000.0))
+        self.add_area_parameters()
         self.add_embeddings_parameter()
         advanced = [
             QgsProcessingParameterEnum(self.FEATURE_SETS, "Feature sets to try", FEATURE_SETS, allowMultiple=True,
@@ -105,7 +106,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         self.addParameter(p)
 
     def grid_crs(self, parameters, context):
-        return self.parameterAsRasterLayer(parameters, self.INPUT, context).crs()
+        return self.source_crs(self.raster_source(parameters, self.INPUT, context))
 
     def process(self, parameters, context, feedback):
         from mpmae_core.runtime.heads.pixelhead import train_pixel_head
@@ -126,6 +127,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         sets = [FEATURE_SETS[i] for i in self.parameterAsEnums(parameters, self.FEATURE_SETS, context)] or FEATURE_SETS
         clfs = [CLASSIFIERS[i] for i in self.parameterAsEnums(parameters, self.CLASSIFIERS, context)] or CLASSIFIERS
         opts = self.inference_options(parameters, context)
+        opts["aoi"] = self.area_of_interest(parameters, context, feedback, source)
         feedback.pushInfo(f"{len(features)} labelled features in {len(names)} classes: {', '.join(names)}")
         res = self.run_guarded(lambda **kw: train_pixel_head(
             source, model, features, names, out, report_path=report or None,

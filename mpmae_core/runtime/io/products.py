@@ -89,9 +89,30 @@ class Product:
 # ------------------------------------------------------------------------------------------ what is it
 
 
+_GDAL_S2_NAME = re.compile(r"^SENTINEL2_L(?:1B|1C|2A)(?:_TILE)?:(?P<path>.+):(?:10m|20m|60m|TCI|PREVIEW|[A-Z0-9_]+)"
+                           r":[A-Z]+_\d+$", re.I)
+
+
+def product_of_gdal_name(name: str) -> Optional[str]:
+    """The product behind a name of GDAL's SENTINEL2 driver (what QGIS gives a SAFE product dragged
+    onto the map: ``SENTINEL2_L2A:/vsizip/x.zip/x.SAFE/MTD_MSIL2A.xml:10m:EPSG_32633``, one
+    resolution's bands only): the zip, or the MTD xml of a folder; None for any other name."""
+    m = _GDAL_S2_NAME.match(str(name).strip())
+    if not m:
+        return None
+    path = m.group("path").strip('"')
+    if path.startswith("/vsizip/"):
+        inner = path[len("/vsizip/"):]
+        cut = inner.lower().find(".zip")
+        return inner[:cut + 4] if cut >= 0 else None
+    return path
+
+
 def is_product(source) -> bool:
     """Whether ``source`` names a product, STAC item or band folder rather than a stacked raster."""
     text = str(source)
+    if product_of_gdal_name(text):
+        return True
     if re.match(r"https?://", text):
         return text.lower().split("?")[0].endswith(".json")
     path = Path(text)
@@ -103,7 +124,8 @@ def is_product(source) -> bool:
 
 def open_product(source) -> Product:
     """The product ``source`` names; ProductError says what is wrong with it."""
-    text = str(source)
+    text = product_of_gdal_name(str(source)) or str(source)
+    source = text
     if re.match(r"https?://", text):
         return stac_item(_fetch_json(text), base=text.rsplit("/", 1)[0] + "/", source=text)
     path = Path(text)
@@ -382,6 +404,7 @@ def stack_path(source, cache_dir=None) -> str:
     path, size and time, and reused while they stay the same."""
     if not is_product(source):
         return str(source)
+    source = product_of_gdal_name(str(source)) or str(source)  # the whole product, not one resolution's bands
     if not re.match(r"https?://", str(source)) and not Path(str(source)).exists():
         raise ProductError(f"'{source}' does not exist: check the path")
     if cache_dir is None:
