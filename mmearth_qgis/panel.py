@@ -221,7 +221,14 @@ class FewShotPanel(QgsDockWidget):
         self.model.setEditable(True)
         self.model.addItems([""] + models.available_models())
         self.model.currentTextChanged.connect(self._inputs_changed)
-        form.addRow("Raster", self.raster)
+        self.product_button = QPushButton("Product...")
+        self.product_button.setToolTip("Add a Sentinel-2 product as it was downloaded (a SAFE .zip, its "
+                                       "MTD_MSIL*.xml, or a STAC item): its 10 m stack, with its cloud mask")
+        self.product_button.clicked.connect(self.choose_product)
+        row = QHBoxLayout()
+        row.addWidget(self.raster, 1)
+        row.addWidget(self.product_button)
+        form.addRow("Raster", row)
         form.addRow("", self.findings)
         form.addRow("Model", self.model)
         layout.addLayout(form)
@@ -353,6 +360,47 @@ class FewShotPanel(QgsDockWidget):
         layer = self.raster.currentLayer()
         return layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
 
+    def raster_source(self, layer) -> str:
+        """What the runtime reads for ``layer``: the whole product's 10 m stack for a layer QGIS
+        opened from a product (GDAL's SENTINEL2 driver gives one resolution's bands), else its file."""
+        from mpmae_core.runtime.io.products import product_of_gdal_name, stack_path
+
+        product = product_of_gdal_name(layer.source())
+        return stack_path(product) if product else layer.source()
+
+    def choose_product(self):
+        from qgis.PyQt.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "Sentinel-2 product", "",
+                                              "Sentinel-2 products (*.zip *.xml *.json);;All files (*)")
+        if path:
+            self.add_product(path)
+
+    def add_product(self, path: str):
+        """Add a product's 10 m stack as a layer in natural colour and choose it; None (and a
+        message) when it cannot be read."""
+        from mpmae_core import registry
+        from mpmae_core.runtime.io.products import open_product, stack_path
+        from mpmae_core.runtime.io.styles import write_natural_colour_style
+
+        try:
+            stack = stack_path(path)
+            product = open_product(path)
+            offset = registry.SENTINEL2.detect_offset(product.metadata) or 0.0
+            write_natural_colour_style(stack, product.order(), product.spec, offset)
+        except Exception as exc:  # noqa: BLE001 - ProductError, OSError: the message is what matters
+            from .algorithms.base import error_message
+
+            self.error(error_message(exc))
+            return None
+        layer = QgsRasterLayer(stack, Path(str(path).rstrip("/")).stem, "gdal")
+        if not layer.isValid():
+            self.error(f"the stack of '{path}' could not be opened as a layer")
+            return None
+        QgsProject.instance().addMapLayer(layer)
+        self.raster.setLayer(layer)
+        return layer
+
     def model_path(self):
         text = self.model.currentText().strip()
         if not text:
@@ -372,9 +420,11 @@ class FewShotPanel(QgsDockWidget):
             self.findings.setText("choose a Sentinel-2 raster")
             return
         try:
-            lines = summary_lines(inspect_raster(layer.source()))
+            source = self.raster_source(layer)
+            lines = summary_lines(inspect_raster(source))
             verdict = [ln for ln in lines if ln.startswith("Can feed")]
-            self.findings.setText("\n".join(verdict or lines[:2]))
+            masked = [ln.split(": ", 1)[-1] for ln in lines if "masked as no data by the product" in ln]
+            self.findings.setText("\n".join((verdict or lines[:2]) + masked))
         except Exception as exc:  # noqa: BLE001
             from .algorithms.base import error_message
 
@@ -382,7 +432,7 @@ class FewShotPanel(QgsDockWidget):
             return
         path = self.model_path()
         if path:
-            self.open_session(layer.source(), path)
+            self.open_session(source, path)
 
     def open_session(self, raster: str, model: str):
         from mpmae_core.runtime.heads.session import MappingSession

@@ -24,6 +24,7 @@ def test_demo_runs_and_writes_its_outputs(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "demo"
     assert "Can feed a 12-band MMEarth Sentinel-2 model: YES" in proc.stdout
+    assert "inspect on the product as it comes" in proc.stdout  # the band files, not a hand stack
     rows = (out / "scene_bands.csv").read_text().splitlines()
     assert len(rows) == 14 and rows[0].startswith("band,description")
     assert "can be fed" in (out / "scene_inspect.html").read_text()

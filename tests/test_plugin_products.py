@@ -160,3 +160,31 @@ def test_qgis_process_segments_the_zip_with_an_area(l2a_zip, models_dir, tmp_pat
     assert json.loads(proc.stdout)["results"]["OUTPUT"] == str(out)
     ds = gdal.Open(str(out))
     assert ds.RasterXSize < 700 and ds.RasterYSize < 500 and (ds.ReadAsArray() == 255).any()
+
+
+def test_the_panel_adds_a_product_in_natural_colour_and_shows_its_masked_share(qgis_app, qtbot, l2a_zip, tmp_path):
+    from qgis.core import QgsProject
+    from qgis.gui import QgsMapCanvas
+
+    from mmearth_qgis.panel import FewShotPanel
+
+    z, scl = l2a_zip
+    QgsProject.instance().clear()
+    canvas = QgsMapCanvas()
+    qtbot.addWidget(canvas)
+    panel = FewShotPanel(canvas)
+    qtbot.addWidget(panel)
+    try:
+        layer = panel.add_product(str(z))
+        assert layer is not None and layer.bandCount() == 12 and panel.raster.currentLayer() is layer
+        renderer = layer.renderer()
+        assert (renderer.redBand(), renderer.greenBand(), renderer.blueBand()) == (4, 3, 2)
+        share = float(panel.findings.text().split("%")[0].split()[-1]) / 100
+        assert abs(share - np.isin(scl, [0, 1, 3, 8, 9, 10]).mean()) < 0.01, panel.findings.text()
+        assert "Scene classification" in panel.findings.text()
+        messages = []
+        panel.error = messages.append
+        assert panel.add_product(str(tmp_path / "none.zip")) is None and "does not exist" in messages[0]
+    finally:
+        panel.close()
+        QgsProject.instance().clear()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
+from mpmae_core import registry
 from mpmae_core.data import sample
 from mpmae_core.runtime.io import products as P
 from mpmae_core.runtime.io.inspect import inspect_raster
@@ -92,9 +93,26 @@ def read_stack(path) -> tuple:
     return names, ds.ReadAsArray(), ds.GetGeoTransform(), ds.GetMetadata()
 
 
+_HAND = {}
+
+
 def hand_stack() -> tuple:
-    names, arr, gt, _ = read_stack(sample.build(verbose=False)["stack"])
-    return [n.replace("B0", "B") for n in names], arr, gt
+    """The scene's band files stacked by hand, independently of io.products: each band read whole
+    and its pixels replicated onto the 10 m grid (nearest neighbour on an aligned grid)."""
+    if not _HAND:
+        files = {registry.canonical_s2_band(f.stem.rsplit("_", 1)[1]): f
+                 for f in (sample.scene_dir() / "IMG_DATA").glob("*.jp2")}
+        names = [b for b in registry.S2_PRODUCT_ORDER if b in files]
+        ref = gdal.Open(str(files["B2"]))
+        h, w, gt = ref.RasterYSize, ref.RasterXSize, ref.GetGeoTransform()
+        bands = []
+        for b in names:
+            arr = gdal.Open(str(files[b])).ReadAsArray()
+            fy, fx = h // arr.shape[0], w // arr.shape[1]
+            assert arr.shape[0] * fy == h and arr.shape[1] * fx == w
+            bands.append(np.repeat(np.repeat(arr, fy, axis=0), fx, axis=1))
+        _HAND["stack"] = (names, np.stack(bands), gt)
+    return _HAND["stack"]
 
 
 @pytest.mark.parametrize("form", ["folder", "zip", "mtd"])

@@ -152,48 +152,47 @@ def mmearth_fast_path() -> Path:
     return data_dir() / "mmearth_sample" / f"data_{MMEARTH_NAME}_npy"
 
 
-def _read_band_10m(gdal, path: Path, width: int, height: int) -> np.ndarray:
-    ds = gdal.Open(str(path))
-    if ds is None:
-        raise RuntimeError(f"GDAL cannot open {path}: {gdal.GetLastErrorMsg()}")
-    arr = ds.GetRasterBand(1).ReadAsArray()
-    factor_y, factor_x = height // arr.shape[0], width // arr.shape[1]
-    if arr.shape[0] * factor_y != height or arr.shape[1] * factor_x != width:
-        raise RuntimeError(f"{path.name}: {arr.shape} does not divide the 10 m grid {height}x{width}")
-    # Nearest-neighbour upsampling on an aligned grid is exact block replication.
-    return np.repeat(np.repeat(arr, factor_y, axis=0), factor_x, axis=1)
-
-
 def build_stack(src: Path, out: Path) -> Path:
-    """Write the 13-band 10 m GeoTIFF (uint16, nodata 0, band names as descriptions)."""
+    """Write the 13-band 10 m GeoTIFF (uint16, nodata 0, band names as descriptions) that training
+    data and tests read: the product's band files read as the runtime reads every product
+    (``io.products``: by name, 20 and 60 m bands by nearest neighbour onto the 10 m grid), copied
+    into one file. The demo itself reads the band folder directly."""
+    import tempfile
+
+    from mpmae_core.runtime.io import products
     from mpmae_core.runtime.io.files import atomic_output
     from mpmae_core.runtime.io.gdal_io import gdal
 
     g = gdal()
-    ref = g.Open(str(src / "IMG_DATA" / f"{SCENE_ID}_B02.jp2"))
-    width, height = ref.RasterXSize, ref.RasterYSize
-    gt, wkt = ref.GetGeoTransform(), ref.GetProjection()
-    ref = None
+    product = products.open_product(src / "IMG_DATA")
+    if product.order() != [b.replace("B0", "B") for b in STACK_BANDS]:
+        raise RuntimeError(f"{src}: the band files are {product.order()}, not the sample's {STACK_BANDS}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out) as tmp:
-        drv = g.GetDriverByName("GTiff")
-        ds = drv.Create(str(tmp), width, height, len(STACK_BANDS), g.GDT_UInt16,
-                        options=["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE",
-                                 "PREDICTOR=2", "INTERLEAVE=PIXEL"])
-        ds.SetGeoTransform(gt)
-        ds.SetProjection(wkt)
-        ds.SetMetadata({
-            "SENSOR": "Sentinel-2A MSI", "PROCESSING_LEVEL": "L1C", "ACQUISITION_DATE": "2017-02-16",
-            "TILE_ID": "T33UUU", "SOURCE": PROVENANCE["source"], "LICENCE": PROVENANCE["imagery_licence"],
-        })
-        for i, name in enumerate(STACK_BANDS, start=1):
-            arr = _read_band_10m(g, src / "IMG_DATA" / f"{SCENE_ID}_{name}.jp2", width, height)
-            band = ds.GetRasterBand(i)
-            band.WriteArray(arr)
-            band.SetDescription(name)
-            band.SetNoDataValue(0)
-        ds.FlushCache()
-        ds = None
+    with tempfile.TemporaryDirectory() as work:
+        vrt = g.Open(str(products.build_vrt(product, Path(work) / "bands.vrt")))
+        width, height = vrt.RasterXSize, vrt.RasterYSize
+        with atomic_output(out) as tmp:
+            drv = g.GetDriverByName("GTiff")
+            ds = drv.Create(str(tmp), width, height, len(STACK_BANDS), g.GDT_UInt16,
+                            options=["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE",
+                                     "PREDICTOR=2", "INTERLEAVE=PIXEL"])
+            ds.SetGeoTransform(vrt.GetGeoTransform())
+            ds.SetProjection(vrt.GetProjection())
+            ds.SetMetadata({
+                "SENSOR": "Sentinel-2A MSI", "PROCESSING_LEVEL": "L1C", "ACQUISITION_DATE": "2017-02-16",
+                "TILE_ID": "T33UUU", "SOURCE": PROVENANCE["source"], "LICENCE": PROVENANCE["imagery_licence"],
+            })
+            for i, name in enumerate(STACK_BANDS, start=1):
+                arr = vrt.GetRasterBand(i).ReadAsArray()
+                if arr is None:
+                    raise RuntimeError(f"GDAL cannot read {name} of {src}: {g.GetLastErrorMsg()}")
+                band = ds.GetRasterBand(i)
+                band.WriteArray(arr)
+                band.SetDescription(name)
+                band.SetNoDataValue(0)
+            ds.FlushCache()
+            ds = None
+        vrt = None
     return out
 
 
@@ -404,8 +403,9 @@ def build(verbose: bool = True) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=program_name("python -m mpmae_core.data.sample"), description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["build", "path", "points"],
-                   help="build the sample (idempotent), print its path, or write labelled points (OUT)")
+    p.add_argument("command", choices=["build", "path", "product", "points"],
+                   help="build the sample (idempotent), print its stack's path or its product's (the folder of "
+                        "band files as it comes), or write labelled points (OUT)")
     p.add_argument("out", nargs="?", help="points: the GeoPackage to write")
     p.add_argument("--per-class", type=int, default=8, help="points: points per class (default 8)")
     p.add_argument("--classes", default="", help="points: comma-separated OSM classes (default: all)")
@@ -422,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         paths = build()
         print(f"[sample] ready: {paths['stack']}")
+    elif args.command == "product":
+        build(verbose=False)
+        print(scene_dir() / "IMG_DATA")
     else:
         print(stack_path())
     return 0

@@ -29,8 +29,10 @@ def _step(ds, window, max_side):
 
 def natural_colour(path, max_side: int = 2048, window=None) -> np.ndarray:
     """(rows, cols, 3) float in [0, 1] from the raster's B4, B3, B2 bands; NaN where no data.
-    ``window`` (x, y, w, h) in pixels shows a part only."""
-    ds = open_raster(path)
+    ``window`` (x, y, w, h) in pixels shows a part only. A product is read as its 10 m stack."""
+    from mpmae_core.runtime.io.products import stack_path
+
+    ds = open_raster(stack_path(path))
     names = [registry.canonical_s2_band(ds.GetRasterBand(i + 1).GetDescription()) for i in range(ds.RasterCount)]
     try:
         idx = [names.index(b) + 1 for b in ("B4", "B3", "B2")]
