@@ -287,3 +287,35 @@ def test_list_lines_take_comments():
     assert B.list_line("  a/b.tif   # note") == "a/b.tif"
     assert B.list_line("# whole line") == ""
     assert B.list_line("c#d.tif") == "c#d.tif"  # a '#' inside a name is kept
+
+
+def test_a_glob_of_products_and_rasters_cut_to_an_area_of_interest(cluster, scenes, models_dir, tmp_path):
+    """A SAFE zip beside cut scenes: the zip is read as its stack, a scene the area does not reach is
+    listed apart (not failed, not run), a truncated zip fails alone, and each output equals the
+    single-process runtime's with the same area."""
+
+    from mpmae_core.data import sample
+    from test_products import make_safe, zip_folder
+
+    work = tmp_path / "in"
+    work.mkdir()
+    for i in (0, 1):
+        shutil.copy(scenes / f"scene{i}.tif", work / f"scene{i}.tif")
+    safe = make_safe(tmp_path / "p", sample.scene_dir() / "IMG_DATA")
+    z = zip_folder(safe, work / (safe.stem + ".zip"))
+    (work / "broken.zip").write_bytes(z.read_bytes()[:5000])
+    gt = gdal.Open(str(scenes / "scene0.tif")).GetGeoTransform()
+    aoi = f"{gt[0] + 1000},{gt[3] - 2000},{gt[0] + 3000},{gt[3] - 1000}"  # pixels 100..300 x 100..200 of scene 0
+    model = str(models_dir / "atto_test.onnx")
+    logs = []
+    report = B.run_batch("embed", str(work / "*"), model, tmp_path / "out", client=cluster, log=logs.append,
+                         options={"tile": 256, "overlap": 64, "aoi": aoi}, device="cpu")
+    assert sorted(d["scene"] for d in report.done) == sorted(["scene0", safe.stem])
+    assert [o["scene"] for o in report.outside] == ["scene1"] and "1 outside the area of interest" in report.text()
+    assert len(report.failed) == 1 and "not a readable zip" in report.failed[0]["reason"]
+    for d in report.done:
+        src = z if d["scene"] == safe.stem else work / "scene0.tif"
+        want = embed(src, model, tmp_path / f"{d['scene']}_single.tif", tile=256, overlap=64, device="cpu", aoi=aoi)
+        a, b = gdal.Open(d["output"]), gdal.Open(want["output"])
+        assert a.GetGeoTransform() == b.GetGeoTransform() and (a.RasterXSize, a.RasterYSize) == (13, 7)
+        np.testing.assert_allclose(a.ReadAsArray(), b.ReadAsArray(), atol=1e-5)

@@ -251,3 +251,38 @@ def test_a_mask_file_that_is_not_a_raster_is_a_clear_error(tmp_path):
     ds = None
     with pytest.raises(P.ProductError, match="could not be opened"):
         P.quality_mask(gdal.Open(str(vrt)))
+
+
+def test_an_l1c_product_of_baseline_04_reads_its_classification_mask(bands_dir, tmp_path, models_dir):
+    """MSK_CLASSI_B00 (60 m, one band per flag: opaque clouds, cirrus, snow) in QI_DATA: opaque clouds
+    and cirrus are no data, snow only with the snow option, and the +1000 offset is taken off."""
+    from mpmae_core.runtime.inference.raster import prepare_input
+    from mpmae_core.runtime.models.model import read_metadata
+
+    safe = make_safe(tmp_path, bands_dir, level="1C", baseline="04.00", offset=True)
+    names, arr, gt = hand_stack()
+    blue = arr[names.index("B2")][::6, ::6].astype(float)
+    h, w = blue.shape
+    flags = np.zeros((3, h, w), np.uint8)
+    flags[0] = blue > np.percentile(blue, 95)  # opaque clouds: the scene's brightest
+    flags[1, 10:20, 30:60] = 1  # a cirrus band
+    flags[2, -8:, -8:] = 1  # snow in a corner
+    mem = gdal.GetDriverByName("MEM").Create("", w, h, 3, gdal.GDT_Byte)
+    mem.SetGeoTransform([gt[0], 60.0, 0.0, gt[3], 0.0, -60.0])
+    mem.SetProjection(gdal.Open(str(sample.build(verbose=False)["stack"])).GetProjection())
+    for i in range(3):
+        mem.GetRasterBand(i + 1).WriteArray(flags[i])
+    qi = next(safe.rglob("IMG_DATA")).parent / "QI_DATA"
+    qi.mkdir()
+    gdal.GetDriverByName("JP2OpenJPEG").CreateCopy(str(qi / "MSK_CLASSI_B00.jp2"), mem,
+                                                   options=["QUALITY=100", "REVERSIBLE=YES"])
+    product = P.open_product(safe)
+    assert product.level == "l1c" and product.quality_mask()[0] == "classi"
+    meta = read_metadata(models_dir / "atto_test.onnx")
+    prep = prepare_input(safe, meta)
+    assert prep.dn_offset == 1000
+    H, W = prep.height, prep.width
+    on10 = np.repeat(np.repeat(flags, 6, axis=1), 6, axis=2)[:, :H, :W].astype(bool)
+    np.testing.assert_array_equal(prep.mask.masked(0, 0, W, H), on10[0] | on10[1])
+    snow = prepare_input(safe, meta, masks=M.MaskOptions(snow=True))
+    np.testing.assert_array_equal(snow.mask.masked(0, 0, W, H), on10[0] | on10[1] | on10[2])

@@ -215,3 +215,39 @@ def test_the_raster_input_starts_on_a_layer_that_can_feed_the_model(desktop, cro
             assert getattr(value, "id", lambda: value)() == scene.id(), alg_id
     finally:
         QgsProject.instance().removeMapLayers([scene.id(), confidence.id()])
+
+
+from test_plugin_products import bands_dir, field_gpkg, l2a_zip  # noqa: E402,F401 - fixtures and a helper
+
+
+def test_a_downloaded_product_and_an_area_in_the_segment_dialog(desktop, models_dir, l2a_zip, tmp_path):
+    """The product's zip picked with the input's file button, the area as a polygon layer, the
+    clouds grown by a pixel: the dialog's own check passes and the map is the area's."""
+    import processing
+    from qgis.core import QgsApplication
+
+    z, _ = l2a_zip
+    field = field_gpkg(tmp_path / "field.gpkg", epsg=4326)
+    dialog = processing.createAlgorithmDialog("mmearth:segment", {})
+    alg = QgsApplication.processingRegistry().algorithmById("mmearth:segment")
+    wrappers = _wrappers(dialog)
+    assert {"AREA", "EXTENT", "MASK", "MASK_DILATE", "PRODUCT_MASK"} <= set(wrappers)
+    _pick(wrappers["MODEL"], "atto_test")
+    _pick(wrappers["HEAD"], "head3")
+    _set(wrappers["INPUT"], str(z))
+    _set(wrappers["AREA"], str(field))
+    _set(wrappers["MASK_DILATE"], 1)
+    _set(wrappers["OUTPUT"], str(tmp_path / "field.tif"))
+    params, ok, message, context = _run_check(dialog, alg)
+    assert ok, message
+    from qgis.core import QgsProcessingFeedback
+
+    result = processing.run("mmearth:segment", params, context=context, feedback=QgsProcessingFeedback())
+    ds = gdal.Open(result["OUTPUT"])
+    assert (ds.RasterXSize, ds.RasterYSize) != (1536, 768) and ds.RasterXSize <= 640
+    # a damaged download is named by the check, before anything runs
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(z.read_bytes()[:4000])
+    _set(wrappers["INPUT"], str(cut))
+    _, ok, message, _ = _run_check(dialog, alg)
+    assert not ok and "not a readable zip" in message, message

@@ -39,7 +39,7 @@ class StackAlgorithm(InferenceAlgorithm):
         self.add_mask_parameters()
 
     def process(self, parameters, context, feedback):
-        from mpmae_core.runtime.io.products import write_stack
+        from mpmae_core.runtime.io.stack import write_stack
 
         product = product_value(parameters.get(self.INPUT))
         if not product:

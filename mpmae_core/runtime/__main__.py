@@ -236,7 +236,7 @@ def main(argv=None) -> int:
             print("\n".join(summary_lines(inspect_raster(args.input, source=args.source))))
             return 0
         if args.cmd == "stack":
-            from mpmae_core.runtime.io.products import write_stack
+            from mpmae_core.runtime.io.stack import write_stack
 
             res = write_stack(args.input, args.output, cog=args.cog, aoi=args.aoi, masks=mask_options(args), log=log)
             log(f"wrote {res['output']}: bands {', '.join(res['bands'])}; level {res['level'].upper() or 'unknown'}")
