@@ -95,6 +95,21 @@ def mask_options(args):
     return None if opts == MaskOptions() else opts
 
 
+def _users_accuracy(text: str):
+    text = text.strip()
+    try:
+        if "=" not in text:
+            return float(text)
+        out = {}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            out[name.strip()] = float(value)
+        return out
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the user's accuracy must be a number such as 0.8, or class=value,... "
+                                         f"(got {text!r})") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mpmae_core import registry
     from mpmae_core.runtime import cli
@@ -197,6 +212,32 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--cog", action="store_true", help="write a Cloud-Optimised GeoTIFF, with the masks as a "
                                                       "last band MASK")
     add_mask_arguments(st)
+    sd = sub.add_parser("sample-design", help="a stratified random validation sample of a class map")
+    sd.add_argument("map", help="a class map (from segment, or any one-band class raster)")
+    sd.add_argument("output", help="the validation points (.gpkg), with an empty 'reference' field to fill in")
+    sd.add_argument("--target-se", type=cli.positive_float, default=0.01,
+                    help="the standard error of overall accuracy to aim for (default 0.01; Olofsson et al. 2014, "
+                         "eq. 13)")
+    sd.add_argument("--users-accuracy", default="0.8", type=_users_accuracy,
+                    help="the anticipated user's accuracy: one number for every class (default 0.8), or "
+                         "class=value,... per class")
+    sd.add_argument("--min-per-class", type=cli.non_negative_int, default=50, help="points per class at least "
+                                                                                   "(default 50)")
+    sd.add_argument("--size", type=cli.positive_int, help="the total number of points, instead of eq. 13's")
+    sd.add_argument("--exclude", help="the training labels (a vector file): no validation point near them")
+    sd.add_argument("--buffer", type=cli.non_negative_float, default=0.0,
+                    help="with --exclude: no point within this many metres of a label (default 0: off the labels' "
+                         "pixels)")
+    sd.add_argument("--seed", type=int, default=0)
+    asr = sub.add_parser("assess", help="accuracy and area with confidence intervals, from labelled validation points")
+    asr.add_argument("map", help="the class map the points were drawn on")
+    asr.add_argument("points", help="the validation points, each with its reference class")
+    asr.add_argument("report", help="the HTML report; a .csv and a .json of every figure are written beside it")
+    asr.add_argument("--reference-field", default="reference", help="the field of the reference classes "
+                                                                    "(default reference)")
+    asr.add_argument("--strata", help="the strata raster the sample was drawn in (default: the map's classes)")
+    asr.add_argument("--design", default="stratified", type=cli.choice_of(["stratified", "simple"], "sample design"),
+                     help="stratified (default) or simple (a simple random sample)")
     v = sub.add_parser("preview", help="PNG of a class map next to its scene in natural colour")
     v.add_argument("scene")
     v.add_argument("classes")
@@ -240,6 +281,26 @@ def main(argv=None) -> int:
 
             res = write_stack(args.input, args.output, cog=args.cog, aoi=args.aoi, masks=mask_options(args), log=log)
             log(f"wrote {res['output']}: bands {', '.join(res['bands'])}; level {res['level'].upper() or 'unknown'}")
+            return 0
+        if args.cmd == "sample-design":
+            from mpmae_core.runtime.heads.validation import sample_design
+
+            sample_design(args.map, args.output, target_se=args.target_se, users_accuracy=args.users_accuracy,
+                          min_per_class=args.min_per_class, size=args.size, exclude_labels=args.exclude,
+                          buffer_m=args.buffer, seed=args.seed, log=log)
+            return 0
+        if args.cmd == "assess":
+            from pathlib import Path
+
+            from mpmae_core.runtime.heads.validation import assess_map
+
+            report = Path(args.report)
+            if report.suffix.lower() not in (".html", ".htm"):
+                raise ValueError(f"the report '{report}' must be an .html file (a .csv and a .json are written "
+                                 "beside it)")
+            assess_map(args.map, args.points, args.reference_field, strata=args.strata, design=args.design,
+                       report=report, table=report.with_suffix(".csv"), figures=report.with_suffix(".json"), log=log)
+            log(f"wrote {report}, {report.with_suffix('.csv')}, {report.with_suffix('.json')}")
             return 0
         if args.cmd == "preview":
             from mpmae_core.runtime.io.files import check_output

@@ -45,7 +45,7 @@ def read_aoi(aoi, raster_wkt: str):
     target.ImportFromWkt(raster_wkt)
     target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     if isinstance(aoi, Area):
-        return _area_geometry(aoi, target)
+        return area_geometry(aoi, target)
     text = str(aoi)
     m = _EXTENT.match(text)
     if m:
@@ -102,7 +102,7 @@ def read_aoi(aoi, raster_wkt: str):
     return union
 
 
-def _area_geometry(area: Area, target):
+def area_geometry(area: Area, target):
     from osgeo import ogr, osr
 
     src = osr.SpatialReference()
