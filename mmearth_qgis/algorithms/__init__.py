@@ -2,6 +2,7 @@
 
 
 def all_algorithms():
+    from .accuracy import AssessAlgorithm, SampleDesignAlgorithm
     from .embed import EmbedAlgorithm
     from .fetch_model import FetchModelAlgorithm
     from .inspect_raster import InspectRasterAlgorithm
@@ -11,4 +12,4 @@ def all_algorithms():
     from .train_head import TrainHeadAlgorithm
 
     return [InspectRasterAlgorithm(), EmbedAlgorithm(), TrainHeadAlgorithm(), SegmentAlgorithm(), SimilarityAlgorithm(),
-            FetchModelAlgorithm(), StackAlgorithm()]
+            FetchModelAlgorithm(), StackAlgorithm(), SampleDesignAlgorithm(), AssessAlgorithm()]
