@@ -42,6 +42,9 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
     ACCURACY = "ACCURACY"
     BALANCED_ACCURACY = "BALANCED_ACCURACY"
     CHOSEN = "CHOSEN"
+    BLOCK_SIZE = "BLOCK_SIZE"
+    GROUPED_ACCURACY = "GROUPED_ACCURACY"
+    BLOCK_M = "BLOCK_M"
 
     def name(self):
         return "train_head"
@@ -87,14 +90,22 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
                                        defaultValue=[0, 1]),
             QgsProcessingParameterNumber(self.MAX_PIXELS, "Most labelled pixels per class",
                                          QgsProcessingParameterNumber.Integer, 1000, minValue=10),
+            QgsProcessingParameterNumber(self.BLOCK_SIZE, "Spatial block size for cross-validation (metres; 0: from "
+                                         "the labels' spread)", QgsProcessingParameterNumber.Double, 0.0,
+                                         minValue=0.0),
         ]
         for p in advanced:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
         self.add_advanced_parameters()
-        self.addOutput(QgsProcessingOutputNumber(self.ACCURACY, "Cross-validated accuracy"))
-        self.addOutput(QgsProcessingOutputNumber(self.BALANCED_ACCURACY, "Cross-validated balanced accuracy"))
+        self.addOutput(QgsProcessingOutputNumber(self.ACCURACY, "Cross-validated accuracy (spatial blocks; not a map "
+                                                 "accuracy)"))
+        self.addOutput(QgsProcessingOutputNumber(self.BALANCED_ACCURACY, "Cross-validated balanced accuracy (spatial "
+                                                 "blocks)"))
         self.addOutput(QgsProcessingOutputString(self.CHOSEN, "Chosen head"))
+        self.addOutput(QgsProcessingOutputNumber(self.GROUPED_ACCURACY, "Cross-validated accuracy, folds grouped by "
+                                                 "labelled feature"))
+        self.addOutput(QgsProcessingOutputNumber(self.BLOCK_M, "Spatial block size used (metres; 0: none)"))
 
     def add_embeddings_parameter(self):
         from qgis.core import QgsProcessingParameterRasterLayer
@@ -133,11 +144,15 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
             source, model, features, names, out, report_path=report or None,
             feature_ids=[fid for _, _, fid in labelled], buffer_m=self.parameterAsDouble(parameters, self.BUFFER, context),
             feature_sets=sets, classifiers=clfs, feature_raster=stored,
-            max_pixels_per_class=self.parameterAsInt(parameters, self.MAX_PIXELS, context), **opts, **kw), feedback)
+            max_pixels_per_class=self.parameterAsInt(parameters, self.MAX_PIXELS, context),
+            block_m=self.parameterAsDouble(parameters, self.BLOCK_SIZE, context) or None, **opts, **kw), feedback)
         for line in res["text"].splitlines():
             feedback.pushInfo(line)
+        detail = res["cv_detail"]
         results = {self.OUTPUT: out, self.ACCURACY: res["cv"]["accuracy"],
-                   self.BALANCED_ACCURACY: res["cv"]["balanced_accuracy"], self.CHOSEN: res["chosen"]}
+                   self.BALANCED_ACCURACY: res["cv"]["balanced_accuracy"], self.CHOSEN: res["chosen"],
+                   self.GROUPED_ACCURACY: (detail.get("grouped") or {}).get("accuracy", res["cv"]["accuracy"]),
+                   self.BLOCK_M: detail["block_m"] if "spatial" in detail else 0.0}
         if report:
             results[self.REPORT] = report
         return results

@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=["logistic", "forest"], help="classifiers to try (default logistic,forest)")
     h.add_argument("--max-pixels", type=cli.positive_int, default=1000, help="most labelled pixels per class")
     h.add_argument("--features", help="a precomputed per-pixel feature raster (the features command) to reuse")
+    h.add_argument("--block-size", type=cli.positive_float, metavar="METRES",
+                   help="the side of the spatial blocks the candidates are cross-validated in (default: from the "
+                        "labels' spread; the report says which)")
     for name, kw in (("--tile", dict(type=cli.positive_int, default=512)),
                      ("--overlap", dict(type=cli.non_negative_int, default=128)),
                      ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
@@ -401,7 +404,8 @@ def train_head_command(args, log) -> int:
                                classifiers=args.classifiers, max_pixels_per_class=args.max_pixels,
                                feature_raster=args.features, tile=args.tile, overlap=args.overlap, device=args.device,
                                level=args.level, dn_offset=args.dn_offset, scale=args.scale, band_map=args.band_map,
-                               aoi=args.aoi, masks=mask_options(args), progress=Bar("train-head"), log=log)
+                               aoi=args.aoi, masks=mask_options(args), block_m=args.block_size,
+                               progress=Bar("train-head"), log=log)
     except Cancelled:
         raise KeyboardInterrupt from None
     print(res["text"])

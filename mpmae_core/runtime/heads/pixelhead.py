@@ -3,8 +3,11 @@
 Labels are taken at the raster's own resolution (``labels.label_cells`` on the raster's grid: a
 point labels its pixel, or the pixels within a buffer; a polygon its pixels, capped per class).
 Each labelled pixel gets its feature vector (``pixel``: spectra and hypercolumns). Then every
-*candidate* is scored by grouped, stratified cross-validation (all pixels of one labelled feature
-in one fold), on the same folds:
+*candidate* is scored by cross-validation in spatial blocks (``heads.spatial``: the labels in one
+square block of the map in one fold, so no head is scored next to a place it trained on; each
+labelled feature whole in one block), on the same folds; the chosen one is also scored on folds
+grouped by labelled feature, shown beside. Neither is the map's accuracy (``heads.validation``
+gives that, from a validation sample). The candidates:
 
 - feature sets: ``spectra`` (the pixel's normalised bands), ``encoder`` (every encoder stage,
   upsampled), ``both``;
@@ -192,17 +195,23 @@ class PixelHead:
 
 def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: Sequence[Block], class_names,
                      cands: Sequence[Candidate], folds: int = 5, seed: int = 0, cancelled=lambda: False,
-                     progress=lambda f: None) -> list[dict]:
+                     progress=lambda f: None, fold_groups: Optional[np.ndarray] = None) -> list[dict]:
     """Cross-validated scores of every candidate on the same grouped, stratified folds. ``x``
     holds the features of all ``blocks``; no fold ever scores a labelled feature it trained on.
-    With candidates of at least two families, the ensemble candidate (:func:`ensemble_score`)
-    comes last."""
+    ``fold_groups`` (spatial blocks, ``heads.spatial``; each holding whole features): folds by
+    them instead, so no fold scores a place next to one it trained on. With candidates of at least
+    two families, the ensemble candidate (:func:`ensemble_score`) comes last."""
     from mpmae_core.runtime.io.files import Cancelled
 
     k_classes = len(class_names)
-    min_groups = min(len(set(groups[y == c].tolist())) for c in np.unique(y))
+    kind = "grouped" if fold_groups is None else "spatial"
+    by = groups if fold_groups is None else np.asarray(fold_groups)
+    if fold_groups is None:
+        min_groups = min(len(set(groups[y == c].tolist())) for c in np.unique(y))
+    else:  # a block may hold several classes: at most as many folds as blocks
+        min_groups = len(set(by.tolist()))
     k = int(max(2, min(folds, min_groups)))
-    fold_idx = grouped_folds(y, groups, k, seed)
+    fold_idx = grouped_folds(y, by, k, seed)
     out = []
     for i, cand in enumerate(cands):
         sub, cols = feature_set_columns(blocks, cand.feature_set)
@@ -217,7 +226,7 @@ def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: S
             head = PixelHead.fit(x[np.ix_(train, cols)], y[train], sub, cand, class_names, seed=seed)
             prob = head.probabilities(x[np.ix_(test, cols)])
             oof[test] = prob
-        out.append(_oof_score(cand, oof, y, class_names, k, time.time() - t0))
+        out.append(_oof_score(cand, oof, y, class_names, k, time.time() - t0, kind))
         progress((i + 1) / len(cands))
     ens = ensemble_score(out, y, class_names)
     if ens is not None:
@@ -225,7 +234,8 @@ def score_candidates(x: np.ndarray, y: np.ndarray, groups: np.ndarray, blocks: S
     return out
 
 
-def _oof_score(cand: Candidate, oof: np.ndarray, y: np.ndarray, class_names, folds: int, seconds: float) -> dict:
+def _oof_score(cand: Candidate, oof: np.ndarray, y: np.ndarray, class_names, folds: int, seconds: float,
+               kind: str = "grouped") -> dict:
     """Scores from out-of-fold class probabilities (rows of NaN: never scored)."""
     k_classes = len(class_names)
     ok = np.isfinite(oof).all(1)
@@ -235,7 +245,8 @@ def _oof_score(cand: Candidate, oof: np.ndarray, y: np.ndarray, class_names, fol
     s = metrics.summary(cm, class_names)
     return {"candidate": cand, "name": cand.name, "accuracy": s["accuracy"],
             "balanced_accuracy": s["balanced_accuracy"], "miou": s["miou"], "brier": balanced_brier(sq_err, y),
-            "confusion": cm.tolist(), "per_class": s["per_class"], "folds": folds, "seconds": seconds, "oof": oof}
+            "confusion": cm.tolist(), "per_class": s["per_class"], "folds": folds, "seconds": seconds, "oof": oof,
+            "cv": kind}
 
 
 def ensemble_members(scores: Sequence[dict], size: int = ENSEMBLE_SIZE) -> list[int]:
@@ -262,7 +273,8 @@ def ensemble_score(scores: Sequence[dict], y: np.ndarray, class_names, size: int
         return None
     oof = np.mean([scores[i]["oof"] for i in idx], axis=0)
     cand = Candidate.ensemble([scores[i]["candidate"] for i in idx])
-    return _oof_score(cand, oof, y, class_names, scores[idx[0]]["folds"], sum(scores[i]["seconds"] for i in idx))
+    return _oof_score(cand, oof, y, class_names, scores[idx[0]]["folds"], sum(scores[i]["seconds"] for i in idx),
+                      scores[idx[0]].get("cv", "grouped"))
 
 
 def balanced_brier(sq_err: np.ndarray, y: np.ndarray) -> float:
@@ -278,8 +290,9 @@ def choose(scores: list[dict], blocks: Sequence[Block], tie: float = TIE) -> tup
     close = [i for i, s in enumerate(scores) if s["brier"] <= best + tie]
     pick = min(close, key=lambda i: scores[i]["candidate"].cost(blocks))
     s = scores[pick]
-    why = (f"lowest cross-validated Brier score ({s['brier']:.3f}, class-balanced; {s['folds']}-fold, grouped by "
-           f"labelled feature), balanced accuracy {s['balanced_accuracy']:.1%}")
+    how = "in spatial blocks" if s.get("cv") == "spatial" else "grouped by labelled feature"
+    why = (f"lowest cross-validated Brier score ({s['brier']:.3f}, class-balanced; {s['folds']}-fold, {how}), "
+           f"balanced accuracy {s['balanced_accuracy']:.1%}")
     runner = min((x for i, x in enumerate(scores) if i not in close), key=lambda x: x["brier"], default=None)
     if runner:
         why += f"; next best {runner['name']} at {runner['brier']:.3f}"
@@ -288,13 +301,33 @@ def choose(scores: list[dict], blocks: Sequence[Block], tie: float = TIE) -> tup
     return pick, why
 
 
-def report_text(scores: list[dict], chosen: int, why: str, samples: dict) -> str:
+NOT_MAP_ACCURACY = ("Neither figure is the map's accuracy: both come from the labels, which sit on clear, chosen "
+                    "places. A validation sample the map did not choose gives that (mmearth sample-design, then "
+                    "mmearth assess; in QGIS 'Validation sample design' and 'Accuracy and area').")
+
+
+def cv_lines(cv: dict) -> list:
+    """The chosen head's cross-validated figures: spatial blocks (when used) beside grouped folds."""
+    lines = []
+    sp, gr = cv.get("spatial"), cv.get("grouped")
+    if sp:
+        lines.append(f"spatial-block CV (blocks of {cv['block_m']:g} m, {sp['folds']} folds): accuracy "
+                     f"{sp['accuracy']:.1%}, balanced accuracy {sp['balanced_accuracy']:.1%}")
+    if gr:
+        lines.append(f"grouped CV (by labelled feature, {gr['folds']} folds): accuracy {gr['accuracy']:.1%}, "
+                     f"balanced accuracy {gr['balanced_accuracy']:.1%}")
+    lines.append(NOT_MAP_ACCURACY)
+    return lines
+
+
+def report_text(scores: list[dict], chosen: int, why: str, samples: dict, cv: Optional[dict] = None) -> str:
     names = list(samples)
     width = max(8, *(len(n) for n in names))
     lines = [f"{'class':<{width}}  features  pixels"]
     for n in names:
         lines.append(f"{n:<{width}}  {samples[n]['features']:>8}  {samples[n]['pixels']:>6}")
-    lines.append("candidates (cross-validated, grouped by labelled feature):")
+    how = "in spatial blocks" if scores[chosen].get("cv") == "spatial" else "grouped by labelled feature"
+    lines.append(f"candidates (cross-validated, {how}):")
     cw = max(len(s["name"]) for s in scores)
     lines.append(f"  {'candidate':<{cw}}  accuracy  balanced  mIoU  Brier")
     for i, s in enumerate(scores):
@@ -302,10 +335,12 @@ def report_text(scores: list[dict], chosen: int, why: str, samples: dict) -> str
         lines.append(f"{mark} {s['name']:<{cw}}  {s['accuracy']:>8.1%}  {s['balanced_accuracy']:>8.1%}  "
                      f"{s['miou']:>4.2f}  {s['brier']:.3f}")
     lines.append(f"chosen: {scores[chosen]['name']} - {why}")
+    if cv:
+        lines += cv_lines(cv)
     return "\n".join(lines)
 
 
-def report_html(scores: list[dict], chosen: int, why: str, samples: dict, title: str) -> str:
+def report_html(scores: list[dict], chosen: int, why: str, samples: dict, title: str, cv: Optional[dict] = None) -> str:
     from html import escape
 
     s = scores[chosen]
@@ -323,8 +358,11 @@ def report_html(scores: list[dict], chosen: int, why: str, samples: dict, title:
     plain = [{k: v for k, v in c.items() if k not in ("candidate", "oof")} for c in scores]
     return (f"<html><head><meta charset='utf-8'><title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>"
             f"<p><b>Chosen: {escape(s['name'])}</b>: {escape(why)}.</p>"
-            f"<h2>Candidates</h2><p>{s['folds']}-fold cross-validation on the same folds for every candidate, grouped "
-            "by labelled feature (the pixels of one point or polygon never score a head trained on them).</p>"
+            + "".join(f"<p>{escape(line)}</p>" for line in (cv_lines(cv) if cv else [NOT_MAP_ACCURACY])) +
+            f"<h2>Candidates</h2><p>{s['folds']}-fold cross-validation on the same folds for every candidate, "
+            + ("in spatial blocks (the labels in one block of the map go to one fold, so no head is scored next to a "
+               "place it trained on)" if s.get("cv") == "spatial" else "grouped by labelled feature (the pixels of one "
+               "point or polygon never score a head trained on them)") + ".</p>"
             "<table border='1'><tr><th>candidate</th><th>accuracy</th><th>balanced accuracy</th><th>mIoU</th>"
             f"<th>Brier score (lower is better)</th><th>seconds</th></tr>{rows}</table>"
             "<h2>Chosen head per class</h2><table border='1'><tr><th>class</th><th>features</th><th>pixels</th>"
@@ -381,8 +419,8 @@ def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float
             f"{id_list(nodata)})")
     if not ok.any():
         raise FewShotError("none of the labelled features lies over valid pixels of the raster")
-    x, y, groups = x[ok], y[ok], groups[ok]
-    return x, y, groups, sample_counts(y, groups, class_names)
+    x, y, groups, rows, cols = x[ok], y[ok], groups[ok], rows[ok], cols[ok]
+    return x, y, groups, sample_counts(y, groups, class_names), (rows, cols)
 
 
 def sample_counts(y: np.ndarray, groups: np.ndarray, class_names) -> dict:
@@ -393,11 +431,18 @@ def sample_counts(y: np.ndarray, groups: np.ndarray, class_names) -> dict:
 
 def choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model_path, *, samples=None,
                          class_colours=None, report_path=None, cands=None, folds: int = 5, seed: int = 0,
-                         progress=lambda f: None, cancelled=lambda: False) -> dict:
+                         positions=None, pixel_size_m: float = 10.0, block_m: Optional[float] = None,
+                         progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
     """What every self-choosing head ends with: cross-validate the candidates on (x, y, groups),
     choose, fit the choice on all the labels, and write the head (ONNX, with the fingerprint of
     ``model``) and its HTML report, both whole or neither. ``train_pixel_head`` and the panel's
-    session both end here."""
+    session both end here.
+
+    With ``positions`` (the labelled pixels' rows and columns) the candidates are scored and
+    chosen on folds of spatial blocks (``heads.spatial``; side ``block_m`` metres, or from the
+    labels' spread), and the chosen one is scored on folds grouped by feature as well, to show
+    beside; without, on grouped folds only."""
+    from mpmae_core.runtime.heads import spatial
     from mpmae_core.runtime.io.files import Cancelled, PendingOutput
     from mpmae_core.runtime.models.fingerprint import encoder_fingerprint
     from mpmae_core.runtime.models.model import OnnxModel
@@ -405,10 +450,26 @@ def choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model
     class_names = list(class_names)
     samples = samples if samples is not None else sample_counts(y, groups, class_names)
     check_labels(y, groups, class_names)
+    fold_groups, side = None, 0
+    if positions is not None:
+        rows, cols = positions
+        side = max(1, int(round(block_m / pixel_size_m))) if block_m else spatial.block_side(rows, cols, groups, folds)
+        fold_groups = spatial.spatial_groups(rows, cols, groups, side)
+        if len(set(fold_groups.tolist())) < 2:
+            log(f"warning: every label lies in one block of {side * pixel_size_m:g} m: the candidates are scored on "
+                "folds grouped by labelled feature (label places further apart, or give a smaller block size)")
+            fold_groups = None
     scores = score_candidates(x, y, groups, blocks, class_names, list(cands or candidates()), folds=folds, seed=seed,
-                              cancelled=cancelled, progress=progress)
+                              cancelled=cancelled, progress=progress, fold_groups=fold_groups)
     chosen, why = choose(scores, blocks)
     cand = scores[chosen]["candidate"]
+    figures = ("accuracy", "balanced_accuracy", "miou", "brier", "folds")
+    cv = {scores[chosen]["cv"]: {k: scores[chosen][k] for k in figures}, "block_m": side * pixel_size_m}
+    if fold_groups is not None:  # the chosen head on grouped folds too, to show beside
+        members = list(cand.members) if cand.classifier == "ensemble" else [cand]
+        grouped = score_candidates(x, y, groups, blocks, class_names, members, folds=folds, seed=seed,
+                                   cancelled=cancelled)[-1]
+        cv["grouped"] = {k: grouped[k] for k in figures}
     sub, cols = feature_set_columns(blocks, cand.feature_set)
     if cancelled():
         raise Cancelled("cancelled by the user; no output was written")
@@ -420,16 +481,17 @@ def choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model
                                                 encoder=encoder_fingerprint(model)))
         if report_path:
             pending.companion(report_path).write_text(
-                report_html(scores, chosen, why, samples, f"Few-shot head: {Path(output).name}"), encoding="utf-8")
+                report_html(scores, chosen, why, samples, f"Few-shot head: {Path(output).name}", cv), encoding="utf-8")
         pending.commit(lambda tmp: OnnxModel(tmp, device="cpu"))
     except BaseException:
         pending.abort()
         raise
     best = scores[chosen]
-    return {"output": str(output), "report": str(report_path or ""), "text": report_text(scores, chosen, why, samples),
-            "scores": scores, "chosen": best["name"], "why": why, "samples": samples, "classes": class_names,
+    return {"output": str(output), "report": str(report_path or ""),
+            "text": report_text(scores, chosen, why, samples, cv), "scores": scores, "chosen": best["name"], "why": why,
+            "samples": samples, "classes": class_names,
             "cv": {"accuracy": best["accuracy"], "balanced_accuracy": best["balanced_accuracy"], "miou": best["miou"],
-                   "folds": best["folds"]}, "head": head}
+                   "folds": best["folds"], "kind": best["cv"]}, "cv_detail": cv, "head": head}
 
 
 def train_pixel_head(source, model_path, features, class_names, output, *, report_path=None, feature_ids=None,
@@ -437,7 +499,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                      classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
                      seed: int = 0, tile: int = 512, overlap: int = 128, device: str = "auto", level: str = "auto",
                      dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
-                     masks=None, progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
+                     masks=None, block_m: Optional[float] = None, progress=lambda f: None, cancelled=lambda: False,
+                     log=lambda m: None) -> dict:
     """Sample features under the labels (or read them from ``feature_raster``, written by
     ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
     label and save it (ONNX) with its report. Both outputs appear whole or not at all."""
@@ -473,7 +536,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     if feature_raster:
         stored = (str(feature_raster), check_feature_raster(feature_raster, prep, meta, blocks))
     t0 = time.time()
-    x, y, groups, samples = gather_pixels(prep, model if needs_encoder else None, blocks, features, class_names,
+    x, y, groups, samples, positions = gather_pixels(prep, model if needs_encoder else None, blocks, features,
+                                                     class_names,
                                           buffer_m=buffer_m, max_per_class=max_pixels_per_class, seed=seed,
                                           tile=tile, overlap=overlap, feature_ids=feature_ids, log=log,
                                           progress=lambda f: progress(0.5 * f), cancelled=cancelled,
@@ -481,7 +545,9 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     log(f"features of {len(y)} labelled pixels ({x.shape[1]} per pixel) in {time.time() - t0:.1f} s")
     res = choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model_path, samples=samples,
                                class_colours=class_colours, report_path=report_path, cands=cands, folds=folds,
-                               seed=seed, progress=lambda f: progress(0.5 + 0.45 * f), cancelled=cancelled)
+                               seed=seed, positions=positions, pixel_size_m=abs(prep.geotransform[1]),
+                               block_m=block_m, progress=lambda f: progress(0.5 + 0.45 * f), cancelled=cancelled,
+                               log=log)
     progress(1.0)
     return res
 

@@ -269,7 +269,8 @@ class MappingSession:
 
     # -- heads --------------------------------------------------------------------------
     @_locked
-    def training_data(self, features, max_per_class: int = 1000, buffer_m: float = 0.0):
+    def training_data(self, features, max_per_class: int = 1000, buffer_m: float = 0.0, positions: bool = False):
+        """(x, y, groups) of the labelled pixels, and their (rows, cols) with ``positions``."""
         from mpmae_core.runtime.io.labels import cap_per_class_grouped
 
         rows, cols, y, groups = self.label_pixels(features, buffer_m)
@@ -277,6 +278,8 @@ class MappingSession:
         rows, cols, y, groups = rows[keep], cols[keep], y[keep], groups[keep]
         x = self.features_at(rows, cols)
         ok = np.isfinite(x).all(1)
+        if positions:
+            return x[ok], y[ok], groups[ok], (rows[ok], cols[ok])
         return x[ok], y[ok], groups[ok]
 
     @_locked
@@ -385,9 +388,10 @@ class MappingSession:
         from mpmae_core.runtime.heads.pixelhead import choose_fit_and_write
 
         check_output(output, [self.raster, self.model_path], "head", (".onnx",), "an ONNX model")
-        x, y, groups = self.training_data(features, buffer_m=buffer_m)
+        x, y, groups, positions = self.training_data(features, buffer_m=buffer_m, positions=True)
         res = choose_fit_and_write(x, y, groups, self.blocks, class_names, output, self.model, self.model_path,
-                                   class_colours=class_colours, report_path=report_path, cancelled=cancelled)
+                                   class_colours=class_colours, report_path=report_path, cancelled=cancelled,
+                                   positions=positions, pixel_size_m=abs(self.prep.geotransform[1]), log=log)
         log(res["text"])
         return res
 
