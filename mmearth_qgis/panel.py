@@ -138,6 +138,9 @@ class FewShotPanel(QgsDockWidget):
         self.suggestion_layer = None
         self.point_layer = None
         self.polygon_layer = None
+        self.validation_layer = None
+        self.validation_result = None  # the last accuracy report's figures (heads.validation.assess_map)
+        self.last_map = None  # the last whole-raster class map
         self.workdir = new_workdir()
         self.preview_count = 0
         self.preview_group = None
@@ -337,11 +340,38 @@ class FewShotPanel(QgsDockWidget):
         out.addWidget(self.map_button, 1)
         out.addWidget(self.cancel_button)
         layout.addLayout(out)
+
+        layout.addWidget(QLabel("Check accuracy (a validation sample the map did not choose)"))
+        check = QHBoxLayout()
+        self.validation_size = QSpinBox()
+        self.validation_size.setRange(10, 2000)
+        self.validation_size.setValue(100)
+        self.validation_size.setToolTip("validation points to draw (stratified by mapped class, at least 5 per class)")
+        self.validation_button = QPushButton("Draw validation sample")
+        self.validation_button.clicked.connect(self.draw_validation)
+        check.addWidget(self.validation_button, 1)
+        check.addWidget(self.validation_size)
+        layout.addLayout(check)
+        check2 = QHBoxLayout()
+        self.validation_tool_button = QPushButton("Label validation points")
+        self.validation_tool_button.setCheckable(True)
+        self.validation_tool_button.setToolTip("choose a class, then click a validation point: it takes that class")
+        self.validation_tool_button.toggled.connect(self._validation_tool_toggled)
+        self.report_button = QPushButton("Accuracy report")
+        self.report_button.clicked.connect(self.accuracy_report)
+        check2.addWidget(self.validation_tool_button)
+        check2.addWidget(self.report_button)
+        layout.addLayout(check2)
+        self.accuracy = QLabel("")
+        self.accuracy.setWordWrap(True)
+        layout.addWidget(self.accuracy)
         layout.addStretch(1)
         body.setMinimumWidth(340)
         self.setWidget(body)
         self.point_tool = QgsMapToolEmitPoint(self.canvas)
         self.point_tool.canvasClicked.connect(self.add_point)
+        self.validation_tool = QgsMapToolEmitPoint(self.canvas)
+        self.validation_tool.canvasClicked.connect(self.label_validation_point)
         self.polygon_tool = PolygonTool(self.canvas)
         self.polygon_tool.finished.connect(self.add_polygon)
 
@@ -702,6 +732,7 @@ class FewShotPanel(QgsDockWidget):
 
     def _point_tool_toggled(self, on):
         if on:
+            self.validation_tool_button.setChecked(False)
             self.polygon_tool_button.setChecked(False)
             self.canvas.setMapTool(self.point_tool)
         elif self.canvas.mapTool() is self.point_tool:
@@ -709,6 +740,7 @@ class FewShotPanel(QgsDockWidget):
 
     def _polygon_tool_toggled(self, on):
         if on:
+            self.validation_tool_button.setChecked(False)
             self.point_tool_button.setChecked(False)
             self.canvas.setMapTool(self.polygon_tool)
         elif self.canvas.mapTool() is self.polygon_tool:
@@ -878,8 +910,14 @@ class FewShotPanel(QgsDockWidget):
         self._show_raster("confidence", conf_path, "MMEarth confidence", False)
         text = "preview of the view"
         if cv:
-            text += (f"; cross-validated accuracy {cv['accuracy']:.0%}, balanced {cv['balanced_accuracy']:.0%} "
-                     f"({head.describe()})")
+            text += (f"; agreement with the labels in cross-validation {cv['accuracy']:.0%}, balanced "
+                     f"{cv['balanced_accuracy']:.0%} ({head.describe()})")
+            if self.validation_result is None:
+                text += "; that is not the map's accuracy: check it with a validation sample"
+        if self.validation_result is not None:
+            oa = self.validation_result["overall_accuracy"]
+            text += (f"; map accuracy {oa['estimate']:.0%} +- {oa['ci95']:.0%} from "
+                     f"{self.validation_result['sample_size']} validation points")
         self.status.setText(text)
         if warning:
             self.error(warning)  # the same place labelled with two classes: said, and left out
@@ -979,6 +1017,8 @@ class FewShotPanel(QgsDockWidget):
                     "INPUT=... MODEL=... OUTPUT=...` repeats it headless")
             QgsMessageLog.logMessage(f"wrote {out} and {head_path}", LOG_TAG, Qgis.Info)
             self.status.setText(text)
+            self.last_map = Path(out)
+            self.validation_result = None  # a new map: its accuracy is not yet known
         elif task.error and not task.isCanceled():
             text = task.error
             self.error(text)
@@ -986,6 +1026,123 @@ class FewShotPanel(QgsDockWidget):
             text = "cancelled: nothing was written"
             self.status.setText(text)
         self.map_finished.emit(ok, text)
+
+    # ------------------------------------------------------------------------- check accuracy
+    def validation_path(self) -> Path:
+        store = self.labels_store()
+        return store.with_name(store.stem + "_validation.gpkg")
+
+    def draw_validation(self):
+        """A stratified random sample of the last whole-raster map, away from the training labels,
+        loaded as a layer whose points the analyst labels with clicks (``label_validation_point``)."""
+        from mpmae_core.runtime.heads.validation import sample_design
+        from mpmae_core.runtime.io.aoi import Area
+
+        if self.last_map is None or not Path(self.last_map).is_file():
+            self.accuracy.setText("map the whole raster first: the validation sample is drawn from its map")
+            return
+        raster = self.raster_layer()
+        features, _, _ = self.labelled_features()
+        exclude = Area(tuple(bytes(w) for w, _ in features), raster.crs().toWkt(), "the training labels") \
+            if features and raster is not None else None
+        path = self.validation_path()
+        old = self.validation_layer
+        if old is not None and _alive(old):
+            QgsProject.instance().removeMapLayer(old.id())
+        self.validation_layer = None
+        try:
+            design = sample_design(self.last_map, path, size=self.validation_size.value(), min_per_class=5,
+                                   exclude_labels=exclude, buffer_m=50.0, seed=int(time.time()) % 100_000)
+        except Exception as exc:  # noqa: BLE001 - the message is what matters
+            from .algorithms.base import error_message
+
+            self.error(error_message(exc))
+            return
+        layer = QgsVectorLayer(f"{path}|layername=validation", "MMEarth validation points", "ogr")
+        from qgis.core import QgsMarkerSymbol, QgsSingleSymbolRenderer
+
+        layer.setRenderer(QgsSingleSymbolRenderer(QgsMarkerSymbol.createSimple(
+            {"name": "circle", "color": "255,255,255,0", "size": "3.5", "outline_width": "0.7",
+             "outline_color": "255,255,0"})))
+        mark_output(layer)
+        QgsProject.instance().addMapLayer(layer, False)
+        QgsProject.instance().layerTreeRoot().insertLayer(0, layer)
+        self.validation_layer = layer
+        self.validation_result = None
+        self.accuracy.setText(f"{design['size']} validation points drawn from {Path(self.last_map).name} (stratified "
+                              "by mapped class, 50 m from the labels): choose a class, turn on 'Label validation "
+                              "points' and click each point with what you see; then 'Accuracy report'")
+
+    def _validation_tool_toggled(self, on):
+        if on:
+            self.point_tool_button.setChecked(False)
+            self.polygon_tool_button.setChecked(False)
+            self.canvas.setMapTool(self.validation_tool)
+        elif self.canvas.mapTool() is self.validation_tool:
+            self.canvas.unsetMapTool(self.validation_tool)
+
+    def label_validation_point(self, point, button=None):
+        """The validation point nearest the click (within 8 screen pixels) takes the chosen class; it
+        never becomes a training label."""
+        layer = self.validation_layer
+        name = self.selected_class()
+        if layer is None or not _alive(layer):
+            self.accuracy.setText("draw a validation sample first")
+            return
+        if not name:
+            self.accuracy.setText("choose the class of the point first")
+            return
+        from qgis.core import QgsCoordinateTransform, QgsRectangle
+
+        canvas_crs = self.canvas.mapSettings().destinationCrs()
+        pt = QgsPointXY(point)
+        if canvas_crs != layer.crs():
+            pt = QgsCoordinateTransform(canvas_crs, layer.crs(), QgsProject.instance()).transform(pt)
+        tol = 8 * self.canvas.mapUnitsPerPixel()
+        best, dist = None, None
+        for f in layer.getFeatures(QgsRectangle(pt.x() - tol, pt.y() - tol, pt.x() + tol, pt.y() + tol)):
+            d = f.geometry().asPoint().distance(pt)
+            if dist is None or d < dist:
+                best, dist = f, d
+        if best is None:
+            self.accuracy.setText("no validation point there: click on one of the yellow circles")
+            return
+        if not layer.isEditable():
+            layer.startEditing()
+        layer.changeAttributeValue(best.id(), layer.fields().indexOf("reference"), name)
+        if not layer.commitChanges():
+            self.error(f"could not save the validation label: {'; '.join(layer.commitErrors())}")
+            return
+        layer.triggerRepaint()
+        done = sum(1 for f in layer.getFeatures() if f["reference"] not in (None, "") and
+                   not (hasattr(f["reference"], "isNull") and f["reference"].isNull()))
+        self.accuracy.setText(f"{done} of {layer.featureCount()} validation points labelled")
+
+    def accuracy_report(self):
+        """The accuracy and area report of the last map from the labelled validation points."""
+        from mpmae_core.runtime.heads.validation import assess_map
+
+        if self.validation_layer is None or self.last_map is None:
+            self.accuracy.setText("draw a validation sample and label its points first")
+            return
+        report = Path(self.last_map).with_name(Path(self.last_map).stem + "_accuracy.html")
+        try:
+            res = assess_map(self.last_map, self.validation_path(), report=report,
+                             table=report.with_suffix(".csv"), figures=report.with_suffix(".json"))
+        except Exception as exc:  # noqa: BLE001
+            from .algorithms.base import error_message
+
+            self.error(error_message(exc))
+            return
+        self.validation_result = res
+        oa = res["overall_accuracy"]
+        worst = min(res["per_class"], key=lambda c: c["users_accuracy"]["estimate"]
+                    if c["users_accuracy"]["estimate"] is not None else 2)
+        self.accuracy.setText(
+            f"map accuracy {oa['estimate']:.1%} +- {oa['ci95']:.1%} (95 %), from {res['sample_size']} validation "
+            f"points ({res['estimator']} estimator); least reliable class: {worst['class']} (user's accuracy "
+            f"{(worst['users_accuracy']['estimate'] or 0):.0%}). Report: {report}")
+        QgsMessageLog.logMessage(f"wrote {report}", LOG_TAG, Qgis.Info)
 
     # ------------------------------------------------------------------------- project state
     def state(self) -> dict:

@@ -151,10 +151,10 @@ def test_allocation_and_bad_samples():
     assert A.allocate(100, [10, 5, 1000, 3000], 50) == [10, 5, 50, 50]  # minimums first, even above n
     m, r = units(EXAMPLE)
     one = np.concatenate([np.nonzero(m != 1)[0], np.nonzero(m == 1)[0][:1]])
-    with pytest.raises(A.AccuracyError, match="stratum 1 holds a single sample point"):
+    with pytest.raises(A.AccuracyError, match="stratum 1 holds a single labelled sample point"):
         A.assess(m[one], r[one], m[one], dict(enumerate(EXAMPLE_PIXELS)), CLASSES)
     none = np.nonzero(m != 1)[0]
-    with pytest.raises(A.AccuracyError, match="stratum 1 .150000 pixels. holds no sample point"):
+    with pytest.raises(A.AccuracyError, match="stratum 1 .150000 pixels. holds no labelled sample point"):
         A.assess(m[none], r[none], m[none], dict(enumerate(EXAMPLE_PIXELS)), CLASSES)
     with pytest.raises(A.AccuracyError, match="no labelled point"):
         A.assess([], [], [], {0: 10}, ["a"])

@@ -156,7 +156,8 @@ def test_few_shot_mapping_in_the_canvas_like_a_person(qtbot, canvas_and_layer, s
     ds = gdal.Open(preview.source())
     values = ds.ReadAsArray()
     assert values[values != 255].max() <= 4 and (values != 255).mean() > 0.9  # 255: no data
-    assert "cross-validated accuracy" in panel.status.text()
+    assert "agreement with the labels in cross-validation" in panel.status.text()
+    assert "not the map's accuracy" in panel.status.text()
     assert "water 2" in panel.counts.text()
     # a new label updates the preview by itself
     panel.auto.setChecked(True)
@@ -352,3 +353,81 @@ def test_a_place_labelled_with_two_classes_is_named_in_the_message_bar(qtbot, ca
         panel.preview()
     assert any("carry two different classes (water and forest at 1 pixel(s))" in item.text()
                for item in bar.items()), [i.text() for i in bar.items()]
+
+
+@pytest.mark.slow
+def test_check_accuracy_with_a_validation_sample_labelled_by_clicks(qtbot, canvas_and_layer, scene, models_dir,
+                                                                     tmp_path, monkeypatch):
+    """Label, map the whole raster, draw a validation sample, label its points with the same clicks
+    (they never become training labels), and read the map's accuracy from them."""
+    from mmearth_qgis.panel import FewShotPanel
+    from mpmae_core.runtime.heads.validation import assess_map
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    canvas, layer = canvas_and_layer
+    path, lab = scene
+    panel = FewShotPanel(canvas)
+    qtbot.addWidget(panel)
+    panel.show()
+    with qtbot.waitSignal(panel.cache_ready, timeout=240_000):
+        panel.raster.setLayer(layer)
+        panel.model.setEditText("atto_test")
+    for name in CLASSES:
+        qtbot.keyClicks(panel.class_name, name)
+        qtbot.mouseClick(panel.add_button, 1)
+    panel.auto.setChecked(False)
+    panel.point_tool_button.click()
+    gt = gdal.Open(str(path)).GetGeoTransform()
+    for name, r, c in _label_places(lab):
+        panel.classes.setCurrentRow(CLASSES.index(name))
+        _click(qtbot, canvas, gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5])
+    training = panel.point_layer.featureCount()
+    qtbot.mouseClick(panel.report_button, 1)  # too early: said, nothing breaks
+    assert "draw a validation sample" in panel.accuracy.text()
+    qtbot.mouseClick(panel.validation_button, 1)
+    assert "map the whole raster first" in panel.accuracy.text()
+    out = tmp_path / "landcover.tif"
+    with qtbot.waitSignal(panel.map_finished, timeout=600_000) as done:
+        panel.map_raster(out)
+    assert done.args[0] is True, done.args[1]
+    panel.validation_size.setValue(40)
+    errors = []
+    monkeypatch.setattr(panel, "error", errors.append)
+    qtbot.mouseClick(panel.validation_button, 1)
+    val = panel.validation_layer
+    assert val is not None, errors
+    assert val.featureCount() >= 40 and "validation points drawn" in panel.accuracy.text()
+    # label each point as a person would: with what the scene's landuse says there, and where it says
+    # nothing (or names a class the map lacks) with the map's own class
+    qtbot.mouseClick(panel.validation_tool_button, 1)
+    assert canvas.mapTool() is panel.validation_tool
+    osm = [0, "water", "forest", "farm", "meadow", "grass", "scrub", "wetland", "residential"]
+    mapped = gdal.Open(str(out)).ReadAsArray()
+    points = list(val.getFeatures())
+    for i, f in enumerate(points):
+        if i == 3:  # too few labelled yet: the report says which class needs more
+            qtbot.mouseClick(panel.report_button, 1)
+            assert errors and ("label more points there" in errors[-1] or "label points there too" in errors[-1])
+            assert any(n in errors[-1] for n in CLASSES)
+        p = f.geometry().asPoint()
+        r, c = int((p.y() - gt[3]) / gt[5]), int((p.x() - gt[0]) / gt[1])
+        name = osm[lab[r, c]] if lab[r, c] else None
+        if name not in CLASSES:
+            name = CLASSES[mapped[r, c]]
+        panel.classes.setCurrentRow(CLASSES.index(name))
+        _click(qtbot, canvas, p.x(), p.y())
+    labelled = len(points)
+    assert f"{labelled} of {labelled} validation points labelled" in panel.accuracy.text()
+    assert panel.point_layer.featureCount() == training  # the validation clicks are not training labels
+    qtbot.mouseClick(panel.report_button, 1)
+    assert "map accuracy" in panel.accuracy.text(), (panel.accuracy.text(), errors)
+    report = out.with_name("landcover_accuracy.html")
+    assert report.is_file() and report.with_suffix(".json").is_file()
+    direct = assess_map(out, panel.validation_path())
+    assert panel.validation_result["overall_accuracy"] == direct["overall_accuracy"]
+    assert direct["sample_size"] == labelled
+    # the preview now says what its figure is, beside the map's accuracy
+    with qtbot.waitSignal(panel.preview_ready, timeout=60_000):
+        qtbot.mouseClick(panel.preview_button, 1)
+    assert "agreement with the labels in cross-validation" in panel.status.text()
+    assert "validation points" in panel.status.text() and "map accuracy" in panel.status.text()

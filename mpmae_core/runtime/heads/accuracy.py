@@ -26,6 +26,7 @@ thousands of pixels); a simple random sample is one stratum. Confidence interval
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -171,7 +172,7 @@ class Assessment:
 
 
 def assess(mapped, reference, strata, strata_sizes: dict, classes, mapped_counts=None, pixel_area: float = 1.0,
-           area_unit: str = "pixels", fpc: bool = True) -> Assessment:
+           area_unit: str = "pixels", fpc: bool = True, stratum_names: Optional[dict] = None) -> Assessment:
     """The assessment of a sample. ``mapped`` and ``reference``: class indices (0..K-1) of each sample
     unit on the map and in the reference; ``strata``: each unit's stratum; ``strata_sizes``: pixels
     per stratum in the population (a simple random sample: one stratum holding every pixel);
@@ -190,14 +191,17 @@ def assess(mapped, reference, strata, strata_sizes: dict, classes, mapped_counts
         raise AccuracyError(f"sample points lie in strata {unknown} that the design does not know")
     design = Design({h: float(N) for h, N in strata_sizes.items()}, fpc)
     sample_sizes = {h: int((strata == h).sum()) for h in strata_sizes}
+    def named(h) -> str:
+        return f"stratum {h}" + (f" ({stratum_names[h]})" if stratum_names and h in stratum_names else "")
+
     small = [h for h, n in sample_sizes.items() if 0 < n < 2]
     if small:
-        raise AccuracyError(f"stratum {small[0]} holds a single sample point: a variance needs at least 2 per "
+        raise AccuracyError(f"{named(small[0])} holds a single labelled sample point: a variance needs at least 2 per "
                             "stratum; label more points there")
     empty = [h for h, n in sample_sizes.items() if n == 0 and design.sizes[h] > 0]
     if empty:
-        raise AccuracyError(f"stratum {empty[0]} ({design.sizes[empty[0]]:g} pixels) holds no sample point: its "
-                            "area would be left out of every estimate; sample it too")
+        raise AccuracyError(f"{named(empty[0])} ({design.sizes[empty[0]]:g} pixels) holds no labelled sample point: "
+                            "its area would be left out of every estimate; label points there too")
     N = design.total
     counts = np.zeros((K, K))
     np.add.at(counts, (mapped, reference), 1)

@@ -111,14 +111,22 @@ def _label_exclusion(labels, ds, buffer_m: float):
     io.aoi.Area), rasterised block by block (all touched)."""
     from osgeo import ogr, osr
 
-    from mpmae_core.runtime.io.aoi import Area, area_geometry
+    from mpmae_core.runtime.io.aoi import Area
 
     target = osr.SpatialReference(wkt=ds.GetProjection())
     target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     geoms = []
-    if isinstance(labels, Area):
-        union = area_geometry(labels, target) if labels.wkbs else None
-        geoms = [union] if union is not None else []
+    if isinstance(labels, Area):  # points or polygons (WKB) in a CRS, as QGIS reads them
+        src = osr.SpatialReference(wkt=labels.crs_wkt)
+        src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        tr = None if src.IsSame(target) else osr.CoordinateTransformation(src, target)
+        for wkb in labels.wkbs:
+            g = ogr.CreateGeometryFromWkb(bytes(wkb))
+            if g is None or g.IsEmpty():
+                continue
+            if tr is not None and g.Transform(tr) != 0:
+                raise RasterError("the training labels cannot be reprojected onto the map's CRS")
+            geoms.append(g)
     else:
         src_ds = ogr.Open(str(labels))
         if src_ds is None:
@@ -396,8 +404,9 @@ def assess_map(class_map, points, reference_field: str = REFERENCE_FIELD, *, str
         st = np.array([values[m] for m in mapped])
         sizes = {int(v): float(c) for v, c in mapped_counts.items()}
     area, unit = pixel_area_ha(ds)
+    stratum_names = {int(v): _name(names, v) for v in values} if design == "stratified" and not strata else None
     result = A.assess(mapped, reference, st, sizes, classes, mapped_counts=[mapped_counts[v] for v in values],
-                      pixel_area=area, area_unit=unit)
+                      pixel_area=area, area_unit=unit, stratum_names=stratum_names)
     out = result.as_dict()
     out.update({"map": str(class_map), "points": str(points), "reference_field": reference_field,
                 "points_without_reference": empty, "points_off_the_map": int((~keep).sum()),
