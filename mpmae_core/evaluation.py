@@ -52,6 +52,32 @@ def kshot_split(y: np.ndarray, k: int, seed: int, classes: Optional[Sequence[int
     return np.sort(train), test, list(classes)
 
 
+def spatial_kshot_split(y: np.ndarray, blocks: np.ndarray, k: Optional[int], seed: int,
+                        test_share: float = 0.5) -> tuple:
+    """A split by place: a random ``test_share`` of the spatial blocks is held out; k samples of
+    each class (all of them with ``k`` None: a linear probe) are drawn from the other blocks to
+    train on, and every sample of the held-out blocks is tested. No test sample lies in a block
+    that was trained on. Classes without k samples in the training blocks, or none in the held-out
+    ones, are left out; the classes used are returned as well."""
+    y, blocks = np.asarray(y), np.asarray(blocks)
+    rng = np.random.default_rng(seed)
+    ub = np.unique(blocks)
+    rng.shuffle(ub)
+    held = ub[: max(1, min(len(ub) - 1, int(round(len(ub) * test_share))))]
+    in_test = np.isin(blocks, held)
+    pool, rest = np.flatnonzero(~in_test), np.flatnonzero(in_test)
+    need = 1 if k is None else k
+    classes = [c for c in np.unique(y) if (y[pool] == c).sum() >= need and (y[rest] == c).sum() > 0]
+    if not classes:
+        return np.empty(0, int), np.empty(0, int), []
+    if k is None:
+        train = pool[np.isin(y[pool], classes)]
+    else:
+        train = np.concatenate([rng.choice(pool[y[pool] == c], k, replace=False) for c in classes])
+    test = rest[np.isin(y[rest], classes)]
+    return np.sort(train), np.sort(test), list(classes)
+
+
 def fraction_split(y: np.ndarray, fraction: float, seed: int) -> tuple:
     """A stratified split: ``fraction`` of each class (at least one, never all) to train on."""
     y = np.asarray(y)
@@ -107,23 +133,30 @@ class RunResult:
 
 
 def classify(features: dict, y: np.ndarray, class_names: Sequence[str], shots: Sequence[int], seeds: int,
-             probe_fraction: float = 0.5, l2: float = 1e-2, log=lambda m: None) -> list[RunResult]:
-    """k-shot and linear-probe classification for every representation on the same splits."""
+             probe_fraction: float = 0.5, l2: float = 1e-2, log=lambda m: None,
+             blocks: Optional[np.ndarray] = None) -> list[RunResult]:
+    """k-shot and linear-probe classification for every representation on the same splits; with
+    ``blocks`` (each sample's spatial block) the same again on splits by place
+    (:func:`spatial_kshot_split`), as the task "classification_spatial"."""
     out = []
     settings = [(str(k), k) for k in shots] + [("probe", None)]
-    for name, k in settings:
-        for seed in range(seeds):
-            if k is None:
-                train, test, used = fraction_split(y, probe_fraction, seed)
-            else:
-                train, test, used = kshot_split(y, k, seed)
-            if len(used) < 2:
-                log(f"classification {name}-shot: fewer than 2 classes have more than {k} samples; skipped")
-                break
-            for rep, feats in features.items():
-                head = linear.LinearHead.fit(feats[train], y[train], list(class_names), l2=l2)
-                cm = metrics.confusion_matrix(y[test], head.predict(feats[test]), len(class_names))
-                out.append(RunResult(rep, name, seed, "classification", cm, list(class_names)))
+    tasks = [("classification", None)] + ([("classification_spatial", blocks)] if blocks is not None else [])
+    for task, bl in tasks:
+        for name, k in settings:
+            for seed in range(seeds):
+                if bl is not None:
+                    train, test, used = spatial_kshot_split(y, bl, k, seed)
+                elif k is None:
+                    train, test, used = fraction_split(y, probe_fraction, seed)
+                else:
+                    train, test, used = kshot_split(y, k, seed)
+                if len(used) < 2:
+                    log(f"{task} {name}-shot: fewer than 2 classes have more than {k} samples; skipped")
+                    break
+                for rep, feats in features.items():
+                    head = linear.LinearHead.fit(feats[train], y[train], list(class_names), l2=l2)
+                    cm = metrics.confusion_matrix(y[test], head.predict(feats[test]), len(class_names))
+                    out.append(RunResult(rep, name, seed, task, cm, list(class_names)))
     return out
 
 
@@ -225,7 +258,9 @@ def _fmt(ms) -> str:
     return "n/a" if not np.isfinite(m) else f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
-TASK_TITLES = {"pixel": "Per-pixel few-shot mapping (k labelled points per class)"}
+TASK_TITLES = {"pixel": "Per-pixel few-shot mapping (k labelled points per class)",
+               "classification_spatial": "Classification, split by place (spatial blocks: trained on half of the "
+                                         "blocks, tested on the other half)"}
 
 
 def markdown(report: Report, images: dict) -> str:
@@ -291,7 +326,7 @@ def plots(report: Report, out_dir: Path) -> dict:
 
     images = {}
     for task, by_setting in report.summary.items():
-        metric = "accuracy" if task == "classification" else "miou"
+        metric = "accuracy" if task.startswith("classification") else "miou"
         shots = sorted((s for s in by_setting if s.isdigit()), key=int)
         fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
         for rep in report.representations:
@@ -418,7 +453,7 @@ def cell_features(encoder, x: np.ndarray, valid: np.ndarray, tile: int = 512) ->
 # ----------------------------------------------------------------------------- the run
 
 def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), seeds=20, window=32,
-        log=print, pixel_shots=(10, 30), pixel_seeds=10, finetune_steps=0) -> Path:
+        log=print, pixel_shots=(10, 30), pixel_seeds=10, finetune_steps=0, spatial_block: int = 128) -> Path:
     t0 = time.time()
     x, valid, prep = load_image(image)
     lab, names = load_labels(labels, prep, class_field)
@@ -448,7 +483,12 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
         cls_features[name] = f[take]
         seg_features[name] = cells
         log(f"[evaluate] features of '{name}' ({enc.embed_dim}-dim) in {time.time() - t:.1f} s")
-    results = classify(cls_features, y, names, shots, seeds, log=log)
+    wr, wc = np.nonzero(take)  # each window's place: the spatial blocks of the split by place
+    per = max(1, spatial_block // window)
+    blocks = (wr // per) * 1_000_003 + (wc // per)
+    log(f"[evaluate] split by place: blocks of {per * window} px ({per * window * 10} m), {len(np.unique(blocks))} "
+        "holding windows")
+    results = classify(cls_features, y, names, shots, seeds, log=log, blocks=blocks)
     # segmentation: cells mostly (80 %) one class are the labelled "points"
     cl = window_labels(lab, patch, min_share=0.8)
     cl[~block_all(valid, patch)] = 0
@@ -466,7 +506,8 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
     reps = [SPECTRA] + [n for n, _ in encoders]
     reps += list(dict.fromkeys(r.representation for r in results if r.representation not in reps))
     comparisons = pixel_comparisons(results, summary, [n for n, _ in encoders], picks)
-    for task, metric in (("classification", "accuracy"), ("segmentation", "miou")):
+    for task, metric in (("classification", "accuracy"), ("classification_spatial", "accuracy"),
+                         ("segmentation", "miou")):
         if "5" not in summary.get(task, {}):
             continue
         pairs = [(name, SPECTRA) for name, _ in encoders]
@@ -482,6 +523,10 @@ def run(image, labels, class_field, encoders, out_dir, shots=(1, 5, 10, 20), see
             comparisons.append(f"{task}, 5-shot {metric}: '{a}' minus '{b}' = {100 * d:+.1f} ± {100 * s:.1f} points "
                                f"(paired over {n} seeds; '{a}' ahead in {wins} of {n}): {verdict}")
     notes = [f"windows of {window} px ({window * 10} m) for classification; cells of {patch} px for segmentation",
+             f"classification split by place: blocks of {per * window} px ({per * window * 10} m); each seed holds out "
+             "a random half of the blocks and trains on windows of the other half, so no window is tested next to "
+             "one trained on. Random splits put neighbouring windows on both sides: the gap between the two shows "
+             "how much of a figure is spatial dependence",
              f"seeds: {seeds}; classes with no more than k samples are left out of k-shot runs",
              f"evaluated in {time.time() - t0:.0f} s"]
     if pixel_shots:
@@ -605,7 +650,7 @@ def default_encoders() -> list:
 
 
 def run_command(image, labels, class_field, encoder_specs, random_sizes, shots, seeds, window, out_dir,
-                pixel_shots=(10, 30), pixel_seeds=10, finetune_steps=0) -> Path:
+                pixel_shots=(10, 30), pixel_seeds=10, finetune_steps=0, spatial_block: int = 128) -> Path:
     """What ``python -m training.evaluate`` does: defaults, encoders, checks, then :func:`run`."""
     from mpmae_core.runtime.io.files import check_output
 
@@ -620,7 +665,7 @@ def run_command(image, labels, class_field, encoder_specs, random_sizes, shots, 
     randoms = random_sizes or ([] if encoder_specs else ["atto"])
     encoders = [load_encoder(s) for s in specs] + [random_encoder(s) for s in randoms]
     return run(image, labels, class_field, encoders, out_dir, list(shots), seeds, window, pixel_shots=list(pixel_shots),
-               pixel_seeds=pixel_seeds, finetune_steps=finetune_steps)
+               pixel_seeds=pixel_seeds, finetune_steps=finetune_steps, spatial_block=spatial_block)
 
 
 # ----------------------------------------------------------------------------- per-pixel mapping

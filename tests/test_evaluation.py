@@ -23,6 +23,22 @@ def test_kshot_splits_take_k_per_class_and_never_leak():
     np.testing.assert_array_equal(ev.kshot_split(y, 5, 1)[0], a)  # and are reproducible
 
 
+def test_splits_by_place_never_test_a_block_trained_on():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    blocks = rng.integers(0, 20, 400)
+    for seed in range(10):
+        train, test, used = ev.spatial_kshot_split(y, blocks, 5, seed)
+        assert used == [0, 1, 2] and np.bincount(y[train], minlength=3).tolist() == [5, 5, 5]
+        assert not set(blocks[train].tolist()) & set(blocks[test].tolist())  # no block on both sides
+        assert len(set(blocks[test].tolist())) == 10  # half of the blocks held out, all their samples tested
+        held = set(blocks[test].tolist())
+        assert set(test.tolist()) == set(np.flatnonzero(np.isin(blocks, list(held))).tolist())
+        probe, ptest, _ = ev.spatial_kshot_split(y, blocks, None, seed)  # the probe: every sample of the rest
+        assert set(probe.tolist()) == set(np.flatnonzero(~np.isin(blocks, list(held))).tolist())
+    assert not np.array_equal(ev.spatial_kshot_split(y, blocks, 5, 1)[1], ev.spatial_kshot_split(y, blocks, 5, 2)[1])
+
+
 def test_fraction_split_is_stratified_and_disjoint():
     y = np.repeat(np.arange(3), [1, 10, 7])
     train, test, used = ev.fraction_split(y, 0.5, 0)
@@ -133,6 +149,8 @@ def test_evaluate_command_writes_the_report(small_scene, tmp_path):
     assert len(pixel) == 2 * (2 + 4 + 1)  # 2 seeds x (2 baselines, 4 fixed candidates, the chosen head)
     runs = [r for r in data["runs"] if r["task"] == "classification" and r["setting"] == "5"]
     assert len(runs) == 3 * 2  # 3 seeds x (spectra, random)
+    assert [r for r in data["runs"] if r["task"] == "classification_spatial"]  # beside the random splits
+    assert "## Classification, split by place" in report and "split by place: blocks of" in report
     acc = [r["accuracy"] for r in runs if r["representation"] == "random atto"]
     assert data["summary"]["classification"]["5"]["random atto"]["accuracy"][0] == pytest.approx(np.mean(acc))
 

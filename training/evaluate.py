@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also fine-tune each encoder on the per-pixel task's points for this many steps (3 seeds)")
     p.add_argument("--window", type=cli.positive_int, default=32,
                    help="classification window in pixels (multiple of the patch)")
+    p.add_argument("--spatial-block", type=cli.positive_int, default=128,
+                   help="side of the spatial blocks of the classification split by place, in pixels (default 128)")
     p.add_argument("--out", default=str(ROOT / "runs" / "evaluate"))
     return p
 
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
         path = run_command(args.image, args.labels, args.class_field, args.encoder, args.random, args.shots,
                            args.seeds, args.window, args.out,
                            pixel_shots=args.pixel_shots if args.pixel_seeds else [], pixel_seeds=args.pixel_seeds,
-                           finetune_steps=args.finetune_steps)
+                           finetune_steps=args.finetune_steps, spatial_block=args.spatial_block)
         print(f"[evaluate] report {path}")
         return 0
 
