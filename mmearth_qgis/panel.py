@@ -1059,11 +1059,16 @@ class FewShotPanel(QgsDockWidget):
             self.error(error_message(exc))
             return
         layer = QgsVectorLayer(f"{path}|layername=validation", "MMEarth validation points", "ogr")
-        from qgis.core import QgsMarkerSymbol, QgsSingleSymbolRenderer
+        from qgis.core import QgsCategorizedSymbolRenderer, QgsMarkerSymbol, QgsRendererCategory
 
-        layer.setRenderer(QgsSingleSymbolRenderer(QgsMarkerSymbol.createSimple(
-            {"name": "circle", "color": "255,255,255,0", "size": "3.5", "outline_width": "0.7",
-             "outline_color": "255,255,0"})))
+        def ring(fill: str):  # yellow rings: hollow until labelled, then filled with the class's colour
+            return QgsMarkerSymbol.createSimple({"name": "circle", "color": fill, "size": "3.5",
+                                                 "outline_width": "0.7", "outline_color": "255,255,0"})
+
+        cats = [QgsRendererCategory(n, ring(",".join(str(v) for v in c[:3])), n)
+                for n, c in zip(self.class_names(), self.class_colours())]
+        cats.append(QgsRendererCategory(None, ring("255,255,255,0"), "not labelled yet"))
+        layer.setRenderer(QgsCategorizedSymbolRenderer("reference", cats))
         mark_output(layer)
         QgsProject.instance().addMapLayer(layer, False)
         QgsProject.instance().layerTreeRoot().insertLayer(0, layer)

@@ -35,7 +35,7 @@ def main() -> int:
 
     from mpmae_core.data import sample
     from mpmae_core.runtime.heads.pixelhead import train_pixel_head
-    from mpmae_core.runtime.heads.validation import assess_map, sample_design
+    from mpmae_core.runtime.heads.validation import assess_map, class_names, sample_design
     from mpmae_core.runtime.inference.predict import segment
     from mpmae_core.runtime.io.labels import read_label_file
 
@@ -58,7 +58,7 @@ def main() -> int:
             detail = res["cv_detail"]
             out = segment(product, args.model, work / f"map{seed}.tif", head_path=head, device="cpu")
             ds = gdal.Open(out["output"])
-            cats = list(ds.GetRasterBand(1).GetCategoryNames() or names)
+            cats = class_names(ds) or list(names)
             m = ds.ReadAsArray()
             # the map in CLASSES' order, restricted to the pixels the landuse labels
             mapped = np.full(m.shape, 255, np.uint8)

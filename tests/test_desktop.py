@@ -45,6 +45,12 @@ def test_the_panel_in_the_real_desktop(models_dir, tmp_path, qgis_app):
     assert ".gpkg" in checks["labels_in_gpkg"]
     assert checks["labels_before_after"] == [10, 10]  # every label back after save and reopen
     assert checks["map_ok"]
+    # check accuracy: 40 validation points drawn, labelled by clicks, the report from them
+    assert checks["validation_points"] >= 40
+    assert f"{checks['validation_points']} of {checks['validation_points']} validation points labelled" in \
+        checks["validation_text"]
+    assert checks["training_labels_unchanged"] and checks["accuracy_report"]
+    assert "map accuracy" in checks["accuracy_text"] and "validation points" in checks["accuracy_text"]
     assert set(log["timings"]) == {"first_embedding_s", "preview_after_last_label_s", "map_whole_raster_s"}
     # the screenshot: the class colours over most of the map, the labels' white rings, the black crosses
     arr = _pixels(tmp_path / "desktop" / "2_preview_labels_suggestions.png")

@@ -36,6 +36,7 @@ def scene_and_labels(work: Path, per_class: int = 2, seed: int = 0):
 
     path = work / "scene.tif"
     gdal.Translate(str(path), str(sample.build(verbose=False)["stack"]), srcWin=[384, 128, 768, 512])
+    gdal.Translate(str(work / "landuse.tif"), str(sample.labels_path()), srcWin=[384, 128, 768, 512])
     lab = gdal.Open(str(sample.labels_path())).ReadAsArray()[128:640, 384:1152]
     gt = gdal.Open(str(path)).GetGeoTransform()
     inner = interior_pixels(lab, np.ones(lab.shape, bool))
@@ -67,8 +68,11 @@ def run(out: Path, model: str, models: Path, scene: str | None = None, timeout_s
     (plugins / "mmearth_qgis").symlink_to(ROOT / "mmearth_qgis")
     path, labels = scene_and_labels(work)
     config = work / "config.json"
+    from mpmae_core.data import sample
+
     config.write_text(json.dumps({"out": str(out), "scene": scene or str(path), "model": model, "classes": CLASSES,
-                                  "labels": labels}))
+                                  "labels": labels, "landuse": str(work / "landuse.tif"),
+                                  "osm_classes": list(sample.OSM_CLASSES)}))
     site = [p for p in sys.path if p.endswith("site-packages") and sys.prefix in p]
     (work / "tmp").mkdir()
     # TMPDIR: this run's scene and outputs lie under /tmp, where a person's files do not; QGIS counts any

@@ -3,7 +3,8 @@
 As a person would: load the scene, open the dock from the plugin's menu action, pick the model from
 the drop-down, type classes and press Add, click labels on the map with the point tool, wait for the
 preview, press 'Suggest where to label', screenshot; save the project, clear it, reopen it and count
-the labels; map the whole raster from the cache; quit through QGIS's own Exit action. Steps are
+the labels; map the whole raster from the cache; draw a validation sample, label its points with
+clicks and read the accuracy report; quit through QGIS's own Exit action. Steps are
 chained with QTimer so QGIS's event loop runs between them. Everything measured and checked goes to
 ``log.json`` in the output folder, screenshots beside it.
 """
@@ -194,11 +195,48 @@ def step_mapped(ok, text):
     LOG["timings"]["map_whole_raster_s"] = round(time.time() - LOG.pop("t_map"), 2)
     LOG["checks"]["map_ok"] = ok
     log("whole raster mapped", text=text)
-    later(800, step_end)
+    later(800, step_validation)
+
+
+def step_validation():
+    """Check accuracy: draw a validation sample, label each point with a click (the class the scene's
+    landuse gives there; where it gives none, the map's own), then the report."""
+    from osgeo import gdal
+
+    shot("3_whole_map")
+    p = _panel()
+    p.validation_size.setValue(40)
+    QTest.mouseClick(p.validation_button, Qt.LeftButton)
+    QApplication.processEvents()
+    val = p.validation_layer
+    LOG["checks"]["validation_points"] = val.featureCount() if val is not None else 0
+    QTest.mouseClick(p.validation_tool_button, Qt.LeftButton)
+    ds = gdal.Open(CONFIG["landuse"])
+    lab, gt = ds.ReadAsArray(), ds.GetGeoTransform()
+    mapped = gdal.Open(str(OUT / "landcover.tif")).ReadAsArray()
+    classes, osm = CONFIG["classes"], CONFIG["osm_classes"]
+    training = p.point_layer.featureCount()
+    for f in list(val.getFeatures()):
+        pt = f.geometry().asPoint()
+        r, c = int((pt.y() - gt[3]) / gt[5]), int((pt.x() - gt[0]) / gt[1])
+        name = osm[lab[r, c] - 1] if lab[r, c] else None
+        if name not in classes:
+            name = classes[mapped[r, c]]
+        p.classes.setCurrentRow(classes.index(name))
+        click_map(pt.x(), pt.y())
+        QApplication.processEvents()
+    LOG["checks"]["validation_text"] = p.accuracy.text()
+    LOG["checks"]["training_labels_unchanged"] = p.point_layer.featureCount() == training
+    QTest.mouseClick(p.report_button, Qt.LeftButton)
+    QApplication.processEvents()
+    LOG["checks"]["accuracy_text"] = p.accuracy.text()
+    LOG["checks"]["accuracy_report"] = (OUT / "landcover_accuracy.html").is_file()
+    log("validation sample labelled and assessed", text=p.accuracy.text())
+    later(500, step_end)
 
 
 def step_end():
-    shot("3_whole_map")
+    shot("4_check_accuracy")
     log("done")
     quit_qgis()
 
