@@ -499,8 +499,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                      classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
                      seed: int = 0, tile: int = 512, overlap: int = 128, device: str = "auto", level: str = "auto",
                      dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
-                     masks=None, block_m: Optional[float] = None, progress=lambda f: None, cancelled=lambda: False,
-                     log=lambda m: None) -> dict:
+                     masks=None, block_m: Optional[float] = None, cv: str = "spatial", progress=lambda f: None,
+                     cancelled=lambda: False, log=lambda m: None) -> dict:
     """Sample features under the labels (or read them from ``feature_raster``, written by
     ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
     label and save it (ONNX) with its report. Both outputs appear whole or not at all."""
@@ -511,6 +511,9 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     from mpmae_core.runtime.inference.raster import prepare_input
 
     check_tiling(tile, overlap, 0)
+    if cv not in ("spatial", "grouped"):
+        raise ValueError(f"unknown cross-validation {cv!r}: spatial (blocks of the map) or grouped (by labelled "
+                         "feature)")
     if not isinstance(buffer_m, (int, float)) or not np.isfinite(buffer_m) or buffer_m < 0:
         raise ValueError(f"the point buffer must be a distance in metres >= 0, got {buffer_m!r}")
     inputs = input_files(source) + [str(model_path)] + (input_files(feature_raster) if feature_raster else [])
@@ -545,7 +548,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     log(f"features of {len(y)} labelled pixels ({x.shape[1]} per pixel) in {time.time() - t0:.1f} s")
     res = choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model_path, samples=samples,
                                class_colours=class_colours, report_path=report_path, cands=cands, folds=folds,
-                               seed=seed, positions=positions, pixel_size_m=abs(prep.geotransform[1]),
+                               seed=seed, positions=positions if cv == "spatial" else None,
+                               pixel_size_m=abs(prep.geotransform[1]),
                                block_m=block_m, progress=lambda f: progress(0.5 + 0.45 * f), cancelled=cancelled,
                                log=log)
     progress(1.0)
