@@ -287,17 +287,10 @@ def _read_points(path, field: str, wkt: str, layer_name: str = ""):
     """[(x, y, reference text)] of the points with a reference, in the map's CRS; and how many had none."""
     from osgeo import ogr, osr
 
-    ds = ogr.Open(str(path))
-    if ds is None:
-        raise RasterError(f"'{path}' is not a vector file OGR can read: give the labelled validation points")
-    layer = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
-    if layer is None:
-        raise RasterError(f"'{path}' has no layer {layer_name!r}")
-    defn = layer.GetLayerDefn()
-    fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
-    if field not in fields:
-        raise RasterError(f"the points in '{path}' have no field '{field}'; they have {', '.join(fields)} (choose "
-                          "the field holding each point's reference class)")
+    from mpmae_core.runtime.io.labels import open_layer
+
+    ds, layer = open_layer(path, layer_name, field, "the points",
+                           "choose the field holding each point's reference class")
     src = layer.GetSpatialRef()
     dst = osr.SpatialReference(wkt=wkt)
     tr = None

@@ -237,11 +237,10 @@ def cap_per_class_grouped(y: np.ndarray, groups: np.ndarray, cap: int, seed: int
     return np.sort(np.concatenate(keep)) if keep else np.empty(0, np.int64)
 
 
-def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = ""):
-    """Labelled features of a vector file, reprojected to ``target_wkt``: ([(wkb, class index)],
-    class names in a natural order, feature ids). Features without a geometry or class value are
-    skipped (and counted in the returned notes); an undefined CRS is an error naming the fix."""
-    from osgeo import ogr, osr
+def open_layer(path, layer_name: str, field: str, what: str, fix: str):
+    """(OGR dataset, layer) of a vector file whose layer has ``field``; RasterError naming what is
+    wrong otherwise. Keep the dataset while the layer is used (OGR frees the layer with it)."""
+    from osgeo import ogr
 
     from mpmae_core.runtime.io.gdal_io import RasterError
 
@@ -253,9 +252,20 @@ def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = "
         raise RasterError(f"'{path}' has no layer {layer_name!r}")
     defn = layer.GetLayerDefn()
     fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
-    if class_field not in fields:
-        raise RasterError(f"the labels in '{path}' have no field '{class_field}'; they have {', '.join(fields)} "
-                          "(choose the class field with --class-field)")
+    if field not in fields:
+        raise RasterError(f"{what} in '{path}' have no field '{field}'; they have {', '.join(fields)} ({fix})")
+    return ds, layer
+
+
+def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = ""):
+    """Labelled features of a vector file, reprojected to ``target_wkt``: ([(wkb, class index)],
+    class names in a natural order, feature ids). Features without a geometry or class value are
+    skipped (and counted in the returned notes); an undefined CRS is an error naming the fix."""
+    from osgeo import osr
+
+    from mpmae_core.runtime.io.gdal_io import RasterError
+
+    ds, layer = open_layer(path, layer_name, class_field, "the labels", "choose the class field with --class-field")
     check_has_geometry(layer, path, RasterError)
     src = layer.GetSpatialRef()
     name = (src.GetName() or "").lower() if src is not None else ""
