@@ -58,7 +58,7 @@ def main() -> int:
                 the map's dataset)"""
                 head = work / f"head{seed}_{cv}.onnx"
                 res = train_pixel_head(product, args.model, feats, names, head, feature_ids=ids, device="cpu", seed=0,
-                                       cv=cv)
+                                       choose_on=cv)
                 out = segment(product, args.model, work / f"map{seed}_{cv}.tif", head_path=head, device="cpu")
                 ds = gdal.Open(out["output"])
                 cats = class_names(ds) or list(names)
@@ -70,7 +70,7 @@ def main() -> int:
                 mapped[truth == 255] = 255
                 return res, mapped, ds
 
-            res, mapped, ds = mapped_by("spatial")
+            res, mapped, ds = mapped_by("grouped")  # the default: chosen on grouped folds
             detail = res["cv_detail"]
             m = mapped
             # the census: every labelled pixel but those within 3 px of a training point
@@ -84,10 +84,10 @@ def main() -> int:
             lds = None
             valid = (mapped != 255) & ~near
             census = float((mapped[valid] == truth[valid]).mean())
-            res_g, mapped_g, _ = mapped_by("grouped")  # the same labels, the choice made on grouped folds
-            valid_g = (mapped_g != 255) & ~near
-            census_g = float((mapped_g[valid_g] == truth[valid_g]).mean())
-            choices.append((seed, res["chosen"], census, res_g["chosen"], census_g))
+            res_s, mapped_s, _ = mapped_by("spatial")  # the same labels, the choice made on spatial blocks
+            valid_s = (mapped_s != 255) & ~near
+            census_s = float((mapped_s[valid_s] == truth[valid_s]).mean())
+            choices.append((seed, res_s["chosen"], census_s, res["chosen"], census))
             restricted = work / f"restricted{seed}.tif"
             drv = gdal.GetDriverByName("GTiff")
             rd = drv.Create(str(restricted), m.shape[1], m.shape[0], 1, gdal.GDT_Byte)

@@ -80,6 +80,7 @@ def test_train_head_reports_spatial_and_grouped_cv(tmp_path, models_dir, capsys)
     assert "spatial-block CV" in (tmp_path / "r.html").read_text()
     assert main(args[:4] + [str(tmp_path / "h2.onnx")] + args[5:] + ["--block-size", "2500"]) == 0
     assert "blocks of 2500 m" in capsys.readouterr().out
-    assert main(args[:4] + [str(tmp_path / "h3.onnx")] + args[5:] + ["--cv", "grouped"]) == 0  # as before
+    assert "candidates (cross-validated, grouped by labelled feature)" in text  # the default choice
+    assert main(args[:4] + [str(tmp_path / "h3.onnx")] + args[5:] + ["--choose-on", "spatial"]) == 0
     text = capsys.readouterr().out
-    assert "grouped by labelled feature" in text and "spatial-block CV" not in text
+    assert "candidates (cross-validated, in spatial blocks)" in text and "grouped CV (by labelled feature" in text

@@ -30,6 +30,10 @@ CLASSIFIERS = ["logistic", "forest"]
 CLASSIFIER_LABELS = ["logistic regression (3 strengths)", "random forest"]
 
 
+CHOOSE_ON = ["grouped by labelled feature (default)", "spatial blocks"]
+CHOOSE_ON_VALUES = ["grouped", "spatial"]
+
+
 class TrainHeadAlgorithm(InferenceAlgorithm):
     LABELS = "LABELS"
     CLASS_FIELD = "CLASS_FIELD"
@@ -43,8 +47,10 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
     BALANCED_ACCURACY = "BALANCED_ACCURACY"
     CHOSEN = "CHOSEN"
     BLOCK_SIZE = "BLOCK_SIZE"
+    CHOOSE_ON = "CHOOSE_ON"
     GROUPED_ACCURACY = "GROUPED_ACCURACY"
     BLOCK_M = "BLOCK_M"
+    SPATIAL_ACCURACY = "SPATIAL_ACCURACY"
 
     def name(self):
         return "train_head"
@@ -93,15 +99,16 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
             QgsProcessingParameterNumber(self.BLOCK_SIZE, "Spatial block size for cross-validation (metres; 0: from "
                                          "the labels' spread)", QgsProcessingParameterNumber.Double, 0.0,
                                          minValue=0.0),
+            QgsProcessingParameterEnum(self.CHOOSE_ON, "Choose the head on folds", CHOOSE_ON, defaultValue=0),
         ]
         for p in advanced:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
         self.add_advanced_parameters()
-        self.addOutput(QgsProcessingOutputNumber(self.ACCURACY, "Cross-validated accuracy (spatial blocks; not a map "
-                                                 "accuracy)"))
-        self.addOutput(QgsProcessingOutputNumber(self.BALANCED_ACCURACY, "Cross-validated balanced accuracy (spatial "
-                                                 "blocks)"))
+        self.addOutput(QgsProcessingOutputNumber(self.ACCURACY, "Cross-validated accuracy of the chosen head, on the "
+                                                 "folds it was chosen on (not a map accuracy)"))
+        self.addOutput(QgsProcessingOutputNumber(self.BALANCED_ACCURACY, "Cross-validated balanced accuracy"))
+        self.addOutput(QgsProcessingOutputNumber(self.SPATIAL_ACCURACY, "Cross-validated accuracy in spatial blocks"))
         self.addOutput(QgsProcessingOutputString(self.CHOSEN, "Chosen head"))
         self.addOutput(QgsProcessingOutputNumber(self.GROUPED_ACCURACY, "Cross-validated accuracy, folds grouped by "
                                                  "labelled feature"))
@@ -145,14 +152,17 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
             feature_ids=[fid for _, _, fid in labelled], buffer_m=self.parameterAsDouble(parameters, self.BUFFER, context),
             feature_sets=sets, classifiers=clfs, feature_raster=stored,
             max_pixels_per_class=self.parameterAsInt(parameters, self.MAX_PIXELS, context),
-            block_m=self.parameterAsDouble(parameters, self.BLOCK_SIZE, context) or None, **opts, **kw), feedback)
+            block_m=self.parameterAsDouble(parameters, self.BLOCK_SIZE, context) or None,
+            choose_on=CHOOSE_ON_VALUES[self.parameterAsEnum(parameters, self.CHOOSE_ON, context)], **opts, **kw),
+            feedback)
         for line in res["text"].splitlines():
             feedback.pushInfo(line)
         detail = res["cv_detail"]
         results = {self.OUTPUT: out, self.ACCURACY: res["cv"]["accuracy"],
                    self.BALANCED_ACCURACY: res["cv"]["balanced_accuracy"], self.CHOSEN: res["chosen"],
-                   self.GROUPED_ACCURACY: (detail.get("grouped") or {}).get("accuracy", res["cv"]["accuracy"]),
-                   self.BLOCK_M: detail["block_m"] if "spatial" in detail else 0.0}
+                   self.GROUPED_ACCURACY: (detail.get("grouped") or {}).get("accuracy", float("nan")),
+                   self.SPATIAL_ACCURACY: (detail.get("spatial") or {}).get("accuracy", float("nan")),
+                   self.BLOCK_M: detail["block_m"]}
         if report:
             results[self.REPORT] = report
         return results

@@ -164,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--block-size", type=cli.positive_float, metavar="METRES",
                    help="the side of the spatial blocks the candidates are cross-validated in (default: from the "
                         "labels' spread; the report says which)")
-    h.add_argument("--cv", default="spatial", type=cli.choice_of(["spatial", "grouped"], "cross-validation"),
-                   help="folds the candidates are chosen on: spatial (blocks of the map; default) or grouped (by "
-                        "labelled feature, as before)")
+    h.add_argument("--choose-on", default="grouped", type=cli.choice_of(["grouped", "spatial"], "folds"),
+                   help="the folds the candidates are chosen on: grouped (by labelled feature; default, it made the "
+                        "better maps on the embedded scene) or spatial (blocks of the map); the report shows both "
+                        "figures either way")
     for name, kw in (("--tile", dict(type=cli.positive_int, default=512)),
                      ("--overlap", dict(type=cli.non_negative_int, default=128)),
                      ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
@@ -407,7 +408,7 @@ def train_head_command(args, log) -> int:
                                classifiers=args.classifiers, max_pixels_per_class=args.max_pixels,
                                feature_raster=args.features, tile=args.tile, overlap=args.overlap, device=args.device,
                                level=args.level, dn_offset=args.dn_offset, scale=args.scale, band_map=args.band_map,
-                               aoi=args.aoi, masks=mask_options(args), block_m=args.block_size, cv=args.cv,
+                               aoi=args.aoi, masks=mask_options(args), block_m=args.block_size, choose_on=args.choose_on,
                                progress=Bar("train-head"), log=log)
     except Cancelled:
         raise KeyboardInterrupt from None
