@@ -120,6 +120,7 @@ def test_a_product_qgis_opened_itself_and_the_extent_parameter(run_alg, bands_di
         QgsProject.instance().removeMapLayer(layer.id())
 
 
+@pytest.mark.slow
 def test_mmearth_stack_in_qgis_and_products_that_cannot_be_read(run_alg, l2a_zip, models_dir, tmp_path):
     from qgis.core import QgsProcessingException
 
@@ -145,6 +146,7 @@ def test_mmearth_stack_in_qgis_and_products_that_cannot_be_read(run_alg, l2a_zip
         assert message in str(info.value) and not out.exists(), str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.qgis_process
 def test_qgis_process_segments_the_zip_with_an_area(l2a_zip, models_dir, tmp_path, tmp_path_factory):
     z, _ = l2a_zip

@@ -173,6 +173,7 @@ def test_the_command_line_and_bad_input(truth_and_map, tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_repeated_designs_cover_the_true_areas(truth_and_map, tmp_path):
     """Twelve designs (seeds), each labelled from the truth and assessed through the files: the 95 %
     intervals of the overall accuracy and of the areas of the classes the map confuses (farm, meadow,
