@@ -1,0 +1,125 @@
+"""Several dates of one place, reduced per pixel: the building blocks of temporal features.
+
+Each date gives values (spectra, or encoder features) and a validity mask (its clouds, shadows,
+no data, as the products issue's masks say). Per pixel and channel, over the valid dates only:
+
+- the median, the 10th and 90th percentiles (numpy's linear interpolation between order
+  statistics), the standard deviation (population, ddof 0);
+- the count of valid dates (one band);
+- optionally, the median within seasonal windows given as (first day, last day) of the year, a
+  window may wrap the new year.
+
+A pixel with fewer than ``min_valid`` valid dates gets NaN (no data) in every statistic; its count
+is still given, so it can be reported. These are pure functions on one tile's arrays: memory
+follows the tile, whatever the number of dates, when the caller streams tiles.
+
+The dates themselves come from a product's metadata or its file name (``date_of``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+
+STATS = ("median", "p10", "p90", "std")
+
+
+def reduce_series(values: np.ndarray, valid: np.ndarray, stats: Sequence[str] = STATS, min_valid: int = 1):
+    """(out, names): ``values`` (T, C, H, W) and ``valid`` (T, H, W) bool reduced over the dates to
+    (len(stats) * C + 1, H, W) float32: each statistic's C channels in order, then the count of
+    valid dates. ``names`` says what each band is ("median:0", ..., "count")."""
+    values = np.asarray(values, np.float32)
+    valid = np.asarray(valid, bool)
+    if values.ndim != 4 or valid.shape != (values.shape[0],) + values.shape[2:]:
+        raise ValueError(f"a series needs values (dates, channels, rows, cols) and a mask (dates, rows, cols); got "
+                         f"{values.shape} and {valid.shape}")
+    unknown = [s for s in stats if s not in STATS]
+    if unknown:
+        raise ValueError(f"unknown statistic(s) {', '.join(unknown)}: choose from {', '.join(STATS)}")
+    t, c, h, w = values.shape
+    count = valid.sum(0)
+    masked = np.where(valid[:, None], values, np.nan)
+    masked[:, :, count < max(int(min_valid), 1)] = np.nan  # too few dates: no data
+    out, names = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels are meant to give NaN
+        for s in stats:
+            if s == "median":
+                r = np.nanmedian(masked, axis=0)
+            elif s == "p10":
+                r = np.nanpercentile(masked, 10, axis=0)
+            elif s == "p90":
+                r = np.nanpercentile(masked, 90, axis=0)
+            else:
+                r = np.nanstd(masked, axis=0)
+            out.append(r.astype(np.float32))
+            names += [f"{s}:{i}" for i in range(c)]
+    out.append(count[None].astype(np.float32))
+    names.append("count")
+    return np.concatenate(out, axis=0), names
+
+
+def in_window(day_of_year: int, window: tuple[int, int]) -> bool:
+    """Whether a day of the year (1-366) lies in ``window`` (first, last), which may wrap the new
+    year (e.g. (335, 59): December to February)."""
+    first, last = window
+    return first <= day_of_year <= last if first <= last else (day_of_year >= first or day_of_year <= last)
+
+
+def seasonal_medians(values: np.ndarray, valid: np.ndarray, dates: Sequence[_dt.date],
+                     windows: Sequence[tuple[int, int]], min_valid: int = 1) -> np.ndarray:
+    """(len(windows) * C, H, W): the median over the valid dates within each seasonal window."""
+    values = np.asarray(values, np.float32)
+    valid = np.asarray(valid, bool)
+    if len(dates) != values.shape[0]:
+        raise ValueError(f"{len(dates)} dates for a series of {values.shape[0]}")
+    out = []
+    for win in windows:
+        pick = np.array([in_window(d.timetuple().tm_yday, win) for d in dates], bool)
+        if not pick.any():
+            out.append(np.full(values.shape[1:], np.nan, np.float32))
+            continue
+        r, _ = reduce_series(values[pick], valid[pick], ("median",), min_valid)
+        out.append(r[:-1])
+    return np.concatenate(out, axis=0)
+
+
+_COMPACT = re.compile(r"(?<!\d)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])T\d{6}")
+_ISO = re.compile(r"(?<!\d)(20\d{2})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])")
+_PLAIN = re.compile(r"(?<![\dA-Za-z])(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
+DATE_KEYS = ("PRODUCT_START_TIME", "DATATAKE_SENSING_START", "DATETIME", "PROPERTIES_DATETIME", "ACQUISITION_DATE",
+             "SENSING_TIME")
+
+
+def date_from_text(text: str) -> Optional[_dt.date]:
+    """The acquisition date in a product's name or a timestamp: ``..._20230612T101559_...``,
+    ``2023-06-12T10:15:59Z``, or a lone ``20230612``; the first one found; None without one."""
+    for pattern in (_COMPACT, _ISO, _PLAIN):
+        m = pattern.search(str(text))
+        if m:
+            try:
+                return _dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+            except ValueError:  # 2023-02-30
+                continue
+    return None
+
+
+def date_of(source: str, metadata: Optional[dict] = None) -> Optional[_dt.date]:
+    """A date of a series member: from its metadata (product start time, STAC datetime), else from
+    its file name (the last part of the path first, then the folders above it)."""
+    for key in DATE_KEYS:
+        value = (metadata or {}).get(key)
+        if value:
+            found = date_from_text(str(value))
+            if found:
+                return found
+    parts = re.split(r"[\\/]", str(source))
+    for part in reversed(parts):
+        found = date_from_text(part)
+        if found:
+            return found
+    return None
