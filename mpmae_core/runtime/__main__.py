@@ -219,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--cog", action="store_true", help="write a Cloud-Optimised GeoTIFF, with the masks as a "
                                                       "last band MASK")
     add_mask_arguments(st)
+    sf = sub.add_parser("series-features", help="temporal spectral features of several dates of one place")
+    sf.add_argument("series", help="the dates: a glob (quoted), a folder, a text file of paths, or paths separated "
+                                   "by commas (products or rasters)")
+    sf.add_argument("model", help="the model whose bands and normalisation the spectra follow")
+    sf.add_argument("output", help="the feature raster (.tif): median, 10th and 90th percentile, standard deviation "
+                                   "of every band over the valid dates, and their count")
+    sf.add_argument("--dates", type=lambda t: [d.strip() for d in t.split(",") if d.strip()],
+                    help="YYYY-MM-DD,... in the members' order, when their metadata and names do not say")
+    sf.add_argument("--min-valid", type=cli.positive_int, default=1,
+                    help="pixels with fewer valid (unmasked) dates are no data (default 1)")
+    sf.add_argument("--grid", type=cli.non_negative_int, default=0,
+                    help="the member (in date order, from 0) whose grid the others are brought onto")
+    add_mask_arguments(sf)
     sd = sub.add_parser("sample-design", help="a stratified random validation sample of a class map")
     sd.add_argument("map", help="a class map (from segment, or any one-band class raster)")
     sd.add_argument("output", help="the validation points (.gpkg), with an empty 'reference' field to fill in")
@@ -288,6 +301,15 @@ def main(argv=None) -> int:
 
             res = write_stack(args.input, args.output, cog=args.cog, aoi=args.aoi, masks=mask_options(args), log=log)
             log(f"wrote {res['output']}: bands {', '.join(res['bands'])}; level {res['level'].upper() or 'unknown'}")
+            return 0
+        if args.cmd == "series-features":
+            from mpmae_core.runtime.inference.series import series_features
+
+            if args.aoi:
+                raise ValueError("--aoi is not yet supported for a series: cut the members first (mmearth stack --aoi)")
+            res = series_features(args.series, args.model, args.output, dates=args.dates, min_valid=args.min_valid,
+                                  grid=args.grid, masks=mask_options(args), progress=Bar("series"), log=log)
+            log(f"wrote {res['output']}: {len(res['bands'])} bands from {len(res['dates'])} dates")
             return 0
         if args.cmd == "sample-design":
             from mpmae_core.runtime.heads.validation import sample_design

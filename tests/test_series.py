@@ -1,0 +1,110 @@
+"""A time series from the embedded real scene: the same place on several dates, each with the
+scene's own clouds shifted elsewhere (as no data), one date on another grid. The temporal median
+over the valid dates recovers the cloud-free pixels; one date equals the single-date spectra."""
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+from mpmae_core.data import sample
+from mpmae_core.runtime.inference import series as S
+
+
+@pytest.fixture(scope="module")
+def dates(tmp_path_factory):
+    """Three dates of a 256 x 192 px crop, named as products are: the scene's bright clouds (blue in
+    its top 4 %) shifted by 0, 60 and 120 px to the right as no data."""
+    d = tmp_path_factory.mktemp("series")
+    stack = str(sample.build(verbose=False)["stack"])
+    src = gdal.Translate("", stack, format="MEM", srcWin=[600, 200, 256, 192])
+    arr = src.ReadAsArray()
+    blue = arr[1].astype(float)
+    cloud = blue > np.percentile(blue, 96)
+    paths, clouds = [], []
+    for i, (shift, day) in enumerate(((0, "20170216"), (60, "20170318"), (120, "20170427"))):
+        c = np.roll(cloud, shift, axis=1)
+        data = arr.copy()
+        data[:, c] = 0  # no data
+        path = d / f"S2A_MSIL1C_{day}T102101_T33UUU.tif"
+        ds = gdal.GetDriverByName("GTiff").CreateCopy(str(path), src)
+        ds.SetMetadataItem("ACQUISITION_DATE", f"{day[:4]}-{day[4:6]}-{day[6:]}")  # each date's own
+        for b in range(data.shape[0]):
+            ds.GetRasterBand(b + 1).WriteArray(data[b])
+        ds = None
+        paths.append(path)
+        clouds.append(c)
+    return paths, np.array(clouds), arr, d
+
+
+def test_the_median_over_valid_dates_recovers_the_clear_scene(dates, models_dir, tmp_path):
+    from mpmae_core.runtime.inference.raster import prepare_input, read_block
+    from mpmae_core.runtime.models.model import read_metadata
+
+    paths, clouds, arr, _ = dates
+    logs = []
+    res = S.series_features([str(p) for p in paths[::-1]], models_dir / "atto_test.onnx", tmp_path / "t.tif",
+                            log=logs.append)
+    assert res["dates"] == ["2017-02-16", "2017-03-18", "2017-04-27"]  # from their metadata, in date order
+    out = gdal.Open(res["output"]).ReadAsArray()
+    count = out[-1]
+    np.testing.assert_array_equal(count, 3 - clouds.sum(0))
+    # the clear scene as the model reads it: one date's normalised spectra, without clouds
+    meta = read_metadata(models_dir / "atto_test.onnx")
+    gdal.Translate(str(tmp_path / "clear.tif"), str(sample.build(verbose=False)["stack"]), srcWin=[600, 200, 256, 192])
+    prep = prepare_input(str(tmp_path / "clear.tif"), meta)
+    want, _ = read_block(prep, 0, 0, 192, 256)
+    seen = count > 0
+    c = len(meta.input_bands)
+    np.testing.assert_allclose(out[:c][:, seen], want[:, seen], rtol=1e-5, atol=1e-5)  # the median
+    assert (out[3 * c:4 * c][:, seen] < 1e-4).all()  # the same value on every valid date: no spread
+    # a single date equals that date's spectra; its clouds are no data
+    one = S.series_features([str(paths[0])], models_dir / "atto_test.onnx", tmp_path / "one.tif")
+    o = gdal.Open(one["output"]).ReadAsArray()
+    assert np.isnan(o[0][clouds[0]]).all()
+    np.testing.assert_allclose(o[:c][:, ~clouds[0]], want[:, ~clouds[0]], rtol=1e-5, atol=1e-5)
+
+
+def test_a_date_on_another_grid_is_warped_and_said_and_bad_series_are_refused(dates, models_dir, tmp_path):
+    paths, clouds, arr, d = dates
+    other = d / "S2A_MSIL1C_20170520T102101_T33UUU.tif"
+    utm32 = osr.SpatialReference()
+    utm32.ImportFromEPSG(32632)
+    ds = gdal.Warp(str(other), str(paths[0]), dstSRS=utm32.ExportToWkt(), xRes=10, yRes=10, resampleAlg="near")
+    ds.SetMetadataItem("ACQUISITION_DATE", "2017-05-20")
+    ds = None
+    logs = []
+    res = S.series_features([str(p) for p in paths] + [str(other)], models_dir / "atto_test.onnx",
+                            tmp_path / "t.tif", log=logs.append)
+    assert any("another grid" in m and "EPSG:32632" in m for m in logs), logs
+    assert len(res["dates"]) == 4 and gdal.Open(res["output"]).RasterXSize == 256
+    with pytest.raises(S.SeriesError, match="both of 2017-02-16"):
+        S.dated_members([str(paths[0]), str(paths[0])])
+    undated = tmp_path / "scene.tif"
+    gdal.Translate(str(undated), str(paths[0]), metadataOptions=["ACQUISITION_DATE="])
+    assert S.dated_members([str(paths[1])])[0].date.isoformat() == "2017-03-18"
+    with pytest.raises(S.SeriesError, match="give the dates"):
+        S.dated_members([str(undated)])
+    assert [m.date.isoformat() for m in S.dated_members([str(paths[0])], ["2020-01-02"])] == ["2020-01-02"]
+    with pytest.raises(S.SeriesError, match="names no raster"):
+        S.expand_series(str(tmp_path / "*.nothing"))
+    few = S.series_features([str(p) for p in paths], models_dir / "atto_test.onnx", tmp_path / "few.tif",
+                            min_valid=3)
+    assert few["too_few"] == int((clouds.sum(0) > 0).sum())
+
+
+def test_the_command_line(dates, models_dir, tmp_path, capsys):
+    from mmearth.cli import main
+
+    paths, clouds, _, d = dates
+    out = tmp_path / "f.tif"
+    assert main(["series-features", ",".join(str(p) for p in paths), str(models_dir / "atto_test.onnx"), str(out),
+                 "--min-valid", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "series of 3 dates: 2017-02-16, 2017-03-18, 2017-04-27" in err and "fewer than 2 valid date(s)" in err
+    ds = gdal.Open(str(out))
+    assert ds.GetRasterBand(1).GetDescription() == "median:B1" and ds.GetRasterBand(ds.RasterCount).GetDescription() \
+        == "count"
+    assert main(["series-features", str(d / "S2A_*.tif"), str(models_dir / "atto_test.onnx"), str(tmp_path / "g.tif"),
+                 "--dates", "2020-01-01"]) != 0
+    err = capsys.readouterr().err
+    assert "dates given for" in err and "Traceback" not in err and not (tmp_path / "g.tif").exists()
