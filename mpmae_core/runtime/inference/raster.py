@@ -140,7 +140,7 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
         log(f"warning: {finding.message}")
     from mpmae_core.runtime.io.masks import build_masks
 
-    mask, mask_notes = build_masks(ds, masks, log)
+    mask, mask_notes = build_masks(ds, masks)
     notes.extend(mask_notes)
     if area is not None:
         from mpmae_core.runtime.io.aoi import Masks

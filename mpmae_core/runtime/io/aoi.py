@@ -158,13 +158,16 @@ def aoi_window(geom, gt, width: int, height: int, align: int = 1) -> tuple[int, 
 
 @dataclass
 class PolygonMask:
-    """Pixels of a window outside the area: masked (no data)."""
+    """Polygons rasterised on a window: the pixels outside them are masked (no data), as for an
+    area of interest; or, with ``masks_inside``, the pixels inside them (a user's mask polygons)."""
 
     inside: np.ndarray  # (h, w) bool on the window's grid
     title: str = "area of interest"
+    masks_inside: bool = False
 
     def masked(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        return ~self.inside[y:y + h, x:x + w]
+        part = self.inside[y:y + h, x:x + w]
+        return part if self.masks_inside else ~part
 
 
 def polygon_mask(geom, gt, width: int, height: int) -> PolygonMask:

@@ -173,7 +173,7 @@ def _same_grid_window(mask_ds, ds, path: str):
 
 def user_mask(user, ds):
     """The user's mask (a raster path, a polygon-layer path, or an io.aoi.Area) on ``ds``'s grid."""
-    from mpmae_core.runtime.io.aoi import Area, AoiError, polygon_mask, read_aoi
+    from mpmae_core.runtime.io.aoi import Area, AoiError, PolygonMask, polygon_mask, read_aoi
     from mpmae_core.runtime.io.gdal_io import gdal
 
     w, h = ds.RasterXSize, ds.RasterYSize
@@ -195,20 +195,7 @@ def user_mask(user, ds):
         geom = read_aoi(user, ds.GetProjection())
     except AoiError as exc:
         raise MaskError(str(exc).replace("the area of interest", "the mask")) from None
-    inside = polygon_mask(geom, ds.GetGeoTransform(), w, h)
-    return MaskPolygons(inside.inside)
-
-
-@dataclass
-class MaskPolygons:
-    """Pixels inside the user's mask polygons: masked."""
-
-    inside: np.ndarray
-    spec: object = None
-    title: str = "mask polygons"
-
-    def masked(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        return self.inside[y:y + h, x:x + w]
+    return PolygonMask(polygon_mask(geom, ds.GetGeoTransform(), w, h).inside, "mask polygons", masks_inside=True)
 
 
 def with_snow(spec: registry.MaskSpec) -> registry.MaskSpec:
@@ -217,10 +204,10 @@ def with_snow(spec: registry.MaskSpec) -> registry.MaskSpec:
     return dataclasses.replace(spec, masked=tuple(sorted(set(spec.masked) | set(snow))))
 
 
-def build_masks(ds, options: Optional[MaskOptions], log=lambda m: None) -> tuple[object, list]:
+def build_masks(ds, options: Optional[MaskOptions]) -> tuple[object, list]:
     """(the mask of ``ds`` to apply, or None; notes) from the product stack's metadata and ``options``."""
     from mpmae_core.runtime.io.aoi import Masks
-    from mpmae_core.runtime.io.products import product_mask, quality_mask
+    from mpmae_core.runtime.io.products import MASK_FILE_KEY, product_mask, quality_mask
 
     options = options or MaskOptions()
     parts, notes = [], []
@@ -232,7 +219,7 @@ def build_masks(ds, options: Optional[MaskOptions], log=lambda m: None) -> tuple
             parts.append(q)
             notes.append(f"the product's {q.spec.title} masks clouds and shadows{' and snow' if options.snow else ''} "
                          "as no data")
-    elif quality_mask(ds) is not None:
+    elif (ds.GetMetadata() or {}).get(MASK_FILE_KEY):  # named, not applied: no need to open and warp it
         notes.append("the product's quality layer is not applied (clouds are read as land)")
     if options.cloud_probability is not None:
         q = product_mask(ds, "cldprb")

@@ -51,7 +51,7 @@ def write_stack(source, output, cog: bool = False, aoi=None, masks=None, log=lam
             return {"output": str(output), "bands": product.order(), "level": product.level or ""}
         from mpmae_core.runtime.io.masks import build_masks
 
-        mask, notes = build_masks(src, masks, log)
+        mask, notes = build_masks(src, masks)
         if aoi:
             inside = polygon_mask(geom, wgt, w, h).inside
         with atomic_output(output) as tmp:
