@@ -96,3 +96,40 @@ class RangeServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def write_polygons(path, geometries, srs, layer: str = "polygons"):
+    """A GeoPackage layer of the given OGR polygons in ``srs``."""
+    from osgeo import ogr
+
+    vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    lyr = vds.CreateLayer(layer, srs=srs, geom_type=ogr.wkbPolygon)
+    for geom in geometries:
+        feat = ogr.Feature(lyr.GetLayerDefn())
+        feat.SetGeometry(geom)
+        lyr.CreateFeature(feat)
+    vds = None
+    return path
+
+
+def field_gpkg(path, c0=300, r0=200, w=600, h=400, epsg=None):
+    """A rectangle over pixels c0..c0+w, r0..r0+h of the embedded scene, in the scene's CRS or in
+    EPSG:epsg."""
+    from osgeo import ogr
+
+    from mpmae_core.data import sample
+
+    stack = gdal.Open(str(sample.build(verbose=False)["stack"]))
+    gt = stack.GetGeoTransform()
+    srs = osr.SpatialReference(wkt=stack.GetProjection())
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    x0, y0 = gt[0] + c0 * gt[1], gt[3] + r0 * gt[5]
+    poly = ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x0 + w * gt[1]} {y0},{x0 + w * gt[1]} {y0 + h * gt[5]},"
+                                     f"{x0} {y0 + h * gt[5]},{x0} {y0}))")
+    if epsg:
+        other = osr.SpatialReference()
+        other.ImportFromEPSG(epsg)
+        other.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        poly.Transform(osr.CoordinateTransformation(srs, other))
+        srs = other
+    return write_polygons(path, [poly], srs, "field")

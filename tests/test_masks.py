@@ -7,6 +7,7 @@ import pytest
 from osgeo import gdal, ogr, osr
 from scipy import ndimage
 
+from helpers import field_gpkg, write_polygons
 from mpmae_core.data import sample
 from mpmae_core.runtime.io import masks as M
 from mpmae_core.runtime.io import products as P
@@ -136,13 +137,7 @@ def test_a_user_mask_raster_on_the_grid_polygons_in_any_crs_and_a_mask_on_anothe
         ring.AddPoint_2D(lon, lat)
     poly = ogr.Geometry(ogr.wkbPolygon)
     poly.AddGeometry(ring)
-    path = tmp_path / "clouds.gpkg"
-    vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    layer = vds.CreateLayer("clouds", srs=wgs, geom_type=ogr.wkbPolygon)
-    feat = ogr.Feature(layer.GetLayerDefn())
-    feat.SetGeometry(poly)
-    layer.CreateFeature(feat)
-    vds = None
+    path = write_polygons(tmp_path / "clouds.gpkg", [poly], wgs, "clouds")
     got = prepare_input(stack, meta, masks=M.MaskOptions(user=str(path))).mask.masked(0, 0, W, H)
     assert (got != want).mean() < 0.002  # a reprojected rectangle: its edges bend by under a pixel
     assert got[160:210, 240:280].all() and not got[:140].any()
@@ -171,18 +166,7 @@ def test_segment_an_l2a_zip_with_an_area_of_interest_and_masks_from_the_command_
     safe, scl, _ = l2a_product(tmp_path / "p", bands_dir, cldprb=False)
     z = zip_folder(safe, tmp_path / (safe.stem + ".zip"))
     _, _, gt = hand_stack()
-    wkt = gdal.Open(str(sample.build(verbose=False)["stack"])).GetProjection()
-    field = tmp_path / "field.gpkg"
-    vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(field))
-    srs = osr.SpatialReference(wkt=wkt)
-    layer = vds.CreateLayer("field", srs=srs, geom_type=ogr.wkbPolygon)
-    x0, y0 = gt[0] + 300 * gt[1], gt[3] + 200 * gt[5]
-    poly = ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x0 + 6000} {y0},{x0 + 6000} {y0 - 4000},{x0} {y0 - 4000},"
-                                     f"{x0} {y0}))")
-    feat = ogr.Feature(layer.GetLayerDefn())
-    feat.SetGeometry(poly)
-    layer.CreateFeature(feat)
-    vds = None
+    field = field_gpkg(tmp_path / "field.gpkg", 300, 200, 600, 400)  # pixels 300..900 x 200..600
     out = tmp_path / "out.tif"
     args = ["segment", str(z), str(models_dir / "atto_test.onnx"), "--head", str(models_dir / "head3.onnx"), str(out),
             "--aoi", str(field), "--mask-dilate", "1", "--device", "cpu"]

@@ -217,7 +217,8 @@ def test_the_raster_input_starts_on_a_layer_that_can_feed_the_model(desktop, cro
         QgsProject.instance().removeMapLayers([scene.id(), confidence.id()])
 
 
-from test_plugin_products import bands_dir, field_gpkg, l2a_zip  # noqa: E402,F401 - fixtures and a helper
+from helpers import field_gpkg  # noqa: E402
+from test_plugin_products import bands_dir, l2a_zip  # noqa: E402,F401 - fixtures
 
 
 def test_a_downloaded_product_and_an_area_in_the_segment_dialog(desktop, models_dir, l2a_zip, tmp_path):

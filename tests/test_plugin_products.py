@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal, ogr, osr
+from osgeo import gdal, osr
 from scipy import ndimage
 
 from mpmae_core.data import sample
+from helpers import field_gpkg
 from test_masks import l2a_product
 from test_products import hand_stack, make_safe, zip_folder
 
@@ -32,30 +33,6 @@ def l2a_zip(bands_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("l2a")
     safe, scl, _ = l2a_product(d, bands_dir, cldprb=False)
     return zip_folder(safe, d / (safe.stem + ".zip")), scl
-
-
-def field_gpkg(path, c0=300, r0=200, w=600, h=400, epsg=None):
-    """A rectangle over pixels c0..c0+w, r0..r0+h of the scene, in the scene's CRS or in EPSG:epsg."""
-    _, _, gt = hand_stack()
-    wkt = gdal.Open(str(sample.build(verbose=False)["stack"])).GetProjection()
-    srs = osr.SpatialReference(wkt=wkt)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    x0, y0 = gt[0] + c0 * gt[1], gt[3] + r0 * gt[5]
-    poly = ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x0 + w * 10} {y0},{x0 + w * 10} {y0 - h * 10},"
-                                     f"{x0} {y0 - h * 10},{x0} {y0}))")
-    if epsg:
-        other = osr.SpatialReference()
-        other.ImportFromEPSG(epsg)
-        other.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        poly.Transform(osr.CoordinateTransformation(srs, other))
-        srs = other
-    vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    layer = vds.CreateLayer("field", srs=srs, geom_type=ogr.wkbPolygon)
-    feat = ogr.Feature(layer.GetLayerDefn())
-    feat.SetGeometry(poly)
-    layer.CreateFeature(feat)
-    vds = None
-    return path
 
 
 def test_segment_a_zip_with_an_area_and_dilated_clouds_equals_the_command_line(run_alg, l2a_zip, models_dir,

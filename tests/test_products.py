@@ -363,13 +363,9 @@ def test_an_area_of_interest_cuts_the_work_and_masks_outside_its_polygon(tmp_pat
         ring.AddPoint_2D(lon, lat)
     tri = ogr.Geometry(ogr.wkbPolygon)
     tri.AddGeometry(ring)
-    path = tmp_path / "aoi.gpkg"
-    vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
-    layer = vds.CreateLayer("aoi", srs=wgs, geom_type=ogr.wkbPolygon)
-    feat = ogr.Feature(layer.GetLayerDefn())
-    feat.SetGeometry(tri)
-    layer.CreateFeature(feat)
-    vds = None
+    from helpers import write_polygons
+
+    path = write_polygons(tmp_path / "aoi.gpkg", [tri], wgs, "aoi")
     model, head = models_dir / "atto_test.onnx", models_dir / "head3.onnx"
     logs = []
     part = segment(stack, model, tmp_path / "part.tif", head_path=head, device="cpu", aoi=str(path), log=logs.append)
