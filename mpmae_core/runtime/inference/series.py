@@ -146,7 +146,7 @@ def series_features(series, model_path, output, *, dates=None, stats: Sequence[s
     order) whose grid the others are brought onto."""
     from mpmae_core.runtime.inference.predict import check_outputs, input_files
     from mpmae_core.runtime.inference.raster import RasterWriter, prepare_input, read_block
-    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.io.gdal_io import gdal, open_raster
     from mpmae_core.runtime.io.products import stack_path
     from mpmae_core.runtime.models.model import read_metadata
 
@@ -160,6 +160,8 @@ def series_features(series, model_path, output, *, dates=None, stats: Sequence[s
     for m in members:
         path = on_grid(m.source, ref, log)
         preps.append(prepare_input(path, meta, log=log, masks=masks))
+        if path.startswith("/vsimem/"):
+            gdal().Unlink(path)  # the warped VRT lives on in the open dataset only (as an area's window does)
     levels = sorted({p.level for p in preps})
     if len(levels) > 1:
         log(f"the series mixes processing levels ({', '.join(lv.upper() for lv in levels)}): each date is normalised "
