@@ -11,14 +11,13 @@ from qgis.core import (
 def raster_problem(raw) -> str:
     """Why a raster parameter value cannot be used, in an analyst's words; '' if GDAL can open it."""
     from mpmae_core.runtime.io.gdal_io import RasterError, open_raster
-    from mpmae_core.runtime.io.products import is_product, stack_path
 
     if isinstance(raw, QgsRasterLayer):
         raw = raw.source()
     if not isinstance(raw, str) or not raw:
         return ""
     try:
-        open_raster(stack_path(raw) if is_product(raw) else raw)
+        open_raster(raw)
     except RasterError as exc:
         return str(exc)
     return ""
