@@ -86,6 +86,29 @@ def add_mask_arguments(parser) -> None:
                         help="do not apply the product's own quality layer (clouds are then read as land)")
 
 
+SERIES_HELP = ("the input is a series of dates of one place (needed for a folder of them; a quoted glob, paths "
+               "separated by commas or a .txt list of paths are series anyway)")
+
+
+def add_series_arguments(parser) -> None:
+    """--series, --dates, --reference, --min-valid: a series of dates as the input."""
+    from mpmae_core.runtime import cli
+
+    parser.add_argument("--series", action="store_true", default=None, help=SERIES_HELP)
+    parser.add_argument("--dates", type=lambda t: [d.strip() for d in t.split(",") if d.strip()],
+                        help="a series' dates, YYYY-MM-DD,... in the members' order, when their metadata and names "
+                             "do not say")
+    parser.add_argument("--reference", type=cli.non_negative_int, default=0,
+                        help="a series' reference member (in date order, from 0): its grid, and its own single-date "
+                             "features (default 0, the first date)")
+    parser.add_argument("--min-valid", type=cli.positive_int, default=1,
+                        help="a series' pixels with fewer valid (unmasked) dates are no data (default 1)")
+
+
+def series_options(args) -> dict:
+    return dict(series=args.series, dates=args.dates, reference=args.reference, min_valid=args.min_valid)
+
+
 def mask_options(args):
     """The MaskOptions the arguments ask for, or None for the defaults."""
     from mpmae_core.runtime.io.masks import MaskOptions
@@ -113,6 +136,7 @@ def _users_accuracy(text: str):
 def build_parser() -> argparse.ArgumentParser:
     from mpmae_core import registry
     from mpmae_core.runtime import cli
+    from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS
 
     p = argparse.ArgumentParser(prog=program_name("python -m mpmae_core.runtime"), description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", parents=[common], help="class map")
     s.add_argument("--head", help="a head model on the encoder's embeddings (e.g. a few-shot head)")
     s.add_argument("--probabilities", help="also write class probabilities to this file")
+    add_series_arguments(s)
     f = sub.add_parser("features", parents=[common], help="per-pixel feature raster (spectra and every encoder stage)")
+    add_series_arguments(f)
     f.add_argument("--blocks", type=lambda t: [b for b in t.replace(" ", "").split(",") if b],
                    help="comma-separated blocks to keep: spectra, stage1, stage2, stage3, embedding (default all)")
     f.add_argument("--dtype", default="float32", type=cli.choice_of(["float32", "float16"], "dtype"))
@@ -155,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--report", help="also write an HTML report")
     h.add_argument("--buffer", type=cli.non_negative_float, default=0.0,
                    help="a point labels the pixels within this many metres (default 0: its own pixel)")
-    h.add_argument("--feature-sets", type=cli.list_of(["spectra", "encoder", "both"], "feature set"),
-                   default=["spectra", "encoder", "both"], help="feature sets to try (default spectra,encoder,both)")
+    h.add_argument("--feature-sets", type=cli.list_of(list(ALL_FEATURE_SETS), "feature set"),
+                   help="feature sets to try (default spectra,encoder,both; on a series also the temporal "
+                        "t-spectra,t-encoder,t-both)")
     h.add_argument("--classifiers", type=cli.list_of(["logistic", "forest"], "classifier"),
                    default=["logistic", "forest"], help="classifiers to try (default logistic,forest)")
     h.add_argument("--max-pixels", type=cli.positive_int, default=1000, help="most labelled pixels per class")
@@ -177,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--band-map", dict(type=_band_map))):
         h.add_argument(name, **kw)
     add_mask_arguments(h)
+    add_series_arguments(h)
     fm = sub.add_parser("fetch-model", help="download a released MMEarth model and convert it, without torch")
     fm.add_argument("model", nargs="?", help="a catalogue name (see --list), an http(s) URL or a checkpoint file")
     fm.add_argument("--out", default=None, help="the models folder (default $MMEARTH_MODELS, else ./models)")
@@ -355,10 +383,11 @@ def main(argv=None) -> int:
             elif args.cmd == "features":
                 from mpmae_core.runtime.inference.predict import features
 
-                res = features(args.input, args.model, args.output, blocks=args.blocks, dtype=args.dtype, **common_kw)
+                res = features(args.input, args.model, args.output, blocks=args.blocks, dtype=args.dtype, **common_kw,
+                               **series_options(args))
             else:
                 res = segment(args.input, args.model, args.output, head_path=args.head,
-                              probabilities_path=args.probabilities, **common_kw)
+                              probabilities_path=args.probabilities, **common_kw, **series_options(args))
         except Cancelled:
             raise KeyboardInterrupt from None
         log(f"wrote {res['output']} on {res['provider']}: {res['run']} tiles run, {res['skipped']} empty tiles "
@@ -418,7 +447,9 @@ def train_head_command(args, log) -> int:
 
     from mpmae_core.runtime.io.products import stack_path
 
-    wkt = open_raster(stack_path(args.input)).GetProjection()
+    from mpmae_core.runtime.inference.series import reference_source
+
+    wkt = open_raster(stack_path(reference_source(args.input, **series_options(args)))).GetProjection()
     features, names, ids, notes = read_label_file(args.labels, args.class_field, wkt)
     for what, n in (("without a geometry", notes["no_geometry"]), ("without a class value", notes["no_class"])):
         if n:
@@ -431,7 +462,7 @@ def train_head_command(args, log) -> int:
                                feature_raster=args.features, tile=args.tile, overlap=args.overlap, device=args.device,
                                level=args.level, dn_offset=args.dn_offset, scale=args.scale, band_map=args.band_map,
                                aoi=args.aoi, masks=mask_options(args), block_m=args.block_size, choose_on=args.choose_on,
-                               progress=Bar("train-head"), log=log)
+                               progress=Bar("train-head"), log=log, **series_options(args))
     except Cancelled:
         raise KeyboardInterrupt from None
     print(res["text"])

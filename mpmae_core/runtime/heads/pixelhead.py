@@ -50,7 +50,8 @@ from mpmae_core.runtime.models import onnx_writer
 from mpmae_core.runtime.heads.linear import FewShotError, check_labels, fit_softmax, grouped_folds
 from mpmae_core.runtime.heads.forest import RandomForest
 from mpmae_core.runtime.models.metadata import METADATA_KEY, ModelMetadata
-from mpmae_core.runtime.inference.pixel_features import FEATURE_SETS, SPECTRA, Block, feature_set_blocks, feature_set_columns
+from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS, FEATURE_SETS, SPECTRA, TEMPORAL_FEATURE_SETS, \
+    Block, feature_set_blocks, feature_set_columns, is_temporal, union_feature_set
 
 CLASSIFIERS = ("logistic", "forest")
 L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
@@ -68,9 +69,7 @@ class Candidate:
 
     @classmethod
     def ensemble(cls, members: Sequence["Candidate"]) -> "Candidate":
-        sets = {m.feature_set for m in members}
-        union = sets.pop() if len(sets) == 1 else "both"
-        return cls(union, "ensemble", 0.0, tuple(members))
+        return cls(union_feature_set([m.feature_set for m in members]), "ensemble", 0.0, tuple(members))
 
     @property
     def name(self) -> str:
@@ -91,8 +90,8 @@ def candidates(feature_sets: Sequence[str] = FEATURE_SETS, classifiers: Sequence
                l2s: Sequence[float] = L2_STRENGTHS) -> list[Candidate]:
     out = []
     for fs in feature_sets:
-        if fs not in FEATURE_SETS:
-            raise ValueError(f"unknown feature set {fs!r}; choose from {', '.join(FEATURE_SETS)}")
+        if fs not in ALL_FEATURE_SETS:
+            raise ValueError(f"unknown feature set {fs!r}; choose from {', '.join(ALL_FEATURE_SETS)}")
         for clf in classifiers:
             if clf not in CLASSIFIERS:
                 raise ValueError(f"unknown classifier {clf!r}; choose from {', '.join(CLASSIFIERS)}")
@@ -377,9 +376,11 @@ def report_html(scores: list[dict], chosen: int, why: str, samples: dict, title:
 
 def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float = 0.0, max_per_class: int = 1000,
                   seed: int = 0, tile: int = 512, overlap: int = 128, feature_ids=None, log=lambda m: None,
-                  progress=lambda f: None, cancelled=lambda: False, feature_raster=None) -> tuple:
+                  progress=lambda f: None, cancelled=lambda: False, feature_raster=None, optional=()) -> tuple:
     """Features (n, F) under the labels at pixel resolution, their classes, groups and counts;
-    computed from the raster, or read from a precomputed ``feature_raster`` (blocks in order)."""
+    computed from the raster, or read from a precomputed ``feature_raster`` (blocks in order).
+    A labelled pixel without data is dropped, unless only the ``optional`` blocks lack it (they
+    keep their NaN, for the caller to decide)."""
     from mpmae_core.runtime.io.labels import cap_per_class_grouped, label_cells, read_pixels
     from mpmae_core.runtime.inference.pixel_features import block_slices, sample_features
 
@@ -412,7 +413,11 @@ def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float
         x = np.concatenate([values[:, sl[b.name]] for b in blocks], axis=1)
     else:
         x = sample_features(prep, model, blocks, rows, cols, tile, overlap, progress, cancelled)
-    ok = np.isfinite(x).all(1)
+    sl = block_slices(blocks)
+    required = np.ones(x.shape[1], bool)
+    for name in optional:
+        required[sl[name]] = False
+    ok = np.isfinite(x[:, required]).all(1)
     nodata = sorted(set(groups[~ok].tolist()) - set(groups[ok].tolist()))
     if nodata:
         log(f"warning: skipped {len(nodata)} labelled feature(s) over pixels without data, or masked as clouds or "
@@ -505,20 +510,26 @@ def choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model
 
 
 def train_pixel_head(source, model_path, features, class_names, output, *, report_path=None, feature_ids=None,
-                     class_colours=None, buffer_m: float = 0.0, feature_sets: Sequence[str] = FEATURE_SETS,
+                     class_colours=None, buffer_m: float = 0.0, feature_sets: Optional[Sequence[str]] = None,
                      classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
                      seed: int = 0, tile: int = 512, overlap: int = 128, device: str = "auto", level: str = "auto",
                      dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
                      masks=None, block_m: Optional[float] = None, choose_on: str = "grouped",
+                     series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
                      progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
     """Sample features under the labels (or read them from ``feature_raster``, written by
     ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
-    label and save it (ONNX) with its report. Both outputs appear whole or not at all."""
+    label and save it (ONNX) with its report. Both outputs appear whole or not at all.
+
+    ``source`` may be a series of dates (``series.prepare_source``); the candidates then include
+    the temporal feature sets (default: every feature set). The reference date's own feature sets
+    stay candidates only when that date is valid at every labelled pixel: a head on them would map
+    nothing where it is cloudy, and its labels there would be lost."""
     from mpmae_core.runtime.io.files import check_output
     from mpmae_core.runtime.models.model import OnnxModel
-    from mpmae_core.runtime.inference.pixel_features import encoder_blocks, small_raster_warning
+    from mpmae_core.runtime.inference.pixel_features import base_name, small_raster_warning
     from mpmae_core.runtime.inference.predict import check_tiling, input_files
-    from mpmae_core.runtime.inference.raster import prepare_input
+    from mpmae_core.runtime.inference.series import SeriesInput, prepare_source, source_blocks
 
     check_tiling(tile, overlap, 0)
     if not isinstance(buffer_m, (int, float)) or not np.isfinite(buffer_m) or buffer_m < 0:
@@ -527,8 +538,7 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     check_output(output, inputs, "head", (".onnx",), "an ONNX model")
     if report_path:
         check_output(report_path, inputs + [str(output)], "report", (".html", ".htm"), "an HTML page")
-    cands = candidates(feature_sets, classifiers)
-    needs_encoder = any(c.feature_set != "spectra" for c in cands)
+    candidates(feature_sets or FEATURE_SETS, classifiers)  # names checked before any work
     model = OnnxModel(model_path, device=device, log=log)
     meta = model.metadata
     if meta.kind != "encoder":
@@ -536,22 +546,38 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     if tile % meta.patch_size or overlap % meta.patch_size:
         raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the model's patch size "
                          f"{meta.patch_size}")
-    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale,
-                         aoi=aoi, masks=masks)
+    prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
+                          level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
+                          masks=masks)
+    is_series = isinstance(prep, SeriesInput)
+    if feature_sets is None:
+        feature_sets = FEATURE_SETS + (TEMPORAL_FEATURE_SETS if is_series else ())
+    elif not is_series and any(fs in TEMPORAL_FEATURE_SETS or fs == "all" for fs in feature_sets):
+        raise ValueError(f"the temporal feature sets ({', '.join(fs for fs in feature_sets if fs not in FEATURE_SETS)}) "
+                         "need a series of dates: give several dates of the place (a quoted glob, paths separated by "
+                         "commas, a text file of paths), or only the feature sets spectra, encoder, both")
+    cands = candidates(feature_sets, classifiers)
     for note in prep.notes:
         log(note)
     small_raster_warning(prep, tile, log)
-    blocks = encoder_blocks(meta) if needs_encoder else [b for b in encoder_blocks(meta) if b.name == SPECTRA]
+    available = source_blocks(prep, meta)
+    used = {b.name for c in cands for b in feature_set_blocks(available, c.feature_set)}
+    blocks = [b for b in available if b.name in used]
+    needs_encoder = any(base_name(b.name) != SPECTRA for b in blocks)
     stored = None
     if feature_raster:
         stored = (str(feature_raster), check_feature_raster(feature_raster, prep, meta, blocks))
     t0 = time.time()
+    single = [b.name for b in blocks if not is_temporal(b.name)]
+    single = single if is_series and len(single) < len(blocks) else []  # optional only beside temporal blocks
     x, y, groups, samples, positions = gather_pixels(prep, model if needs_encoder else None, blocks, features,
-                                                     class_names,
-                                          buffer_m=buffer_m, max_per_class=max_pixels_per_class, seed=seed,
-                                          tile=tile, overlap=overlap, feature_ids=feature_ids, log=log,
-                                          progress=lambda f: progress(0.5 * f), cancelled=cancelled,
-                                          feature_raster=stored)
+                                                     class_names, buffer_m=buffer_m,
+                                                     max_per_class=max_pixels_per_class, seed=seed, tile=tile,
+                                                     overlap=overlap, feature_ids=feature_ids, log=log,
+                                                     progress=lambda f: progress(0.5 * f), cancelled=cancelled,
+                                                     feature_raster=stored, optional=single)
+    if single:
+        x, blocks, cands = _reference_date_sets(x, blocks, cands, prep, log)
     log(f"features of {len(y)} labelled pixels ({x.shape[1]} per pixel) in {time.time() - t0:.1f} s")
     res = choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model_path, samples=samples,
                                class_colours=class_colours, report_path=report_path, cands=cands, folds=folds,
@@ -561,6 +587,31 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                                log=log)
     progress(1.0)
     return res
+
+
+def _reference_date_sets(x, blocks, cands, prep, log) -> tuple:
+    """(x, blocks, candidates) without the reference date's own blocks when that date is masked
+    (clouds, no data) at any labelled pixel: a head on them would lose those labels and map
+    nothing where the date is cloudy. An error when no candidate is left."""
+    from mpmae_core.runtime.inference.pixel_features import block_slices
+
+    sl = block_slices(blocks)
+    single = [b for b in blocks if not is_temporal(b.name)]
+    cols = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in single])
+    lost = int((~np.isfinite(x[:, cols]).all(1)).sum())
+    if not lost:
+        return x, blocks, cands
+    when = prep.dates[prep.reference]
+    keep = [c for c in cands if all(is_temporal(b.name) for b in feature_set_blocks(blocks, c.feature_set))]
+    if not keep:
+        raise FewShotError(f"the reference date {when} is masked (clouds, shadows or no data) at {lost} labelled "
+                           "pixel(s), and only its own feature sets were asked for: choose a clearer reference date "
+                           "(--reference N) or the temporal feature sets (t-spectra, t-encoder, t-both)")
+    log(f"the reference date {when} is masked at {lost} of {len(x)} labelled pixels: only the temporal feature sets "
+        "are candidates (a head on that date's own features would map nothing under its clouds)")
+    temporal = [b for b in blocks if is_temporal(b.name)]
+    tcols = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in temporal])
+    return x[:, tcols], temporal, keep
 
 
 def check_feature_raster(path, prep, meta, blocks) -> list:

@@ -22,8 +22,15 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 SPECTRA = "spectra"
-#: The feature sets a head chooses from: block selections by role.
+#: The feature sets a head chooses from on one raster: block selections by role.
 FEATURE_SETS = ("spectra", "encoder", "both")
+#: On a series of dates (``series``), also the temporal blocks ("spectra:median", "stage1:median", ...):
+#: the same roles over the valid dates instead of the reference date alone.
+TEMPORAL_FEATURE_SETS = ("t-spectra", "t-encoder", "t-both")
+#: Every feature set a head may name ("all": the single-date and the temporal blocks, for an ensemble).
+ALL_FEATURE_SETS = FEATURE_SETS + TEMPORAL_FEATURE_SETS + ("all",)
+#: Not a block: a map entry (1, h, w) telling where the reference date of a series is valid.
+REFERENCE_VALID = "_reference_valid"
 
 
 @dataclass(frozen=True)
@@ -39,15 +46,44 @@ def encoder_blocks(meta) -> list[Block]:
     return [Block(SPECTRA, len(meta.input_bands), 1)] + [Block(n, int(c), int(s)) for n, c, s in outs]
 
 
+def is_temporal(name: str) -> bool:
+    """Whether a block is a temporal statistic ("<block>:<statistic>") of a series."""
+    return ":" in name
+
+
+def base_name(name: str) -> str:
+    """The block a temporal block reduces: "stage1:median" -> "stage1"."""
+    return name.split(":", 1)[0]
+
+
 def feature_set_blocks(blocks: Sequence[Block], feature_set: str) -> list[Block]:
-    """The blocks of a feature set: 'spectra', 'encoder' (every encoder output) or 'both'."""
-    if feature_set == "spectra":
-        return [b for b in blocks if b.name == SPECTRA]
-    if feature_set == "encoder":
-        return [b for b in blocks if b.name != SPECTRA]
-    if feature_set == "both":
-        return list(blocks)
-    raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}")
+    """The blocks of a feature set: 'spectra', 'encoder' (every encoder output) or 'both' of the
+    one raster (or the reference date of a series); 't-spectra', 't-encoder', 't-both' the same
+    roles over a series' dates; 'all' every block."""
+    if feature_set not in ALL_FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(ALL_FEATURE_SETS)}")
+    temporal = feature_set.startswith("t-")
+    role = feature_set[2:] if temporal else feature_set
+    out = []
+    for b in blocks:
+        if role != "all" and is_temporal(b.name) != temporal:
+            continue
+        spectral = base_name(b.name) == SPECTRA
+        if role in ("both", "all") or (role == "spectra") == spectral:
+            out.append(b)
+    return out
+
+
+def union_feature_set(sets: Sequence[str]) -> str:
+    """The smallest feature set holding every one of ``sets`` (an ensemble's members)."""
+    sets = set(sets)
+    if len(sets) == 1:
+        return sets.pop()
+    if all(not s.startswith("t-") and s != "all" for s in sets):
+        return "both"
+    if all(s.startswith("t-") for s in sets):
+        return "t-both"
+    return "all"
 
 
 def blocks_by_name(available: Sequence[Block], names: Sequence[str], channels: Optional[Sequence[int]] = None,
@@ -55,6 +91,10 @@ def blocks_by_name(available: Sequence[Block], names: Sequence[str], channels: O
     """The named blocks, checked against what a head expects; a ValueError names the mismatch."""
     by_name = {b.name: b for b in available}
     missing = [n for n in names if n not in by_name]
+    if any(is_temporal(n) for n in missing):
+        raise ValueError(f"{what} was trained on a series of dates (it reads {', '.join(n for n in missing if is_temporal(n))}): "
+                         "give it a series of the same place (several dates: a quoted glob, paths separated by "
+                         "commas or a text file of paths; --series for a folder of them)")
     if missing:
         raise ValueError(f"{what} needs the encoder output(s) {', '.join(missing)}, which this encoder model does not "
                          f"give (it gives {', '.join(b.name for b in available if b.name != SPECTRA)}): export the "
@@ -128,9 +168,9 @@ def hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], r0: i
     normalised input, ``maps`` name -> (c, h/stride, w/stride) the encoder's outputs for it."""
     parts = []
     for b in blocks:
-        if b.name == SPECTRA:
+        if b.name == SPECTRA and SPECTRA not in maps:
             parts.append(spectra[:, r0:r1])
-        else:
+        else:  # an encoder map, or (a series) a map at stride 1 of the tile's spectra
             parts.append(upsample_rows(maps[b.name], b.stride, r0, r1))
     return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
 
@@ -140,7 +180,7 @@ def sample_hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block]
     """(n, F): :func:`hypercolumns` at pixels (ys, xs) of a tile, computed only there."""
     parts = []
     for b in blocks:
-        if b.name == SPECTRA:
+        if b.name == SPECTRA and SPECTRA not in maps:
             parts.append(spectra[:, ys, xs].T)
         else:
             parts.append(sample_bilinear(maps[b.name], b.stride, ys, xs))
@@ -176,6 +216,13 @@ class EncoderMaps:
         return [{n: o[i] for n, o in zip(self.names, outs)} for i in range(x.shape[0])]
 
 
+def maps_runner(prep, model, blocks: Sequence[Block]):
+    """What gives a tile's maps: the encoder on one raster, or the series' own runner (its dates
+    reduced, ``series.SeriesMaps``) when ``prep`` is a series."""
+    own = getattr(prep, "maps_runner", None)
+    return own(model, blocks) if own is not None else EncoderMaps(model, blocks)
+
+
 def check_maps(maps: dict, blocks: Sequence[Block], th: int, tw: int) -> None:
     """Each map is the tile divided by its stride: anything else would misplace the hypercolumns."""
     for b in blocks:
@@ -207,7 +254,9 @@ def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols
     th, tw = windows[0][0].h, windows[0][0].w
     ty = axis_owner(rows, [r[0].y for r in windows], th)
     tx = axis_owner(cols, [w.x for w in windows[0]], tw)
-    runner = EncoderMaps(model, blocks)
+    runner = maps_runner(prep, model, blocks)
+    single = np.concatenate([np.arange(sl.start, sl.stop) for name, sl in block_slices(blocks).items()
+                             if not is_temporal(name)] or [np.zeros(0, np.int64)])
     owners = sorted(set(zip(ty.tolist(), tx.tolist())))
     for i, (a, b) in enumerate(owners):
         if cancelled():
@@ -220,6 +269,8 @@ def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols
         ys, xs = rows[sel] - win.y, cols[sel] - win.x
         feats = sample_hypercolumns(x, maps, blocks, ys, xs)
         feats[~valid[ys, xs]] = np.nan
+        if REFERENCE_VALID in maps:  # a series: the reference date's own features only where it is valid
+            feats[np.ix_(maps[REFERENCE_VALID][0, ys, xs] < 0.5, single)] = np.nan
         out[sel] = feats
         progress((i + 1) / len(owners))
     return out
@@ -228,8 +279,8 @@ def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols
 class PixelHeadRunner:
     """Class probabilities per pixel of a batch of tiles: features, then the head, a few rows at a time."""
 
-    def __init__(self, model, head, blocks: Sequence[Block]):
-        self.maps = EncoderMaps(model, blocks)
+    def __init__(self, model, head, blocks: Sequence[Block], prep=None):
+        self.maps = maps_runner(prep, model, blocks)
         self.head, self.blocks = head, list(blocks)
         self.features = sum(b.channels for b in blocks)
 

@@ -63,7 +63,7 @@ class TiledPredictor:
         if mode not in ("embed", "probabilities"):
             raise ValueError(f"unknown mode {mode!r}")
         self.model, self.head, self.prep, self.mode = model, head, prep, mode
-        self.pixel_head = PixelHeadRunner(model, head, blocks) if blocks else None
+        self.pixel_head = PixelHeadRunner(model, head, blocks, prep) if blocks else None
         self.p = patch or (model.metadata.patch_size if model is not None else 1)
         for name, value in (("tile", spec.tile), ("overlap", spec.overlap)):
             if value % self.p:
@@ -207,9 +207,14 @@ def writer_guard(writers, fn):
 
 
 def input_files(source) -> list[str]:
-    """Every file GDAL reads for ``source`` (a VRT's sources too); [source] when it cannot tell."""
+    """Every file GDAL reads for ``source`` (a VRT's sources too; every member's of a series);
+    [source] when it cannot tell."""
+    from mpmae_core.runtime.inference.series import looks_like_series, series_files
     from mpmae_core.runtime.io.gdal_io import gdal_errors, gdal
 
+    if looks_like_series(source):
+        given = [] if isinstance(source, (list, tuple)) else [str(source)]
+        return given + [f for m in series_files(source) for f in input_files(m)]
     g = gdal()
     with gdal_errors():
         ds = g.OpenEx(str(source), g.OF_RASTER | g.OF_READONLY)
@@ -237,6 +242,11 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    from mpmae_core.runtime.inference.series import looks_like_series
+
+    if looks_like_series(source):
+        raise ValueError(f"'{source}' names several rasters: embed one date at a time, or give the series to "
+                         "`features` (its temporal medians of every encoder stage) or to train-head and segment")
     check_tiling(tile, overlap, batch)
     check_outputs({"output": output}, input_files(source) + [str(model_path)])
     model = OnnxModel(model_path, device=device, log=log)
@@ -275,15 +285,18 @@ FEATURE_BLOCK_ROWS = 16  # rows per GeoTIFF block of a feature raster: written w
 def features(source, model_path, output, *, blocks=None, tile: int = 512, overlap: int = 128, batch: int = 0,
              device: str = "auto", dtype: str = "float32", level: str = "auto", dn_offset="auto", band_map=None,
              scale: float = 1.0, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
-             log=lambda m: None, aoi=None, masks=None) -> dict:
+             log=lambda m: None, aoi=None, masks=None, series: Optional[bool] = None, dates=None, reference: int = 0,
+             min_valid: int = 1) -> dict:
     """Per-pixel feature raster: each pixel's normalised spectra and every encoder stage upsampled
     to it (``pixel`` module), from its owner tile, exactly the vectors a per-pixel head is trained
-    and run on; NaN where no data. ``blocks``: names to keep (default every block)."""
+    and run on; NaN where no data. ``blocks``: names to keep (default every block). A series of
+    dates (``series``) gives its reference date's blocks and the temporal ones."""
     import json
 
-    from mpmae_core.runtime.inference.pixel_features import EncoderMaps, blocks_by_name, check_maps, encoder_blocks, hypercolumns, \
-        rows_per_chunk
-    from mpmae_core.runtime.inference.raster import prepare_input
+    from mpmae_core.runtime.inference.pixel_features import REFERENCE_VALID, blocks_by_name, check_maps, hypercolumns, \
+        is_temporal, rows_per_chunk
+    from mpmae_core.runtime.inference.pixel_features import maps_runner
+    from mpmae_core.runtime.inference.series import prepare_source, source_blocks
     from mpmae_core.runtime.inference.tiling import owned_span
 
     if dtype not in ("float32", "float16"):
@@ -297,12 +310,13 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
     p = meta.patch_size
     if tile % p or overlap % p:
         raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the model's patch size {p}")
-    available = encoder_blocks(meta)
-    chosen = blocks_by_name(available, blocks, what="the feature raster") if blocks else available
-    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale,
-                         aoi=aoi, masks=masks)
+    prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
+                          level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
+                          masks=masks)
     for note in prep.notes:
         log(note)
+    available = source_blocks(prep, meta)
+    chosen = blocks_by_name(available, blocks, what="the feature raster") if blocks else available
     n_feat = sum(b.channels for b in chosen)
     names = [f"{b.name}_{i}" for b in chosen for i in range(b.channels)]
     info = {"blocks": [[b.name, b.channels, b.stride] for b in chosen], "model": Path(model_path).name,
@@ -311,7 +325,10 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
                           prep.projection, nodata=float("nan"), descriptions=names, half_float=dtype == "float16",
                           cog=cog, block_rows=FEATURE_BLOCK_ROWS, metadata={FEATURES_KEY: json.dumps(info)},
                           compress="ZSTD")  # hundreds of float bands: ZSTD compresses them several times faster
-    runner = EncoderMaps(model, chosen)
+    runner = maps_runner(prep, model, chosen)
+    starts = np.cumsum([0] + [b.channels for b in chosen])
+    single = np.concatenate([np.arange(starts[i], starts[i + 1]) for i, b in enumerate(chosen)
+                             if not is_temporal(b.name)] or [np.zeros(0, np.int64)])
     windows = raster_windows(prep.height, prep.width, tile, overlap, p)
     th, tw = windows[0][0].h, windows[0][0].w
     ystarts, xstarts = [r[0].y for r in windows], [w.x for w in windows[0]]
@@ -365,6 +382,11 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
                     f = hypercolumns(x, maps, chosen, y0 - win.y, y1 - win.y)[:, :, x_lo - win.x:x_hi - win.x]
                     v = valid[y0 - win.y:y1 - win.y, x_lo - win.x:x_hi - win.x]
                     f[:, ~v] = np.nan
+                    if REFERENCE_VALID in maps:  # a series: the reference date's own blocks only where it is valid
+                        ref = maps[REFERENCE_VALID][0, y0 - win.y:y1 - win.y, x_lo - win.x:x_hi - win.x] > 0.5
+                        part = f[single]
+                        part[:, ~ref] = np.nan
+                        f[single] = part
                     block[:, :, x_lo:x_hi] = f
                     ok[:, x_lo:x_hi] = v
                 buffer.append(block)
@@ -415,11 +437,16 @@ def check_tiling(tile, overlap, batch) -> None:
 def segment(source, model_path, output, *, head_path=None, probabilities_path=None, tile: int = 512,
             overlap: int = 128, batch: int = 0, device: str = "auto", level: str = "auto", dn_offset="auto",
             band_map=None, scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None,
-            cancelled=lambda: False, log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None) -> dict:
+            cancelled=lambda: False, log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None,
+            series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1) -> dict:
     """Class map (uint8, 255 = no data, colour table and class names; with ``style`` a .qml whose
     legend names the classes) and optional probabilities. ``block``: tile rows (a, b) only, as
-    ``TiledPredictor.run`` describes (for huge rasters split across tasks)."""
-    from mpmae_core.runtime.inference.raster import prepare_input
+    ``TiledPredictor.run`` describes (for huge rasters split across tasks).
+
+    ``source`` may be a series of dates (``series.prepare_source``: a glob, a list, or ``series``
+    True) for a per-pixel head trained on one: ``dates``, the ``reference`` member and
+    ``min_valid`` dates as ``series.prepare_series`` takes them."""
+    from mpmae_core.runtime.inference.series import SeriesInput, prepare_source, source_blocks
 
     check_tiling(tile, overlap, batch)
     inputs = input_files(source) + [str(model_path)] + ([str(head_path)] if head_path else [])
@@ -438,10 +465,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         if warning:
             log(warning)
         if head.metadata.per_pixel:
-            from mpmae_core.runtime.inference.pixel_features import blocks_by_name, encoder_blocks
-
-            blocks = blocks_by_name(encoder_blocks(meta), head.metadata.features, head.metadata.feature_channels,
-                                    f"the head '{head_path}'")
+            blocks = []  # chosen once the input is open: a series offers more blocks than a raster
         elif head.metadata.embedding_dim not in (0, meta.embedding_dim):
             raise ValueError(f"the head takes {head.metadata.embedding_dim}-dim embeddings but the encoder gives "
                              f"{meta.embedding_dim}: train the head on this encoder's embeddings")
@@ -451,10 +475,23 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     else:
         raise ValueError(f"'{model_path}' is an encoder without a class head: give a head model (--head), or export "
                          "a segmenter with `python -m training.export CKPT --head esa_worldcover`")
-    prep = prepare_input(source, meta, level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale,
-                         aoi=aoi, masks=masks)
+    prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
+                          level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
+                          masks=masks)
     for note in prep.notes:
         log(note)
+    if isinstance(prep, SeriesInput) and blocks is None:
+        raise ValueError("a series of dates is mapped by a per-pixel head trained on it (train-head on the series); "
+                         "this model maps one raster: give one date")
+    if blocks is not None:
+        from mpmae_core.runtime.inference.pixel_features import blocks_by_name, is_temporal
+
+        blocks = blocks_by_name(source_blocks(prep, meta), head.metadata.features, head.metadata.feature_channels,
+                                f"the head '{head_path}'")
+        if isinstance(prep, SeriesInput) and any(not is_temporal(b.name) for b in blocks):
+            prep.require_reference = True
+            log(f"the head reads the reference date's own features ({prep.dates[prep.reference]}): pixels masked on "
+                "that date are no data in the map")
     spec = TileSpec(tile, overlap, batch or auto_batch(model))
     if blocks is not None:
         from mpmae_core.runtime.inference.pixel_features import small_raster_warning

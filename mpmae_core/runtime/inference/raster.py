@@ -192,7 +192,11 @@ def read_block(prep: PreparedInput, y: int, x: int, h: int, w: int) -> tuple[np.
     mean) and its outputs are masked. Raw values are multiplied by ``prep.scale``, then the DN
     offset is subtracted. A read error raises RasterError naming the file, the window and GDAL's
     reason.
+
+    A series of dates (``series.SeriesInput``) reads itself: every date's block, stacked.
     """
+    if not isinstance(prep, PreparedInput):
+        return prep.read_block(y, x, h, w)
     c = len(prep.band_numbers)
     y0, x0 = max(y, 0), max(x, 0)
     y1, x1 = min(y + h, prep.height), min(x + w, prep.width)
@@ -244,6 +248,8 @@ def read_window(ds, band_numbers: Sequence[int], x: int, y: int, w: int, h: int,
 def has_data(prep: PreparedInput, y: int, x: int, h: int, w: int) -> bool:
     """False only when the raster itself says the window holds no data (GDAL data coverage: a VRT
     area no source covers, a sparse GeoTIFF's missing blocks); True when unsure."""
+    if not isinstance(prep, PreparedInput):  # a series: any of its dates
+        return prep.has_data(y, x, h, w)
     y0, x0 = max(y, 0), max(x, 0)
     y1, x1 = min(y + h, prep.height), min(x + w, prep.width)
     if y1 <= y0 or x1 <= x0:
