@@ -5,6 +5,7 @@
     python -m mpmae_core.runtime features INPUT.tif MODEL.onnx FEATURES.tif   (per-pixel spectra + hypercolumns)
     python -m mpmae_core.runtime train-head INPUT.tif MODEL.onnx LABELS.gpkg HEAD.onnx --class-field landuse
     python -m mpmae_core.runtime fetch-model mmearth-atto-1M-p8 [--out MODELS]   (or a URL, or a .pth file; --list)
+    python -m mpmae_core.runtime change BEFORE.tif AFTER.tif MODEL.onnx CHANGE.tif [--labels L --class-field F --map M.tif]
     python -m mpmae_core.runtime batch embed|segment 'scenes/*.tif' MODEL.onnx OUT_DIR [--head H] [--workers N]
     python -m mpmae_core.runtime inspect INPUT.tif
     python -m mpmae_core.runtime preview SCENE.tif CLASSES.tif OUT.png   (needs matplotlib)
@@ -260,6 +261,36 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--grid", type=cli.non_negative_int, default=0,
                     help="the member (in date order, from 0) whose grid the others are brought onto")
     add_mask_arguments(sf)
+    ch = sub.add_parser("change", help="change between two dates or two periods: distances, and with labelled change "
+                                       "types a change map")
+    ch.add_argument("before", help="the earlier date (a raster or product) or period (a series: a quoted glob, paths "
+                                   "separated by commas, a text file of paths)")
+    ch.add_argument("after", help="the later date or period; brought onto the grid of the earlier")
+    ch.add_argument("model", help="the encoder")
+    ch.add_argument("output", help="the change raster (.tif): cosine distance of the encoder's features, and the "
+                                   "spectral change, with a suggested threshold (Otsu) on each")
+    ch.add_argument("--labels", help="labelled examples of change types (e.g. 'no change', 'forest to field'): also "
+                                     "train a change head and map the change types (--map)")
+    ch.add_argument("--class-field", help="with --labels: the field holding each example's change type")
+    ch.add_argument("--head", help="a change head trained before (instead of --labels): map the change types (--map)")
+    ch.add_argument("--map", help="the change-type map (.tif), with --labels or --head")
+    ch.add_argument("--head-out", help="with --labels: where to save the change head (default beside the map)")
+    ch.add_argument("--report", help="with --labels: the head's HTML report")
+    ch.add_argument("--before-dates", type=lambda t: [d.strip() for d in t.split(",") if d.strip()],
+                    help="the earlier period's dates, YYYY-MM-DD,..., when its members' names and metadata do not say")
+    ch.add_argument("--after-dates", type=lambda t: [d.strip() for d in t.split(",") if d.strip()],
+                    help="the later period's dates")
+    ch.add_argument("--min-valid", type=cli.positive_int, default=1,
+                    help="a period's pixels with fewer valid dates are no data (default 1)")
+    for name, kw in (("--tile", dict(type=cli.positive_int, default=512)),
+                     ("--overlap", dict(type=cli.non_negative_int, default=128)),
+                     ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
+                     ("--level", dict(default="auto", type=cli.choice_of(registry.level_choices(), "processing level"))),
+                     ("--dn-offset", dict(default="auto", type=cli.dn_offset)),
+                     ("--scale", dict(type=cli.positive_float, default=1.0)),
+                     ("--band-map", dict(type=_band_map))):
+        ch.add_argument(name, **kw)
+    add_mask_arguments(ch)
     sd = sub.add_parser("sample-design", help="a stratified random validation sample of a class map")
     sd.add_argument("map", help="a class map (from segment, or any one-band class raster)")
     sd.add_argument("output", help="the validation points (.gpkg), with an empty 'reference' field to fill in")
@@ -339,6 +370,8 @@ def main(argv=None) -> int:
                                   grid=args.grid, masks=mask_options(args), progress=Bar("series"), log=log)
             log(f"wrote {res['output']}: {len(res['bands'])} bands from {len(res['dates'])} dates")
             return 0
+        if args.cmd == "change":
+            return change_command(args, log)
         if args.cmd == "sample-design":
             from mpmae_core.runtime.heads.validation import sample_design
 
@@ -436,6 +469,46 @@ def fetch_model_command(args, log) -> int:
     for task, path in res["segmenters"].items():
         log(f"wrote {path} (landcover with no labels: {task})")
     log(f"use it by name: MODEL={res['name']} in QGIS, or {res['encoder']} on the command line")
+    return 0
+
+
+def change_command(args, log) -> int:
+    from mpmae_core.runtime.inference.change import change_magnitude, change_map
+    from mpmae_core.runtime.inference.predict import Cancelled
+
+    if args.labels and not args.class_field:
+        raise ValueError("--labels needs --class-field: the field holding each example's change type")
+    if args.labels and args.head:
+        raise ValueError("give --labels (to train a change head) or --head (one trained before), not both")
+    if (args.labels or args.head) and not args.map:
+        raise ValueError("--labels and --head map the change types: give the map's file with --map")
+    if args.map and not (args.labels or args.head):
+        raise ValueError("--map needs labelled change types (--labels, --class-field) or a change head (--head)")
+    kw = dict(tile=args.tile, overlap=args.overlap, device=args.device, level=args.level, dn_offset=args.dn_offset,
+              scale=args.scale, band_map=args.band_map, aoi=args.aoi, masks=mask_options(args),
+              before_dates=args.before_dates, after_dates=args.after_dates, min_valid=args.min_valid, log=log)
+    try:
+        res = change_magnitude(args.before, args.after, args.model, args.output, progress=Bar("change"), **kw)
+        log(f"wrote {res['output']}")
+        if args.map:
+            features = names = ids = None
+            if args.labels:
+                from mpmae_core.runtime.inference.series import reference_source
+                from mpmae_core.runtime.io.gdal_io import open_raster
+                from mpmae_core.runtime.io.labels import read_label_file
+                from mpmae_core.runtime.io.products import stack_path
+
+                wkt = open_raster(stack_path(reference_source(args.before, dates=args.before_dates))).GetProjection()
+                features, names, ids, _ = read_label_file(args.labels, args.class_field, wkt)
+                log(f"{len(features)} labelled examples of {len(names)} change types: {', '.join(names)}")
+            out = change_map(args.before, args.after, args.model, args.map, head_path=args.head, features=features,
+                             class_names=names, feature_ids=ids, head_output=args.head_out, report_path=args.report,
+                             progress=Bar("change map"), **kw)
+            if "training" in out:
+                print(out["training"]["text"])
+            log(f"wrote {out['output']} with the head {out['head']}")
+    except Cancelled:
+        raise KeyboardInterrupt from None
     return 0
 
 

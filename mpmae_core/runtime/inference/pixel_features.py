@@ -52,8 +52,9 @@ def is_temporal(name: str) -> bool:
 
 
 def base_name(name: str) -> str:
-    """The block a temporal block reduces: "stage1:median" -> "stage1"."""
-    return name.split(":", 1)[0]
+    """The encoder output (or spectra) a block comes from: "stage1:median" (a temporal statistic)
+    and "stage1@after" (one side of a change pair) -> "stage1"."""
+    return name.split("@", 1)[0].split(":", 1)[0]
 
 
 def feature_set_blocks(blocks: Sequence[Block], feature_set: str) -> list[Block]:

@@ -55,15 +55,18 @@ class TiledPredictor:
     mode "embed": encoder output at patch stride (or upsampled to pixels);
     mode "probabilities": class probabilities at pixel resolution, from a segmenter model, from an
     encoder followed by a head on its patch-stride embeddings, or from a per-pixel head on
-    ``blocks`` (spectra and hypercolumns; ``model`` may then be None for spectra alone).
+    ``blocks`` (spectra and hypercolumns; ``model`` may then be None for spectra alone), or from
+    any per-pixel ``runner`` (the change magnitudes of ``change``).
     """
 
     def __init__(self, model: Optional[OnnxModel], prep: PreparedInput, spec: TileSpec, mode: str = "embed",
-                 head: Optional[OnnxModel] = None, upsample: bool = False, blocks=None, patch: int = 0):
+                 head: Optional[OnnxModel] = None, upsample: bool = False, blocks=None, patch: int = 0,
+                 runner=None):
         if mode not in ("embed", "probabilities"):
             raise ValueError(f"unknown mode {mode!r}")
         self.model, self.head, self.prep, self.mode = model, head, prep, mode
-        self.pixel_head = PixelHeadRunner(model, head, blocks, prep) if blocks else None
+        # ``runner``: anything giving (B, K, th, tw) at pixel resolution for a batch of tiles
+        self.pixel_head = runner or (PixelHeadRunner(model, head, blocks, prep) if blocks else None)
         self.p = patch or (model.metadata.patch_size if model is not None else 1)
         for name, value in (("tile", spec.tile), ("overlap", spec.overlap)):
             if value % self.p:
@@ -212,6 +215,8 @@ def input_files(source) -> list[str]:
     from mpmae_core.runtime.inference.series import looks_like_series, series_files
     from mpmae_core.runtime.io.gdal_io import gdal_errors, gdal
 
+    if hasattr(source, "files"):  # an input prepared already (a change pair)
+        return list(source.files)
     if looks_like_series(source):
         given = [] if isinstance(source, (list, tuple)) else [str(source)]
         return given + [f for m in series_files(source) for f in input_files(m)]
@@ -480,9 +485,9 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
                           masks=masks)
     for note in prep.notes:
         log(note)
-    if isinstance(prep, SeriesInput) and blocks is None:
-        raise ValueError("a series of dates is mapped by a per-pixel head trained on it (train-head on the series); "
-                         "this model maps one raster: give one date")
+    if not isinstance(prep, PreparedInput) and blocks is None:
+        raise ValueError("a series of dates (or a pair of them) is mapped by a per-pixel head trained on it (train-head "
+                         "on the series, or mmearth change with labels); this model maps one raster: give one date")
     if blocks is not None:
         from mpmae_core.runtime.inference.pixel_features import blocks_by_name, is_temporal
 

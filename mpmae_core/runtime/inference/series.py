@@ -18,7 +18,9 @@ predictor, the labelled pixels' features, the panel's cache), it reads a series 
   the normalised bands over the valid dates (``temporal.reduce_series``), and ``<stage>:median``,
   the median of each encoder map over the dates, taken at the map's own stride (a cell counts
   for a date when at least half its pixels are valid; a cell no date sees takes the median of
-  every date) and upsampled as a single date's map is.
+  every date) and upsampled as a single date's map is. Before the encoder runs on a date, its
+  masked pixels are filled with the median of the other dates there (``fill_from_other_dates``),
+  so a cloud is not a hole that disturbs the maps around it.
 
 The encoder runs once per date and tile; memory follows the tile times the number of dates,
 never the raster. A series of one date is read as that date alone (exactly single-date
@@ -179,8 +181,9 @@ def series_blocks(meta, stats: Sequence[str] = temporal.STATS) -> list[Block]:
 
 
 def source_blocks(prep, meta) -> list[Block]:
-    """The blocks a prepared input offers: a series' (``series_blocks``) or one raster's."""
-    return prep.blocks if isinstance(prep, SeriesInput) else encoder_blocks(meta)
+    """The blocks a prepared input offers: a series' (``series_blocks``), a change pair's, or one
+    raster's (``encoder_blocks``)."""
+    return list(getattr(prep, "blocks", None) or encoder_blocks(meta))
 
 
 class SeriesInput:
@@ -279,6 +282,23 @@ def reduce_maps(maps: np.ndarray, valid: np.ndarray, stat: str = "median") -> np
     return out
 
 
+def fill_from_other_dates(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(T, C, h, w) with each date's masked pixels replaced by the median of the dates valid there
+    (left as they are where no date is): what the encoder sees around a cloud is then the ground
+    the other dates saw, not a hole, so its maps near cloud edges are not disturbed."""
+    if valid.all():
+        return values
+    median, _ = temporal.reduce_series(values, valid, ("median",), 1)
+    median = median[:-1]
+    seen = valid.any(0)
+    out = values.copy()
+    for t in range(values.shape[0]):
+        hole = ~valid[t] & seen
+        if hole.any():
+            out[t][:, hole] = median[:, hole]
+    return out
+
+
 class SeriesMaps:
     """A batch of series tiles (B, T*C + T, th, tw) -> per tile: block name -> map (see the module),
     and REFERENCE_VALID (1, th, tw): where the reference date is valid."""
@@ -315,6 +335,7 @@ class SeriesMaps:
             values, valid = self.split(tile)
             out = self.pixel_maps(values, valid)
             if self.run_names:
+                values = fill_from_other_dates(values, valid)
                 dates = range(self.t) if self.temporal else [self.reference]
                 per_date = {}
                 for t in dates:  # one date at a time: ONNX Runtime's memory grows with the batch
@@ -330,12 +351,12 @@ class SeriesMaps:
 
 
 def prepare_series(series, meta, *, dates=None, reference: int = 0, min_valid: int = 1, level: str = "auto",
-                   dn_offset="auto", band_map=None, scale: float = 1.0, aoi=None, masks=None,
+                   dn_offset="auto", band_map=None, scale: float = 1.0, aoi=None, masks=None, grid=None,
                    log: Callable[[str], None] = lambda m: None):
     """A series ready to read (``SeriesInput``): its members dated and sorted, each brought onto the
     grid of the ``reference`` member (in date order) and prepared as one raster is, with its own
-    level, offset and masks. One member: that member's ``raster.prepare_input`` (single-date
-    processing, exactly)."""
+    level, offset and masks (or onto ``grid``, an open dataset, when given). One member: that
+    member's ``raster.prepare_input`` (single-date processing, exactly)."""
     from mpmae_core.runtime.inference.raster import prepare_input
     from mpmae_core.runtime.io.gdal_io import open_raster
     from mpmae_core.runtime.io.products import stack_path
@@ -355,8 +376,8 @@ def prepare_series(series, meta, *, dates=None, reference: int = 0, min_valid: i
     kw = dict(level=level, dn_offset=dn_offset, band_map=band_map, scale=scale, aoi=aoi, masks=masks, log=once)
     if len(members) == 1:
         log(f"the series holds one date ({members[0].date}): it is read as that raster alone")
-        return prepare_input(members[0].source, meta, **kw)
-    ref = open_raster(stack_path(members[reference].source))
+        return prepare_on_grid(members[0].source, meta, grid, **kw)
+    ref = grid if grid is not None else open_raster(stack_path(members[reference].source))
     preps, temporaries = [], []
     try:
         for m in members:
@@ -383,21 +404,40 @@ def prepare_series(series, meta, *, dates=None, reference: int = 0, min_valid: i
     return SeriesInput(members, preps, reference, min_valid, meta, temporaries)
 
 
-def prepare_source(source, meta, *, series: Optional[bool] = None, dates=None, reference: int = 0,
-                   min_valid: int = 1, log: Callable[[str], None] = lambda m: None, **prep_kw):
-    """One raster's ``raster.prepare_input``, or a series' ``prepare_series`` when ``series`` is
-    True (or None and the source looks like one: ``looks_like_series``)."""
+def prepare_on_grid(source, meta, grid=None, log: Callable[[str], None] = lambda m: None, **prep_kw):
+    """One raster's ``raster.prepare_input``; with ``grid`` (an open dataset), after bringing it
+    onto that grid (``on_grid``)."""
     from mpmae_core.runtime.inference.raster import prepare_input
+    from mpmae_core.runtime.io.gdal_io import gdal
 
+    if grid is None:
+        return prepare_input(source, meta, log=log, **prep_kw)
+    path = on_grid(source, grid, log)
+    prep = prepare_input(path, meta, log=log, **prep_kw)
+    if path.startswith("/vsimem/") and not prep_kw.get("aoi"):
+        gdal().Unlink(path)  # open already; an area's window still reads through it, so it stays then
+    return prep
+
+
+def prepare_source(source, meta, *, series: Optional[bool] = None, dates=None, reference: int = 0,
+                   min_valid: int = 1, grid=None, log: Callable[[str], None] = lambda m: None, **prep_kw):
+    """One raster's ``raster.prepare_input``, or a series' ``prepare_series`` when ``series`` is
+    True (or None and the source looks like one: ``looks_like_series``). An input prepared
+    already (a series, a change pair) is returned as it is. ``grid``: an open dataset to read on."""
+    if hasattr(source, "read_block"):
+        return source
     if series is None:
         series = looks_like_series(source) or dates is not None
     if not series:
-        return prepare_input(source, meta, log=log, **prep_kw)
-    return prepare_series(source, meta, dates=dates, reference=reference, min_valid=min_valid, log=log, **prep_kw)
+        return prepare_on_grid(source, meta, grid, log=log, **prep_kw)
+    return prepare_series(source, meta, dates=dates, reference=reference, min_valid=min_valid, grid=grid, log=log,
+                          **prep_kw)
 
 
 def reference_source(source, *, series: Optional[bool] = None, dates=None, reference: int = 0, **_) -> str:
     """The member whose grid (and CRS) a series is read on; ``source`` itself for one raster."""
+    if hasattr(source, "read_block"):
+        return source.source
     if series is None:
         series = looks_like_series(source) or dates is not None
     if not series:

@@ -1,0 +1,325 @@
+"""Change between two dates, or two periods, of one place.
+
+Each side (``before``, ``after``) is one raster or product, or a series of dates (a period:
+``series``). A side's features are its own blocks (one date) or its temporal medians (a period:
+``spectra:median``, ``<stage>:median``), named by their role and side: ``spectra@before``,
+``stage1@after``, ... (``PairInput``). Both sides are read on the grid of ``before``; the other
+is brought onto it, as a series' dates are.
+
+Where one side is masked (clouds, no data) and the other is not, the masked pixels are filled
+with the other side's values before the encoder sees them: a cloud is then no change, and does
+not disturb the maps around it (its edges do not light up as change). A pixel is mapped only
+where both sides are valid.
+
+``change_magnitude`` writes, per pixel:
+
+- ``cosine_distance``: 1 minus the mean, over the encoder's outputs (every stage and the
+  embedding, upsampled to the pixel), of the cosine similarity of the two sides' vectors: 0 for
+  the same, 1 for unrelated, 2 for opposite;
+- ``spectral_change``: the length of the change vector of the normalised bands, divided by the
+  square root of their number (so in units of the bands' standard deviations).
+
+and suggests a threshold on each (``otsu_threshold`` of their histograms): a suggestion, stated
+as one. With labelled examples of change types, ``PairInput`` is an input like any other: the
+self-choosing per-pixel head (``heads.pixelhead``) trains on the two sides' features and
+``segment`` maps the change classes, and the validation design and area report of
+``heads.validation`` apply to that map as to any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mpmae_core.runtime.inference.pixel_features import SPECTRA, Block, base_name, encoder_blocks, rows_per_chunk, \
+    upsample_rows
+
+SIDES = ("before", "after")
+OTSU_BINS = 2000
+RANGES = {"cosine_distance": (0.0, 2.0), "spectral_change": (0.0, 10.0)}  # histogram ranges for the threshold
+THRESHOLD_KEYS = {"cosine_distance": "MMEARTH_CHANGE_COSINE_THRESHOLD",
+                  "spectral_change": "MMEARTH_CHANGE_SPECTRAL_THRESHOLD"}
+
+
+def side_blocks(prep, meta) -> list[Block]:
+    """A side's summary blocks in its own names: one raster's blocks, or a series' medians."""
+    from mpmae_core.runtime.inference.series import SeriesInput
+
+    if isinstance(prep, SeriesInput):
+        return [b for b in prep.blocks if b.name.endswith(":median")]
+    return encoder_blocks(meta)
+
+
+class PairInput:
+    """Two sides of one place on one grid, read as one input (see the module). ``read_block``
+    gives both sides' stacked channels; a pixel is valid where both sides are."""
+
+    def __init__(self, before, after, meta, files: Sequence[str] = ()):
+        self.sides = [before, after]
+        self.meta = meta
+        self.width, self.height = before.width, before.height
+        self.geotransform, self.projection = before.geotransform, before.projection
+        self.dn_offset, self.scale = before.dn_offset, before.scale
+        self.level = "/".join(p.level for p in self.sides)
+        self.source = str(before.source)
+        self.notes = []
+        for p in self.sides:
+            self.notes += [n for n in p.notes if n not in self.notes]
+        self.own_blocks = [side_blocks(p, meta) for p in self.sides]
+        self.blocks = [Block(f"{base_name(b.name)}@{side}", b.channels, b.stride)
+                       for side, blocks in zip(SIDES, self.own_blocks) for b in blocks]
+        # one date: its bands and its validity; a series: its dates' bands and validity (SeriesInput)
+        self.widths = [len(p.band_numbers) + (0 if hasattr(p, "read_block") else 1) for p in self.sides]
+        self.band_numbers = list(range(1, sum(self.widths) + 1))
+        self.files = list(files)
+
+    def read_block(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """Both sides' channels, each as it reads itself (a series: its dates' bands and validity;
+        one date: its bands, then its validity as one more channel); valid where both are."""
+        from mpmae_core.runtime.inference.raster import PreparedInput, read_block
+
+        parts, ok = [], np.ones((h, w), bool)
+        for p in self.sides:
+            values, valid = read_block(p, y, x, h, w)
+            parts.append(np.concatenate([values, valid[None].astype(np.float32)]) if isinstance(p, PreparedInput)
+                         else values)
+            ok &= valid
+        return np.concatenate(parts, axis=0), ok
+
+    def has_data(self, y: int, x: int, h: int, w: int) -> bool:
+        from mpmae_core.runtime.inference.raster import has_data
+
+        return all(has_data(p, y, x, h, w) for p in self.sides)
+
+    def maps_runner(self, model, blocks: Sequence[Block]) -> "PairMaps":
+        return PairMaps(self, model, blocks)
+
+    def close(self) -> None:
+        for p in self.sides:
+            if hasattr(p, "close"):
+                p.close()
+
+
+class PairMaps:
+    """A batch of pair tiles -> per tile: "<block>@<side>" -> map, for the blocks asked for."""
+
+    def __init__(self, pair: PairInput, model, blocks: Sequence[Block]):
+        from mpmae_core.runtime.inference.pixel_features import maps_runner
+        from mpmae_core.runtime.inference.series import SeriesInput
+
+        self.pair, self.names = pair, {b.name for b in blocks}
+        self.runners, self.renames, self.series = [], [], []
+        for side, prep, own in zip(SIDES, pair.sides, pair.own_blocks):
+            wanted = [b for b in own if f"{base_name(b.name)}@{side}" in self.names]
+            self.runners.append(maps_runner(prep, model, wanted))
+            self.renames.append({b.name: f"{base_name(b.name)}@{side}" for b in wanted})
+            self.series.append(isinstance(prep, SeriesInput))
+
+    def split(self, i: int, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Side i's part of a tile -> (T, C, h, w) values and (T, h, w) validity (T = 1 for one date)."""
+        if self.series[i]:
+            return self.runners[i].split(part)
+        return part[:-1][None], (part[-1] > 0.5)[None]
+
+    def __call__(self, x: np.ndarray) -> list[dict]:
+        from mpmae_core.runtime.inference import temporal
+
+        a = self.pair.widths[0]
+        out = []
+        for tile in x:
+            sides = [self.split(0, tile[:a].copy()), self.split(1, tile[a:].copy())]
+            summaries = []
+            for values, valid in sides:  # each side's bands where it sees the ground: its median over dates
+                med, _ = temporal.reduce_series(values, valid, ("median",), 1)
+                summaries.append((med[:-1], valid.any(0)))
+            maps = {}
+            for i, (values, valid) in enumerate(sides):
+                other, seen = summaries[1 - i]
+                hole = ~valid.any(0) & seen  # this side never sees the pixel, the other does: no change there
+                if hole.any():
+                    for t in range(values.shape[0]):
+                        values[t][:, hole] = other[:, hole]
+                if self.series[i]:
+                    part = np.concatenate([values.reshape(-1, *values.shape[2:]), valid.astype(np.float32)])
+                else:
+                    part = values[0]
+                got = self.runners[i](part[None])[0]
+                if not self.series[i] and SPECTRA in self.renames[i]:
+                    got[SPECTRA] = values[0]
+                maps.update({self.renames[i][k]: v for k, v in got.items() if k in self.renames[i]})
+            out.append(maps)
+        return out
+
+
+class ChangeRunner:
+    """(B, 2, th, tw): cosine distance of the encoder's maps and spectral change, per pixel."""
+
+    def __init__(self, pair: PairInput, model):
+        self.encoder = [(base_name(b.name), b.stride) for b in pair.own_blocks[0] if base_name(b.name) != SPECTRA]
+        self.maps = PairMaps(pair, model, pair.blocks)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        b, _, th, tw = x.shape
+        out = np.empty((b, 2, th, tw), np.float32)
+        for i, tile in enumerate(x):
+            maps = self.maps(tile[None])[0]
+            out[i, 1] = spectral_change(maps[f"{SPECTRA}@before"], maps[f"{SPECTRA}@after"])
+            step = rows_per_chunk(2 * sum(maps[f"{n}@before"].shape[0] for n, _ in self.encoder), tw)
+            for r0 in range(0, th, step):
+                r1 = min(th, r0 + step)
+                pairs = [(upsample_rows(maps[f"{n}@before"], s, r0, r1), upsample_rows(maps[f"{n}@after"], s, r0, r1))
+                         for n, s in self.encoder]
+                out[i, 0, r0:r1] = cosine_distance(pairs)
+        return out
+
+
+def cosine_distance(pairs: Sequence[tuple]) -> np.ndarray:
+    """1 - the mean over blocks of the cosine similarity of (a, b), each (c, h, w); 1 where a
+    vector is all zero (nothing to compare)."""
+    sims = []
+    for a, b in pairs:
+        a = np.asarray(a, np.float64)
+        b = np.asarray(b, np.float64)
+        dot = (a * b).sum(0)
+        norm = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+        sims.append(np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 0.0))
+    return (1.0 - np.mean(sims, axis=0)).astype(np.float32)
+
+
+def spectral_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The change vector's length over the bands, divided by sqrt(bands): (C, h, w) x2 -> (h, w)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return np.sqrt((d * d).mean(0)).astype(np.float32)
+
+
+def otsu_threshold(counts: np.ndarray, edges: np.ndarray) -> float:
+    """Otsu's threshold of a histogram: the bin edge that maximises the between-class variance of
+    the values below and above it. NaN for an empty histogram."""
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return float("nan")
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)[:-1]
+    w1 = total - w0
+    s0 = np.cumsum(counts * centres)[:-1]
+    m0 = s0 / np.where(w0 > 0, w0, 1)
+    m1 = (s0[-1] + counts[-1] * centres[-1] - s0) / np.where(w1 > 0, w1, 1) if len(s0) else s0
+    between = np.where((w0 > 0) & (w1 > 0), w0 * w1 * (m0 - m1) ** 2, -1.0)
+    if not len(between) or between.max() < 0:
+        return float("nan")
+    return float(edges[1 + int(np.argmax(between))])
+
+
+def prepare_pair(before, after, meta, *, before_dates=None, after_dates=None, min_valid: int = 1,
+                 log: Callable[[str], None] = lambda m: None, **prep_kw) -> PairInput:
+    """Both sides prepared on the grid of ``before`` (``series.prepare_source`` for each: a raster,
+    a product or a series)."""
+    from mpmae_core.runtime.inference.predict import input_files
+    from mpmae_core.runtime.inference.series import looks_like_series, prepare_source, reference_source
+    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.io.products import stack_path
+
+    a = prepare_source(before, meta, dates=before_dates, min_valid=min_valid, log=log, **prep_kw)
+    grid = open_raster(stack_path(reference_source(before, dates=before_dates)))
+    b = prepare_source(after, meta, dates=after_dates, min_valid=min_valid, grid=grid, log=log, **prep_kw)
+    if (a.width, a.height) != (b.width, b.height):
+        raise ValueError(f"the two sides are {a.width} x {a.height} and {b.width} x {b.height} px after bringing "
+                         "them onto one grid: give both the same area of interest")
+    for side, src in zip(SIDES, (before, after)):
+        kind = "a period (series)" if looks_like_series(src) or (side == "before" and before_dates) or \
+            (side == "after" and after_dates) else "one date"
+        log(f"{side}: {kind}")
+    return PairInput(a, b, meta, input_files(before) + input_files(after))
+
+
+def change_magnitude(before, after, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 0,
+                     device: str = "auto", before_dates=None, after_dates=None, min_valid: int = 1, cog: bool = False,
+                     style: bool = True, progress=lambda f: None, cancelled=lambda: False, log=lambda m: None,
+                     **prep_kw) -> dict:
+    """The change magnitudes (see the module) as a 2-band float32 GeoTIFF, with the suggested
+    thresholds in its metadata and a .qml showing the cosine distance."""
+    from mpmae_core.runtime.inference.predict import TiledPredictor, TileSpec, check_outputs, check_tiling, \
+        input_files, writer_guard
+    from mpmae_core.runtime.inference.raster import RasterWriter
+    from mpmae_core.runtime.io.styles import pseudocolor_qml, style_path
+    from mpmae_core.runtime.models.model import OnnxModel
+
+    check_tiling(tile, overlap, batch)
+    check_outputs({"output": output}, input_files(before) + input_files(after) + [str(model_path)])
+    model = OnnxModel(model_path, device=device, log=log)
+    if model.metadata.kind != "encoder":
+        raise ValueError(f"'{model_path}' is a {model.metadata.kind} model; change needs an encoder model")
+    pair = prepare_pair(before, after, model.metadata, before_dates=before_dates, after_dates=after_dates,
+                        min_valid=min_valid, log=log, **prep_kw)
+    for note in pair.notes:
+        log(note)
+    runner = ChangeRunner(pair, model)
+    predictor = TiledPredictor(model, pair, TileSpec(tile, overlap, 1), "probabilities", runner=runner,
+                               patch=model.metadata.patch_size)
+    names = list(RANGES)
+    hist = {n: np.zeros(OTSU_BINS, np.int64) for n in names}
+    edges = {n: np.linspace(*RANGES[n], OTSU_BINS + 1) for n in names}
+    writer = RasterWriter(output, predictor.out_w, predictor.out_h, 2, "float32", pair.geotransform, pair.projection,
+                          nodata=float("nan"), descriptions=names, cog=cog)
+
+    def write(y, values, valid):
+        writer.write_rows(y, values, valid)
+        for k, n in enumerate(names):
+            v = values[k][valid]
+            hist[n] += np.histogram(np.clip(v, *RANGES[n]), bins=edges[n])[0]
+
+    stats = writer_guard([writer], lambda: predictor.run(write, progress, cancelled))
+    thresholds = {n: otsu_threshold(hist[n], edges[n]) for n in names}
+    writer.ds.SetMetadata({THRESHOLD_KEYS[n]: f"{t:.6g}" for n, t in thresholds.items()})
+    changed = {n: float(hist[n][np.searchsorted(edges[n], t, side="right") - 1:].sum() / max(hist[n].sum(), 1))
+               for n, t in thresholds.items() if np.isfinite(t)}
+    top = float(edges["cosine_distance"][min(OTSU_BINS, int(np.searchsorted(np.cumsum(hist["cosine_distance"]),
+                                                                         0.99 * hist["cosine_distance"].sum())) + 1)])
+    qml = pseudocolor_qml(0.0, max(top, thresholds["cosine_distance"] * 1.5 if np.isfinite(
+        thresholds["cosine_distance"]) else top, 1e-3))
+    writer_guard([writer], lambda: writer.close({style_path(output): qml} if style else None))
+    for n, t in thresholds.items():
+        if np.isfinite(t):
+            log(f"suggested threshold on {n.replace('_', ' ')} (Otsu): {t:.3g}; {changed[n]:.1%} of the valid pixels "
+                "lie above it. A suggestion from the histogram, not a tested rule: check it against places you know")
+    pair.close()
+    return dict(stats, output=str(output), thresholds=thresholds, changed=changed, width=predictor.out_w,
+                height=predictor.out_h, provider=model.providers[0])
+
+
+def change_map(before, after, model_path, output, *, head_path=None, features=None, class_names=None,
+               head_output=None, report_path=None, probabilities_path=None, feature_ids=None, class_colours=None,
+               buffer_m: float = 0.0, before_dates=None, after_dates=None, min_valid: int = 1, tile: int = 512,
+               overlap: int = 128, device: str = "auto", progress=lambda f: None, cancelled=lambda: False,
+               log=lambda m: None, **prep_kw) -> dict:
+    """A map of change classes: with labelled examples (``features``, ``class_names``), the
+    self-choosing head is trained on the pair's features (saved to ``head_output``, with its
+    report) and maps it; with ``head_path``, that head maps it."""
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.inference.predict import segment
+    from mpmae_core.runtime.models.model import read_metadata
+
+    if (head_path is None) == (features is None):
+        raise ValueError("give either labelled examples of the change types (labels and a class field) or a change "
+                         "head trained on such examples")
+    meta = read_metadata(model_path)
+    pair = prepare_pair(before, after, meta, before_dates=before_dates, after_dates=after_dates, min_valid=min_valid,
+                        log=log, **prep_kw)
+    trained = None
+    if features is not None:
+        head_path = head_output or str(Path(output).with_name(Path(output).stem + "_head.onnx"))
+        trained = train_pixel_head(pair, model_path, features, class_names, head_path, report_path=report_path,
+                                   feature_ids=feature_ids, class_colours=class_colours, buffer_m=buffer_m, tile=tile,
+                                   overlap=overlap, device=device, progress=lambda f: progress(0.5 * f),
+                                   cancelled=cancelled, log=log)
+    res = segment(pair, model_path, output, head_path=head_path, probabilities_path=probabilities_path, tile=tile,
+                  overlap=overlap, device=device, progress=lambda f: progress(0.5 + 0.5 * f if trained else f),
+                  cancelled=cancelled, log=log)
+    pair.close()
+    res["head"] = str(head_path)
+    if trained is not None:
+        res["training"] = trained
+    return res
