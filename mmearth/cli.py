@@ -86,6 +86,8 @@ COMMANDS: dict[str, Command] = {
     "preview": Command(RUNTIME, "PNG of a class map next to its scene in natural colour", _runtime("preview"), True),
     "series-features": Command(RUNTIME, "temporal spectral features (median, percentiles, spread, count) of several "
                                "dates", _runtime("series-features"), True),
+    "change": Command(RUNTIME, "change between two dates or periods: distances, thresholds, and a few-shot map of "
+                               "change types", _runtime("change"), True),
     "sample-design": Command(RUNTIME, "a stratified random validation sample of a class map, to label",
                              _runtime("sample-design"), True),
     "assess": Command(RUNTIME, "accuracy and area with confidence intervals, from labelled validation points",

@@ -133,3 +133,53 @@ def field_gpkg(path, c0=300, r0=200, w=600, h=400, epsg=None):
         poly.Transform(osr.CoordinateTransformation(srs, other))
         srs = other
     return write_polygons(path, [poly], srs, "field")
+
+
+def series_dates(folder, days=("20170216", "20170318", "20170427"), shifts=(0, 60, 120), window=(600, 200, 256, 192)):
+    """Dates of one place from the embedded real scene, named and dated as products are: the
+    scene's bright clouds (blue in its top 4 %) shifted right by ``shifts`` px on each date, as no
+    data. Returns (paths, clouds (T, h, w) bool, the clear crop (C, h, w))."""
+    from mpmae_core.data import sample
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    src = gdal.Translate("", str(sample.build(verbose=False)["stack"]), format="MEM", srcWin=list(window))
+    arr = src.ReadAsArray()
+    blue = arr[1].astype(float)
+    cloud = blue > np.percentile(blue, 96)
+    paths, clouds = [], []
+    for shift, day in zip(shifts, days):
+        c = np.roll(cloud, shift, axis=1)
+        data = arr.copy()
+        data[:, c] = 0  # no data
+        path = folder / f"S2A_MSIL1C_{day}T102101_T33UUU.tif"
+        ds = gdal.GetDriverByName("GTiff").CreateCopy(str(path), src)
+        ds.SetMetadataItem("ACQUISITION_DATE", f"{day[:4]}-{day[4:6]}-{day[6:]}")  # each date's own
+        for b in range(data.shape[0]):
+            ds.GetRasterBand(b + 1).WriteArray(data[b])
+        ds = None
+        paths.append(path)
+        clouds.append(c)
+    return paths, np.array(clouds), arr
+
+
+def point_labels(path, points, srs_wkt, geotransform, field="landuse"):
+    """A GeoPackage of labelled points: ``points`` [(row, col, class name)] on the grid of
+    ``geotransform``, at pixel centres."""
+    from osgeo import ogr
+
+    srs = osr.SpatialReference(wkt=srs_wkt)
+    Path(path).unlink(missing_ok=True)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("labels", srs, ogr.wkbPoint)
+    layer.CreateField(ogr.FieldDefn(field, ogr.OFTString))
+    gt = geotransform
+    for r, c, name in points:
+        f = ogr.Feature(layer.GetLayerDefn())
+        f.SetField(field, name)
+        g = ogr.Geometry(ogr.wkbPoint)
+        g.AddPoint(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5])
+        f.SetGeometry(g)
+        layer.CreateFeature(f)
+    ds = None
+    return path

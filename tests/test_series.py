@@ -12,28 +12,13 @@ from mpmae_core.runtime.inference import series as S
 
 @pytest.fixture(scope="module")
 def dates(tmp_path_factory):
-    """Three dates of a 256 x 192 px crop, named as products are: the scene's bright clouds (blue in
-    its top 4 %) shifted by 0, 60 and 120 px to the right as no data."""
+    """Three dates of a 256 x 192 px crop (helpers.series_dates): the scene's clouds shifted by 0, 60
+    and 120 px."""
+    from helpers import series_dates
+
     d = tmp_path_factory.mktemp("series")
-    stack = str(sample.build(verbose=False)["stack"])
-    src = gdal.Translate("", stack, format="MEM", srcWin=[600, 200, 256, 192])
-    arr = src.ReadAsArray()
-    blue = arr[1].astype(float)
-    cloud = blue > np.percentile(blue, 96)
-    paths, clouds = [], []
-    for i, (shift, day) in enumerate(((0, "20170216"), (60, "20170318"), (120, "20170427"))):
-        c = np.roll(cloud, shift, axis=1)
-        data = arr.copy()
-        data[:, c] = 0  # no data
-        path = d / f"S2A_MSIL1C_{day}T102101_T33UUU.tif"
-        ds = gdal.GetDriverByName("GTiff").CreateCopy(str(path), src)
-        ds.SetMetadataItem("ACQUISITION_DATE", f"{day[:4]}-{day[4:6]}-{day[6:]}")  # each date's own
-        for b in range(data.shape[0]):
-            ds.GetRasterBand(b + 1).WriteArray(data[b])
-        ds = None
-        paths.append(path)
-        clouds.append(c)
-    return paths, np.array(clouds), arr, d
+    paths, clouds, arr = series_dates(d)
+    return paths, clouds, arr, d
 
 
 def test_the_median_over_valid_dates_recovers_the_clear_scene(dates, models_dir, tmp_path):

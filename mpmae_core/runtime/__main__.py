@@ -473,7 +473,8 @@ def fetch_model_command(args, log) -> int:
 
 
 def change_command(args, log) -> int:
-    from mpmae_core.runtime.inference.change import change_magnitude, change_map
+    from mpmae_core.runtime.heads.change import change_map
+    from mpmae_core.runtime.inference.change import change_magnitude
     from mpmae_core.runtime.inference.predict import Cancelled
 
     if args.labels and not args.class_field:

@@ -50,8 +50,8 @@ from mpmae_core.runtime.models import onnx_writer
 from mpmae_core.runtime.heads.linear import FewShotError, check_labels, fit_softmax, grouped_folds
 from mpmae_core.runtime.heads.forest import RandomForest
 from mpmae_core.runtime.models.metadata import METADATA_KEY, ModelMetadata
-from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS, FEATURE_SETS, SPECTRA, TEMPORAL_FEATURE_SETS, \
-    Block, feature_set_blocks, feature_set_columns, is_temporal, union_feature_set
+from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS, DIFFERENCE_FEATURE_SETS, FEATURE_SETS, SPECTRA, \
+    TEMPORAL_FEATURE_SETS, Block, feature_set_blocks, feature_set_columns, is_temporal, union_feature_set
 
 CLASSIFIERS = ("logistic", "forest")
 L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
@@ -550,12 +550,16 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                           level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
                           masks=masks)
     is_series = isinstance(prep, SeriesInput)
-    if feature_sets is None:
-        feature_sets = FEATURE_SETS + (TEMPORAL_FEATURE_SETS if is_series else ())
-    elif not is_series and any(fs in TEMPORAL_FEATURE_SETS or fs == "all" for fs in feature_sets):
-        raise ValueError(f"the temporal feature sets ({', '.join(fs for fs in feature_sets if fs not in FEATURE_SETS)}) "
-                         "need a series of dates: give several dates of the place (a quoted glob, paths separated by "
-                         "commas, a text file of paths), or only the feature sets spectra, encoder, both")
+    if feature_sets is None:  # every set the input offers: a series adds the temporal, a change pair the differences
+        offered = source_blocks(prep, meta)
+        feature_sets = [fs for fs in FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS
+                        if feature_set_blocks(offered, fs)]
+    else:
+        empty = [fs for fs in feature_sets if not feature_set_blocks(source_blocks(prep, meta), fs)]
+        if empty:
+            raise ValueError(f"the feature set(s) {', '.join(empty)} hold nothing on this input: t-spectra, t-encoder "
+                             "and t-both need a series of dates (a quoted glob, paths separated by commas, a text file "
+                             "of paths); d-spectra, d-encoder and d-both a change pair (mmearth change)")
     cands = candidates(feature_sets, classifiers)
     for note in prep.notes:
         log(note)
@@ -592,7 +596,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
 def _reference_date_sets(x, blocks, cands, prep, log) -> tuple:
     """(x, blocks, candidates) without the reference date's own blocks when that date is masked
     (clouds, no data) at any labelled pixel: a head on them would lose those labels and map
-    nothing where the date is cloudy. An error when no candidate is left."""
+    nothing where the date is cloudy. Called only when temporal candidates are among them (with
+    the reference date's sets alone, such labels are skipped as over any raster's clouds)."""
     from mpmae_core.runtime.inference.pixel_features import block_slices
 
     sl = block_slices(blocks)
@@ -603,10 +608,6 @@ def _reference_date_sets(x, blocks, cands, prep, log) -> tuple:
         return x, blocks, cands
     when = prep.dates[prep.reference]
     keep = [c for c in cands if all(is_temporal(b.name) for b in feature_set_blocks(blocks, c.feature_set))]
-    if not keep:
-        raise FewShotError(f"the reference date {when} is masked (clouds, shadows or no data) at {lost} labelled "
-                           "pixel(s), and only its own feature sets were asked for: choose a clearer reference date "
-                           "(--reference N) or the temporal feature sets (t-spectra, t-encoder, t-both)")
     log(f"the reference date {when} is masked at {lost} of {len(x)} labelled pixels: only the temporal feature sets "
         "are candidates (a head on that date's own features would map nothing under its clouds)")
     temporal = [b for b in blocks if is_temporal(b.name)]

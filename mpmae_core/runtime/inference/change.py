@@ -3,7 +3,8 @@
 Each side (``before``, ``after``) is one raster or product, or a series of dates (a period:
 ``series``). A side's features are its own blocks (one date) or its temporal medians (a period:
 ``spectra:median``, ``<stage>:median``), named by their role and side: ``spectra@before``,
-``stage1@after``, ... (``PairInput``). Both sides are read on the grid of ``before``; the other
+``stage1@after``, ..., and what changed, block by block: ``spectra@change`` (after minus before),
+``stage1@change``, ... (``PairInput``). Both sides are read on the grid of ``before``; the other
 is brought onto it, as a series' dates are.
 
 Where one side is masked (clouds, no data) and the other is not, the masked pixels are filled
@@ -22,21 +23,21 @@ where both sides are valid.
 and suggests a threshold on each (``otsu_threshold`` of their histograms): a suggestion, stated
 as one. With labelled examples of change types, ``PairInput`` is an input like any other: the
 self-choosing per-pixel head (``heads.pixelhead``) trains on the two sides' features and
-``segment`` maps the change classes, and the validation design and area report of
-``heads.validation`` apply to that map as to any other.
+``segment`` maps the change classes (``heads.change``), and the validation design and area
+report of ``heads.validation`` apply to that map as to any other.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from mpmae_core.runtime.inference.pixel_features import SPECTRA, Block, base_name, encoder_blocks, rows_per_chunk, \
-    upsample_rows
+from mpmae_core.runtime.inference.pixel_features import CHANGE_SUFFIX, SPECTRA, Block, base_name, encoder_blocks, \
+    rows_per_chunk, upsample_rows
 
 SIDES = ("before", "after")
+CHANGE = CHANGE_SUFFIX[1:]  # the blocks of after minus before
 OTSU_BINS = 2000
 RANGES = {"cosine_distance": (0.0, 2.0), "spectral_change": (0.0, 10.0)}  # histogram ranges for the threshold
 THRESHOLD_KEYS = {"cosine_distance": "MMEARTH_CHANGE_COSINE_THRESHOLD",
@@ -70,6 +71,9 @@ class PairInput:
         self.own_blocks = [side_blocks(p, meta) for p in self.sides]
         self.blocks = [Block(f"{base_name(b.name)}@{side}", b.channels, b.stride)
                        for side, blocks in zip(SIDES, self.own_blocks) for b in blocks]
+        # and what changed: after minus before, block by block (no change is then near zero whatever
+        # the ground, which a few "no change" examples teach far better than both sides side by side)
+        self.blocks += [Block(f"{base_name(b.name)}@{CHANGE}", b.channels, b.stride) for b in self.own_blocks[0]]
         # one date: its bands and its validity; a series: its dates' bands and validity (SeriesInput)
         self.widths = [len(p.band_numbers) + (0 if hasattr(p, "read_block") else 1) for p in self.sides]
         self.band_numbers = list(range(1, sum(self.widths) + 1))
@@ -111,8 +115,10 @@ class PairMaps:
 
         self.pair, self.names = pair, {b.name for b in blocks}
         self.runners, self.renames, self.series = [], [], []
+        self.differences = [base_name(n) for n in self.names if n.endswith(f"@{CHANGE}")]
         for side, prep, own in zip(SIDES, pair.sides, pair.own_blocks):
-            wanted = [b for b in own if f"{base_name(b.name)}@{side}" in self.names]
+            wanted = [b for b in own if f"{base_name(b.name)}@{side}" in self.names or
+                      base_name(b.name) in self.differences]
             self.runners.append(maps_runner(prep, model, wanted))
             self.renames.append({b.name: f"{base_name(b.name)}@{side}" for b in wanted})
             self.series.append(isinstance(prep, SeriesInput))
@@ -149,6 +155,8 @@ class PairMaps:
                 if not self.series[i] and SPECTRA in self.renames[i]:
                     got[SPECTRA] = values[0]
                 maps.update({self.renames[i][k]: v for k, v in got.items() if k in self.renames[i]})
+            for name in self.differences:
+                maps[f"{name}@{CHANGE}"] = maps[f"{name}@after"] - maps[f"{name}@before"]
             out.append(maps)
         return out
 
@@ -196,7 +204,8 @@ def spectral_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def otsu_threshold(counts: np.ndarray, edges: np.ndarray) -> float:
     """Otsu's threshold of a histogram: the bin edge that maximises the between-class variance of
-    the values below and above it. NaN for an empty histogram."""
+    the values below and above it (the middle one when an empty gap gives several); NaN for an
+    empty histogram."""
     counts = np.asarray(counts, np.float64)
     total = counts.sum()
     if total <= 0:
@@ -210,7 +219,14 @@ def otsu_threshold(counts: np.ndarray, edges: np.ndarray) -> float:
     between = np.where((w0 > 0) & (w1 > 0), w0 * w1 * (m0 - m1) ** 2, -1.0)
     if not len(between) or between.max() < 0:
         return float("nan")
-    return float(edges[1 + int(np.argmax(between))])
+    # splits inside an empty gap of the histogram are the same split: take the gap's middle
+    top = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    first = last = int(np.argmax(between))
+    while last + 1 in set(top.tolist()):
+        last += 1
+    while first - 1 in set(top.tolist()):
+        first -= 1
+    return float(edges[1 + (first + last) // 2])
 
 
 def prepare_pair(before, after, meta, *, before_dates=None, after_dates=None, min_valid: int = 1,
@@ -288,38 +304,3 @@ def change_magnitude(before, after, model_path, output, *, tile: int = 512, over
     pair.close()
     return dict(stats, output=str(output), thresholds=thresholds, changed=changed, width=predictor.out_w,
                 height=predictor.out_h, provider=model.providers[0])
-
-
-def change_map(before, after, model_path, output, *, head_path=None, features=None, class_names=None,
-               head_output=None, report_path=None, probabilities_path=None, feature_ids=None, class_colours=None,
-               buffer_m: float = 0.0, before_dates=None, after_dates=None, min_valid: int = 1, tile: int = 512,
-               overlap: int = 128, device: str = "auto", progress=lambda f: None, cancelled=lambda: False,
-               log=lambda m: None, **prep_kw) -> dict:
-    """A map of change classes: with labelled examples (``features``, ``class_names``), the
-    self-choosing head is trained on the pair's features (saved to ``head_output``, with its
-    report) and maps it; with ``head_path``, that head maps it."""
-    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
-    from mpmae_core.runtime.inference.predict import segment
-    from mpmae_core.runtime.models.model import read_metadata
-
-    if (head_path is None) == (features is None):
-        raise ValueError("give either labelled examples of the change types (labels and a class field) or a change "
-                         "head trained on such examples")
-    meta = read_metadata(model_path)
-    pair = prepare_pair(before, after, meta, before_dates=before_dates, after_dates=after_dates, min_valid=min_valid,
-                        log=log, **prep_kw)
-    trained = None
-    if features is not None:
-        head_path = head_output or str(Path(output).with_name(Path(output).stem + "_head.onnx"))
-        trained = train_pixel_head(pair, model_path, features, class_names, head_path, report_path=report_path,
-                                   feature_ids=feature_ids, class_colours=class_colours, buffer_m=buffer_m, tile=tile,
-                                   overlap=overlap, device=device, progress=lambda f: progress(0.5 * f),
-                                   cancelled=cancelled, log=log)
-    res = segment(pair, model_path, output, head_path=head_path, probabilities_path=probabilities_path, tile=tile,
-                  overlap=overlap, device=device, progress=lambda f: progress(0.5 + 0.5 * f if trained else f),
-                  cancelled=cancelled, log=log)
-    pair.close()
-    res["head"] = str(head_path)
-    if trained is not None:
-        res["training"] = trained
-    return res

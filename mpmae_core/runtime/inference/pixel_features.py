@@ -27,8 +27,11 @@ FEATURE_SETS = ("spectra", "encoder", "both")
 #: On a series of dates (``series``), also the temporal blocks ("spectra:median", "stage1:median", ...):
 #: the same roles over the valid dates instead of the reference date alone.
 TEMPORAL_FEATURE_SETS = ("t-spectra", "t-encoder", "t-both")
+#: On a change pair (``change``), also what changed alone: the blocks of after minus before.
+DIFFERENCE_FEATURE_SETS = ("d-spectra", "d-encoder", "d-both")
 #: Every feature set a head may name ("all": the single-date and the temporal blocks, for an ensemble).
-ALL_FEATURE_SETS = FEATURE_SETS + TEMPORAL_FEATURE_SETS + ("all",)
+ALL_FEATURE_SETS = FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS + ("all",)
+CHANGE_SUFFIX = "@change"  # the name ending of a change pair's difference blocks
 #: Not a block: a map entry (1, h, w) telling where the reference date of a series is valid.
 REFERENCE_VALID = "_reference_valid"
 
@@ -59,15 +62,18 @@ def base_name(name: str) -> str:
 
 def feature_set_blocks(blocks: Sequence[Block], feature_set: str) -> list[Block]:
     """The blocks of a feature set: 'spectra', 'encoder' (every encoder output) or 'both' of the
-    one raster (or the reference date of a series); 't-spectra', 't-encoder', 't-both' the same
-    roles over a series' dates; 'all' every block."""
+    one raster (or the reference date of a series, or both sides of a change pair); 't-spectra',
+    't-encoder', 't-both' the same roles over a series' dates; 'd-spectra', 'd-encoder', 'd-both'
+    a change pair's differences alone; 'all' every block."""
     if feature_set not in ALL_FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(ALL_FEATURE_SETS)}")
-    temporal = feature_set.startswith("t-")
-    role = feature_set[2:] if temporal else feature_set
+    prefix = feature_set[:2] if feature_set[:2] in ("t-", "d-") else ""
+    role = feature_set[len(prefix):]
     out = []
     for b in blocks:
-        if role != "all" and is_temporal(b.name) != temporal:
+        if role != "all" and is_temporal(b.name) != (prefix == "t-"):
+            continue
+        if prefix == "d-" and not b.name.endswith(CHANGE_SUFFIX):
             continue
         spectral = base_name(b.name) == SPECTRA
         if role in ("both", "all") or (role == "spectra") == spectral:
@@ -81,7 +87,7 @@ def union_feature_set(sets: Sequence[str]) -> str:
     if len(sets) == 1:
         return sets.pop()
     if all(not s.startswith("t-") and s != "all" for s in sets):
-        return "both"
+        return "both"  # which holds the differences of a change pair too
     if all(s.startswith("t-") for s in sets):
         return "t-both"
     return "all"

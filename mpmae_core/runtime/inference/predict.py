@@ -25,7 +25,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from mpmae_core import registry
-from mpmae_core.runtime.io.files import GEOTIFF_EXTENSIONS, Cancelled, check_output  # noqa: F401 (Cancelled: API)
+from mpmae_core.runtime.io.files import Cancelled, check_outputs  # noqa: F401 (API: re-exported)
+from mpmae_core.runtime.io.sources import input_files  # noqa: F401 (API: re-exported)
 from mpmae_core.runtime.models.model import OnnxModel
 from mpmae_core.runtime.inference.pixel_features import PixelHeadRunner, softmax, upsample_bilinear  # noqa: F401 (upsample_bilinear: API)
 from mpmae_core.runtime.inference.raster import PreparedInput, RasterWriter, has_data, output_geotransform, read_block
@@ -209,34 +210,6 @@ def writer_guard(writers, fn):
     return result
 
 
-def input_files(source) -> list[str]:
-    """Every file GDAL reads for ``source`` (a VRT's sources too; every member's of a series);
-    [source] when it cannot tell."""
-    from mpmae_core.runtime.inference.series import looks_like_series, series_files
-    from mpmae_core.runtime.io.gdal_io import gdal_errors, gdal
-
-    if hasattr(source, "files"):  # an input prepared already (a change pair)
-        return list(source.files)
-    if looks_like_series(source):
-        given = [] if isinstance(source, (list, tuple)) else [str(source)]
-        return given + [f for m in series_files(source) for f in input_files(m)]
-    g = gdal()
-    with gdal_errors():
-        ds = g.OpenEx(str(source), g.OF_RASTER | g.OF_READONLY)
-        files = list(ds.GetFileList() or []) if ds is not None else []
-        ds = None
-    return [str(source)] + files
-
-
-def check_outputs(outputs: dict, inputs: list) -> None:
-    """Refuse before any work: each output in ``outputs`` (what -> path, None skipped) must be a
-    writable GeoTIFF location, distinct from every input and from the other outputs."""
-    given = [(what, path) for what, path in outputs.items() if path]
-    for i, (what, path) in enumerate(given):
-        others = [p for _, p in given[:i]]
-        check_output(path, list(inputs) + others, what, GEOTIFF_EXTENSIONS, "a GeoTIFF")
-
-
 def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 0, device: str = "auto",
           dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto", band_map=None,
           scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
@@ -247,7 +220,7 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
-    from mpmae_core.runtime.inference.series import looks_like_series
+    from mpmae_core.runtime.io.sources import looks_like_series
 
     if looks_like_series(source):
         raise ValueError(f"'{source}' names several rasters: embed one date at a time, or give the series to "

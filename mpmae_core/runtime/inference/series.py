@@ -32,7 +32,6 @@ processing).
 from __future__ import annotations
 
 import datetime as _dt
-import glob as _glob
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -42,47 +41,17 @@ import numpy as np
 from mpmae_core.runtime.inference import temporal
 from mpmae_core.runtime.inference.pixel_features import REFERENCE_VALID, SPECTRA, Block, base_name, encoder_blocks, \
     is_temporal
-from mpmae_core.runtime.io.gdal_io import RasterError
+from mpmae_core.runtime.io.sources import SeriesError, expand_series, looks_like_series  # noqa: F401 (API)
 
 ROWS = 128  # rows per block
 ENCODER_STATS = ("median",)  # the encoder maps' temporal statistic (the spread of 600 channels would cost 4x)
 CELL_VALID = 0.5  # a map cell counts for a date when at least this share of its pixels is valid there
 
 
-class SeriesError(RasterError):
-    """A series that cannot be read; the message says why and what to do."""
-
-
 @dataclass
 class Member:
     source: str
     date: _dt.date
-
-
-def expand_series(spec) -> list[str]:
-    """The member sources of a series: a list, or one text naming a glob, a folder (its products
-    and rasters, one level deep), a .txt list of paths, or paths separated by commas."""
-    if isinstance(spec, (list, tuple)):
-        items = [str(s) for s in spec]
-    else:
-        text = str(spec)
-        path = Path(text)
-        if path.is_file() and path.suffix.lower() in (".txt", ".lst", ".list"):
-            items = [ln.strip() for ln in path.read_text(errors="replace").splitlines()
-                     if ln.strip() and not ln.strip().startswith("#")]
-            items = [str(path.parent / i) if not Path(i).is_absolute() and "://" not in i else i for i in items]
-        elif path.is_dir() and not list(path.glob("MTD_MSIL*.xml")):
-            items = sorted(str(p) for p in path.iterdir()
-                           if p.suffix.lower() in (".tif", ".tiff", ".vrt", ".zip") or p.is_dir()
-                           or p.name.upper().startswith("MTD_MSIL"))
-        elif "," in text and not path.exists():  # a,b,c
-            items = [t.strip() for t in text.split(",") if t.strip()]
-        else:
-            items = sorted(_glob.glob(text)) if any(ch in text for ch in "*?[") else [text]
-    if not items:
-        raise SeriesError(f"the series {spec!r} names no raster or product: give a list, a glob (quoted), a folder "
-                          "or a text file of paths")
-    return items
 
 
 def dated_members(sources: Sequence[str], dates: Optional[Sequence] = None) -> list[Member]:
@@ -156,19 +125,6 @@ def _crs_name(ds) -> str:
 
     s = osr.SpatialReference(wkt=ds.GetProjection() or "")
     return f"{s.GetAuthorityName(None) or ''}:{s.GetAuthorityCode(None) or ''}".strip(":") or s.GetName() or "no CRS"
-
-
-def looks_like_series(source) -> bool:
-    """Whether a source names several rasters rather than one: a list, a glob, a text file of paths,
-    or paths separated by commas. A folder is one raster (a product or its band files) unless the
-    caller says it is a series."""
-    if isinstance(source, (list, tuple)):
-        return len(source) > 1
-    text = str(source)
-    path = Path(text)
-    if path.exists():
-        return path.is_file() and path.suffix.lower() in (".txt", ".lst", ".list")
-    return any(ch in text for ch in "*?[") or "," in text
 
 
 def series_blocks(meta, stats: Sequence[str] = temporal.STATS) -> list[Block]:
@@ -446,15 +402,6 @@ def reference_source(source, *, series: Optional[bool] = None, dates=None, refer
     return members[min(max(int(reference), 0), len(members) - 1)].source
 
 
-def series_files(source) -> list[str]:
-    """The member sources of a series source (for checking outputs against inputs); [] when the
-    source is not a series or cannot be listed yet (the read then says why)."""
-    try:
-        return expand_series(source)
-    except (SeriesError, OSError):
-        return []
-
-
 def series_features(series, model_path, output, *, dates=None, stats: Sequence[str] = temporal.STATS,
                     min_valid: int = 1, grid: int = 0, masks=None, aoi=None, progress=lambda f: None,
                     log: Callable[[str], None] = lambda m: None) -> dict:
@@ -462,8 +409,9 @@ def series_features(series, model_path, output, *, dates=None, stats: Sequence[s
     the model's bands (normalised as the model reads them), then the count of valid dates. Pixels
     with fewer than ``min_valid`` valid dates are NaN (reported). ``grid``: the member (in date
     order) whose grid the others are brought onto."""
-    from mpmae_core.runtime.inference.predict import check_outputs, input_files
     from mpmae_core.runtime.inference.raster import RasterWriter
+    from mpmae_core.runtime.io.files import check_outputs
+    from mpmae_core.runtime.io.sources import input_files
     from mpmae_core.runtime.models.model import read_metadata
 
     members = dated_members(expand_series(series), dates)

@@ -267,3 +267,12 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+
+def check_outputs(outputs: dict, inputs: list) -> None:
+    """Refuse before any work: each output in ``outputs`` (what -> path, None skipped) must be a
+    writable GeoTIFF location, distinct from every input and from the other outputs."""
+    given = [(what, path) for what, path in outputs.items() if path]
+    for i, (what, path) in enumerate(given):
+        others = [p for _, p in given[:i]]
+        check_output(path, list(inputs) + others, what, GEOTIFF_EXTENSIONS, "a GeoTIFF")
