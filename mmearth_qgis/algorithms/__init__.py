@@ -3,6 +3,7 @@
 
 def all_algorithms():
     from .accuracy import AssessAlgorithm, SampleDesignAlgorithm
+    from .change import ChangeAlgorithm
     from .embed import EmbedAlgorithm
     from .fetch_model import FetchModelAlgorithm
     from .inspect_raster import InspectRasterAlgorithm
@@ -12,4 +13,4 @@ def all_algorithms():
     from .train_head import TrainHeadAlgorithm
 
     return [InspectRasterAlgorithm(), EmbedAlgorithm(), TrainHeadAlgorithm(), SegmentAlgorithm(), SimilarityAlgorithm(),
-            FetchModelAlgorithm(), StackAlgorithm(), SampleDesignAlgorithm(), AssessAlgorithm()]
+            FetchModelAlgorithm(), StackAlgorithm(), SampleDesignAlgorithm(), AssessAlgorithm(), ChangeAlgorithm()]

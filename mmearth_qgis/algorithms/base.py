@@ -256,6 +256,54 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         title = f"the polygons of '{layer.sourceName() if layer is not None else 'the area layer'}'"
         return Area(tuple(wkb for wkb, _, _ in feats), QgsCoordinateReferenceSystem(crs).toWkt(), title)
 
+    OTHER_DATES = "OTHER_DATES"
+    DATES = "DATES"
+    MIN_VALID = "MIN_VALID"
+
+    def add_series_parameters(self):
+        """Other dates of the same place: the input then is the reference date of a series."""
+        from qgis.core import (
+            QgsProcessing,
+            QgsProcessingParameterDefinition,
+            QgsProcessingParameterMultipleLayers,
+            QgsProcessingParameterNumber,
+            QgsProcessingParameterString,
+        )
+
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.OTHER_DATES, "Other dates of the same place (a series: the input is its reference date; optional)",
+            QgsProcessing.TypeRaster, optional=True))
+        for p in (QgsProcessingParameterString(
+                      self.DATES, "Dates of a series, YYYY-MM-DD, the input's first, then the other dates' in order "
+                      "(only when their metadata and names do not say)", optional=True),
+                  QgsProcessingParameterNumber(
+                      self.MIN_VALID, "A series' pixels with fewer valid (cloud-free) dates are no data",
+                      QgsProcessingParameterNumber.Integer, 1, minValue=1)):
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
+
+    def series_source(self, parameters, context, source) -> tuple:
+        """(the source, options for the runtime): the input alone, or the input and the other
+        dates as a series whose reference is the input."""
+        if self.parameterDefinition(self.OTHER_DATES) is None or not parameters.get(self.OTHER_DATES):
+            return source, {}
+        others = []
+        for layer in self.parameterAsLayerList(parameters, self.OTHER_DATES, context):
+            if layer.type() != layer.RasterLayer or layer.providerType() != "gdal":
+                raise QgsProcessingException(f"The other date '{layer.name()}' is not a GDAL raster: save it as a "
+                                             "GeoTIFF and use that file.")
+            others.append(layer.source())
+        if not others:
+            return source, {}
+        sources = [source] + others
+        if len(set(sources)) < len(sources):
+            raise QgsProcessingException("A raster is given twice among the input and the other dates: give each "
+                                         "date once.")
+        text = self.parameterAsString(parameters, self.DATES, context).strip()
+        dates = [d.strip() for d in text.split(",") if d.strip()] if text else None
+        return sources, {"series": True, "reference": source, "dates": dates,
+                         "min_valid": self.parameterAsInt(parameters, self.MIN_VALID, context)}
+
     @staticmethod
     def source_crs(source):
         layer = QgsRasterLayer(source, "input", "gdal")

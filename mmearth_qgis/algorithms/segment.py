@@ -23,7 +23,9 @@ class SegmentAlgorithm(InferenceAlgorithm):
             "instance a few-shot head from 'Train few-shot head'), or with a segmenter model that carries its own "
             "landcover head (e.g. ESA WorldCover, exported with `python -m training.export CKPT --head "
             "esa_worldcover`). The class map carries the class names and colours; 255 marks pixels without data. "
-            "Optionally writes one probability band per class."
+            "Optionally writes one probability band per class. With other dates of the same place, the input and "
+            "those dates are a series, mapped by a head trained on that series (its temporal features: medians, "
+            "percentiles and spread over the cloud-free dates)."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -31,6 +33,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
         self.addParameter(model_parameter(self.HEAD, "Head (by name or .onnx file; leave empty for a segmenter model)",
                                           optional=True))
         self.add_area_parameters()
+        self.add_series_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.PROBABILITIES, "Class probabilities", optional=True, createByDefault=False))
@@ -48,8 +51,9 @@ class SegmentAlgorithm(InferenceAlgorithm):
             if parameters.get(self.PROBABILITIES) else None
         opts = self.inference_options(parameters, context)
         opts["aoi"] = self.area_of_interest(parameters, context, feedback, source)
+        source, series = self.series_source(parameters, context, source)
         res = self.run_guarded(lambda **kw: segment(source, model, out, head_path=head, probabilities_path=probs,
-                                                    **opts, **kw), feedback)
+                                                    **opts, **series, **kw), feedback)
         feedback.pushInfo(f"classes: {', '.join(res['classes'])}; {res['run']} tiles run, {res['skipped']} empty "
                           f"tiles skipped, on {res['provider']}")
         self.style_on_load(context, out)

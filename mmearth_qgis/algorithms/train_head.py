@@ -25,7 +25,9 @@ def class_order(values) -> list:
         return sorted(distinct, key=str.casefold)
 
 
-FEATURE_SETS = ["spectra", "encoder", "both"]
+FEATURE_SETS = ["spectra", "encoder", "both", "t-spectra", "t-encoder", "t-both"]
+FEATURE_SET_LABELS = ["spectra", "encoder", "both", "spectra over a series' dates (median, percentiles, spread)",
+                      "encoder over a series' dates (medians)", "both over a series' dates"]
 CLASSIFIERS = ["logistic", "forest"]
 CLASSIFIER_LABELS = ["logistic regression (3 strengths)", "random forest"]
 
@@ -68,6 +70,10 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
             "heads of the three best of those, by cross-validation grouped by labelled feature (the pixels of one "
             "point or polygon never test a head trained on them). "
             "The report lists every candidate's accuracy, balanced accuracy and mIoU and why the chosen one won. "
+            "With other dates of the same place (a series), the candidates also include temporal features: the "
+            "median, 10th and 90th percentiles and spread of the spectra over the cloud-free dates, and the median "
+            "of the encoder's features; the input's own features stay candidates only where it is clear at every "
+            "label. "
             "The head is saved as an .onnx file for 'Landcover map', which runs it per pixel. Labels in another "
             "CRS are reprojected; labels outside the raster are skipped with a warning; each class needs at least "
             "2 labelled features and there must be at least 2 classes."
@@ -88,10 +94,12 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
             self.BUFFER, "Point buffer (metres; 0 = a point labels its own pixel)", QgsProcessingParameterNumber.Double,
             0.0, minValue=0.0, maxValue=1000.0))
         self.add_area_parameters()
+        self.add_series_parameters()
         self.add_embeddings_parameter()
         advanced = [
-            QgsProcessingParameterEnum(self.FEATURE_SETS, "Feature sets to try", FEATURE_SETS, allowMultiple=True,
-                                       defaultValue=[0, 1, 2]),
+            QgsProcessingParameterEnum(self.FEATURE_SETS, "Feature sets to try (none chosen: every set the input "
+                                       "offers; the temporal ones need other dates)", FEATURE_SET_LABELS,
+                                       allowMultiple=True, optional=True, defaultValue=[]),
             QgsProcessingParameterEnum(self.CLASSIFIERS, "Classifiers to try", CLASSIFIER_LABELS, allowMultiple=True,
                                        defaultValue=[0, 1]),
             QgsProcessingParameterNumber(self.MAX_PIXELS, "Most labelled pixels per class",
@@ -142,10 +150,11 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         features = [(wkb, index[str(v).strip()]) for wkb, v, _ in labelled]
         out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         report = self.parameterAsFileOutput(parameters, self.REPORT, context) if parameters.get(self.REPORT) else ""
-        sets = [FEATURE_SETS[i] for i in self.parameterAsEnums(parameters, self.FEATURE_SETS, context)] or FEATURE_SETS
+        sets = [FEATURE_SETS[i] for i in self.parameterAsEnums(parameters, self.FEATURE_SETS, context)] or None
         clfs = [CLASSIFIERS[i] for i in self.parameterAsEnums(parameters, self.CLASSIFIERS, context)] or CLASSIFIERS
         opts = self.inference_options(parameters, context)
         opts["aoi"] = self.area_of_interest(parameters, context, feedback, source)
+        source, series = self.series_source(parameters, context, source)
         feedback.pushInfo(f"{len(features)} labelled features in {len(names)} classes: {', '.join(names)}")
         res = self.run_guarded(lambda **kw: train_pixel_head(
             source, model, features, names, out, report_path=report or None,
@@ -153,7 +162,8 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
             feature_sets=sets, classifiers=clfs, feature_raster=stored,
             max_pixels_per_class=self.parameterAsInt(parameters, self.MAX_PIXELS, context),
             block_m=self.parameterAsDouble(parameters, self.BLOCK_SIZE, context) or None,
-            choose_on=CHOOSE_ON_VALUES[self.parameterAsEnum(parameters, self.CHOOSE_ON, context)], **opts, **kw),
+            choose_on=CHOOSE_ON_VALUES[self.parameterAsEnum(parameters, self.CHOOSE_ON, context)], **opts, **series,
+            **kw),
             feedback)
         for line in res["text"].splitlines():
             feedback.pushInfo(line)

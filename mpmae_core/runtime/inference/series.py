@@ -72,7 +72,8 @@ def dated_members(sources: Sequence[str], dates: Optional[Sequence] = None) -> l
             d = temporal.date_of(src, meta)
             if d is None:
                 raise SeriesError(f"the date of '{src}' is neither in its metadata nor in its name: give the dates "
-                                  "(--dates YYYY-MM-DD,... in the members' order)")
+                                  "(YYYY-MM-DD,... in the members' order: --dates on the command line, 'Dates' in "
+                                  "QGIS)")
         out.append(Member(str(src), d))
     out.sort(key=lambda m: m.date)
     for a, b in zip(out, out[1:]):
@@ -310,7 +311,8 @@ def prepare_series(series, meta, *, dates=None, reference: int = 0, min_valid: i
                    dn_offset="auto", band_map=None, scale: float = 1.0, aoi=None, masks=None, grid=None,
                    log: Callable[[str], None] = lambda m: None):
     """A series ready to read (``SeriesInput``): its members dated and sorted, each brought onto the
-    grid of the ``reference`` member (in date order) and prepared as one raster is, with its own
+    grid of the ``reference`` member (its place in date order, or its source) and prepared as one
+    raster is, with its own
     level, offset and masks (or onto ``grid``, an open dataset, when given). One member: that
     member's ``raster.prepare_input`` (single-date processing, exactly)."""
     from mpmae_core.runtime.inference.raster import prepare_input
@@ -318,6 +320,8 @@ def prepare_series(series, meta, *, dates=None, reference: int = 0, min_valid: i
     from mpmae_core.runtime.io.products import stack_path
 
     members = dated_members(expand_series(series), dates)
+    if isinstance(reference, (str, Path)):  # a member named: its place in date order
+        reference = next((i for i, m in enumerate(members) if m.source == str(reference)), reference)
     if isinstance(reference, bool) or not isinstance(reference, (int, np.integer)) or \
             not 0 <= reference < len(members):
         raise SeriesError(f"the reference member {reference!r} does not exist: the series has {len(members)} "
@@ -398,6 +402,8 @@ def reference_source(source, *, series: Optional[bool] = None, dates=None, refer
         series = looks_like_series(source) or dates is not None
     if not series:
         return source
+    if isinstance(reference, (str, Path)):
+        return str(reference)
     members = dated_members(expand_series(source), dates)
     return members[min(max(int(reference), 0), len(members) - 1)].source
 
