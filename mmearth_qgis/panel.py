@@ -43,7 +43,8 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox, QgsMapTool, QgsMapToolEmitPoint, QgsRubberBand
+from qgis.gui import QgsCheckableComboBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox, QgsMapTool, \
+    QgsMapToolEmitPoint, QgsRubberBand
 from qgis.PyQt.QtCore import QTimer, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout, QHBoxLayout, QInputDialog, QLabel,
@@ -151,7 +152,9 @@ class FewShotPanel(QgsDockWidget):
         self._debounce.timeout.connect(self.preview)
         project = QgsProject.instance()
         self._project_slots = [(project.writeProject, self.save_state), (project.readProject, self.restore_state),
-                               (project.layersAdded, self._pick_default_raster)]
+                               (project.layersAdded, self._pick_default_raster),
+                               (project.layersAdded, self.fill_other_dates),
+                               (project.layersRemoved, self.fill_other_dates)]
         for signal, slot in self._project_slots:
             signal.connect(slot)
         self._pick_default_raster()
@@ -232,6 +235,13 @@ class FewShotPanel(QgsDockWidget):
         row.addWidget(self.raster, 1)
         row.addWidget(self.product_button)
         form.addRow("Raster", row)
+        self.other_dates = QgsCheckableComboBox()
+        self.other_dates.setToolTip("other dates of the same place (rasters or products in the project): with them "
+                                    "the raster is the reference date of a series, and the heads may use the "
+                                    "temporal features (medians, percentiles, spread over the cloud-free dates)")
+        self.other_dates.setDefaultText("none (one date)")
+        self.other_dates.checkedItemsChanged.connect(self._inputs_changed)
+        form.addRow("Other dates", self.other_dates)
         form.addRow("", self.findings)
         form.addRow("Model", self.model)
         layout.addLayout(form)
@@ -386,6 +396,31 @@ class FewShotPanel(QgsDockWidget):
         if layer is not None:
             self.raster.setLayer(layer)
 
+    def fill_other_dates(self, *_):
+        """The other dates offered: every raster of the project that can feed a model, but the raster;
+        the ones checked stay checked."""
+        from .layers import can_feed
+
+        checked = set(self.other_dates.checkedItemsData())
+        chosen = self.raster.currentLayer()
+        self.other_dates.blockSignals(True)
+        self.other_dates.clear()
+        for layer in QgsProject.instance().layerTreeRoot().layerOrder():
+            if layer is chosen or not can_feed(layer):
+                continue
+            state = Qt.Checked if layer.id() in checked else Qt.Unchecked
+            self.other_dates.addItemWithCheckState(layer.name(), state, layer.id())
+        self.other_dates.blockSignals(False)
+
+    def other_date_sources(self) -> list:
+        """What the runtime reads for each checked other date."""
+        out = []
+        for layer_id in self.other_dates.checkedItemsData():
+            layer = QgsProject.instance().mapLayer(layer_id)
+            if isinstance(layer, QgsRasterLayer) and layer.isValid():
+                out.append(self.raster_source(layer))
+        return out
+
     def raster_layer(self):
         layer = self.raster.currentLayer()
         return layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
@@ -445,6 +480,8 @@ class FewShotPanel(QgsDockWidget):
         from mpmae_core.runtime.io.inspect import inspect_raster, summary_lines
 
         self.session = None
+        if self.sender() is self.raster:
+            self.fill_other_dates()
         layer = self.raster_layer()
         if layer is None:
             self.findings.setText("choose a Sentinel-2 raster")
@@ -462,13 +499,18 @@ class FewShotPanel(QgsDockWidget):
             return
         path = self.model_path()
         if path:
-            self.open_session(source, path)
+            self.open_session(source, path, self.other_date_sources())
 
-    def open_session(self, raster: str, model: str):
+    def open_session(self, raster: str, model: str, other_dates=()):
         from mpmae_core.runtime.heads.session import MappingSession
 
         try:
-            self.session = MappingSession(raster, model, log=lambda m: QgsMessageLog.logMessage(m, LOG_TAG, Qgis.Info))
+            self.session = MappingSession(raster, model, other_dates=list(other_dates),
+                                          log=lambda m: QgsMessageLog.logMessage(m, LOG_TAG, Qgis.Info))
+            if self.session.is_series:
+                dates = self.session.prep.dates
+                self.findings.setText(self.findings.text() + f"\nseries of {len(dates)} dates: "
+                                      + ", ".join(str(d) for d in dates))
         except Exception as exc:  # noqa: BLE001
             from .algorithms.base import error_message
 
@@ -1156,7 +1198,8 @@ class FewShotPanel(QgsDockWidget):
                 "classes": [[n, c] for n, c in zip(self.class_names(), self.class_colours())],
                 "point_layer": self.point_layer.id() if self.point_layer and _alive(self.point_layer) else "",
                 "polygon_layer": self.polygon_layer.id() if self.polygon_layer and _alive(self.polygon_layer) else "",
-                "auto": self.auto.isChecked(), "output": self.output.filePath()}
+                "auto": self.auto.isChecked(), "output": self.output.filePath(),
+                "other_dates": list(self.other_dates.checkedItemsData())}
 
     @_while_alive
     def save_state(self, document=None):
@@ -1193,6 +1236,13 @@ class FewShotPanel(QgsDockWidget):
         self.model.setEditText(state.get("model", ""))
         raster = project.mapLayer(state.get("raster", "")) if state.get("raster") else None
         self.raster.setLayer(raster)
+        self.fill_other_dates()
+        self.other_dates.blockSignals(True)
+        wanted = set(state.get("other_dates", []))
+        for i in range(self.other_dates.count()):
+            if self.other_dates.itemData(i) in wanted:
+                self.other_dates.setItemCheckState(i, Qt.Checked)
+        self.other_dates.blockSignals(False)
         self._inputs_changed()
 
 

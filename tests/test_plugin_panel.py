@@ -431,3 +431,66 @@ def test_check_accuracy_with_a_validation_sample_labelled_by_clicks(qtbot, canva
         qtbot.mouseClick(panel.preview_button, 1)
     assert "agreement with the labels in cross-validation" in panel.status.text()
     assert "validation points" in panel.status.text() and "map accuracy" in panel.status.text()
+
+
+@pytest.mark.slow
+def test_a_series_of_dates_in_the_panel(qtbot, qgis_app, models_dir, tmp_path, monkeypatch):
+    """Three dates of one place as layers: the raster is one, the other two are checked in 'Other
+    dates'; the panel computes the series' features once, labels clicked under one date's clouds
+    count, the whole map has no data only where no date sees the ground, and the choice of dates
+    comes back with the project."""
+    from helpers import series_dates
+    from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer
+    from qgis.gui import QgsMapCanvas
+    from qgis.PyQt.QtCore import Qt
+
+    from mpmae_core.data import sample
+    from mmearth_qgis.panel import FewShotPanel
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    QgsProject.instance().clear()
+    paths, clouds, _ = series_dates(tmp_path / "dates")
+    layers = [QgsRasterLayer(str(p), f"date {i + 1}", "gdal") for i, p in enumerate(paths)]
+    QgsProject.instance().addMapLayers(layers)
+    canvas = QgsMapCanvas()
+    qtbot.addWidget(canvas)
+    panel = FewShotPanel(canvas)
+    qtbot.addWidget(panel)
+    panel.auto.setChecked(False)
+    panel.raster.setLayer(layers[0])
+    assert panel.other_dates.count() == 2  # every other raster of the project, never the raster itself
+    for i in range(panel.other_dates.count()):
+        panel.other_dates.setItemCheckState(i, Qt.Checked)
+    with qtbot.waitSignal(panel.cache_ready, timeout=240_000) as ready:
+        panel.model.setEditText("atto_test")
+    assert ready.args[0] is True, ready.args[1]
+    assert panel.session.is_series and "series of 3 dates" in panel.findings.text()
+    osm = gdal.Open(str(sample.build(verbose=False)["labels"])).ReadAsArray()[200:392, 600:856]
+    gt = gdal.Open(str(paths[0])).GetGeoTransform()
+    rng = np.random.default_rng(4)
+    for name in ("forest", "farm"):
+        panel.add_class(name)
+        rows, cols = np.nonzero((osm == sample.OSM_CLASSES.index(name) + 1) & ~clouds.any(0))
+        for i in rng.choice(len(rows), 4, replace=False):
+            panel.add_point(QgsPointXY(gt[0] + (cols[i] + 0.5) * gt[1], gt[3] + (rows[i] + 0.5) * gt[5]))
+    r, c = np.argwhere(clouds[0] & ~clouds[1:].any(0) & (osm == sample.OSM_CLASSES.index("farm") + 1))[0]
+    panel.add_point(QgsPointXY(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5]))  # under date 1's clouds
+    out = tmp_path / "series_map.tif"
+    with qtbot.waitSignal(panel.map_finished, timeout=600_000) as done:
+        panel.map_raster(out)
+    assert done.args[0] is True, done.args[1]
+    mapped = gdal.Open(str(out)).ReadAsArray()
+    np.testing.assert_array_equal(mapped == 255, clouds.all(0))
+    project_file = tmp_path / "series.qgz"
+    assert QgsProject.instance().write(str(project_file))
+    panel.shutdown()
+    QgsProject.instance().clear()
+    assert QgsProject.instance().read(str(project_file))
+    again = FewShotPanel(canvas)
+    qtbot.addWidget(again)
+    again.restore_state()
+    assert sorted(QgsProject.instance().mapLayer(i).name() for i in again.other_dates.checkedItemsData()) == \
+        ["date 2", "date 3"]
+    assert again.session is not None and again.session.is_series
+    again.shutdown()
+    QgsProject.instance().clear()

@@ -320,3 +320,34 @@ def test_the_change_command_refuses_half_given_options(scene, models_dir, tmp_pa
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err
     assert not (tmp_path / "c.tif").exists()
+
+
+@pytest.mark.slow
+def test_the_panel_session_maps_a_series_as_segment_does(scene, models_dir, tmp_path):
+    """The mapping session on a series (the panel's engine): the encoder's temporal medians cached
+    once, a preview, the full head, and a map that agrees with segment's for the same head."""
+    from mpmae_core.runtime.heads.session import MappingSession
+    from mpmae_core.runtime.inference.predict import segment
+
+    paths, clouds, _, _, _ = scene
+    model = models_dir / "atto_test.onnx"
+    r, c = np.argwhere(clouds[0] & ~clouds[1:].any(0) & (scene[3] == sample.OSM_CLASSES.index("farm") + 1))[0]
+    feats, names, ids = _read_labels(_labels(scene, tmp_path / "l.gpkg", extra=[(int(r), int(c), "farm")]), paths[0])
+    session = MappingSession(str(paths[0]), model, other_dates=[str(p) for p in paths[1:]], device="cpu",
+                             cache_dir=tmp_path / "cache")
+    assert session.is_series and any(b.name == "stage1:median" for b in session.cache.blocks)
+    session.ensure_cache()
+    again = MappingSession(str(paths[0]), model, other_dates=[str(paths[2])], device="cpu", cache_dir=tmp_path / "cache")
+    assert not again.ready  # other dates, another cache
+    head, cv = session.quick_head(feats, names)
+    assert all(":" in b.name for b in head.blocks)  # the reference date is masked at a label
+    pv = session.preview(head)
+    assert pv["valid"].mean() > 0.9
+    logs = []
+    res = session.train_full_head(feats, names, tmp_path / "h.onnx", log=logs.append)
+    assert any("only the temporal feature sets" in m for m in logs)
+    mine = session.map_to_file(res["head"], tmp_path / "panel.tif")
+    theirs = segment([str(p) for p in paths], model, tmp_path / "seg.tif", head_path=tmp_path / "h.onnx", device="cpu")
+    a, b = gdal.Open(mine["output"]).ReadAsArray(), gdal.Open(theirs["output"]).ReadAsArray()
+    np.testing.assert_array_equal(a == 255, b == 255)
+    assert (a == b).mean() > 0.98  # the cache stores the maps as float16

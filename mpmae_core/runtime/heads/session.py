@@ -30,7 +30,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from mpmae_core.runtime.io.files import Cancelled
-from mpmae_core.runtime.inference.pixel_features import SPECTRA, Block, encoder_blocks, feature_set_columns, sample_bilinear
+from mpmae_core.runtime.inference.pixel_features import SPECTRA, Block, base_name, encoder_blocks, feature_set_columns, \
+    is_temporal, sample_bilinear
 
 #: The head the live preview fits after every label: fast to fit and to apply, and rarely far from
 #: the chosen one (the full choice runs when the raster is mapped).
@@ -71,16 +72,17 @@ class StageCache:
 
 def build_stage_cache(prep, model, folder: Path, tile: int = 512, overlap: int = 128,
                       progress: Callable[[float], None] = lambda f: None,
-                      cancelled: Callable[[], bool] = lambda: False) -> StageCache:
+                      cancelled: Callable[[], bool] = lambda: False, blocks=None) -> StageCache:
     """Every encoder stage map of the raster at its own stride, each cell from the owner tile of
     its pixels (``tiling``), written as GeoTIFFs (float16) into ``folder``; info.json last, so a
-    cache without it is incomplete and is rebuilt."""
-    from mpmae_core.runtime.inference.pixel_features import EncoderMaps, check_maps
+    cache without it is incomplete and is rebuilt. ``blocks``: the maps to cache (default every
+    encoder stage; a series' also its temporal medians)."""
+    from mpmae_core.runtime.inference.pixel_features import check_maps, maps_runner
     from mpmae_core.runtime.inference.predict import writer_guard
     from mpmae_core.runtime.inference.raster import RasterWriter, has_data, read_block
     from mpmae_core.runtime.inference.tiling import owned_span, raster_windows
 
-    blocks = [b for b in encoder_blocks(model.metadata) if b.name != SPECTRA]
+    blocks = list(blocks) if blocks is not None else [b for b in encoder_blocks(model.metadata) if b.name != SPECTRA]
     p = model.metadata.patch_size
     windows = raster_windows(prep.height, prep.width, tile, overlap, p)
     th, tw = windows[0][0].h, windows[0][0].w
@@ -92,7 +94,7 @@ def build_stage_cache(prep, model, folder: Path, tile: int = 512, overlap: int =
         writers.append(RasterWriter(folder / f"{b.name}.tif", w, h, b.channels, "float32",
                                     [gt[0], gt[1] * b.stride, gt[2], gt[3], gt[4], gt[5] * b.stride],
                                     prep.projection, nodata=float("nan"), half_float=True))
-    runner = EncoderMaps(model, blocks)
+    runner = maps_runner(prep, model, blocks)
     xspans = [owned_span(i, xstarts, tw, prep.width) for i in range(len(xstarts))]
 
     def work():
@@ -158,26 +160,38 @@ class MappingSession:
 
     def __init__(self, raster, model_path, *, device: str = "auto", level: str = "auto", dn_offset="auto",
                  band_map=None, scale: float = 1.0, tile: int = 512, overlap: int = 128, cache_dir=None,
-                 masks=None, log: Callable[[str], None] = lambda m: None):
+                 masks=None, other_dates=(), dates=None, min_valid: int = 1,
+                 log: Callable[[str], None] = lambda m: None):
+        """``other_dates``: more dates of the same place; the session then works on the series of
+        ``raster`` (its reference date) and them, with the temporal feature sets."""
         from mpmae_core.runtime.models.model import OnnxModel
-        from mpmae_core.runtime.inference.raster import prepare_input
+        from mpmae_core.runtime.inference.series import SeriesInput, prepare_source, source_blocks
 
         self.raster, self.model_path = str(raster), str(model_path)
         self.model = OnnxModel(model_path, device=device, log=log)
         if self.model.metadata.kind != "encoder":
             raise ValueError(f"'{model_path}' is a {self.model.metadata.kind} model; few-shot mapping needs an encoder")
-        self.prep = prepare_input(raster, self.model.metadata, level=level, dn_offset=dn_offset, band_map=band_map,
-                                  log=log, scale=scale, masks=masks)
-        self.blocks = encoder_blocks(self.model.metadata)
+        sources = [self.raster] + [str(o) for o in other_dates]
+        series = dict(series=True, reference=self.raster, dates=dates, min_valid=min_valid) if other_dates else {}
+        self.prep = prepare_source(sources if other_dates else self.raster, self.model.metadata, level=level,
+                                   dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, masks=masks, **series)
+        self.is_series = isinstance(self.prep, SeriesInput)
+        self.sources = [m.source for m in self.prep.members] if self.is_series else [self.raster]
+        self.blocks = source_blocks(self.prep, self.model.metadata)
         self.tile, self.overlap = tile, overlap
         options = {"level": self.prep.level, "dn_offset": self.prep.dn_offset, "scale": scale,
                    "band_map": band_map, "tile": tile, "overlap": overlap}
         if masks is not None:  # other masks, other encoder inputs: another cache
             options["masks"] = repr(masks)
+        if self.is_series:  # every date is part of what the cache was computed from
+            options["series"] = {"dates": [str(d) for d in self.prep.dates], "reference": self.prep.reference,
+                                 "min_valid": self.prep.min_valid,
+                                 "members": [file_identity(src) for src in self.sources]}
         root = Path(cache_dir) if cache_dir else cache_root()
         self.cache = StageCache(root / cache_key(raster, model_path, options),
-                                [b for b in self.blocks if b.name != SPECTRA])
+                                [b for b in self.blocks if base_name(b.name) != SPECTRA])  # the encoder's maps
         self._maps: dict = {}
+        self.train_blocks = self.blocks  # the blocks of the last training data's columns
         self.label_conflicts = None  # the LabelCells of the last labels (their conflict_warning)
         self.lock = threading.RLock()
 
@@ -192,7 +206,8 @@ class MappingSession:
         if self.ready:
             return 0.0
         t = time.perf_counter()
-        build_stage_cache(self.prep, self.model, self.cache.folder, self.tile, self.overlap, progress, cancelled)
+        build_stage_cache(self.prep, self.model, self.cache.folder, self.tile, self.overlap, progress, cancelled,
+                          blocks=self.cache.blocks)
         return time.perf_counter() - t
 
     def _stage(self, name: str) -> np.ndarray:
@@ -205,29 +220,45 @@ class MappingSession:
         return self._maps[name]
 
     # -- features -----------------------------------------------------------------------
+    def _pixel_maps(self, y0: int, x0: int, h: int, w: int, names) -> dict:
+        """The stride-1 blocks ``names`` (spectra, a series' spectral statistics) of a pixel window,
+        as (C, h, w) with NaN where they have no data (a series' own date: where it is masked)."""
+        from mpmae_core.runtime.inference.pixel_features import REFERENCE_VALID
+        from mpmae_core.runtime.inference.raster import read_block
+
+        x, valid = read_block(self.prep, y0, x0, h, w)
+        if not self.is_series:
+            x = x.copy()
+            x[:, ~valid] = np.nan
+            return {SPECTRA: x}
+        runner = self.prep.maps_runner(None, [b for b in self.blocks if b.name in names])
+        maps = runner.pixel_maps(*runner.split(x))
+        out = {}
+        for name in names:
+            m = maps[name].copy()
+            m[:, ~valid] = np.nan
+            if name == SPECTRA:
+                m[:, maps[REFERENCE_VALID][0] < 0.5] = np.nan
+            out[name] = m
+        return out
+
     @_locked
     def features_at(self, rows: np.ndarray, cols: np.ndarray, blocks=None) -> np.ndarray:
         """(n, F) features of ``blocks`` (default all) at raster pixels; NaN rows without data."""
-        from mpmae_core.runtime.inference.raster import read_block
-
         blocks = blocks or self.blocks
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        parts = []
-        for b in blocks:
-            if b.name == SPECTRA:
-                out = np.full((rows.size, b.channels), np.nan, np.float32)
-                keys = (rows // 512) * (self.prep.width // 512 + 1) + cols // 512  # read 512 px squares, no more
-                for key in np.unique(keys):
-                    sel = np.flatnonzero(keys == key)
-                    r0, c0 = int(rows[sel].min()), int(cols[sel].min())
-                    x, valid = read_block(self.prep, r0, c0, int(rows[sel].max()) - r0 + 1,
-                                          int(cols[sel].max()) - c0 + 1)
-                    vals = x[:, rows[sel] - r0, cols[sel] - c0].T
-                    vals[~valid[rows[sel] - r0, cols[sel] - c0]] = np.nan
-                    out[sel] = vals
-                parts.append(out)
-            else:
-                parts.append(sample_bilinear(self._stage(b.name), b.stride, rows, cols))
+        pixel = [b.name for b in blocks if base_name(b.name) == SPECTRA]
+        read = {n: np.full((rows.size, b.channels), np.nan, np.float32) for b in blocks for n in [b.name] if n in pixel}
+        if pixel and rows.size:
+            keys = (rows // 512) * (self.prep.width // 512 + 1) + cols // 512  # read 512 px squares, no more
+            for key in np.unique(keys):
+                sel = np.flatnonzero(keys == key)
+                r0, c0 = int(rows[sel].min()), int(cols[sel].min())
+                maps = self._pixel_maps(r0, c0, int(rows[sel].max()) - r0 + 1, int(cols[sel].max()) - c0 + 1, pixel)
+                for name in pixel:
+                    read[name][sel] = maps[name][:, rows[sel] - r0, cols[sel] - c0].T
+        parts = [read[b.name] if b.name in read else sample_bilinear(self._stage(b.name), b.stride, rows, cols)
+                 for b in blocks]
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     @_locked
@@ -236,18 +267,18 @@ class MappingSession:
         increasing): the window's bands read once, each stage interpolated separably (rows, then
         columns: the same numbers as :meth:`features_at`, far fewer operations)."""
         from mpmae_core.runtime.inference.pixel_features import bilinear_axis
-        from mpmae_core.runtime.inference.raster import read_block
 
         blocks = blocks or self.blocks
         ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
+        pixel = [b.name for b in blocks if base_name(b.name) == SPECTRA]
+        maps = {}
+        if pixel:
+            y0, x0 = int(ys[0]), int(xs[0])
+            maps = self._pixel_maps(y0, x0, int(ys[-1]) - y0 + 1, int(xs[-1]) - x0 + 1, pixel)
         parts = []
         for b in blocks:
-            if b.name == SPECTRA:
-                y0, x0 = int(ys[0]), int(xs[0])
-                x, valid = read_block(self.prep, y0, x0, int(ys[-1]) - y0 + 1, int(xs[-1]) - x0 + 1)
-                sub = x[:, ys - y0][:, :, xs - x0]
-                sub[:, ~valid[ys - y0][:, xs - x0]] = np.nan
-                parts.append(sub)
+            if b.name in maps:
+                parts.append(maps[b.name][:, ys - int(ys[0])][:, :, xs - int(xs[0])])
                 continue
             m = self._stage(b.name)
             ly, hy, fy = bilinear_axis(m.shape[1], b.stride, ys)
@@ -277,10 +308,27 @@ class MappingSession:
         keep = cap_per_class_grouped(y, groups, max_per_class)
         rows, cols, y, groups = rows[keep], cols[keep], y[keep], groups[keep]
         x = self.features_at(rows, cols)
+        x, self.train_blocks = self.usable(x)  # the blocks of these columns
         ok = np.isfinite(x).all(1)
         if positions:
             return x[ok], y[ok], groups[ok], (rows[ok], cols[ok])
         return x[ok], y[ok], groups[ok]
+
+    def usable(self, x: np.ndarray) -> tuple:
+        """(x, blocks) for a head: on a series whose reference date is masked at a labelled pixel
+        that other dates see, the temporal blocks only (as ``train_pixel_head`` decides)."""
+        from mpmae_core.runtime.inference.pixel_features import block_slices
+
+        if not self.is_series:
+            return x, self.blocks
+        sl = block_slices(self.blocks)
+        single = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in self.blocks
+                                 if not is_temporal(b.name)])
+        temporal = np.setdiff1d(np.arange(x.shape[1]), single)
+        seen = np.isfinite(x[:, temporal]).all(1)
+        if np.isfinite(x[seen][:, single]).all():
+            return x, self.blocks
+        return x[:, temporal], [b for b in self.blocks if is_temporal(b.name)]
 
     @_locked
     def quick_head(self, features, class_names, class_colours=None, buffer_m: float = 0.0):
@@ -288,16 +336,18 @@ class MappingSession:
         from mpmae_core.runtime.heads.pixelhead import Candidate, PixelHead, score_candidates
 
         x, y, groups = self.training_data(features, buffer_m=buffer_m)
-        cand = Candidate(*PREVIEW_CANDIDATE)
+        blocks = self.train_blocks
+        fs, clf, l2 = PREVIEW_CANDIDATE
+        cand = Candidate("t-" + fs if self.is_series else fs, clf, l2)  # a series: its dates, robust to clouds
         present = sorted(set(y.tolist()))
         if len(present) < 2:
             raise ValueError("label at least two classes to see a map")
-        sub, cols = feature_set_columns(self.blocks, cand.feature_set)
+        sub, cols = feature_set_columns(blocks, cand.feature_set)
         head = PixelHead.fit(x[:, cols], y, sub, cand, list(class_names), class_colours)
         cv = None
         counts = [len(set(groups[y == c].tolist())) for c in present]
         if min(counts) >= 2:
-            cv = score_candidates(x, y, groups, self.blocks, list(class_names), [cand], folds=5)[0]
+            cv = score_candidates(x, y, groups, blocks, list(class_names), [cand], folds=5)[0]
         return head, cv
 
     @_locked
@@ -339,7 +389,7 @@ class MappingSession:
         from mpmae_core.runtime.inference.raster import RasterWriter
         from mpmae_core.runtime.io.styles import paletted_qml, style_path
 
-        check_outputs({"class map": output}, [self.raster, self.model_path])
+        check_outputs({"class map": output}, self.sources + [self.model_path])
         if not self.ready:
             raise ValueError("the encoder's features are not cached yet: wait until they are computed")
         prep, names, colours = self.prep, list(head.class_names), [list(c) for c in head.class_colours]
@@ -387,11 +437,20 @@ class MappingSession:
         from mpmae_core.runtime.io.files import check_output
         from mpmae_core.runtime.heads.pixelhead import choose_fit_and_write
 
-        check_output(output, [self.raster, self.model_path], "head", (".onnx",), "an ONNX model")
+        check_output(output, self.sources + [self.model_path], "head", (".onnx",), "an ONNX model")
+        from mpmae_core.runtime.heads.pixelhead import candidates
+        from mpmae_core.runtime.inference.pixel_features import FEATURE_SETS, TEMPORAL_FEATURE_SETS, feature_set_blocks
+
         x, y, groups, positions = self.training_data(features, buffer_m=buffer_m, positions=True)
-        res = choose_fit_and_write(x, y, groups, self.blocks, class_names, output, self.model, self.model_path,
+        blocks = self.train_blocks
+        if self.is_series and len(blocks) < len(self.blocks):
+            log(f"the reference date {self.prep.dates[self.prep.reference]} is masked at a labelled pixel: only the "
+                "temporal feature sets are candidates")
+        sets = [fs for fs in FEATURE_SETS + TEMPORAL_FEATURE_SETS if feature_set_blocks(blocks, fs)]
+        res = choose_fit_and_write(x, y, groups, blocks, class_names, output, self.model, self.model_path,
                                    class_colours=class_colours, report_path=report_path, cancelled=cancelled,
-                                   positions=positions, pixel_size_m=abs(self.prep.geotransform[1]), log=log)
+                                   cands=candidates(sets), positions=positions,
+                                   pixel_size_m=abs(self.prep.geotransform[1]), log=log)
         log(res["text"])
         return res
 
