@@ -461,3 +461,61 @@ def test_a_stac_item_whose_files_are_unreachable_says_so(bands_dir, tmp_path, mo
     finally:
         server.close()
     assert not list((tmp_path / "stacks").glob("*.vrt"))  # no half stack is left
+
+
+def test_a_stac_item_collection_is_a_series_of_its_items(bands_dir, tmp_path, models_dir, monkeypatch):
+    """An ItemCollection (as a STAC search returns it): each item a member, dated by its datetime,
+    its relative hrefs resolved against the collection's folder."""
+    from mpmae_core.runtime.inference import series as S
+    from mpmae_core.runtime.io import sources
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(bands_dir, tmp_path / bands_dir.name)
+    assets = {b: {"href": f"{bands_dir.name}/{sample.SCENE_ID}_{b}.jp2"} for b in
+              ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")}
+    items = [{"type": "Feature", "id": f"S2A_33UUU_{day}_0_L1C", "assets": assets, "links": [],
+              "properties": {"datetime": f"{day[:4]}-{day[4:6]}-{day[6:]}T10:21:01Z", "s2:product_type": "S2MSI1C"}}
+             for day in ("20170318", "20170216")]
+    coll = tmp_path / "search.json"
+    coll.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    assert sources.looks_like_series(str(coll)) and not sources.looks_like_series(str(tmp_path / "item.json"))
+    members = S.dated_members(S.expand_series(str(coll)))
+    assert [m.date.isoformat() for m in members] == ["2017-02-16", "2017-03-18"]
+    res = S.series_features(str(coll), models_dir / "atto_test.onnx", tmp_path / "f.tif")
+    ds = gdal.Open(res["output"])
+    assert res["dates"] == ["2017-02-16", "2017-03-18"] and ds.RasterCount == 4 * 12 + 1
+    count = ds.GetRasterBand(ds.RasterCount).ReadAsArray()
+    assert set(np.unique(count)) <= {0, 2} and (count == 2).mean() > 0.9  # the same scene twice: both valid
+
+
+def test_item_collection_parsing_survives_any_bytes(tmp_path, monkeypatch):
+    """A fuzz run: mutated ItemCollections are members or a SeriesError, never a crash or a hang."""
+    import random
+
+    from mpmae_core.runtime.io import sources
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    seed = json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": "a", "properties": {"datetime": "2020-01-02T00:00:00Z"},
+         "assets": {"B02": {"href": "x/B02.tif"}}}]}).encode()
+    rng = random.Random(0)
+    for i in range(300):
+        data = bytearray(seed)
+        for _ in range(rng.randint(1, 8)):
+            op = rng.random()
+            pos = rng.randrange(len(data) + 1)
+            if op < 0.4 and data:
+                data[min(pos, len(data) - 1)] = rng.randrange(256)
+            elif op < 0.7:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 20)))
+            else:
+                del data[pos:pos + rng.randint(1, 20)]
+        if i % 50 == 0:
+            data = b"[" * 100_000  # deep nesting
+        path = tmp_path / f"f{i}.json"
+        path.write_bytes(bytes(data))
+        try:
+            out = sources.expand_series(str(path))
+        except sources.SeriesError:
+            continue
+        assert all(isinstance(m, str) for m in out)
