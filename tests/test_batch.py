@@ -319,3 +319,47 @@ def test_a_glob_of_products_and_rasters_cut_to_an_area_of_interest(cluster, scen
         a, b = gdal.Open(d["output"]), gdal.Open(want["output"])
         assert a.GetGeoTransform() == b.GetGeoTransform() and (a.RasterXSize, a.RasterYSize) == (13, 7)
         np.testing.assert_allclose(a.ReadAsArray(), b.ReadAsArray(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_series_is_mapped_in_row_blocks_across_the_workers_as_in_one_process(cluster, models_dir, tmp_path):
+    """batch segment --series: the dates of one place are one scene, its tile rows shared among the
+    workers; the map equals segment's on the series, and a re-run skips it."""
+    from helpers import series_dates
+
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.io.labels import read_label_file
+
+    paths, clouds, _ = series_dates(tmp_path / "dates", window=(0, 0, 512, 384))
+    model = str(models_dir / "atto_test.onnx")
+    from mpmae_core.data import sample
+
+    from helpers import point_labels
+
+    osm = gdal.Open(str(sample.build(verbose=False)["labels"])).ReadAsArray()[:384, :512]
+    common = [int(v) for v in np.argsort(np.bincount(osm.ravel(), minlength=9)[1:])[::-1][:2] + 1]
+    rng = np.random.default_rng(0)
+    points = []
+    for k in common:
+        rows, cols = np.nonzero((osm == k) & ~clouds.any(0))
+        points += [(int(rows[i]), int(cols[i]), sample.OSM_CLASSES[k - 1]) for i in rng.choice(len(rows), 5, False)]
+    ref = gdal.Open(str(paths[0]))
+    point_labels(tmp_path / "l.gpkg", points, ref.GetProjection(), ref.GetGeoTransform())
+    feats, names, _, _ = read_label_file(tmp_path / "l.gpkg", "landuse", ref.GetProjection())
+    series = [str(p) for p in paths]
+    head = str(tmp_path / "h.onnx")
+    train_pixel_head(series, model, feats, names, head, device="cpu", classifiers=["logistic"],
+                     feature_sets=["t-spectra"], tile=256, overlap=64)
+    glob = str(tmp_path / "dates" / "S2A_*.tif")
+    opts = {"tile": 256, "overlap": 64, "series": True, "reference": 0, "min_valid": 1, "dates": None}
+    report = B.run_batch("segment", glob, model, tmp_path / "out", head=head, client=cluster, options=dict(opts),
+                         device="cpu", rows_per_block=1)
+    assert len(report.done) == 1, report.failed
+    out = tmp_path / "out" / report.done[0]["output"].split("/")[-1]
+    single = segment(series, model, tmp_path / "one.tif", head_path=head, device="cpu", tile=256, overlap=64)
+    np.testing.assert_array_equal(gdal.Open(str(out)).ReadAsArray(), gdal.Open(single["output"]).ReadAsArray())
+    again = B.run_batch("segment", glob, model, tmp_path / "out", head=head, client=cluster, options=dict(opts),
+                        device="cpu", rows_per_block=1)
+    assert len(again.skipped) == 1 and not again.done
+    with pytest.raises(B.BatchError, match="batch segment --series"):
+        B.run_batch("embed", glob, model, tmp_path / "emb", client=cluster, options=dict(opts), device="cpu")

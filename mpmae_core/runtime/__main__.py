@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                      ("--dtype", dict(default="float32", type=cli.choice_of(["float32", "float16"], "dtype")))):
         bt.add_argument(name, **kw)
     add_mask_arguments(bt)
+    add_series_arguments(bt)
     i = sub.add_parser("inspect", help="can this raster feed a model, and how do its bands map?")
     i.add_argument("input")
     i.add_argument("--source", default=registry.DEFAULT_SOURCE, type=cli.choice_of(list(registry.SOURCES), "input source"),
@@ -438,6 +439,8 @@ def batch_command(args, log) -> int:
                    scale=args.scale, band_map=args.band_map, aoi=args.aoi, masks=mask_options(args))
     if args.mode == "embed":
         options["dtype"] = args.dtype
+    if args.series:  # INPUTS are the dates of one series, mapped in blocks of tile rows across the workers
+        options.update(series_options(args))
     report = run_batch(args.mode, args.inputs, args.model, args.out_dir, head=args.head, workers=args.workers,
                        scheduler=args.scheduler, rows_per_block=args.rows_per_task, options=options,
                        device=args.device, progress=Bar("batch"), log=log)

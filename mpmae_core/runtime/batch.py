@@ -243,6 +243,24 @@ def content_sample(path: str, size: int) -> str:
     return h.hexdigest()
 
 
+def series_scene(spec: str, work_dir: Path, options: dict, log: Callable[[str], None]) -> list[Scene]:
+    """A series of dates (``options["series"]``) as one scene: its members listed in a text file in
+    ``work_dir`` (what every worker reads), named after the reference date."""
+    from mpmae_core.runtime.inference.series import dated_members, expand_series
+
+    members = dated_members(expand_series(spec), options.get("dates"))
+    reference = members[min(int(options.get("reference") or 0), len(members) - 1)]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    listing = work_dir / f"{_safe_id(Path(reference.source).stem)}_series.txt"
+    text = "".join(f"{Path(m.source).resolve() if '://' not in m.source else m.source}\n" for m in members)
+    if not listing.is_file() or listing.read_text() != text:
+        atomic_write_text(listing, text)
+    options["dates"] = [str(m.date) for m in members]  # in the listing's order, so workers need no metadata
+    log(f"one series of {len(members)} dates: " + ", ".join(str(m.date) for m in members) + "; its tile rows are "
+        "shared among the workers")
+    return [Scene(_safe_id(f"{Path(reference.source).stem}_series"), str(listing))]
+
+
 def file_identity(path: str) -> dict:
     if "://" in path or path.startswith("/vsi"):
         return {"path": path}
@@ -331,7 +349,15 @@ def plan_blocks(scene: Scene, job: Job, rows_per_block: int) -> tuple[int, list]
     from mpmae_core.runtime.models.model import read_metadata
     from mpmae_core.runtime.inference.tiling import raster_windows
 
-    ds = open_raster(scene.source)
+    from mpmae_core.runtime.inference.series import reference_source
+    from mpmae_core.runtime.io.products import stack_path
+
+    opts = job.options
+    if opts.get("series"):
+        ds = open_raster(stack_path(reference_source(scene.source, series=True, dates=opts.get("dates"),
+                                                     reference=opts.get("reference") or 0)))
+    else:
+        ds = open_raster(scene.source)
     patch = read_metadata(job.model).patch_size
     height, width = ds.RasterYSize, ds.RasterXSize
     if job.options.get("aoi"):  # the tiles of the area's window (AoiError: the scene lies outside it)
@@ -515,7 +541,10 @@ def run_batch(mode: str, inputs: str, model: str, out_dir, *, head: Optional[str
         read_metadata(head)
     options = dict(options or {})
     job = Job(mode, str(Path(model).resolve()), str(Path(head).resolve()) if head else None, options, device)
-    scenes = expand_inputs(inputs, out_dir / "_inputs", exclude=out_dir, log=log)
+    if options.get("series") and mode != "segment":
+        raise BatchError("a series is mapped with a head trained on it: use batch segment --series --head HEAD.onnx")
+    scenes = series_scene(inputs, out_dir / "_inputs", options, log) if options.get("series") else \
+        expand_inputs(inputs, out_dir / "_inputs", exclude=out_dir, log=log)
     t0 = time.time()
     ident = {"model": model_identity(model), "head": model_identity(head) if head else None}
     own = client is None
