@@ -365,10 +365,9 @@ def main(argv=None) -> int:
         if args.cmd == "series-features":
             from mpmae_core.runtime.inference.series import series_features
 
-            if args.aoi:
-                raise ValueError("--aoi is not yet supported for a series: cut the members first (mmearth stack --aoi)")
             res = series_features(args.series, args.model, args.output, dates=args.dates, min_valid=args.min_valid,
-                                  grid=args.grid, masks=mask_options(args), progress=Bar("series"), log=log)
+                                  grid=args.grid, masks=mask_options(args), aoi=args.aoi, progress=Bar("series"),
+                                  log=log)
             log(f"wrote {res['output']}: {len(res['bands'])} bands from {len(res['dates'])} dates")
             return 0
         if args.cmd == "change":

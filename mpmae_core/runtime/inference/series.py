@@ -32,6 +32,7 @@ processing).
 from __future__ import annotations
 
 import datetime as _dt
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -98,7 +99,7 @@ def on_grid(source: str, ref_ds, log=lambda m: None) -> str:
     gt = ref_ds.GetGeoTransform()
     w, h = ref_ds.RasterXSize, ref_ds.RasterYSize
     bounds = (gt[0], gt[3] + h * gt[5], gt[0] + w * gt[1], gt[3])
-    out = f"/vsimem/mmearth-series-{abs(hash((path, bounds))):x}.vrt"
+    out = f"/vsimem/mmearth-series-{uuid.uuid4().hex}.vrt"  # its own: a series unlinks its VRTs when closed
     with gdal_errors() as errors:
         warped = gdal().Warp(out, ds, format="VRT", outputBounds=bounds, width=w, height=h,
                              dstSRS=ref_ds.GetProjection(), resampleAlg="near")
