@@ -59,3 +59,7 @@ def test_the_panel_in_the_real_desktop(models_dir, tmp_path, qgis_app):
     assert sum(s > 0.002 for s in shares) >= 4, shares
     assert (np.abs(arr - 0).sum(-1) <= 30).mean() > 0.0005  # the suggestions' black crosses
     assert json.loads((tmp_path / "desktop" / "log.json").read_text())["wall_s"] > 0
+    # the change algorithm's dialog in the desktop: both dates, the examples of change types, the maps
+    assert {"INPUT", "AFTER", "MODEL", "OUTPUT", "LABELS", "CLASS_FIELD", "MAP"} <= set(checks["change_dialog_parameters"])
+    assert (tmp_path / "desktop" / "5_change_dialog.png").stat().st_size > 10_000
+    assert checks["other_dates_offered"] == 0  # the scene is the only raster that can feed a model

@@ -463,6 +463,7 @@ def test_a_stac_item_whose_files_are_unreachable_says_so(bands_dir, tmp_path, mo
     assert not list((tmp_path / "stacks").glob("*.vrt"))  # no half stack is left
 
 
+@pytest.mark.slow
 def test_a_stac_item_collection_is_a_series_of_its_items(bands_dir, tmp_path, models_dir, monkeypatch):
     """An ItemCollection (as a STAC search returns it): each item a member, dated by its datetime,
     its relative hrefs resolved against the collection's folder."""

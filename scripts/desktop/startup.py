@@ -4,7 +4,8 @@ As a person would: load the scene, open the dock from the plugin's menu action, 
 the drop-down, type classes and press Add, click labels on the map with the point tool, wait for the
 preview, press 'Suggest where to label', screenshot; save the project, clear it, reopen it and count
 the labels; map the whole raster from the cache; draw a validation sample, label its points with
-clicks and read the accuracy report; quit through QGIS's own Exit action. Steps are
+clicks and read the accuracy report; open the change algorithm's dialog; quit through QGIS's own
+Exit action. Steps are
 chained with QTimer so QGIS's event loop runs between them. Everything measured and checked goes to
 ``log.json`` in the output folder, screenshots beside it.
 """
@@ -237,6 +238,25 @@ def step_validation():
 
 def step_end():
     shot("4_check_accuracy")
+    later(300, step_change_dialog)
+
+
+def step_change_dialog():
+    """The change algorithm's own Processing dialog over the desktop, its dates and model filled in,
+    and the dock's 'Other dates' (the project's other rasters: none here but the scene's outputs)."""
+    import processing
+
+    dialog = processing.createAlgorithmDialog("mmearth:change", {"INPUT": CONFIG["scene"], "AFTER": CONFIG["scene"],
+                                                                 "MODEL": CONFIG["model"]})
+    dialog.show()
+    QApplication.processEvents()
+    panel = dialog.mainWidget()
+    wrappers = getattr(panel, "wrappers", None) or getattr(panel, "widgets", None) or {}
+    LOG["checks"]["change_dialog_parameters"] = sorted(wrappers)
+    dialog.grab().save(str(OUT / "5_change_dialog.png"))
+    log("screenshot", file="5_change_dialog.png")
+    LOG["checks"]["other_dates_offered"] = _panel().other_dates.count()
+    dialog.close()
     log("done")
     quit_qgis()
 
