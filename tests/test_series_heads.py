@@ -320,6 +320,15 @@ def test_the_change_command_refuses_half_given_options(scene, models_dir, tmp_pa
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err
     assert not (tmp_path / "c.tif").exists()
+    series = ",".join(str(p) for p in paths)  # a series where one raster is expected
+    assert main(["embed", series, str(models_dir / "atto_test.onnx"), str(tmp_path / "e.tif")]) != 0
+    err = capsys.readouterr().err
+    assert "names several rasters" in err and "Traceback" not in err
+    labels = _labels(scene, tmp_path / "x.gpkg", per_class=2)
+    assert main(["train-head", str(paths[0]), str(models_dir / "atto_test.onnx"), str(labels),
+                 str(tmp_path / "h.onnx"), "--class-field", "landuse", "--feature-sets", "t-spectra"]) != 0
+    err = capsys.readouterr().err
+    assert "need a series of dates" in err and "Traceback" not in err and not (tmp_path / "h.onnx").exists()
 
 
 @pytest.mark.slow
