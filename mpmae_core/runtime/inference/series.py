@@ -390,6 +390,8 @@ def prepare_source(source, meta, *, series: Optional[bool] = None, dates=None, r
     if series is None:
         series = looks_like_series(source) or dates is not None
     if not series:
+        if isinstance(source, (list, tuple)) and len(source) == 1:  # a list of one raster is that raster
+            source = source[0]
         return prepare_on_grid(source, meta, grid, log=log, **prep_kw)
     return prepare_series(source, meta, dates=dates, reference=reference, min_valid=min_valid, grid=grid, log=log,
                           **prep_kw)
@@ -402,7 +404,7 @@ def reference_source(source, *, series: Optional[bool] = None, dates=None, refer
     if series is None:
         series = looks_like_series(source) or dates is not None
     if not series:
-        return source
+        return source[0] if isinstance(source, (list, tuple)) and len(source) == 1 else source
     if isinstance(reference, (str, Path)):
         return str(reference)
     members = dated_members(expand_series(source), dates)

@@ -150,7 +150,7 @@ def input_files(source) -> list[str]:
 
     if hasattr(source, "files"):  # an input prepared already (a change pair)
         return list(source.files)
-    if looks_like_series(source):
+    if isinstance(source, (list, tuple)) or looks_like_series(source):
         given = [] if isinstance(source, (list, tuple)) else [str(source)]
         return given + [f for m in series_files(source) for f in input_files(m)]
     g = gdal()
