@@ -520,3 +520,22 @@ def test_item_collection_parsing_survives_any_bytes(tmp_path, monkeypatch):
         except sources.SeriesError:
             continue
         assert all(isinstance(m, str) for m in out)
+
+
+@pytest.mark.slow
+def test_a_series_of_downloaded_products_l1c_and_l2a(bands_dir, tmp_path, models_dir, monkeypatch):
+    """Two SAFE products of one tile as downloaded (a zip and a folder), an L1C and a later L2A of
+    baseline 04.00: dated from their metadata, each normalised by its own level and offset, said."""
+    from mpmae_core.runtime.inference import series as S
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    l1c = zip_folder(make_safe(tmp_path / "a", bands_dir), tmp_path / "l1c.zip")
+    l2a = make_safe(tmp_path / "b", bands_dir, level="2A", baseline="04.00", offset=True, drop=("B10",))
+    mtd_file = l2a / "MTD_MSIL2A.xml"
+    mtd_file.write_text(mtd_file.read_text().replace("2017-02-16T10:21:01", "2017-05-20T10:21:01"))
+    logs = []
+    res = S.series_features([str(l2a), str(l1c)], models_dir / "atto_test.onnx", tmp_path / "f.tif",
+                            log=logs.append)
+    assert res["dates"] == ["2017-02-16", "2017-05-20"]
+    assert any("mixes processing levels (L1C, L2A)" in m for m in logs), logs
+    assert any("2017-05-20: 1000" in m for m in logs), logs

@@ -360,3 +360,71 @@ def test_the_panel_session_maps_a_series_as_segment_does(scene, models_dir, tmp_
     a, b = gdal.Open(mine["output"]).ReadAsArray(), gdal.Open(theirs["output"]).ReadAsArray()
     np.testing.assert_array_equal(a == 255, b == 255)
     assert (a == b).mean() > 0.98  # the cache stores the maps as float16
+
+
+def test_a_series_feature_raster_holds_the_reference_and_temporal_blocks(scene, models_dir, tmp_path):
+    """``features`` on a series: the reference date's blocks (no data under its clouds) and the
+    temporal ones (no data only where no date sees the ground); train-head reuses it."""
+    import json
+
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.inference.predict import FEATURES_KEY, features
+
+    paths, clouds, _, _, _ = scene
+    series = [str(p) for p in paths]
+    model = models_dir / "atto_test.onnx"
+    wanted = ["spectra", "spectra:median", "spectra:p10", "spectra:p90", "spectra:std", "stage1:median"]
+    out = features(series, model, tmp_path / "f.tif", device="cpu", blocks=wanted)
+    ds = gdal.Open(out["output"])
+    info = json.loads(ds.GetMetadataItem(FEATURES_KEY))
+    assert [b[0] for b in info["blocks"]] == wanted
+    arr = ds.ReadAsArray()
+    assert np.isnan(arr[0][clouds[0]]).all() and np.isfinite(arr[0][~clouds[0]]).all()
+    seen = ~clouds.all(0)
+    assert np.isfinite(arr[12][seen]).all() and np.isnan(arr[12][~seen]).all()
+    want = S.series_features(series, model, tmp_path / "t.tif")
+    median = gdal.Open(want["output"]).ReadAsArray()[:12]
+    np.testing.assert_allclose(arr[12:24][:, seen], median[:, seen], rtol=1e-6, atol=1e-6)
+    feats, names, ids = _read_labels(_labels(scene, tmp_path / "l.gpkg", per_class=3), paths[0])
+    res = train_pixel_head(series, model, feats, names, tmp_path / "h.onnx", feature_ids=ids, device="cpu",
+                           feature_sets=["spectra", "t-spectra"], classifiers=["logistic"],
+                           feature_raster=out["output"])
+    assert {s["candidate"].feature_set for s in res["scores"]} >= {"spectra", "t-spectra"}
+
+
+def test_seasonal_medians_join_the_temporal_features_and_travel_with_the_head(scene, models_dir, tmp_path):
+    """--seasons: the median spectra within each window are blocks of the series (one window here
+    holds one date: its own spectra, no data under its clouds); a head trained with them names
+    their windows, so segment maps with them without being told again."""
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.inference.predict import segment
+    from mpmae_core.runtime.inference.raster import prepare_input, read_block
+    from mpmae_core.runtime.models.model import OnnxModel, read_metadata
+
+    paths, clouds, _, _, _ = scene  # 2017-02-16, 2017-03-18, 2017-04-27
+    series = [str(p) for p in paths]
+    model = models_dir / "atto_test.onnx"
+    meta = read_metadata(model)
+    prep = S.prepare_series(series, meta, seasons=["02-01:03-31", "04-01:05-31"])
+    names = [b.name for b in prep.blocks]
+    assert "spectra:season0201-0331" in names and "spectra:season0401-0531" in names
+    x, valid = prep.read_block(0, 0, 192, 256)
+    maps = prep.maps_runner(OnnxModel(model, device="cpu"), prep.blocks)(x[None])[0]
+    april, ok = read_block(prepare_input(str(paths[2]), meta), 0, 0, 192, 256)
+    got = maps["spectra:season0401-0531"]
+    np.testing.assert_allclose(got[:, ok], april[:, ok], rtol=1e-6)
+    assert np.isnan(got[:, ~ok]).all()
+    with pytest.raises(S.SeriesError, match="several dates"):
+        S.prepare_source(str(paths[0]), meta, seasons=["02-01:03-31"])
+    feats, names, ids = _read_labels(_labels(scene, tmp_path / "l.gpkg", per_class=4), paths[0])
+    train_pixel_head(series, model, feats, names, tmp_path / "h.onnx", feature_ids=ids, device="cpu",
+                     feature_sets=["t-spectra"], classifiers=["logistic"], seasons=["02-01:03-31", "04-01:05-31"])
+    assert "spectra:season0401-0531" in read_metadata(tmp_path / "h.onnx").features
+    logs = []
+    a = segment(series, model, tmp_path / "a.tif", head_path=tmp_path / "h.onnx", device="cpu", log=logs.append)
+    b = segment(series, model, tmp_path / "b.tif", head_path=tmp_path / "h.onnx", device="cpu",
+                seasons=["02-01:03-31", "04-01:05-31"])
+    assert any("season 0401-0531: 1 of the series' dates" in m for m in logs), logs
+    ma, mb = gdal.Open(a["output"]).ReadAsArray(), gdal.Open(b["output"]).ReadAsArray()
+    np.testing.assert_array_equal(ma, mb)
+    np.testing.assert_array_equal(ma == 255, clouds[2] | clouds[:2].all(0))  # April's clouds: its season is empty

@@ -94,3 +94,19 @@ def test_metadata_comes_before_the_name_and_bad_shapes_are_refused():
         T.reduce_series(np.zeros((3, 4, 4)), np.ones((3, 4, 4), bool))
     with pytest.raises(ValueError, match="unknown statistic"):
         T.reduce_series(np.zeros((2, 1, 2, 2)), np.ones((2, 2, 2), bool), stats=("mean",))
+
+
+def test_seasons_by_month_and_day_hold_the_same_dates_every_year():
+    import datetime as dt
+
+    assert T.parse_season("03-01:05-31") == (60, 151) and T.parse_season(" 3-01 : 05-31 ") == (60, 151)
+    assert T.season_name(T.parse_season("12-01:02-28")) == "season1201-0228"
+    assert T.season_of_name("season1201-0228") == T.parse_season("12-01:02-28")
+    assert T.season_of_name("median") is None and T.season_of_name("season1399-0101") is None
+    for bad in ("03-01", "13-01:05-31", "02-30:03-01", "spring"):
+        with pytest.raises(ValueError, match="MM-DD:MM-DD"):
+            T.parse_season(bad)
+    spring = T.parse_season("03-01:05-31")
+    for year in (2019, 2020):  # 2020 is a leap year: 1 March is still the season's first day
+        assert T.in_window(T.day_of_year(dt.date(year, 3, 1)), spring)
+        assert not T.in_window(T.day_of_year(dt.date(year, 2, 29 if year == 2020 else 28)), spring)

@@ -259,6 +259,7 @@ class InferenceAlgorithm(MMEarthAlgorithm):
     OTHER_DATES = "OTHER_DATES"
     DATES = "DATES"
     MIN_VALID = "MIN_VALID"
+    SEASONS = "SEASONS"
 
     def add_series_parameters(self):
         """Other dates of the same place: the input then is the reference date of a series."""
@@ -278,7 +279,10 @@ class InferenceAlgorithm(MMEarthAlgorithm):
                       "(only when their metadata and names do not say)", optional=True),
                   QgsProcessingParameterNumber(
                       self.MIN_VALID, "A series' pixels with fewer valid (cloud-free) dates are no data",
-                      QgsProcessingParameterNumber.Integer, 1, minValue=1)):
+                      QgsProcessingParameterNumber.Integer, 1, minValue=1),
+                  QgsProcessingParameterString(
+                      self.SEASONS, "Seasons of a series, MM-DD:MM-DD,... (each one's median spectra join the "
+                      "temporal features; a head trained with them maps with them by itself)", optional=True)):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
 
@@ -301,7 +305,15 @@ class InferenceAlgorithm(MMEarthAlgorithm):
                                          "date once.")
         text = self.parameterAsString(parameters, self.DATES, context).strip()
         dates = [d.strip() for d in text.split(",") if d.strip()] if text else None
-        return sources, {"series": True, "reference": source, "dates": dates,
+        seasons = [t.strip() for t in self.parameterAsString(parameters, self.SEASONS, context).split(",") if t.strip()]
+        from mpmae_core.runtime.inference.temporal import parse_season
+
+        for item in seasons:
+            try:
+                parse_season(item)
+            except ValueError as exc:
+                raise QgsProcessingException(str(exc)) from None
+        return sources, {"series": True, "reference": source, "dates": dates, "seasons": seasons,
                          "min_valid": self.parameterAsInt(parameters, self.MIN_VALID, context)}
 
     @staticmethod

@@ -104,10 +104,27 @@ def add_series_arguments(parser) -> None:
                              "features (default 0, the first date)")
     parser.add_argument("--min-valid", type=cli.positive_int, default=1,
                         help="a series' pixels with fewer valid (unmasked) dates are no data (default 1)")
+    parser.add_argument("--seasons", type=_seasons, default=(),
+                        help="windows of the year, MM-DD:MM-DD,... (e.g. 03-01:05-31,06-01:08-31): a series' median "
+                             "spectra within each join the temporal features (a head trained with them maps with "
+                             "them by itself)")
+
+
+def _seasons(text: str) -> list:
+    from mpmae_core.runtime.inference.temporal import parse_season
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        for item in items:
+            parse_season(item)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return items
 
 
 def series_options(args) -> dict:
-    return dict(series=args.series, dates=args.dates, reference=args.reference, min_valid=args.min_valid)
+    return dict(series=args.series, dates=args.dates, reference=args.reference, min_valid=args.min_valid,
+                seasons=args.seasons)
 
 
 def mask_options(args):
@@ -261,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pixels with fewer valid (unmasked) dates are no data (default 1)")
     sf.add_argument("--grid", type=cli.non_negative_int, default=0,
                     help="the member (in date order, from 0) whose grid the others are brought onto")
+    sf.add_argument("--seasons", type=_seasons, default=(),
+                    help="windows of the year, MM-DD:MM-DD,...: also the median of every band within each")
     add_mask_arguments(sf)
     ch = sub.add_parser("change", help="change between two dates or two periods: distances, and with labelled change "
                                        "types a change map")
@@ -366,8 +385,8 @@ def main(argv=None) -> int:
             from mpmae_core.runtime.inference.series import series_features
 
             res = series_features(args.series, args.model, args.output, dates=args.dates, min_valid=args.min_valid,
-                                  grid=args.grid, masks=mask_options(args), aoi=args.aoi, progress=Bar("series"),
-                                  log=log)
+                                  grid=args.grid, masks=mask_options(args), aoi=args.aoi, seasons=args.seasons,
+                                  progress=Bar("series"), log=log)
             log(f"wrote {res['output']}: {len(res['bands'])} bands from {len(res['dates'])} dates")
             return 0
         if args.cmd == "change":

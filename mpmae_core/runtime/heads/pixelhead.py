@@ -516,13 +516,14 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                      dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
                      masks=None, block_m: Optional[float] = None, choose_on: str = "grouped",
                      series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
-                     progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
+                     seasons=(), progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
     """Sample features under the labels (or read them from ``feature_raster``, written by
     ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
     label and save it (ONNX) with its report. Both outputs appear whole or not at all.
 
     ``source`` may be a series of dates (``series.prepare_source``); the candidates then include
-    the temporal feature sets (default: every feature set). The reference date's own feature sets
+    the temporal feature sets (default: every feature set; with ``seasons``, "MM-DD:MM-DD"
+    windows, the spectra's median within each joins t-spectra). The reference date's own feature sets
     stay candidates only when that date is valid at every labelled pixel: a head on them would map
     nothing where it is cloudy, and its labels there would be lost."""
     from mpmae_core.runtime.io.files import check_output
@@ -548,7 +549,7 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                          f"{meta.patch_size}")
     prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
                           level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
-                          masks=masks)
+                          masks=masks, seasons=seasons)
     is_series = isinstance(prep, SeriesInput)
     if feature_sets is None:  # every set the input offers: a series adds the temporal, a change pair the differences
         offered = source_blocks(prep, meta)

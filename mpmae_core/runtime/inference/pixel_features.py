@@ -300,10 +300,14 @@ class PixelHeadRunner:
             check_maps(maps, self.blocks, th, tw)
             for r0 in range(0, th, step):
                 r1 = min(r0 + step, th)
-                logits = self.head.run(hypercolumns(x[i], maps, self.blocks, r0, r1)[None])[0]
+                feats = hypercolumns(x[i], maps, self.blocks, r0, r1)
+                missing = ~np.isfinite(feats).all(0)  # a feature without data (a season no date saw): no class
+                logits = self.head.run(np.nan_to_num(feats)[None] if missing.any() else feats[None])[0]
                 if out is None:
                     out = np.empty((b, logits.shape[0], th, tw), np.float32)
                 out[i, :, r0:r1] = softmax(logits, axis=0)
+                if missing.any():
+                    out[i, :, r0:r1][:, missing] = np.nan
         return out
 
 

@@ -186,6 +186,10 @@ class TiledPredictor:
         for (win, _, valid), out in zip(todo, outs):
             oh, ow = out.shape[1:]
             cell_valid = valid.reshape(oh, s, ow, s).any(axis=(1, 3)) if s > 1 else valid
+            finite = np.isfinite(out).all(0)
+            if not finite.all():  # an output without a value (its features had none) is no data, not a zero
+                out = np.where(finite[None], out, 0.0)
+                cell_valid = cell_valid & finite
             weight = blend_weights(win, oh, ow, ramp_cells) * cell_valid
             # windows may reach beyond the raster (mirrored context): keep the part inside
             oy, ox = win.y // s, win.x // s
@@ -264,7 +268,7 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
              device: str = "auto", dtype: str = "float32", level: str = "auto", dn_offset="auto", band_map=None,
              scale: float = 1.0, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
              log=lambda m: None, aoi=None, masks=None, series: Optional[bool] = None, dates=None, reference: int = 0,
-             min_valid: int = 1) -> dict:
+             min_valid: int = 1, seasons=()) -> dict:
     """Per-pixel feature raster: each pixel's normalised spectra and every encoder stage upsampled
     to it (``pixel`` module), from its owner tile, exactly the vectors a per-pixel head is trained
     and run on; NaN where no data. ``blocks``: names to keep (default every block). A series of
@@ -290,7 +294,7 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
         raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the model's patch size {p}")
     prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
                           level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
-                          masks=masks)
+                          masks=masks, seasons=seasons)
     for note in prep.notes:
         log(note)
     available = source_blocks(prep, meta)
@@ -416,7 +420,8 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
             overlap: int = 128, batch: int = 0, device: str = "auto", level: str = "auto", dn_offset="auto",
             band_map=None, scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None,
             cancelled=lambda: False, log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None,
-            series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1) -> dict:
+            series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
+            seasons=()) -> dict:
     """Class map (uint8, 255 = no data, colour table and class names; with ``style`` a .qml whose
     legend names the classes) and optional probabilities. ``block``: tile rows (a, b) only, as
     ``TiledPredictor.run`` describes (for huge rasters split across tasks).
@@ -455,7 +460,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
                          "a segmenter with `python -m training.export CKPT --head esa_worldcover`")
     prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
                           level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
-                          masks=masks)
+                          masks=masks, seasons=seasons)
     for note in prep.notes:
         log(note)
     if not isinstance(prep, PreparedInput) and blocks is None:
@@ -464,6 +469,8 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     if blocks is not None:
         from mpmae_core.runtime.inference.pixel_features import blocks_by_name, is_temporal
 
+        if isinstance(prep, SeriesInput):  # a head trained with seasons names their windows
+            prep.offer(head.metadata.features, log)
         blocks = blocks_by_name(source_blocks(prep, meta), head.metadata.features, head.metadata.feature_channels,
                                 f"the head '{head_path}'")
         if isinstance(prep, SeriesInput) and any(not is_temporal(b.name) for b in blocks):

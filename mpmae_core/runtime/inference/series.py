@@ -129,11 +129,13 @@ def _crs_name(ds) -> str:
     return f"{s.GetAuthorityName(None) or ''}:{s.GetAuthorityCode(None) or ''}".strip(":") or s.GetName() or "no CRS"
 
 
-def series_blocks(meta, stats: Sequence[str] = temporal.STATS) -> list[Block]:
-    """Every block a series offers: the reference date's (as one raster's), then the temporal ones."""
+def series_blocks(meta, stats: Sequence[str] = temporal.STATS, seasons: Sequence[tuple] = ()) -> list[Block]:
+    """Every block a series offers: the reference date's (as one raster's), then the temporal ones
+    (with ``seasons``, windows of the year, the median of the spectra within each too)."""
     single = encoder_blocks(meta)
     out = list(single)
     out += [Block(f"{SPECTRA}:{s}", single[0].channels, 1) for s in stats]
+    out += [Block(f"{SPECTRA}:{temporal.season_name(w)}", single[0].channels, 1) for w in seasons]
     out += [Block(f"{b.name}:{s}", b.channels, b.stride) for b in single if b.name != SPECTRA for s in ENCODER_STATS]
     return out
 
@@ -153,7 +155,7 @@ class SeriesInput:
     on the reference date's own features maps only there)."""
 
     def __init__(self, members: Sequence[Member], preps: Sequence, reference: int, min_valid: int, meta,
-                 temporaries: Sequence[str] = (), stats: Sequence[str] = temporal.STATS):
+                 temporaries: Sequence[str] = (), stats: Sequence[str] = temporal.STATS, seasons: Sequence = ()):
         self.members, self.preps, self.reference = list(members), list(preps), int(reference)
         self.min_valid = max(int(min_valid), 1)
         self.meta, self.stats = meta, tuple(stats)
@@ -168,7 +170,8 @@ class SeriesInput:
         self.notes = []
         for p in self.preps:
             self.notes += [n for n in p.notes if n not in self.notes]
-        self.blocks = series_blocks(meta, self.stats)
+        self.seasons = [tuple(w) for w in seasons]
+        self.blocks = series_blocks(meta, self.stats, self.seasons)
         self.require_reference = False
         self._temporaries = list(temporaries)
 
@@ -203,7 +206,20 @@ class SeriesInput:
         return any(has_data(p, y, x, h, w) for p in self.preps)
 
     def maps_runner(self, model, blocks: Sequence[Block]) -> "SeriesMaps":
-        return SeriesMaps(model, blocks, len(self.preps), self.channels, self.reference, self.min_valid)
+        return SeriesMaps(model, blocks, len(self.preps), self.channels, self.reference, self.min_valid, self.dates)
+
+    def offer(self, names: Sequence[str], log: Callable[[str], None] = lambda m: None) -> None:
+        """Offer the seasonal blocks among ``names`` (a head's features carry their windows): a head
+        trained with seasons maps with them, without naming them again."""
+        for name in names:
+            base, _, stat = str(name).partition(":")
+            window = temporal.season_of_name(stat) if base == SPECTRA else None
+            if window is not None and window not in self.seasons:
+                self.seasons.append(window)
+                self.blocks.append(Block(name, self.channels, 1))
+                dates = [d for d in self.dates if temporal.in_window(temporal.day_of_year(d), window)]
+                log(f"season {stat[6:10]}-{stat[11:]}: {len(dates)} of the series' dates" +
+                    ("" if dates else " - none: that season's median is no data everywhere"))
 
     def close(self) -> None:
         from mpmae_core.runtime.io.gdal_io import gdal
@@ -261,13 +277,16 @@ class SeriesMaps:
     """A batch of series tiles (B, T*C + T, th, tw) -> per tile: block name -> map (see the module),
     and REFERENCE_VALID (1, th, tw): where the reference date is valid."""
 
-    def __init__(self, model, blocks: Sequence[Block], dates: int, channels: int, reference: int, min_valid: int):
+    def __init__(self, model, blocks: Sequence[Block], dates: int, channels: int, reference: int, min_valid: int,
+                 when: Sequence = ()):
         self.model, self.t, self.c, self.reference = model, int(dates), int(channels), int(reference)
         self.min_valid = int(min_valid)
+        self.when = list(when)  # the dates themselves (for seasonal medians)
         self.blocks = list(blocks)
         self.single = [b.name for b in self.blocks if not is_temporal(b.name) and b.name != SPECTRA]
-        self.spectral_stats = [b.name.split(":", 1)[1] for b in self.blocks
-                               if is_temporal(b.name) and base_name(b.name) == SPECTRA]
+        spectral = [b.name.split(":", 1)[1] for b in self.blocks if is_temporal(b.name) and base_name(b.name) == SPECTRA]
+        self.spectral_stats = [st for st in spectral if st in temporal.STATS]
+        self.seasons = [(st, temporal.season_of_name(st)) for st in spectral if temporal.season_of_name(st)]
         self.temporal = [b for b in self.blocks if is_temporal(b.name) and base_name(b.name) != SPECTRA]
         if (self.single or self.temporal) and model is None:
             raise ValueError("encoder features need an encoder model")
@@ -285,6 +304,8 @@ class SeriesMaps:
             reduced, names = temporal.reduce_series(values, valid, self.spectral_stats, self.min_valid)
             for i, stat in enumerate(self.spectral_stats):
                 out[f"{SPECTRA}:{stat}"] = reduced[i * self.c:(i + 1) * self.c]
+        for name, window in self.seasons:
+            out[f"{SPECTRA}:{name}"] = temporal.seasonal_medians(values, valid, self.when, [window], self.min_valid)
         return out
 
     def __call__(self, x: np.ndarray) -> list[dict]:
@@ -310,7 +331,7 @@ class SeriesMaps:
 
 def prepare_series(series, meta, *, dates=None, reference: int = 0, min_valid: int = 1, level: str = "auto",
                    dn_offset="auto", band_map=None, scale: float = 1.0, aoi=None, masks=None, grid=None,
-                   log: Callable[[str], None] = lambda m: None):
+                   seasons: Sequence = (), log: Callable[[str], None] = lambda m: None):
     """A series ready to read (``SeriesInput``): its members dated and sorted, each brought onto the
     grid of the ``reference`` member (its place in date order, or its source) and prepared as one
     raster is, with its own
@@ -336,6 +357,8 @@ def prepare_series(series, meta, *, dates=None, reference: int = 0, min_valid: i
 
     kw = dict(level=level, dn_offset=dn_offset, band_map=band_map, scale=scale, aoi=aoi, masks=masks, log=once)
     if len(members) == 1:
+        if seasons:
+            raise SeriesError("seasons need a series of several dates; this one holds one date")
         log(f"the series holds one date ({members[0].date}): it is read as that raster alone")
         return prepare_on_grid(members[0].source, meta, grid, **kw)
     ref = grid if grid is not None else open_raster(stack_path(members[reference].source))
@@ -362,7 +385,10 @@ def prepare_series(series, meta, *, dates=None, reference: int = 0, min_valid: i
             ", ".join(f"{m.date}: {p.dn_offset:g}" for m, p in zip(members, preps)) + ")")
     log(f"series of {len(members)} dates: " + ", ".join(str(m.date) for m in members) +
         f"; the reference date (grid and single-date features) is {members[reference].date}")
-    return SeriesInput(members, preps, reference, min_valid, meta, temporaries)
+    windows = [temporal.parse_season(w) if isinstance(w, str) else tuple(w) for w in seasons or ()]
+    prep = SeriesInput(members, preps, reference, min_valid, meta, temporaries)
+    prep.offer([f"{SPECTRA}:{temporal.season_name(w)}" for w in windows], log)
+    return prep
 
 
 def prepare_on_grid(source, meta, grid=None, log: Callable[[str], None] = lambda m: None, **prep_kw):
@@ -381,7 +407,8 @@ def prepare_on_grid(source, meta, grid=None, log: Callable[[str], None] = lambda
 
 
 def prepare_source(source, meta, *, series: Optional[bool] = None, dates=None, reference: int = 0,
-                   min_valid: int = 1, grid=None, log: Callable[[str], None] = lambda m: None, **prep_kw):
+                   min_valid: int = 1, grid=None, seasons: Sequence = (), log: Callable[[str], None] = lambda m: None,
+                   **prep_kw):
     """One raster's ``raster.prepare_input``, or a series' ``prepare_series`` when ``series`` is
     True (or None and the source looks like one: ``looks_like_series``). An input prepared
     already (a series, a change pair) is returned as it is. ``grid``: an open dataset to read on."""
@@ -390,11 +417,14 @@ def prepare_source(source, meta, *, series: Optional[bool] = None, dates=None, r
     if series is None:
         series = looks_like_series(source) or dates is not None
     if not series:
+        if seasons:
+            raise SeriesError("seasons need a series of several dates: give the dates (a quoted glob, paths separated "
+                              "by commas, a text file of paths)")
         if isinstance(source, (list, tuple)) and len(source) == 1:  # a list of one raster is that raster
             source = source[0]
         return prepare_on_grid(source, meta, grid, log=log, **prep_kw)
-    return prepare_series(source, meta, dates=dates, reference=reference, min_valid=min_valid, grid=grid, log=log,
-                          **prep_kw)
+    return prepare_series(source, meta, dates=dates, reference=reference, min_valid=min_valid, grid=grid,
+                          seasons=seasons, log=log, **prep_kw)
 
 
 def reference_source(source, *, series: Optional[bool] = None, dates=None, reference: int = 0, **_) -> str:
@@ -412,12 +442,13 @@ def reference_source(source, *, series: Optional[bool] = None, dates=None, refer
 
 
 def series_features(series, model_path, output, *, dates=None, stats: Sequence[str] = temporal.STATS,
-                    min_valid: int = 1, grid: int = 0, masks=None, aoi=None, progress=lambda f: None,
-                    log: Callable[[str], None] = lambda m: None) -> dict:
+                    min_valid: int = 1, grid: int = 0, masks=None, aoi=None, seasons: Sequence = (),
+                    progress=lambda f: None, log: Callable[[str], None] = lambda m: None) -> dict:
     """Temporal spectral features of a series (see the module) as a float32 GeoTIFF: per statistic
     the model's bands (normalised as the model reads them), then the count of valid dates. Pixels
     with fewer than ``min_valid`` valid dates are NaN (reported). ``grid``: the member (in date
-    order) whose grid the others are brought onto."""
+    order) whose grid the others are brought onto. ``seasons`` ("MM-DD:MM-DD", ...): the median of
+    the bands within each, before the count."""
     from mpmae_core.runtime.inference.raster import RasterWriter
     from mpmae_core.runtime.io.files import check_outputs
     from mpmae_core.runtime.io.sources import input_files
@@ -426,6 +457,7 @@ def series_features(series, model_path, output, *, dates=None, stats: Sequence[s
     members = dated_members(expand_series(series), dates)
     check_outputs({"output": output}, [f for m in members for f in input_files(m.source)] + [str(model_path)])
     meta = read_metadata(model_path)
+    windows = [temporal.parse_season(w) if isinstance(w, str) else tuple(w) for w in seasons or ()]
     prep = prepare_series([m.source for m in members], meta, dates=[m.date for m in members], reference=grid,
                           min_valid=min_valid, masks=masks, aoi=aoi, log=log)
     if not isinstance(prep, SeriesInput):  # one date: a series of one
@@ -439,6 +471,11 @@ def series_features(series, model_path, output, *, dates=None, stats: Sequence[s
             rows = min(ROWS, h - y)
             values, valid = prep.read_series(y, 0, rows, w)
             out, names = temporal.reduce_series(values, valid, stats, min_valid)
+            if windows:
+                extra = temporal.seasonal_medians(values, valid, prep.dates, windows, min_valid)
+                out = np.concatenate([out[:-1], extra, out[-1:]])
+                names = names[:-1] + [f"{temporal.season_name(win)}:{i}" for win in windows
+                                      for i in range(len(meta.input_bands))] + names[-1:]
             if writer is None:
                 descriptions = [n.split(":")[0] + (f":{meta.input_bands[int(n.split(':')[1])]}" if ":" in n else "")
                                 for n in names]

@@ -86,6 +86,47 @@ def in_window(day_of_year: int, window: tuple[int, int]) -> bool:
     return first <= day_of_year <= last if first <= last else (day_of_year >= first or day_of_year <= last)
 
 
+def day_of_year(date: _dt.date) -> int:
+    """The day of the year in a year of 365 days (29 February counts as the 28th), so a season
+    given by month and day holds the same dates every year."""
+    return _dt.date(2001, date.month, min(date.day, 28) if date.month == 2 else date.day).timetuple().tm_yday
+
+
+_SEASON = re.compile(r"^\s*(\d{1,2})-?(\d{2})\s*[:/_]\s*(\d{1,2})-?(\d{2})\s*$")
+
+
+def parse_season(text: str) -> tuple[int, int]:
+    """A seasonal window "MM-DD:MM-DD" (first and last day; it may wrap the new year, e.g.
+    "12-01:02-28") as (first, last) days of a 365-day year; a ValueError names the form."""
+    m = _SEASON.match(str(text))
+    try:
+        if not m:
+            raise ValueError
+        first = _dt.date(2001, int(m.group(1)), int(m.group(2)))
+        last = _dt.date(2001, int(m.group(3)), int(m.group(4)))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a season: give its first and last day as MM-DD:MM-DD, e.g. 03-01:05-31 "
+                         "(it may wrap the new year: 12-01:02-28)") from None
+    return first.timetuple().tm_yday, last.timetuple().tm_yday
+
+
+def season_name(window: tuple[int, int]) -> str:
+    """A window's name in block and band names: "season0301-0531"."""
+    a, b = (_dt.date(2001, 1, 1) + _dt.timedelta(days=d - 1) for d in window)
+    return f"season{a:%m%d}-{b:%m%d}"
+
+
+def season_of_name(name: str) -> Optional[tuple[int, int]]:
+    """The window a "season0301-0531" name stands for, or None."""
+    m = re.fullmatch(r"season(\d{2})(\d{2})-(\d{2})(\d{2})", str(name))
+    if not m:
+        return None
+    try:
+        return parse_season(f"{m.group(1)}-{m.group(2)}:{m.group(3)}-{m.group(4)}")
+    except ValueError:
+        return None
+
+
 def seasonal_medians(values: np.ndarray, valid: np.ndarray, dates: Sequence[_dt.date],
                      windows: Sequence[tuple[int, int]], min_valid: int = 1) -> np.ndarray:
     """(len(windows) * C, H, W): the median over the valid dates within each seasonal window."""
@@ -95,7 +136,7 @@ def seasonal_medians(values: np.ndarray, valid: np.ndarray, dates: Sequence[_dt.
         raise ValueError(f"{len(dates)} dates for a series of {values.shape[0]}")
     out = []
     for win in windows:
-        pick = np.array([in_window(d.timetuple().tm_yday, win) for d in dates], bool)
+        pick = np.array([in_window(day_of_year(d), win) for d in dates], bool)
         if not pick.any():
             out.append(np.full(values.shape[1:], np.nan, np.float32))
             continue
