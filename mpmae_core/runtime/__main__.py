@@ -127,6 +127,21 @@ def series_options(args) -> dict:
                 seasons=args.seasons)
 
 
+def add_run_arguments(parser) -> None:
+    """How a command without the common positional arguments reads and runs: tiles, device, level,
+    offset, scale, band map."""
+    from mpmae_core import registry
+    from mpmae_core.runtime import cli
+
+    parser.add_argument("--tile", type=cli.positive_int, default=512)
+    parser.add_argument("--overlap", type=cli.non_negative_int, default=128)
+    parser.add_argument("--device", default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))
+    parser.add_argument("--level", default="auto", type=cli.choice_of(registry.level_choices(), "processing level"))
+    parser.add_argument("--dn-offset", default="auto", type=cli.dn_offset)
+    parser.add_argument("--scale", type=cli.positive_float, default=1.0)
+    parser.add_argument("--band-map", type=_band_map)
+
+
 def mask_options(args):
     """The MaskOptions the arguments ask for, or None for the defaults."""
     from mpmae_core.runtime.io.masks import MaskOptions
@@ -213,14 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the folds the candidates are chosen on: grouped (by labelled feature; default, it made the "
                         "better maps on the embedded scene) or spatial (blocks of the map); the report shows both "
                         "figures either way")
-    for name, kw in (("--tile", dict(type=cli.positive_int, default=512)),
-                     ("--overlap", dict(type=cli.non_negative_int, default=128)),
-                     ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
-                     ("--level", dict(default="auto", type=cli.choice_of(registry.level_choices(), "processing level"))),
-                     ("--dn-offset", dict(default="auto", type=cli.dn_offset)),
-                     ("--scale", dict(type=cli.positive_float, default=1.0)),
-                     ("--band-map", dict(type=_band_map))):
-        h.add_argument(name, **kw)
+    add_run_arguments(h)
     add_mask_arguments(h)
     add_series_arguments(h)
     fm = sub.add_parser("fetch-model", help="download a released MMEarth model and convert it, without torch")
@@ -302,14 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the later period's dates")
     ch.add_argument("--min-valid", type=cli.positive_int, default=1,
                     help="a period's pixels with fewer valid dates are no data (default 1)")
-    for name, kw in (("--tile", dict(type=cli.positive_int, default=512)),
-                     ("--overlap", dict(type=cli.non_negative_int, default=128)),
-                     ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
-                     ("--level", dict(default="auto", type=cli.choice_of(registry.level_choices(), "processing level"))),
-                     ("--dn-offset", dict(default="auto", type=cli.dn_offset)),
-                     ("--scale", dict(type=cli.positive_float, default=1.0)),
-                     ("--band-map", dict(type=_band_map))):
-        ch.add_argument(name, **kw)
+    add_run_arguments(ch)
     add_mask_arguments(ch)
     sd = sub.add_parser("sample-design", help="a stratified random validation sample of a class map")
     sd.add_argument("map", help="a class map (from segment, or any one-band class raster)")
