@@ -295,6 +295,48 @@ SOURCES: dict[str, SourceSpec] = {s.name: s for s in (SENTINEL2, SENTINEL2_RGB)}
 DEFAULT_SOURCE = SENTINEL2.name
 
 
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """A kind of embedding raster that is a feature source of its own (not a model's input): its
+    dimensions, how its stored values become the embedding (``dequantise``), its no data and its
+    resolution, and how to recognise it."""
+
+    name: str
+    title: str
+    dims: int  # 0: any number of bands
+    dequantise: str  # "alphaearth": sign(v) (|v| / 127.5)^2 of int8; "scales": int8 x a per-pixel scale; "none"
+    nodata: Optional[float]  # the stored value meaning no data (before dequantising); None: NaN only
+    resolution_m: float
+    band_names: tuple[str, ...] = ()  # the names its bands carry where it names them
+    summary: str = ""
+    reference: str = ""  # where the format is documented
+
+    def band_name(self, i: int) -> str:
+        return self.band_names[i] if i < len(self.band_names) else f"{self.name}_{i}"
+
+
+#: AlphaEarth Foundations' annual Satellite Embedding (Google DeepMind): 64 bands A00..A63 at 10 m;
+#: the public COGs store int8, -128 is no data, and v -> sign(v) (|v| / 127.5)^2 gives the unit vector.
+ALPHAEARTH = EmbeddingSpec(
+    "alphaearth", "AlphaEarth Foundations annual embedding", 64, "alphaearth", -128.0, 10.0,
+    tuple(f"A{i:02d}" for i in range(64)),
+    summary="64 dimensions, annual, 10 m; int8 COGs (de-quantised, -128 no data) or float exports",
+    reference="developers.google.com/earth-engine/guides/aef_on_gcs_readme")
+#: TESSERA (Cambridge): 128 dimensions at 10 m on UTM grids; GeoTessera tiles store int8 values with a
+#: float32 scale per pixel (value x scale), and its tools export float32 GeoTIFFs.
+TESSERA = EmbeddingSpec(
+    "tessera", "TESSERA annual embedding", 128, "scales", None, 10.0,
+    summary="128 dimensions, annual, 10 m, from Sentinel-1 and -2 series; int8 tiles with per-pixel scales "
+            "(.npy and _scales.npy) or float32 GeoTIFFs",
+    reference="geotessera.readthedocs.io")
+#: Any float raster whose bands are an embedding, declared as such by the user.
+ANY_EMBEDDING = EmbeddingSpec(
+    "embedding", "embedding raster", 0, "none", None, 0.0,
+    summary="any multi-band float raster declared as an embedding (its bands as they are; NaN or its nodata "
+            "value is no data)")
+EMBEDDING_SOURCES: dict[str, EmbeddingSpec] = {e.name: e for e in (ALPHAEARTH, TESSERA, ANY_EMBEDDING)}
+
+
 def source(name: str = DEFAULT_SOURCE) -> SourceSpec:
     """The spec of source ``name``; the message names those known."""
     if isinstance(name, SourceSpec):

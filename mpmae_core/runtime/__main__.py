@@ -372,9 +372,12 @@ def main(argv=None) -> int:
 
             gdal().SetCacheMax(256 * 1024 * 1024)
         if args.cmd == "inspect":
+            from mpmae_core.runtime.io.embeddings import inspect_embedding
             from mpmae_core.runtime.io.inspect import inspect_raster, summary_lines
 
-            print("\n".join(summary_lines(inspect_raster(args.input, source=args.source))))
+            lines = inspect_embedding(args.input)  # AlphaEarth, TESSERA: what they are, not as a model's input
+            print("\n".join(lines if lines is not None else summary_lines(inspect_raster(args.input,
+                                                                                         source=args.source))))
             return 0
         if args.cmd == "stack":
             from mpmae_core.runtime.io.stack import write_stack

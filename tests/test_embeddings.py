@@ -1,0 +1,171 @@
+"""Other models' embeddings as files come from them: an AlphaEarth int8 COG-like GeoTIFF and a
+GeoTessera tile (.npy, _scales.npy and its landmask GeoTIFF), written here in their documented
+formats with a class structure in them; the de-quantisation checked against the documented
+formulas computed by hand, no data included; hostile .npy bytes fail in words."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+from mpmae_core import registry
+from mpmae_core.runtime.inference.embedding_sources import EmbeddingRaster
+from mpmae_core.runtime.io import embeddings as E
+
+
+def _utm():
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    return srs.ExportToWkt()
+
+
+def _classes(h, w, dims, seed=0):
+    """Unit vectors of two classes (left and right half) with noise: (h, w, dims) float."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=dims), rng.normal(size=dims)
+    v = np.where((np.arange(w) < w // 2)[None, :, None], a, b) + 0.3 * rng.normal(size=(h, w, dims))
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_alphaearth_dequantisation_is_the_documented_formula():
+    stored = np.array([-128, -127, -64, -1, 0, 1, 64, 127], np.int8)
+    want = [math.nan] + [math.copysign((abs(v) / 127.5) ** 2, v) if v else 0.0 for v in (-127, -64, -1, 0, 1, 64, 127)]
+    got = E.dequantise_alphaearth(stored)
+    assert math.isnan(got[0])
+    np.testing.assert_allclose(got[1:], want[1:], rtol=1e-6)
+    assert got[-1] == pytest.approx(0.9921722414, rel=1e-6)  # (127 / 127.5) ** 2 = (254 / 255) ** 2
+
+
+def test_scaled_dequantisation_and_its_no_data():
+    q = np.array([[[1, -2], [3, 4]]], np.int8)  # 1 x 2 pixels x 2 bands
+    s = np.array([[0.5, 0.0]], np.float32)
+    got = E.dequantise_scaled(q, s)
+    np.testing.assert_array_equal(got[0, 0], [0.5, -1.0])
+    assert np.isnan(got[0, 1]).all()  # a scale of 0: no data
+    with pytest.raises(E.EmbeddingError, match="one per pixel"):
+        E.dequantise_scaled(q, np.ones((3, 3), np.float32))
+
+
+@pytest.fixture(scope="module")
+def alphaearth(tmp_path_factory):
+    """A 64-band int8 GeoTIFF as the AlphaEarth COGs are (A00..A63, -128 no data), two classes."""
+    d = tmp_path_factory.mktemp("aef")
+    h, w = 40, 60
+    v = _classes(h, w, 64)
+    stored = np.clip(np.round(np.sign(v) * np.sqrt(np.abs(v)) * 127.5), -127, 127).astype(np.int8)
+    stored[:5, :5] = -128
+    path = d / "xojgayo1cxc1vo6gf-0000000000-0000000000.tiff"
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, 64, gdal.GDT_Byte, ["PIXELTYPE=SIGNEDBYTE",
+                                                                                   "COMPRESS=DEFLATE"])
+    ds.SetGeoTransform([384420.0, 10, 0, 3952180.0, 0, -10])
+    ds.SetProjection(_utm())
+    for i in range(64):
+        band = ds.GetRasterBand(i + 1)
+        band.SetDescription(f"A{i:02d}")
+        band.SetNoDataValue(-128)
+        band.WriteArray(stored[:, :, i].view(np.uint8))
+    ds = None
+    return path, stored
+
+
+def test_an_alphaearth_file_is_recognised_and_read_as_unit_vectors(alphaearth):
+    path, stored = alphaearth
+    r = EmbeddingRaster(path)
+    assert r.spec is registry.ALPHAEARTH and r.quantised and r.dims == 64
+    emb = r.read(0, 0, 60, 40)
+    assert np.isnan(emb[:, :5, :5]).all() and np.isfinite(emb[:, 5:, 5:]).all()
+    np.testing.assert_allclose(emb[:, 10, 10], E.dequantise_alphaearth(stored[10, 10]), rtol=1e-6)
+    norms = np.linalg.norm(emb[:, 5:, 5:], axis=0)
+    assert np.abs(norms - 1).max() < 0.05  # the documented unit length, up to the int8 steps
+    left, right = emb[:, 20, 10], emb[:, 20, 50]
+    assert float(left @ emb[:, 25, 12]) > float(left @ right)  # the class structure survives
+
+
+def test_a_tessera_tile_with_its_scales_and_landmask(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    h, w = 30, 50
+    v = _classes(h, w, 128, seed=1).astype(np.float32)
+    scales = (np.abs(v).max(-1) / 127).astype(np.float32)
+    q = np.round(v / scales[..., None]).astype(np.int8)
+    scales[0, :3] = 0  # no data
+    np.save(tmp_path / "grid_0.15_52.05.npy", q)
+    np.save(tmp_path / "grid_0.15_52.05_scales.npy", scales)
+    (tmp_path / "landmasks").mkdir()
+    ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / "landmasks" / "grid_0.15_52.05.tiff"), w, h, 1,
+                                              gdal.GDT_Byte)
+    ds.SetGeoTransform([300000.0, 10, 0, 5800000.0, 0, -10])
+    ds.SetProjection(_utm())
+    ds.GetRasterBand(1).Fill(1)
+    ds = None
+    r = EmbeddingRaster(tmp_path / "grid_0.15_52.05.npy")
+    assert r.spec is registry.TESSERA and r.dims == 128 and (r.width, r.height) == (w, h)
+    emb = r.read(0, 0, w, h)
+    assert np.isnan(emb[:, 0, :3]).all()
+    np.testing.assert_allclose(emb[:, 5, 7], q[5, 7].astype(np.float32) * scales[5, 7], rtol=1e-6)
+    assert r.geotransform == (300000.0, 10, 0, 5800000.0, 0, -10)
+    again = EmbeddingRaster(tmp_path / "grid_0.15_52.05_scales.npy")  # named by its sidecar: the same tile, cached
+    assert again.path == r.path
+    lines = E.inspect_embedding(tmp_path / "grid_0.15_52.05.npy")
+    assert "TESSERA" in lines[0] and "int8 (30, 50, 128)" in lines[1] and "times its scale" in lines[3]
+    (tmp_path / "landmasks" / "grid_0.15_52.05.tiff").unlink()
+    (tmp_path / "grid_0.15_52.05.npy").touch()  # another identity: looked up again, and the grid is missing
+    with pytest.raises(E.EmbeddingError, match="landmask GeoTIFF"):
+        EmbeddingRaster(tmp_path / "grid_0.15_52.05.npy")
+
+
+def test_a_declared_embedding_must_be_float(tmp_path):
+    path = tmp_path / "emb.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 8, 8, 10, gdal.GDT_Float32)
+    ds.SetGeoTransform([0, 10, 0, 0, 0, -10])
+    ds.SetProjection(_utm())
+    ds = None
+    with pytest.raises(E.EmbeddingError, match="declare it as an embedding"):
+        EmbeddingRaster(path)
+    assert EmbeddingRaster(path, registry.ANY_EMBEDDING).dims == 10
+    gdal.Translate(str(tmp_path / "int.tif"), str(path), outputType=gdal.GDT_Int16)
+    with pytest.raises(E.EmbeddingError, match="float raster"):
+        EmbeddingRaster(tmp_path / "int.tif", registry.ANY_EMBEDDING)
+
+
+def test_inspect_says_what_an_embedding_is(alphaearth, capsys):
+    from mmearth.cli import main
+
+    assert main(["inspect", str(alphaearth[0])]) == 0
+    out = capsys.readouterr().out
+    assert "AlphaEarth Foundations annual embedding" in out and "sign(v) (|v|/127.5)^2" in out
+
+
+def test_tessera_tile_parsing_survives_any_bytes(tmp_path):
+    """A fuzz run: mutated .npy tiles and scales give embeddings or an EmbeddingError, never a crash,
+    a hang or a huge allocation (shapes are checked before any data is read)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((4, 5, 128), np.int8))
+    seed_q = buf.getvalue()
+    buf = io.BytesIO()
+    np.save(buf, np.ones((4, 5), np.float32))
+    seed_s = buf.getvalue()
+    rng = random.Random(0)
+    for i in range(400):
+        which = i % 2
+        data = bytearray(seed_q if which == 0 else seed_s)
+        for _ in range(rng.randint(1, 6)):
+            pos = rng.randrange(min(len(data), 200))  # the header and the first values: where parsing happens
+            op = rng.random()
+            if op < 0.5:
+                data[pos] = rng.randrange(256)
+            elif op < 0.75:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
+            else:
+                del data[pos:pos + rng.randint(1, 12)]
+        q, s = tmp_path / f"t{i}.npy", tmp_path / f"t{i}_scales.npy"
+        q.write_bytes(bytes(data) if which == 0 else seed_q)
+        s.write_bytes(bytes(data) if which == 1 else seed_s)
+        try:
+            out = E.tessera_tile_array(q, s)
+        except E.EmbeddingError:
+            continue
+        assert out.dtype == np.float32 and out.shape[0] == 128
