@@ -169,3 +169,23 @@ def test_tessera_tile_parsing_survives_any_bytes(tmp_path):
         except E.EmbeddingError:
             continue
         assert out.dtype == np.float32 and out.shape[0] == 128
+
+
+def test_a_similarity_map_from_an_alphaearth_file(alphaearth, tmp_path):
+    """Query points in the left class: the map is high over the left half, low over the right, and
+    no data where the file has none (no model needed: the file is the embedding)."""
+    from osgeo import ogr
+
+    from mpmae_core.runtime.inference.similarity import similarity
+
+    path, _ = alphaearth
+    gt = gdal.Open(str(path)).GetGeoTransform()
+    queries = []
+    for r, c in ((20, 10), (30, 15), (12, 20)):
+        g = ogr.Geometry(ogr.wkbPoint)
+        g.AddPoint(gt[0] + (c + 0.5) * gt[1], gt[3] + (r + 0.5) * gt[5])
+        queries.append(bytes(g.ExportToWkb()))
+    res = similarity(None, None, queries, tmp_path / "sim.tif", embeddings=str(path))
+    sim = gdal.Open(res["output"]).ReadAsArray()
+    assert res["queries"] == 3 and np.isnan(sim[:5, :5]).all()
+    assert np.nanmean(sim[5:, 8:28]) > 0.5 > np.nanmean(sim[5:, 32:])

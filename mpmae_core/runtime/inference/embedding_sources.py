@@ -90,3 +90,17 @@ class EmbeddingRaster:
         if self.nodata is not None and np.isfinite(self.nodata):
             out[raw == self.nodata] = np.nan
         return out
+
+
+def external_embedding(path) -> Optional[EmbeddingRaster]:
+    """``path`` as another model's embedding when it is one (recognised, or a TESSERA tile), else
+    None (an embedding raster of this toolkit's, or any other raster)."""
+    from mpmae_core.runtime.io.gdal_io import RasterError, open_raster
+
+    if E.is_tessera_tile(path):
+        return EmbeddingRaster(path)
+    try:
+        ds = open_raster(str(path))
+    except RasterError:
+        return None
+    return EmbeddingRaster(path) if E.recognise(ds, str(path)) is not None else None
