@@ -189,3 +189,9 @@ def test_a_similarity_map_from_an_alphaearth_file(alphaearth, tmp_path):
     sim = gdal.Open(res["output"]).ReadAsArray()
     assert res["queries"] == 3 and np.isnan(sim[:5, :5]).all()
     assert np.nanmean(sim[5:, 8:28]) > 0.5 > np.nanmean(sim[5:, 32:])
+
+
+def test_qgis_inspect_names_the_embedding(alphaearth, run_alg):
+    result, feedback = run_alg("mmearth:inspect", {"INPUT": str(alphaearth[0])})
+    assert result["EMBEDDING"] == "AlphaEarth Foundations annual embedding" and not result["S2_COMPATIBLE"]
+    assert any("sign(v) (|v|/127.5)^2" in line for line in feedback.infos)

@@ -75,6 +75,8 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("PIXEL_SIZE_Y", "Pixel height (CRS units)"))
         self.addOutput(QgsProcessingOutputString("BAND_MAPPING", "Model band <- raster band (JSON)"))
         self.addOutput(QgsProcessingOutputString("FINDINGS", "Findings (JSON)"))
+        self.addOutput(QgsProcessingOutputString("EMBEDDING", "Another model's embedding it is (AlphaEarth, TESSERA; "
+                                                              "empty: none)"))
 
     def process(self, parameters, context, feedback):
         from mpmae_core.runtime.io import inspect as rinspect
@@ -89,6 +91,11 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
         if report:
             check_output(report, input_files(source), "report", (".html", ".htm"), "an HTML page")
         feedback.setProgressText("Reading raster metadata and a sample of its pixels")
+        from mpmae_core.runtime.io.embeddings import inspect_embedding
+
+        embedding = inspect_embedding(source) or []
+        for line in embedding:  # what the file is, before the table a model's input gets
+            feedback.pushInfo(line)
         try:
             assessment = rinspect.inspect_raster(
                 source, source=list(self._source_names())[self.parameterAsEnum(parameters, self.SOURCE, context)])
@@ -99,6 +106,7 @@ class InspectRasterAlgorithm(MMEarthAlgorithm):
         feedback.setProgress(60)
 
         results = self._values(assessment)
+        results["EMBEDDING"] = embedding[0].split(": ", 1)[-1] if embedding else ""
         if parameters.get(self.OUTPUT) is not None:
             results[self.OUTPUT] = self._write_table(parameters, context, assessment)
         if report:
