@@ -219,6 +219,8 @@ def test_mmearth_stack_cog_cut_to_an_area_with_the_masks_and_a_natural_colour_st
     np.testing.assert_array_equal(gdal.Open(str(vrt)).ReadAsArray(), want[keep][:, 50:350, 100:600])
     assert 'redBand="4"' in (tmp_path / "s.qml").read_text()
     capsys.readouterr()
+    assert main(["stack", str(safe), str(tmp_path / "m.vrt"), "--mask-dilate", "2"]) == 0  # masks a VRT cannot hold
+    assert "mask options are not in it" in capsys.readouterr().err
     assert main(["stack", str(safe), str(tmp_path / "o.tif"), "--cog", "--aoi", "0,0,10,10,EPSG:4326"]) != 0
     assert "outside the raster" in capsys.readouterr().err and not (tmp_path / "o.tif").exists()
 

@@ -45,6 +45,9 @@ def write_stack(source, output, cog: bool = False, aoi=None, masks=None, log=lam
             log(f"area of interest: a window of {w} x {h} px of {W} x {H}")
         wgt = (gt[0] + x0 * gt[1], gt[1], 0.0, gt[3] + y0 * gt[5], 0.0, gt[5])
         if not cog:
+            if masks is not None:  # a VRT holds the bands only: say so rather than drop the options in silence
+                log("warning: a VRT stack holds the product's bands only, so the mask options are not in it (the "
+                    "model applies them when it reads the product); write a COG (--cog) to get them as a MASK band")
             bounds = (wgt[0], wgt[3] + h * gt[5], wgt[0] + w * gt[1], wgt[3]) if aoi else None
             products.build_vrt(product, output, bounds=bounds)
             write_natural_colour_style(output, product.order(), product.spec, _dn_offset(src, product))
