@@ -195,3 +195,77 @@ def test_qgis_inspect_names_the_embedding(alphaearth, run_alg):
     result, feedback = run_alg("mmearth:inspect", {"INPUT": str(alphaearth[0])})
     assert result["EMBEDDING"] == "AlphaEarth Foundations annual embedding" and not result["S2_COMPATIBLE"]
     assert any("sign(v) (|v|/127.5)^2" in line for line in feedback.infos)
+
+
+@pytest.fixture(scope="module")
+def scene_with_embedding(tmp_path_factory):
+    """A crop of the embedded scene, and an AlphaEarth-format file of the same place whose vectors
+    follow the scene's OpenStreetMap landuse (one direction per class, noise on top)."""
+    from helpers import point_labels
+
+    from mpmae_core.data import sample
+
+    d = tmp_path_factory.mktemp("ext")
+    x0, y0, w, h = 600, 200, 256, 192
+    crop = d / "crop.tif"
+    gdal.Translate(str(crop), str(sample.build(verbose=False)["stack"]), srcWin=[x0, y0, w, h])
+    census = gdal.Open(str(sample.build(verbose=False)["labels"])).ReadAsArray()[y0:y0 + h, x0:x0 + w]
+    rng = np.random.default_rng(5)
+    dirs = rng.normal(size=(9, 64))
+    v = dirs[census] + 0.4 * rng.normal(size=(h, w, 64))
+    v /= np.linalg.norm(v, axis=-1, keepdims=True)
+    stored = np.clip(np.round(np.sign(v) * np.sqrt(np.abs(v)) * 127.5), -127, 127).astype(np.int8)
+    ref = gdal.Open(str(crop))
+    aef = d / "aef.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(aef), w, h, 64, gdal.GDT_Byte, ["PIXELTYPE=SIGNEDBYTE"])
+    ds.SetGeoTransform(ref.GetGeoTransform())
+    ds.SetProjection(ref.GetProjection())
+    for i in range(64):
+        ds.GetRasterBand(i + 1).SetDescription(f"A{i:02d}")
+        ds.GetRasterBand(i + 1).WriteArray(stored[:, :, i].view(np.uint8))
+    ds = None
+    points = []
+    for name in ("forest", "farm", "meadow", "residential"):
+        rows, cols = np.nonzero(census == sample.OSM_CLASSES.index(name) + 1)
+        for i in rng.choice(len(rows), 6, replace=False):
+            points.append((int(rows[i]), int(cols[i]), name))
+    labels = point_labels(d / "labels.gpkg", points, ref.GetProjection(), ref.GetGeoTransform())
+    return crop, aef, labels, census
+
+
+def test_another_models_embedding_is_a_feature_set_of_the_head(scene_with_embedding, models_dir, tmp_path,
+                                                                monkeypatch):
+    from mpmae_core.data import sample
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.inference.predict import segment
+    from mpmae_core.runtime.io.labels import read_label_file
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, labels, census = scene_with_embedding
+    model = models_dir / "atto_test.onnx"
+    feats, names, ids, _ = read_label_file(labels, "landuse", gdal.Open(str(crop)).GetProjection())
+    res = train_pixel_head(str(crop), model, feats, names, tmp_path / "h.onnx", feature_ids=ids, device="cpu",
+                           embedding=str(aef), classifiers=["logistic"])
+    sets = {s["candidate"].feature_set for s in res["scores"]}
+    assert {"spectra", "encoder", "both", "embedding", "embedding+spectra", "embedding+encoder"} <= sets
+    assert "embedding" in res["chosen"]  # the embedding follows the landuse: the head finds it
+    out = segment(str(crop), model, tmp_path / "map.tif", head_path=tmp_path / "h.onnx", device="cpu",
+                  embedding=str(aef))
+    got = gdal.Open(out["output"]).ReadAsArray()
+    for k, name in enumerate(names):
+        where = census == sample.OSM_CLASSES.index(name) + 1
+        assert (got[where] == k).mean() > 0.9, name
+    with pytest.raises(ValueError, match="give it the embedding"):
+        segment(str(crop), model, tmp_path / "no.tif", head_path=tmp_path / "h.onnx", device="cpu")
+    # the same embedding in another CRS is brought onto the raster's grid, and said
+    other = tmp_path / "aef_32632.tif"
+    warped = gdal.Warp(str(other), str(aef), dstSRS="EPSG:32632", xRes=10, yRes=10, resampleAlg="near")
+    for i in range(64):
+        warped.GetRasterBand(i + 1).SetDescription(f"A{i:02d}")
+    warped = None
+    logs = []
+    again = segment(str(crop), model, tmp_path / "map2.tif", head_path=tmp_path / "h.onnx", device="cpu",
+                    embedding=str(other), log=logs.append)
+    assert any("another grid" in m for m in logs), logs
+    got2 = gdal.Open(again["output"]).ReadAsArray()
+    assert ((got2 == got) | (got2 == 255)).mean() > 0.9

@@ -122,6 +122,19 @@ def _seasons(text: str) -> list:
     return items
 
 
+def add_embedding_arguments(parser) -> None:
+    """--embedding, --embedding-kind: another model's embedding beside the raster."""
+    from mpmae_core import registry
+    from mpmae_core.runtime import cli
+
+    parser.add_argument("--embedding", help="another model's embedding of the place (an AlphaEarth or TESSERA file, "
+                                            "or any float raster with --embedding-kind embedding): its own feature "
+                                            "sets join the head's candidates")
+    parser.add_argument("--embedding-kind", type=cli.choice_of(list(registry.EMBEDDING_SOURCES), "embedding kind"),
+                        help="what the embedding file is, when it does not say: " +
+                             ", ".join(registry.EMBEDDING_SOURCES))
+
+
 def series_options(args) -> dict:
     return dict(series=args.series, dates=args.dates, reference=args.reference, min_valid=args.min_valid,
                 seasons=args.seasons)
@@ -200,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head", help="a head model on the encoder's embeddings (e.g. a few-shot head)")
     s.add_argument("--probabilities", help="also write class probabilities to this file")
     add_series_arguments(s)
+    add_embedding_arguments(s)
     f = sub.add_parser("features", parents=[common], help="per-pixel feature raster (spectra and every encoder stage)")
     add_series_arguments(f)
     f.add_argument("--blocks", type=lambda t: [b for b in t.replace(" ", "").split(",") if b],
@@ -231,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(h)
     add_mask_arguments(h)
     add_series_arguments(h)
+    add_embedding_arguments(h)
     fm = sub.add_parser("fetch-model", help="download a released MMEarth model and convert it, without torch")
     fm.add_argument("model", nargs="?", help="a catalogue name (see --list), an http(s) URL or a checkpoint file")
     fm.add_argument("--out", default=None, help="the models folder (default $MMEARTH_MODELS, else ./models)")
@@ -443,7 +458,8 @@ def main(argv=None) -> int:
                                **series_options(args))
             else:
                 res = segment(args.input, args.model, args.output, head_path=args.head,
-                              probabilities_path=args.probabilities, **common_kw, **series_options(args))
+                              probabilities_path=args.probabilities, embedding=args.embedding,
+                              embedding_kind=args.embedding_kind, **common_kw, **series_options(args))
         except Cancelled:
             raise KeyboardInterrupt from None
         log(f"wrote {res['output']} on {res['provider']}: {res['run']} tiles run, {res['skipped']} empty tiles "
@@ -561,7 +577,8 @@ def train_head_command(args, log) -> int:
                                feature_raster=args.features, tile=args.tile, overlap=args.overlap, device=args.device,
                                level=args.level, dn_offset=args.dn_offset, scale=args.scale, band_map=args.band_map,
                                aoi=args.aoi, masks=mask_options(args), block_m=args.block_size, choose_on=args.choose_on,
-                               progress=Bar("train-head"), log=log, **series_options(args))
+                               progress=Bar("train-head"), log=log, embedding=args.embedding,
+                               embedding_kind=args.embedding_kind, **series_options(args))
     except Cancelled:
         raise KeyboardInterrupt from None
     print(res["text"])

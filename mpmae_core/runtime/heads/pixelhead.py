@@ -50,8 +50,8 @@ from mpmae_core.runtime.models import onnx_writer
 from mpmae_core.runtime.heads.linear import FewShotError, check_labels, fit_softmax, grouped_folds
 from mpmae_core.runtime.heads.forest import RandomForest
 from mpmae_core.runtime.models.metadata import METADATA_KEY, ModelMetadata
-from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS, DIFFERENCE_FEATURE_SETS, FEATURE_SETS, SPECTRA, \
-    TEMPORAL_FEATURE_SETS, Block, feature_set_blocks, feature_set_columns, is_temporal, union_feature_set
+from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS, DIFFERENCE_FEATURE_SETS, \
+    EXTERNAL_FEATURE_SETS, FEATURE_SETS, SPECTRA, TEMPORAL_FEATURE_SETS, Block, feature_set_blocks, feature_set_columns, is_temporal, union_feature_set
 
 CLASSIFIERS = ("logistic", "forest")
 L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
@@ -516,7 +516,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                      dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
                      masks=None, block_m: Optional[float] = None, choose_on: str = "grouped",
                      series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
-                     seasons=(), progress=lambda f: None, cancelled=lambda: False, log=lambda m: None) -> dict:
+                     seasons=(), embedding=None, embedding_kind: Optional[str] = None, progress=lambda f: None,
+                     cancelled=lambda: False, log=lambda m: None) -> dict:
     """Sample features under the labels (or read them from ``feature_raster``, written by
     ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
     label and save it (ONNX) with its report. Both outputs appear whole or not at all.
@@ -550,11 +551,18 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
                           level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
                           masks=masks, seasons=seasons)
+    if embedding:  # another model's embedding beside the raster: its own feature sets join the candidates
+        from mpmae_core.runtime.inference.embedding_sources import with_embedding
+        from mpmae_core.runtime.inference.raster import PreparedInput
+
+        if not isinstance(prep, PreparedInput):
+            raise ValueError("another model's embedding goes beside one raster, not yet beside a series of dates")
+        prep = with_embedding(prep, embedding, meta, embedding_kind, log)
     is_series = isinstance(prep, SeriesInput)
     if feature_sets is None:  # every set the input offers: a series adds the temporal, a change pair the differences
         offered = source_blocks(prep, meta)
-        feature_sets = [fs for fs in FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS
-                        if feature_set_blocks(offered, fs)]
+        feature_sets = [fs for fs in FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS +
+                        EXTERNAL_FEATURE_SETS if feature_set_blocks(offered, fs)]
     else:
         empty = [fs for fs in feature_sets if not feature_set_blocks(source_blocks(prep, meta), fs)]
         if empty:

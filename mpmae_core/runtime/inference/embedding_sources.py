@@ -65,7 +65,7 @@ class EmbeddingRaster:
         if self.spec.dims and n != self.spec.dims:
             raise E.EmbeddingError(f"'{path}' has {n} bands but a {self.spec.title} has {self.spec.dims}")
         band = self.ds.GetRasterBand(1)
-        self.quantised = self.spec is registry.ALPHAEARTH and E.signed_bytes(band)
+        self.quantised = self.spec is registry.ALPHAEARTH and E.eight_bit(band)
         if self.spec.dequantise == "none" or not self.quantised:
             dt = band.DataType
             from mpmae_core.runtime.io.gdal_io import gdal
@@ -85,7 +85,7 @@ class EmbeddingRaster:
 
         raw = read_window(self.ds, list(range(1, self.dims + 1)), x, y, w, h, self.path)
         if self.quantised:
-            return E.dequantise_alphaearth(raw.astype(np.int8) if raw.dtype != np.int8 else raw)
+            return E.dequantise_alphaearth(raw.view(np.int8) if raw.dtype == np.uint8 else raw.astype(np.int8))
         out = raw.astype(np.float32)
         if self.nodata is not None and np.isfinite(self.nodata):
             out[raw == self.nodata] = np.nan
@@ -104,3 +104,125 @@ def external_embedding(path) -> Optional[EmbeddingRaster]:
     except RasterError:
         return None
     return EmbeddingRaster(path) if E.recognise(ds, str(path)) is not None else None
+
+
+def on_grid_of(raster: EmbeddingRaster, prep, log=lambda m: None) -> EmbeddingRaster:
+    """``raster`` when it lies on ``prep``'s grid; else its embeddings, de-quantised, warped onto
+    that grid (nearest neighbour, a float32 copy in the cache written once) and said."""
+    from osgeo import osr
+
+    from mpmae_core.runtime.inference.raster import RasterWriter
+    from mpmae_core.runtime.io.files import user_cache_dir
+    from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors
+
+    same_crs = osr.SpatialReference(wkt=raster.projection or "").IsSame(osr.SpatialReference(wkt=prep.projection or ""))
+    if (raster.width, raster.height) == (prep.width, prep.height) and same_crs and \
+            np.allclose(raster.geotransform, prep.geotransform):
+        return raster
+    key = hashlib.sha256(f"{Path(raster.path).resolve()}|{Path(raster.path).stat().st_mtime_ns}|{prep.width}|"
+                         f"{prep.height}|{tuple(prep.geotransform)}|{prep.projection}".encode()).hexdigest()[:12]
+    folder = user_cache_dir() / "embeddings"
+    out = folder / f"{Path(raster.path).stem[:50]}-on-grid-{key}.tif"
+    if not out.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        flat = folder / f"{Path(raster.path).stem[:50]}-float-{key}.tif"
+        if raster.quantised or not flat.is_file():  # its values as embeddings, on its own grid
+            w = RasterWriter(flat, raster.width, raster.height, raster.dims, "float32", raster.geotransform,
+                             raster.projection, nodata=float("nan"))
+            try:
+                for y in range(0, raster.height, 256):
+                    n = min(256, raster.height - y)
+                    w.write_rows(y, raster.read(0, y, raster.width, n))
+                w.close()
+            except BaseException as exc:
+                w.abort(exc)
+                raise
+        gt = prep.geotransform
+        bounds = (gt[0], gt[3] + prep.height * gt[5], gt[0] + prep.width * gt[1], gt[3])
+        tmp = out.with_suffix(".part.tif")
+        with gdal_errors() as errors:
+            done = gdal().Warp(str(tmp), str(flat), format="GTiff", outputBounds=bounds, width=prep.width,
+                               height=prep.height, dstSRS=prep.projection, resampleAlg="near", dstNodata=float("nan"),
+                               creationOptions=["TILED=YES", "COMPRESS=ZSTD"])
+        if done is None:
+            raise E.EmbeddingError(f"could not bring '{raster.path}' onto the raster's grid: {errors.text()}")
+        done.SetMetadataItem("MMEARTH_EMBEDDING_SOURCE", raster.spec.name)
+        done = None
+        tmp.replace(out)
+        flat.unlink(missing_ok=True)
+    log(f"the {raster.spec.title} lies on another grid: its embeddings were brought onto the raster's grid by "
+        "nearest neighbour")
+    return EmbeddingRaster(out, raster.spec)
+
+
+class ExternalInput:
+    """A raster (or product) prepared for the model, with another model's embedding on its grid: a
+    tile is the raster's bands, then the embedding's dimensions; a pixel is valid where both are.
+    Its blocks: the raster's (spectra, MMEarth's maps) and ``ext-<source>``."""
+
+    def __init__(self, prep, raster: EmbeddingRaster, meta, log=lambda m: None):
+        from mpmae_core.runtime.inference.pixel_features import EXTERNAL_PREFIX, Block, encoder_blocks
+
+        self.prep, self.meta = prep, meta
+        self.embedding = on_grid_of(raster, prep, log)
+        self.name = f"{EXTERNAL_PREFIX}{raster.spec.name}"
+        self.width, self.height = prep.width, prep.height
+        self.geotransform, self.projection = prep.geotransform, prep.projection
+        self.level, self.dn_offset, self.scale = prep.level, prep.dn_offset, prep.scale
+        self.source, self.notes = prep.source, list(prep.notes)
+        self.channels = len(prep.band_numbers)
+        self.band_numbers = list(range(1, self.channels + self.embedding.dims + 1))
+        self.blocks = encoder_blocks(meta) + [Block(self.name, self.embedding.dims, 1)]
+        self.files = [str(prep.source), str(raster.path)]
+
+    def read_block(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        from mpmae_core.runtime.inference.raster import read_block
+
+        values, valid = read_block(self.prep, y, x, h, w)
+        emb = np.full((self.embedding.dims, h, w), np.nan, np.float32)
+        y0, x0 = max(y, 0), max(x, 0)
+        y1, x1 = min(y + h, self.height), min(x + w, self.width)
+        if y1 > y0 and x1 > x0:
+            emb[:, y0 - y:y1 - y, x0 - x:x1 - x] = self.embedding.read(x0, y0, x1 - x0, y1 - y0)
+        seen = np.isfinite(emb).all(0)
+        return np.concatenate([values, np.where(seen[None], emb, 0.0)]), valid & seen
+
+    def has_data(self, y: int, x: int, h: int, w: int) -> bool:
+        from mpmae_core.runtime.inference.raster import has_data
+
+        return has_data(self.prep, y, x, h, w)
+
+    def maps_runner(self, model, blocks):
+        return ExternalMaps(model, blocks, self.channels, self.name)
+
+
+class ExternalMaps:
+    """A batch of tiles (B, C + D, th, tw) -> per tile: the raster's blocks and the embedding's."""
+
+    def __init__(self, model, blocks, channels: int, name: str):
+        from mpmae_core.runtime.inference.pixel_features import SPECTRA, EncoderMaps
+
+        self.c, self.name = int(channels), name
+        self.encoder = EncoderMaps(model, [b for b in blocks if b.name not in (name, SPECTRA)])
+
+    def __call__(self, x: np.ndarray) -> list:
+        from mpmae_core.runtime.inference.pixel_features import SPECTRA
+
+        out = []
+        maps = self.encoder(np.ascontiguousarray(x[:, :self.c]))
+        for tile, m in zip(x, maps):
+            m[SPECTRA] = tile[:self.c]
+            m[self.name] = tile[self.c:]
+            out.append(m)
+        return out
+
+
+def with_embedding(prep, embedding, meta, kind: Optional[str] = None, log=lambda m: None):
+    """``prep`` with another model's embedding beside it (``ExternalInput``), or ``prep`` itself
+    without one. ``kind``: a source of ``registry.EMBEDDING_SOURCES`` to declare the file as."""
+    if not embedding:
+        return prep
+    spec = registry.EMBEDDING_SOURCES[kind] if kind else None
+    raster = EmbeddingRaster(embedding, spec)
+    log(f"beside the raster: {raster.spec.title}, {raster.dims} dimensions")
+    return ExternalInput(prep, raster, meta, log)

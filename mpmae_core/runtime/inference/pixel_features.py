@@ -29,8 +29,11 @@ FEATURE_SETS = ("spectra", "encoder", "both")
 TEMPORAL_FEATURE_SETS = ("t-spectra", "t-encoder", "t-both")
 #: On a change pair (``change``), also what changed alone: the blocks of after minus before.
 DIFFERENCE_FEATURE_SETS = ("d-spectra", "d-encoder", "d-both")
+#: With another model's embedding (``embedding_sources``): it alone, with the spectra, with MMEarth's maps.
+EXTERNAL_FEATURE_SETS = ("embedding", "embedding+spectra", "embedding+encoder")
+EXTERNAL_PREFIX = "ext-"  # the name of another model's embedding block: "ext-alphaearth"
 #: Every feature set a head may name ("all": the single-date and the temporal blocks, for an ensemble).
-ALL_FEATURE_SETS = FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS + ("all",)
+ALL_FEATURE_SETS = FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS + EXTERNAL_FEATURE_SETS + ("all",)
 CHANGE_SUFFIX = "@change"  # the name ending of a change pair's difference blocks
 #: Not a block: a map entry (1, h, w) telling where the reference date of a series is valid.
 REFERENCE_VALID = "_reference_valid"
@@ -67,6 +70,14 @@ def feature_set_blocks(blocks: Sequence[Block], feature_set: str) -> list[Block]
     a change pair's differences alone; 'all' every block."""
     if feature_set not in ALL_FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(ALL_FEATURE_SETS)}")
+    if feature_set in EXTERNAL_FEATURE_SETS:
+        ext = [b for b in blocks if is_external(b.name)]
+        if not ext:
+            return []
+        beside = feature_set.partition("+")[2]
+        return [b for b in blocks if is_external(b.name) or
+                (beside and not is_temporal(b.name) and (base_name(b.name) == SPECTRA) == (beside == "spectra"))]
+    blocks = [b for b in blocks if feature_set == "all" or not is_external(b.name)]
     prefix = feature_set[:2] if feature_set[:2] in ("t-", "d-") else ""
     role = feature_set[len(prefix):]
     out = []
@@ -81,11 +92,18 @@ def feature_set_blocks(blocks: Sequence[Block], feature_set: str) -> list[Block]
     return out
 
 
+def is_external(name: str) -> bool:
+    """Whether a block is another model's embedding (``embedding_sources``)."""
+    return base_name(name).startswith(EXTERNAL_PREFIX)
+
+
 def union_feature_set(sets: Sequence[str]) -> str:
     """The smallest feature set holding every one of ``sets`` (an ensemble's members)."""
     sets = set(sets)
     if len(sets) == 1:
         return sets.pop()
+    if sets & set(EXTERNAL_FEATURE_SETS):
+        return "all"
     if all(not s.startswith("t-") and s != "all" for s in sets):
         return "both"  # which holds the differences of a change pair too
     if all(s.startswith("t-") for s in sets):
@@ -98,6 +116,9 @@ def blocks_by_name(available: Sequence[Block], names: Sequence[str], channels: O
     """The named blocks, checked against what a head expects; a ValueError names the mismatch."""
     by_name = {b.name: b for b in available}
     missing = [n for n in names if n not in by_name]
+    if any(is_external(n) for n in missing):
+        raise ValueError(f"{what} was trained with another model's embedding ({', '.join(n[len(EXTERNAL_PREFIX):] for n in missing if is_external(n))}): "
+                         "give it the embedding of this place too (--embedding on the command line)")
     if any(is_temporal(n) for n in missing):
         raise ValueError(f"{what} was trained on a series of dates (it reads {', '.join(n for n in missing if is_temporal(n))}): "
                          "give it a series of the same place (several dates: a quoted glob, paths separated by "

@@ -421,7 +421,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
             band_map=None, scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None,
             cancelled=lambda: False, log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None,
             series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
-            seasons=()) -> dict:
+            seasons=(), embedding=None, embedding_kind: Optional[str] = None) -> dict:
     """Class map (uint8, 255 = no data, colour table and class names; with ``style`` a .qml whose
     legend names the classes) and optional probabilities. ``block``: tile rows (a, b) only, as
     ``TiledPredictor.run`` describes (for huge rasters split across tasks).
@@ -461,6 +461,12 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
                           level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
                           masks=masks, seasons=seasons)
+    if embedding:  # another model's embedding beside the raster, for a head trained with it
+        from mpmae_core.runtime.inference.embedding_sources import with_embedding
+
+        if not isinstance(prep, PreparedInput) or blocks is None:
+            raise ValueError("another model's embedding feeds a per-pixel head trained with it, beside one raster")
+        prep = with_embedding(prep, embedding, meta, embedding_kind, log)
     for note in prep.notes:
         log(note)
     if not isinstance(prep, PreparedInput) and blocks is None:

@@ -77,6 +77,14 @@ def signed_bytes(band) -> bool:
     return (band.GetMetadataItem("PIXELTYPE", "IMAGE_STRUCTURE") or "").upper() == "SIGNEDBYTE"
 
 
+def eight_bit(band) -> bool:
+    """Whether a band stores 8 bits a value: int8, or Byte (a tool that rewrote an int8 file, a
+    warp for one, often drops GDAL's SIGNEDBYTE flag; AlphaEarth's bytes are int8 all the same)."""
+    from mpmae_core.runtime.io.gdal_io import gdal
+
+    return signed_bytes(band) or band.DataType == gdal().GDT_Byte
+
+
 # ----------------------------------------------------------------------------- recognising a file
 
 def recognise(ds, path: str = "") -> Optional[registry.EmbeddingSpec]:
@@ -101,7 +109,7 @@ def recognise(ds, path: str = "") -> Optional[registry.EmbeddingSpec]:
 def describe(spec: registry.EmbeddingSpec, ds) -> str:
     """One line for ``inspect``: what the file is and how it is read."""
     band = ds.GetRasterBand(1)
-    if spec is registry.ALPHAEARTH and signed_bytes(band):
+    if spec is registry.ALPHAEARTH and eight_bit(band):
         how = "int8, de-quantised as sign(v) (|v|/127.5)^2, -128 no data"
     elif spec is registry.ALPHAEARTH:
         how = "float values, read as they are"
