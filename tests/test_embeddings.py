@@ -269,3 +269,24 @@ def test_another_models_embedding_is_a_feature_set_of_the_head(scene_with_embedd
     assert any("another grid" in m for m in logs), logs
     got2 = gdal.Open(again["output"]).ReadAsArray()
     assert ((got2 == got) | (got2 == 255)).mean() > 0.9
+
+
+def test_another_models_embedding_through_qgis_processing(scene_with_embedding, models_dir, tmp_path, run_alg,
+                                                          monkeypatch):
+    """mmearth:train_head and mmearth:segment with 'Another model's embedding of the place'."""
+    from mpmae_core.data import sample
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, labels, census = scene_with_embedding
+    result, feedback = run_alg("mmearth:train_head", {
+        "INPUT": str(crop), "MODEL": str(models_dir / "atto_test.onnx"), "LABELS": str(labels),
+        "CLASS_FIELD": "landuse", "OUTPUT": str(tmp_path / "h.onnx"), "OTHER_EMBEDDING": str(aef),
+        "FEATURE_SETS": [0, 6], "CLASSIFIERS": [0]})
+    assert "embedding" in result["CHOSEN"]
+    assert any("AlphaEarth" in line for line in feedback.infos)
+    result, _ = run_alg("mmearth:segment", {
+        "INPUT": str(crop), "MODEL": str(models_dir / "atto_test.onnx"), "HEAD": str(tmp_path / "h.onnx"),
+        "OTHER_EMBEDDING": str(aef), "OUTPUT": str(tmp_path / "map.tif")})
+    got = gdal.Open(result["OUTPUT"]).ReadAsArray()
+    forest = census == sample.OSM_CLASSES.index("forest") + 1
+    assert (got[forest] == ["farm", "forest", "meadow", "residential"].index("forest")).mean() > 0.9

@@ -256,6 +256,30 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         title = f"the polygons of '{layer.sourceName() if layer is not None else 'the area layer'}'"
         return Area(tuple(wkb for wkb, _, _ in feats), QgsCoordinateReferenceSystem(crs).toWkt(), title)
 
+    OTHER_EMBEDDING = "OTHER_EMBEDDING"
+    OTHER_EMBEDDING_KIND = "OTHER_EMBEDDING_KIND"
+    EMBEDDING_KINDS = ["recognise from the file", "alphaearth", "tessera", "embedding (any float raster)"]
+
+    def add_other_embedding_parameters(self):
+        """Another model's embedding of the place (AlphaEarth, TESSERA, any float raster)."""
+        from qgis.core import QgsProcessingParameterDefinition, QgsProcessingParameterEnum
+
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.OTHER_EMBEDDING, "Another model's embedding of the place (AlphaEarth, TESSERA, or a float raster; "
+            "optional: its feature sets join the head's candidates)", optional=True))
+        p = QgsProcessingParameterEnum(self.OTHER_EMBEDDING_KIND, "What that embedding is", self.EMBEDDING_KINDS,
+                                       defaultValue=0)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(p)
+
+    def other_embedding(self, parameters, context) -> dict:
+        """The runtime's embedding options (``embedding``, ``embedding_kind``), empty without one."""
+        if self.parameterDefinition(self.OTHER_EMBEDDING) is None or not parameters.get(self.OTHER_EMBEDDING):
+            return {}
+        path = self.raster_source(parameters, self.OTHER_EMBEDDING, context)
+        kind = self.parameterAsEnum(parameters, self.OTHER_EMBEDDING_KIND, context)
+        return {"embedding": path, "embedding_kind": [None, "alphaearth", "tessera", "embedding"][kind]}
+
     OTHER_DATES = "OTHER_DATES"
     DATES = "DATES"
     MIN_VALID = "MIN_VALID"

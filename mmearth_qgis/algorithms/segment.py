@@ -34,6 +34,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
                                           optional=True))
         self.add_area_parameters()
         self.add_series_parameters()
+        self.add_other_embedding_parameters()
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Class map"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.PROBABILITIES, "Class probabilities", optional=True, createByDefault=False))
@@ -52,8 +53,9 @@ class SegmentAlgorithm(InferenceAlgorithm):
         opts = self.inference_options(parameters, context)
         opts["aoi"] = self.area_of_interest(parameters, context, feedback, source)
         source, series = self.series_source(parameters, context, source)
+        other = self.other_embedding(parameters, context)
         res = self.run_guarded(lambda **kw: segment(source, model, out, head_path=head, probabilities_path=probs,
-                                                    **opts, **series, **kw), feedback)
+                                                    **opts, **series, **other, **kw), feedback)
         feedback.pushInfo(f"classes: {', '.join(res['classes'])}; {res['run']} tiles run, {res['skipped']} empty "
                           f"tiles skipped, on {res['provider']}")
         self.style_on_load(context, out)

@@ -25,9 +25,12 @@ def class_order(values) -> list:
         return sorted(distinct, key=str.casefold)
 
 
-FEATURE_SETS = ["spectra", "encoder", "both", "t-spectra", "t-encoder", "t-both"]
+FEATURE_SETS = ["spectra", "encoder", "both", "t-spectra", "t-encoder", "t-both", "embedding", "embedding+spectra",
+                "embedding+encoder"]
 FEATURE_SET_LABELS = ["spectra", "encoder", "both", "spectra over a series' dates (median, percentiles, spread)",
-                      "encoder over a series' dates (medians)", "both over a series' dates"]
+                      "encoder over a series' dates (medians)", "both over a series' dates",
+                      "another model's embedding", "that embedding and the spectra",
+                      "that embedding and MMEarth's features"]
 CLASSIFIERS = ["logistic", "forest"]
 CLASSIFIER_LABELS = ["logistic regression (3 strengths)", "random forest"]
 
@@ -95,6 +98,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
             0.0, minValue=0.0, maxValue=1000.0))
         self.add_area_parameters()
         self.add_series_parameters()
+        self.add_other_embedding_parameters()
         self.add_embeddings_parameter()
         advanced = [
             QgsProcessingParameterEnum(self.FEATURE_SETS, "Feature sets to try (none chosen: every set the input "
@@ -155,6 +159,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         opts = self.inference_options(parameters, context)
         opts["aoi"] = self.area_of_interest(parameters, context, feedback, source)
         source, series = self.series_source(parameters, context, source)
+        other = self.other_embedding(parameters, context)
         feedback.pushInfo(f"{len(features)} labelled features in {len(names)} classes: {', '.join(names)}")
         res = self.run_guarded(lambda **kw: train_pixel_head(
             source, model, features, names, out, report_path=report or None,
@@ -163,7 +168,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
             max_pixels_per_class=self.parameterAsInt(parameters, self.MAX_PIXELS, context),
             block_m=self.parameterAsDouble(parameters, self.BLOCK_SIZE, context) or None,
             choose_on=CHOOSE_ON_VALUES[self.parameterAsEnum(parameters, self.CHOOSE_ON, context)], **opts, **series,
-            **kw),
+            **other, **kw),
             feedback)
         for line in res["text"].splitlines():
             feedback.pushInfo(line)
