@@ -61,7 +61,8 @@ def dequantise_scaled(stored: np.ndarray, scales: np.ndarray) -> np.ndarray:
     elif s.shape != q.shape and s.shape != q.shape[:-1] + (1,):
         raise EmbeddingError(f"the scales are {s.shape} for values {q.shape}: they must be one per pixel (or one "
                              "per pixel and band)")
-    out = q * s
+    with np.errstate(invalid="ignore", over="ignore"):  # a hostile scale (inf, NaN) is no data, below
+        out = q * s
     bad = ~np.isfinite(s) | (s <= 0)
     return np.where(np.broadcast_to(bad, out.shape), np.nan, out).astype(np.float32)
 
