@@ -41,10 +41,7 @@ def main() -> int:
 
     paths = sample.build(verbose=False)
     product = sample.scene_dir() / "IMG_DATA"
-    osm = gdal.Open(str(paths["labels"])).ReadAsArray()
-    truth = np.full(osm.shape, 255, np.uint8)
-    for k, name in enumerate(CLASSES):
-        truth[osm == sample.OSM_CLASSES.index(name) + 1] = k
+    truth = sample.landuse_truth(CLASSES)
     rows, choices = [], []
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -62,11 +59,7 @@ def main() -> int:
                 out = segment(product, args.model, work / f"map{seed}_{cv}.tif", head_path=head, device="cpu")
                 ds = gdal.Open(out["output"])
                 cats = class_names(ds) or list(names)
-                m = ds.ReadAsArray()
-                mapped = np.full(m.shape, 255, np.uint8)
-                for i, n in enumerate(cats):
-                    if n in CLASSES:
-                        mapped[m == i] = CLASSES.index(n)
+                mapped = sample.in_classes(ds.ReadAsArray(), cats, CLASSES)
                 mapped[truth == 255] = 255
                 return res, mapped, ds
 
@@ -74,14 +67,8 @@ def main() -> int:
             detail = res["cv_detail"]
             m = mapped
             # the census: every labelled pixel but those within 3 px of a training point
-            near = np.zeros(m.shape, bool)
             gt = ds.GetGeoTransform()
-            lds = ogr.Open(str(labels))
-            for f in lds.GetLayer(0):
-                g = f.GetGeometryRef()
-                c, r = int((g.GetX() - gt[0]) / gt[1]), int((g.GetY() - gt[3]) / gt[5])
-                near[max(r - 3, 0):r + 4, max(c - 3, 0):c + 4] = True
-            lds = None
+            near = sample.near_points(labels, gt, m.shape)
             valid = (mapped != 255) & ~near
             census = float((mapped[valid] == truth[valid]).mean())
             res_s, mapped_s, _ = mapped_by("spatial")  # the same labels, the choice made on spatial blocks

@@ -86,7 +86,7 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--per-class", type=int, default=10)
     args = p.parse_args()
-    from osgeo import gdal, ogr
+    from osgeo import gdal
 
     from mpmae_core.data import sample
     from mpmae_core.runtime.heads.pixelhead import train_pixel_head
@@ -95,10 +95,7 @@ def main() -> int:
     from mpmae_core.runtime.io.labels import read_label_file
 
     paths = sample.build(verbose=False)
-    osm = gdal.Open(str(paths["labels"])).ReadAsArray()
-    truth = np.full(osm.shape, 255, np.uint8)
-    for k, name in enumerate(CLASSES):
-        truth[osm == sample.OSM_CLASSES.index(name) + 1] = k
+    truth = sample.landuse_truth(CLASSES)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -109,14 +106,7 @@ def main() -> int:
             labels = work / f"labels{seed}.gpkg"
             sample.label_points(labels, per_class=args.per_class, seed=seed, classes=CLASSES)
             feats, names, ids, _ = read_label_file(labels, "landuse", gdal.Open(masked[0]).GetProjection())
-            near = np.zeros(truth.shape, bool)
-            gt = gdal.Open(masked[0]).GetGeoTransform()
-            lds = ogr.Open(str(labels))
-            for f in lds.GetLayer(0):
-                g = f.GetGeometryRef()
-                c, r = int((g.GetX() - gt[0]) / gt[1]), int((g.GetY() - gt[3]) / gt[5])
-                near[max(r - 3, 0):r + 4, max(c - 3, 0):c + 4] = True
-            lds = None
+            near = sample.near_points(labels, gdal.Open(masked[0]).GetGeoTransform(), truth.shape)
             judged = (truth != 255) & ~near
 
             def score(source, tag, **kw):
@@ -127,10 +117,7 @@ def main() -> int:
                 ds = gdal.Open(out["output"])
                 cats = class_names(ds) or list(names)
                 m = ds.ReadAsArray()
-                mapped = np.full(m.shape, 255, np.uint8)
-                for i, n in enumerate(cats):
-                    if n in CLASSES:
-                        mapped[m == i] = CLASSES.index(n)
+                mapped = sample.in_classes(m, cats, CLASSES)
                 covered = judged & (m != 255)
                 recovered = float((mapped[judged] == truth[judged]).mean())
                 on_covered = float((mapped[covered] == truth[covered]).mean())

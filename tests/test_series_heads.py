@@ -223,13 +223,10 @@ def _painted(scene, folder):
 
 
 def _grow(mask, n):
-    out = mask.copy()
-    for _ in range(n):
-        out[1:] |= out[:-1].copy()
-        out[:-1] |= out[1:].copy()
-        out[:, 1:] |= out[:, :-1].copy()
-        out[:, :-1] |= out[:, 1:].copy()
-    return out
+    """``mask`` grown by ``n`` pixels (a 3 x 3 square each step)."""
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=n)
 
 
 @pytest.mark.slow

@@ -310,17 +310,24 @@ class InferenceAlgorithm(MMEarthAlgorithm):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
 
-    def series_source(self, parameters, context, source) -> tuple:
-        """(the source, options for the runtime): the input alone, or the input and the other
-        dates as a series whose reference is the input."""
-        if self.parameterDefinition(self.OTHER_DATES) is None or not parameters.get(self.OTHER_DATES):
-            return source, {}
-        others = []
-        for layer in self.parameterAsLayerList(parameters, self.OTHER_DATES, context):
+    def other_date_sources(self, parameters, name, context) -> list:
+        """The files of a list of other dates (a multiple-layer parameter), each a GDAL raster."""
+        if not parameters.get(name):
+            return []
+        out = []
+        for layer in self.parameterAsLayerList(parameters, name, context):
             if layer.type() != layer.RasterLayer or layer.providerType() != "gdal":
                 raise QgsProcessingException(f"The other date '{layer.name()}' is not a GDAL raster: save it as a "
                                              "GeoTIFF and use that file.")
-            others.append(layer.source())
+            out.append(layer.source())
+        return out
+
+    def series_source(self, parameters, context, source) -> tuple:
+        """(the source, options for the runtime): the input alone, or the input and the other
+        dates as a series whose reference is the input."""
+        if self.parameterDefinition(self.OTHER_DATES) is None:
+            return source, {}
+        others = self.other_date_sources(parameters, self.OTHER_DATES, context)
         if not others:
             return source, {}
         sources = [source] + others

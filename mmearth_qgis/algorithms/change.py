@@ -92,16 +92,10 @@ class ChangeAlgorithm(InferenceAlgorithm):
                                                  "(Otsu)"))
         self.addOutput(QgsProcessingOutputString(self.CHOSEN, "Chosen change head"))
 
-    def side(self, parameters, context, name, others) -> tuple:
-        """(source, dates option): one date, or with the other dates a period (a series)."""
+    def side(self, parameters, context, name, others):
+        """One side's source: one date, or with its other dates a period (a list: a series)."""
         source = self.raster_source(parameters, name, context)
-        extra = []
-        if parameters.get(others):
-            for layer in self.parameterAsLayerList(parameters, others, context):
-                if layer.type() != layer.RasterLayer or layer.providerType() != "gdal":
-                    raise QgsProcessingException(f"The other date '{layer.name()}' is not a GDAL raster: save it as a "
-                                                 "GeoTIFF and use that file.")
-                extra.append(layer.source())
+        extra = self.other_date_sources(parameters, others, context)
         return ([source] + extra) if extra else source
 
     def process(self, parameters, context, feedback):

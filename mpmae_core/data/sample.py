@@ -227,6 +227,43 @@ def build_labels(src: Path, stack: Path, out: Path) -> Path:
     return out
 
 
+def landuse_truth(classes) -> np.ndarray:
+    """The scene's OSM landuse as class indices into ``classes`` (uint8; 255 where it names none of
+    them): the reference the measuring scripts compare maps with."""
+    from osgeo import gdal
+
+    osm = gdal.Open(str(labels_path())).ReadAsArray()
+    truth = np.full(osm.shape, 255, np.uint8)
+    for k, name in enumerate(classes):
+        truth[osm == OSM_CLASSES.index(name) + 1] = k
+    return truth
+
+
+def near_points(points_file, geotransform, shape, radius: int = 3) -> np.ndarray:
+    """(rows, cols) bool: True within ``radius`` pixels of a point of ``points_file`` (training
+    points, left out when a map is judged)."""
+    from osgeo import ogr
+
+    gt = geotransform
+    near = np.zeros(shape, bool)
+    ds = ogr.Open(str(points_file))
+    for f in ds.GetLayer(0):
+        g = f.GetGeometryRef()
+        c, r = int((g.GetX() - gt[0]) / gt[1]), int((g.GetY() - gt[3]) / gt[5])
+        near[max(r - radius, 0):r + radius + 1, max(c - radius, 0):c + radius + 1] = True
+    ds = None
+    return near
+
+
+def in_classes(class_map: np.ndarray, names, classes) -> np.ndarray:
+    """A class map whose values index ``names``, as indices into ``classes`` (255 elsewhere)."""
+    out = np.full(class_map.shape, 255, np.uint8)
+    for i, n in enumerate(names):
+        if n in classes:
+            out[class_map == i] = list(classes).index(n)
+    return out
+
+
 def label_points(out: Path, per_class: int = 8, seed: int = 0, classes=None, cell: int = 16,
                  epsg: int | None = None) -> dict:
     """A few labelled points per OSM class, as an analyst would digitise them: the central pixel of

@@ -51,7 +51,8 @@ from mpmae_core.runtime.heads.linear import FewShotError, check_labels, fit_soft
 from mpmae_core.runtime.heads.forest import RandomForest
 from mpmae_core.runtime.models.metadata import METADATA_KEY, ModelMetadata
 from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS, DIFFERENCE_FEATURE_SETS, \
-    EXTERNAL_FEATURE_SETS, FEATURE_SETS, SPECTRA, TEMPORAL_FEATURE_SETS, Block, feature_set_blocks, feature_set_columns, is_temporal, union_feature_set
+    EXTERNAL_FEATURE_SETS, FEATURE_SETS, SPECTRA, TEMPORAL_FEATURE_SETS, Block, feature_set_blocks, \
+    feature_set_columns, is_temporal, union_feature_set
 
 CLASSIFIERS = ("logistic", "forest")
 L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
@@ -604,24 +605,19 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
 
 def _reference_date_sets(x, blocks, cands, prep, log) -> tuple:
     """(x, blocks, candidates) without the reference date's own blocks when that date is masked
-    (clouds, no data) at any labelled pixel: a head on them would lose those labels and map
-    nothing where the date is cloudy. Called only when temporal candidates are among them (with
-    the reference date's sets alone, such labels are skipped as over any raster's clouds)."""
-    from mpmae_core.runtime.inference.pixel_features import block_slices
+    (clouds, no data) at any labelled pixel (``pixel_features.without_masked_reference``): a head on
+    them would lose those labels and map nothing where the date is cloudy. Called only when
+    temporal candidates are among them (with the reference date's sets alone, such labels are
+    skipped as over any raster's clouds)."""
+    from mpmae_core.runtime.inference.pixel_features import without_masked_reference
 
-    sl = block_slices(blocks)
-    single = [b for b in blocks if not is_temporal(b.name)]
-    cols = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in single])
-    lost = int((~np.isfinite(x[:, cols]).all(1)).sum())
+    x, kept, lost = without_masked_reference(x, blocks)
     if not lost:
         return x, blocks, cands
-    when = prep.dates[prep.reference]
-    keep = [c for c in cands if all(is_temporal(b.name) for b in feature_set_blocks(blocks, c.feature_set))]
-    log(f"the reference date {when} is masked at {lost} of {len(x)} labelled pixels: only the temporal feature sets "
-        "are candidates (a head on that date's own features would map nothing under its clouds)")
-    temporal = [b for b in blocks if is_temporal(b.name)]
-    tcols = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in temporal])
-    return x[:, tcols], temporal, keep
+    log(f"the reference date {prep.dates[prep.reference]} is masked at {lost} of {len(x)} labelled pixels: only the "
+        "temporal feature sets are candidates (a head on that date's own features would map nothing under its "
+        "clouds)")
+    return x, kept, [c for c in cands if all(is_temporal(b.name) for b in feature_set_blocks(blocks, c.feature_set))]
 
 
 def check_feature_raster(path, prep, meta, blocks) -> list:

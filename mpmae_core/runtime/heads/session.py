@@ -31,7 +31,7 @@ import numpy as np
 
 from mpmae_core.runtime.io.files import Cancelled
 from mpmae_core.runtime.inference.pixel_features import SPECTRA, Block, base_name, encoder_blocks, feature_set_columns, \
-    is_temporal, sample_bilinear
+    sample_bilinear
 
 #: The head the live preview fits after every label: fast to fit and to apply, and rarely far from
 #: the chosen one (the full choice runs when the raster is mapped).
@@ -317,18 +317,12 @@ class MappingSession:
     def usable(self, x: np.ndarray) -> tuple:
         """(x, blocks) for a head: on a series whose reference date is masked at a labelled pixel
         that other dates see, the temporal blocks only (as ``train_pixel_head`` decides)."""
-        from mpmae_core.runtime.inference.pixel_features import block_slices
+        from mpmae_core.runtime.inference.pixel_features import without_masked_reference
 
         if not self.is_series:
             return x, self.blocks
-        sl = block_slices(self.blocks)
-        single = np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in self.blocks
-                                 if not is_temporal(b.name)])
-        temporal = np.setdiff1d(np.arange(x.shape[1]), single)
-        seen = np.isfinite(x[:, temporal]).all(1)
-        if np.isfinite(x[seen][:, single]).all():
-            return x, self.blocks
-        return x[:, temporal], [b for b in self.blocks if is_temporal(b.name)]
+        x, blocks, _ = without_masked_reference(x, self.blocks)
+        return x, blocks
 
     @_locked
     def quick_head(self, features, class_names, class_colours=None, buffer_m: float = 0.0):

@@ -220,11 +220,11 @@ def otsu_threshold(counts: np.ndarray, edges: np.ndarray) -> float:
     if not len(between) or between.max() < 0:
         return float("nan")
     # splits inside an empty gap of the histogram are the same split: take the gap's middle
-    top = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    plateau = set(np.flatnonzero(between >= between.max() * (1 - 1e-9)).tolist())
     first = last = int(np.argmax(between))
-    while last + 1 in set(top.tolist()):
+    while last + 1 in plateau:
         last += 1
-    while first - 1 in set(top.tolist()):
+    while first - 1 in plateau:
         first -= 1
     return float(edges[1 + (first + last) // 2])
 
@@ -292,10 +292,10 @@ def change_magnitude(before, after, model_path, output, *, tile: int = 512, over
     writer.ds.SetMetadata({THRESHOLD_KEYS[n]: f"{t:.6g}" for n, t in thresholds.items()})
     changed = {n: float(hist[n][np.searchsorted(edges[n], t, side="right") - 1:].sum() / max(hist[n].sum(), 1))
                for n, t in thresholds.items() if np.isfinite(t)}
-    top = float(edges["cosine_distance"][min(OTSU_BINS, int(np.searchsorted(np.cumsum(hist["cosine_distance"]),
-                                                                         0.99 * hist["cosine_distance"].sum())) + 1)])
-    qml = pseudocolor_qml(0.0, max(top, thresholds["cosine_distance"] * 1.5 if np.isfinite(
-        thresholds["cosine_distance"]) else top, 1e-3))
+    cosine, suggested = hist["cosine_distance"], thresholds["cosine_distance"]
+    p99_bin = int(np.searchsorted(np.cumsum(cosine), 0.99 * cosine.sum())) + 1
+    p99 = float(edges["cosine_distance"][min(OTSU_BINS, p99_bin)])
+    qml = pseudocolor_qml(0.0, max(p99, suggested * 1.5 if np.isfinite(suggested) else p99, 1e-3))  # the colours' top
     writer_guard([writer], lambda: writer.close({style_path(output): qml} if style else None))
     for n, t in thresholds.items():
         if np.isfinite(t):

@@ -109,15 +109,11 @@ def external_embedding(path) -> Optional[EmbeddingRaster]:
 def on_grid_of(raster: EmbeddingRaster, prep, log=lambda m: None) -> EmbeddingRaster:
     """``raster`` when it lies on ``prep``'s grid; else its embeddings, de-quantised, warped onto
     that grid (nearest neighbour, a float32 copy in the cache written once) and said."""
-    from osgeo import osr
-
     from mpmae_core.runtime.inference.raster import RasterWriter
     from mpmae_core.runtime.io.files import user_cache_dir
-    from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors
+    from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors, same_grid
 
-    same_crs = osr.SpatialReference(wkt=raster.projection or "").IsSame(osr.SpatialReference(wkt=prep.projection or ""))
-    if (raster.width, raster.height) == (prep.width, prep.height) and same_crs and \
-            np.allclose(raster.geotransform, prep.geotransform):
+    if same_grid(raster.ds, prep.ds):
         return raster
     key = hashlib.sha256(f"{Path(raster.path).resolve()}|{Path(raster.path).stat().st_mtime_ns}|{prep.width}|"
                          f"{prep.height}|{tuple(prep.geotransform)}|{prep.projection}".encode()).hexdigest()[:12]
@@ -125,18 +121,17 @@ def on_grid_of(raster: EmbeddingRaster, prep, log=lambda m: None) -> EmbeddingRa
     out = folder / f"{Path(raster.path).stem[:50]}-on-grid-{key}.tif"
     if not out.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        flat = folder / f"{Path(raster.path).stem[:50]}-float-{key}.tif"
-        if raster.quantised or not flat.is_file():  # its values as embeddings, on its own grid
-            w = RasterWriter(flat, raster.width, raster.height, raster.dims, "float32", raster.geotransform,
-                             raster.projection, nodata=float("nan"))
-            try:
-                for y in range(0, raster.height, 256):
-                    n = min(256, raster.height - y)
-                    w.write_rows(y, raster.read(0, y, raster.width, n))
-                w.close()
-            except BaseException as exc:
-                w.abort(exc)
-                raise
+        flat = folder / f"{Path(raster.path).stem[:50]}-float-{key}.tif"  # its embeddings, on its own grid
+        w = RasterWriter(flat, raster.width, raster.height, raster.dims, "float32", raster.geotransform,
+                         raster.projection, nodata=float("nan"))
+        try:
+            for y in range(0, raster.height, 256):
+                n = min(256, raster.height - y)
+                w.write_rows(y, raster.read(0, y, raster.width, n))
+            w.close()
+        except BaseException as exc:
+            w.abort(exc)
+            raise
         gt = prep.geotransform
         bounds = (gt[0], gt[3] + prep.height * gt[5], gt[0] + prep.width * gt[1], gt[3])
         tmp = out.with_suffix(".part.tif")

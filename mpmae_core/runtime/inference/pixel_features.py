@@ -116,11 +116,13 @@ def blocks_by_name(available: Sequence[Block], names: Sequence[str], channels: O
     """The named blocks, checked against what a head expects; a ValueError names the mismatch."""
     by_name = {b.name: b for b in available}
     missing = [n for n in names if n not in by_name]
-    if any(is_external(n) for n in missing):
-        raise ValueError(f"{what} was trained with another model's embedding ({', '.join(n[len(EXTERNAL_PREFIX):] for n in missing if is_external(n))}): "
-                         "give it the embedding of this place too (--embedding on the command line)")
-    if any(is_temporal(n) for n in missing):
-        raise ValueError(f"{what} was trained on a series of dates (it reads {', '.join(n for n in missing if is_temporal(n))}): "
+    external = [n[len(EXTERNAL_PREFIX):] for n in missing if is_external(n)]
+    if external:
+        raise ValueError(f"{what} was trained with another model's embedding ({', '.join(external)}): give it the "
+                         "embedding of this place too (--embedding on the command line)")
+    temporal = [n for n in missing if is_temporal(n)]
+    if temporal:
+        raise ValueError(f"{what} was trained on a series of dates (it reads {', '.join(temporal)}): "
                          "give it a series of the same place (several dates: a quoted glob, paths separated by "
                          "commas or a text file of paths; --series for a folder of them)")
     if missing:
@@ -143,6 +145,28 @@ def block_slices(blocks: Sequence[Block]) -> dict:
         out[b.name] = slice(start, start + b.channels)
         start += b.channels
     return out
+
+
+def block_columns(blocks: Sequence[Block], keep: Callable[[Block], bool]) -> np.ndarray:
+    """The columns, in the joined feature vector of ``blocks``, of the blocks ``keep`` accepts."""
+    sl = block_slices(blocks)
+    return np.concatenate([np.arange(sl[b.name].start, sl[b.name].stop) for b in blocks if keep(b)] or
+                          [np.zeros(0, np.int64)])
+
+
+def without_masked_reference(x: np.ndarray, blocks: Sequence[Block]) -> tuple[np.ndarray, list, int]:
+    """(x, blocks, lost) for a head on a series' labelled pixels ``x`` (n, F): when the reference
+    date's own blocks lack data at ``lost`` > 0 pixels that the temporal blocks see (it is cloudy
+    there), the temporal columns and blocks alone; else ``x`` and ``blocks`` as they are."""
+    single = block_columns(blocks, lambda b: not is_temporal(b.name))
+    temporal = block_columns(blocks, lambda b: is_temporal(b.name))
+    if not len(single) or not len(temporal):
+        return x, list(blocks), 0
+    seen = np.isfinite(x[:, temporal]).all(1)
+    lost = int((seen & ~np.isfinite(x[:, single]).all(1)).sum())
+    if not lost:
+        return x, list(blocks), 0
+    return x[:, temporal], [b for b in blocks if is_temporal(b.name)], lost
 
 
 def feature_set_columns(blocks: Sequence[Block], feature_set: str) -> tuple[list[Block], np.ndarray]:
@@ -283,8 +307,7 @@ def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols
     ty = axis_owner(rows, [r[0].y for r in windows], th)
     tx = axis_owner(cols, [w.x for w in windows[0]], tw)
     runner = maps_runner(prep, model, blocks)
-    single = np.concatenate([np.arange(sl.start, sl.stop) for name, sl in block_slices(blocks).items()
-                             if not is_temporal(name)] or [np.zeros(0, np.int64)])
+    single = block_columns(blocks, lambda bl: not is_temporal(bl.name))
     owners = sorted(set(zip(ty.tolist(), tx.tolist())))
     for i, (a, b) in enumerate(owners):
         if cancelled():

@@ -275,8 +275,8 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
     dates (``series``) gives its reference date's blocks and the temporal ones."""
     import json
 
-    from mpmae_core.runtime.inference.pixel_features import REFERENCE_VALID, blocks_by_name, check_maps, hypercolumns, \
-        is_temporal, rows_per_chunk
+    from mpmae_core.runtime.inference.pixel_features import REFERENCE_VALID, block_columns, blocks_by_name, check_maps, \
+        hypercolumns, is_temporal, rows_per_chunk
     from mpmae_core.runtime.inference.pixel_features import maps_runner
     from mpmae_core.runtime.inference.series import prepare_source, source_blocks
     from mpmae_core.runtime.inference.tiling import owned_span
@@ -308,9 +308,7 @@ def features(source, model_path, output, *, blocks=None, tile: int = 512, overla
                           cog=cog, block_rows=FEATURE_BLOCK_ROWS, metadata={FEATURES_KEY: json.dumps(info)},
                           compress="ZSTD")  # hundreds of float bands: ZSTD compresses them several times faster
     runner = maps_runner(prep, model, chosen)
-    starts = np.cumsum([0] + [b.channels for b in chosen])
-    single = np.concatenate([np.arange(starts[i], starts[i + 1]) for i, b in enumerate(chosen)
-                             if not is_temporal(b.name)] or [np.zeros(0, np.int64)])
+    single = block_columns(chosen, lambda b: not is_temporal(b.name))
     windows = raster_windows(prep.height, prep.width, tile, overlap, p)
     th, tw = windows[0][0].h, windows[0][0].w
     ystarts, xstarts = [r[0].y for r in windows], [w.x for w in windows[0]]

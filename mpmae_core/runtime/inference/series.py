@@ -87,14 +87,12 @@ def dated_members(sources: Sequence[str], dates: Optional[Sequence] = None) -> l
 def on_grid(source: str, ref_ds, log=lambda m: None) -> str:
     """``source`` itself when it lies on the reference grid; else a VRT of it warped onto that grid
     (nearest neighbour), with a note."""
-    from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors, open_raster
+    from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors, open_raster, same_grid
     from mpmae_core.runtime.io.products import stack_path
 
     path = stack_path(source)
     ds = open_raster(path)
-    same = (ds.RasterXSize, ds.RasterYSize) == (ref_ds.RasterXSize, ref_ds.RasterYSize) and \
-        np.allclose(ds.GetGeoTransform(), ref_ds.GetGeoTransform()) and _same_crs(ds, ref_ds)
-    if same:
+    if same_grid(ds, ref_ds):
         return path
     gt = ref_ds.GetGeoTransform()
     w, h = ref_ds.RasterXSize, ref_ds.RasterYSize
@@ -113,13 +111,6 @@ def on_grid(source: str, ref_ds, log=lambda m: None) -> str:
     log(f"'{Path(source).name}' lies on another grid ({_crs_name(ds)}); warped onto the series' grid "
         f"({_crs_name(ref_ds)}) by nearest neighbour")
     return out
-
-
-def _same_crs(a, b) -> bool:
-    from osgeo import osr
-
-    x, y = osr.SpatialReference(wkt=a.GetProjection() or ""), osr.SpatialReference(wkt=b.GetProjection() or "")
-    return bool(x.IsSame(y))
 
 
 def _crs_name(ds) -> str:

@@ -109,3 +109,16 @@ def gdal_errors() -> Iterator[GdalErrors]:
 
 def data_type_name(gdal_type: int) -> str:
     return gdal().GetDataTypeName(gdal_type)
+
+
+def same_grid(a, b) -> bool:
+    """Whether two GDAL datasets lie on one grid: the same size, geotransform (``np.allclose``) and CRS."""
+    import numpy as np
+    from osgeo import osr
+
+    if (a.RasterXSize, a.RasterYSize) != (b.RasterXSize, b.RasterYSize):
+        return False
+    if not np.allclose(a.GetGeoTransform(), b.GetGeoTransform()):
+        return False
+    return bool(osr.SpatialReference(wkt=a.GetProjection() or "").IsSame(osr.SpatialReference(wkt=b.GetProjection()
+                                                                                               or "")))
