@@ -265,8 +265,8 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         from qgis.core import QgsProcessingParameterDefinition, QgsProcessingParameterEnum
 
         self.addParameter(QgsProcessingParameterRasterLayer(
-            self.OTHER_EMBEDDING, "Another model's embedding of the place (AlphaEarth, TESSERA, or a float raster; "
-            "optional: its feature sets join the head's candidates)", optional=True))
+            self.OTHER_EMBEDDING, "Another model's embedding of the place (AlphaEarth, TESSERA, or a float raster: "
+            "its feature sets join the head's candidates)", optional=True))
         p = QgsProcessingParameterEnum(self.OTHER_EMBEDDING_KIND, "What that embedding is", self.EMBEDDING_KINDS,
                                        defaultValue=0)
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -296,7 +296,7 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         )
 
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.OTHER_DATES, "Other dates of the same place (a series: the input is its reference date; optional)",
+            self.OTHER_DATES, "Other dates of the same place (a series: the input is its reference date)",
             QgsProcessing.TypeRaster, optional=True))
         for p in (QgsProcessingParameterString(
                       self.DATES, "Dates of a series, YYYY-MM-DD, the input's first, then the other dates' in order "

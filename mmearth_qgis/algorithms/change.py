@@ -64,14 +64,13 @@ class ChangeAlgorithm(InferenceAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Change (cosine distance, spectral "
                                                                                "change)"))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.LABELS, "Labelled examples of change types (optional)",
+            self.LABELS, "Labelled examples of change types",
             [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon], optional=True))
         field = QgsProcessingParameterField(self.CLASS_FIELD, "Change type field", parentLayerParameterName=self.LABELS,
                                             optional=True)
         field.setMetadata({"widget_wrapper": {"class": CLASS_FIELD_WIDGET, "parent_param": self.LABELS}})
         self.addParameter(field)
-        self.addParameter(model_parameter(self.HEAD, "Change head trained before (instead of labelled examples; "
-                                                     "optional)", optional=True))
+        self.addParameter(model_parameter(self.HEAD, "Change head trained before (instead of labelled examples)", optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.MAP, "Change types (with labelled examples or a change head)", optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -80,8 +79,8 @@ class ChangeAlgorithm(InferenceAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(
             self.REPORT, "Change head report", "HTML files (*.html)", optional=True, createByDefault=False))
         self.add_area_parameters()
-        for name, what in ((self.BEFORE_OTHER, "Other dates of the earlier period (optional)"),
-                           (self.AFTER_OTHER, "Other dates of the later period (optional)")):
+        for name, what in ((self.BEFORE_OTHER, "Other dates of the earlier period"),
+                           (self.AFTER_OTHER, "Other dates of the later period")):
             p = QgsProcessingParameterMultipleLayers(name, what, QgsProcessing.TypeRaster, optional=True)
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
