@@ -290,3 +290,68 @@ def test_another_models_embedding_through_qgis_processing(scene_with_embedding, 
     got = gdal.Open(result["OUTPUT"]).ReadAsArray()
     forest = census == sample.OSM_CLASSES.index("forest") + 1
     assert (got[forest] == ["farm", "forest", "meadow", "residential"].index("forest")).mean() > 0.9
+
+
+def _tessera_tile(folder, v, gt, wkt, name="grid_0.05_51.95"):
+    """A GeoTessera tile as it is downloaded: int8 values (h, w, 128), float32 per-pixel scales
+    (h, w) and the landmask GeoTIFF that carries the tile's UTM grid, in landmasks/."""
+    scales = (np.abs(v).max(-1) / 127).astype(np.float32)
+    np.save(folder / f"{name}.npy", np.round(v / scales[..., None]).astype(np.int8))
+    np.save(folder / f"{name}_scales.npy", scales)
+    (folder / "landmasks").mkdir(exist_ok=True)
+    h, w = scales.shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(folder / "landmasks" / f"{name}.tiff"), w, h, 1, gdal.GDT_Byte)
+    ds.SetGeoTransform(gt)
+    ds.SetProjection(wkt)
+    ds.GetRasterBand(1).Fill(1)
+    ds = None
+    return folder / f"{name}.npy"
+
+
+def _agreement(got, census, names):
+    from mpmae_core.data import sample
+
+    return {n: float((got[census == sample.OSM_CLASSES.index(n) + 1] == k).mean()) for k, n in enumerate(names)}
+
+
+def test_an_embedding_alone_maps_without_sentinel2_or_an_encoder(scene_with_embedding, tmp_path, monkeypatch):
+    """AlphaEarth and TESSERA files read alone (the model 'none'): the head finds the classes the
+    files carry and maps them; the head records its embedding, and refuses another."""
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.inference.predict import segment
+    from mpmae_core.runtime.io.labels import read_label_file
+    from mpmae_core.runtime.models.model import read_metadata
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, labels, census = scene_with_embedding
+    ref = gdal.Open(str(crop))
+    rng = np.random.default_rng(11)
+    v = rng.normal(size=(9, 128))[census] + 0.5 * rng.normal(size=census.shape + (128,))
+    tile = _tessera_tile(tmp_path, v.astype(np.float32), ref.GetGeoTransform(), ref.GetProjection())
+    feats, names, ids, _ = read_label_file(labels, "landuse", ref.GetProjection())
+    heads = {}
+    for what, path in (("alphaearth", aef), ("tessera", tile)):
+        head = tmp_path / f"{what}.onnx"
+        res = train_pixel_head(str(path), "none", feats, names, head, feature_ids=ids)
+        assert {s["candidate"].feature_set for s in res["scores"]} == {"embedding"}
+        meta = read_metadata(head)
+        assert meta.features == [f"ext-{what}"] and meta.encoder["embedding_source"] == what
+        out = segment(str(path), None, tmp_path / f"{what}.tif", head_path=head)
+        got = gdal.Open(out["output"]).ReadAsArray()
+        assert got.shape == census.shape
+        agree = _agreement(got, census, names)
+        assert min(agree.values()) > 0.9, (what, agree)
+        heads[what] = head
+    with pytest.raises(ValueError, match="trained on TESSERA.*not on the AlphaEarth"):
+        segment(str(aef), "none", tmp_path / "wrong.tif", head_path=heads["tessera"])
+    with pytest.raises(ValueError, match="head trained on it"):
+        segment(str(aef), "none", tmp_path / "nohead.tif")
+    assert not (tmp_path / "wrong.tif").exists() and not (tmp_path / "nohead.tif").exists()
+
+
+def test_an_embedding_given_as_sentinel2_is_refused_in_words(scene_with_embedding, models_dir, tmp_path):
+    from mpmae_core.runtime.inference.predict import embed
+
+    _, aef, _, _ = scene_with_embedding
+    with pytest.raises(E.RasterError, match="another model's embedding \\(AlphaEarth.*not Sentinel-2.*model 'none'"):
+        embed(str(aef), models_dir / "atto_test.onnx", tmp_path / "e.tif")

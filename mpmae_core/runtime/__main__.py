@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("embed", parents=[common], help="embedding raster")
     e.add_argument("--upsample", action="store_true", help="embeddings per pixel instead of per patch")
     e.add_argument("--dtype", default="float32", type=cli.choice_of(["float32", "float16"], "dtype"))
-    s = sub.add_parser("segment", parents=[common], help="class map")
+    s = sub.add_parser("segment", parents=[common], help="class map",
+                       description="The model may be 'none' when the input is another model's embedding read alone "
+                                   "and the head (--head) was trained on it.")
     s.add_argument("--head", help="a head model on the encoder's embeddings (e.g. a few-shot head)")
     s.add_argument("--probabilities", help="also write class probabilities to this file")
     add_series_arguments(s)
@@ -220,8 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated blocks to keep: spectra, stage1, stage2, stage3, embedding (default all)")
     f.add_argument("--dtype", default="float32", type=cli.choice_of(["float32", "float16"], "dtype"))
     h = sub.add_parser("train-head", help="per-pixel few-shot head from labelled points or polygons")
-    h.add_argument("input")
-    h.add_argument("model")
+    h.add_argument("input", help="a Sentinel-2 raster or product (or a series of them), or another model's "
+                                 "embedding read alone (with the model 'none')")
+    h.add_argument("model", help="the encoder (.onnx), or 'none' when the input is another model's embedding "
+                                 "(AlphaEarth, a TESSERA tile, or a float raster with --embedding-kind embedding)")
     h.add_argument("labels", help="a vector file of labelled points or polygons (any CRS)")
     h.add_argument("output", help="the head (.onnx)")
     h.add_argument("--class-field", required=True, help="the field holding each feature's class")
@@ -462,8 +466,9 @@ def main(argv=None) -> int:
                               embedding_kind=args.embedding_kind, **common_kw, **series_options(args))
         except Cancelled:
             raise KeyboardInterrupt from None
+        level = "" if res["level"] == "embedding" else f"; input level {res['level'].upper()}"
         log(f"wrote {res['output']} on {res['provider']}: {res['run']} tiles run, {res['skipped']} empty tiles "
-            f"skipped; input level {res['level'].upper()}")
+            f"skipped{level}")
         return 0
 
     return run_main(body, (RasterError, ModelError, MetadataError, ValueError),
@@ -564,7 +569,14 @@ def train_head_command(args, log) -> int:
 
     from mpmae_core.runtime.inference.series import reference_source
 
-    wkt = open_raster(stack_path(reference_source(args.input, **series_options(args)))).GetProjection()
+    from mpmae_core import registry
+    from mpmae_core.runtime.inference.embedding_sources import EmbeddingRaster, without_model
+
+    if without_model(args.model):  # another model's embedding read alone: the labels go onto its grid
+        kind = args.embedding_kind
+        wkt = EmbeddingRaster(args.input, registry.EMBEDDING_SOURCES[kind] if kind else None).projection
+    else:
+        wkt = open_raster(stack_path(reference_source(args.input, **series_options(args)))).GetProjection()
     features, names, ids, notes = read_label_file(args.labels, args.class_field, wkt)
     for what, n in (("without a geometry", notes["no_geometry"]), ("without a class value", notes["no_class"])):
         if n:

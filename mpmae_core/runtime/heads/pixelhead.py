@@ -439,11 +439,12 @@ def sample_counts(y: np.ndarray, groups: np.ndarray, class_names) -> dict:
 def choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model_path, *, samples=None,
                          class_colours=None, report_path=None, cands=None, folds: int = 5, seed: int = 0,
                          positions=None, pixel_size_m: float = 10.0, block_m: Optional[float] = None,
-                         choose_on: str = "grouped", progress=lambda f: None, cancelled=lambda: False,
-                         log=lambda m: None) -> dict:
+                         choose_on: str = "grouped", embedding=None, progress=lambda f: None,
+                         cancelled=lambda: False, log=lambda m: None) -> dict:
     """What every self-choosing head ends with: cross-validate the candidates on (x, y, groups),
     choose, fit the choice on all the labels, and write the head (ONNX, with the fingerprint of
-    ``model``) and its HTML report, both whole or neither. ``train_pixel_head`` and the panel's
+    ``model``, or with ``model`` None of the ``embedding_sources.EmbeddingInput`` read alone) and
+    its HTML report, both whole or neither. ``train_pixel_head`` and the panel's
     session both end here.
 
     The candidates are scored and chosen on folds grouped by labelled feature (``choose_on``
@@ -490,11 +491,13 @@ def choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model
     if cancelled():
         raise Cancelled("cancelled by the user; no output was written")
     head = PixelHead.fit(x[:, cols], y, sub, cand, class_names, class_colours, seed=seed)
+    if model is None:  # an embedding read alone: the head records that embedding instead of an encoder
+        patch, identity, on = 1, embedding.fingerprint(), Path(embedding.source).name
+    else:
+        patch, identity, on = model.metadata.patch_size, encoder_fingerprint(model), Path(model_path).name
     pending = PendingOutput(output)
     try:
-        pending.tmp.write_bytes(head.onnx_bytes(model.metadata.patch_size,
-                                                source=f"per-pixel head on {Path(model_path).name}",
-                                                encoder=encoder_fingerprint(model)))
+        pending.tmp.write_bytes(head.onnx_bytes(patch, source=f"per-pixel head on {on}", encoder=identity))
         if report_path:
             pending.companion(report_path).write_text(
                 report_html(scores, chosen, why, samples, f"Few-shot head: {Path(output).name}", cv), encoding="utf-8")
@@ -534,24 +537,37 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     from mpmae_core.runtime.inference.predict import check_tiling, input_files
     from mpmae_core.runtime.inference.series import SeriesInput, prepare_source, source_blocks
 
+    from mpmae_core.runtime.inference.embedding_sources import embedding_input, without_model
+
     check_tiling(tile, overlap, 0)
     if not isinstance(buffer_m, (int, float)) or not np.isfinite(buffer_m) or buffer_m < 0:
         raise ValueError(f"the point buffer must be a distance in metres >= 0, got {buffer_m!r}")
-    inputs = input_files(source) + [str(model_path)] + (input_files(feature_raster) if feature_raster else [])
+    alone = without_model(model_path)  # the input is another model's embedding, read alone
+    inputs = input_files(source) + ([] if alone else [str(model_path)]) + \
+        (input_files(feature_raster) if feature_raster else [])
     check_output(output, inputs, "head", (".onnx",), "an ONNX model")
     if report_path:
         check_output(report_path, inputs + [str(output)], "report", (".html", ".htm"), "an HTML page")
     candidates(feature_sets or FEATURE_SETS, classifiers)  # names checked before any work
-    model = OnnxModel(model_path, device=device, log=log)
-    meta = model.metadata
-    if meta.kind != "encoder":
-        raise ValueError(f"'{model_path}' is a {meta.kind} model; a per-pixel head needs an encoder model")
-    if tile % meta.patch_size or overlap % meta.patch_size:
-        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the model's patch size "
-                         f"{meta.patch_size}")
-    prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
-                          level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
-                          masks=masks, seasons=seasons)
+    if alone:
+        if embedding:
+            raise ValueError("without an encoder model the input itself is the embedding: give it as the input, "
+                             "or give the Sentinel-2 raster and the encoder with the embedding beside them")
+        model, meta = None, None
+        prep = embedding_input(source, embedding_kind, series=series, dates=dates, aoi=aoi,
+                               feature_raster=feature_raster, log=log)
+        overlap = 0  # a pixel's features are its own: no context to share between tiles
+    else:
+        model = OnnxModel(model_path, device=device, log=log)
+        meta = model.metadata
+        if meta.kind != "encoder":
+            raise ValueError(f"'{model_path}' is a {meta.kind} model; a per-pixel head needs an encoder model")
+        if tile % meta.patch_size or overlap % meta.patch_size:
+            raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the model's patch size "
+                             f"{meta.patch_size}")
+        prep = prepare_source(source, meta, series=series, dates=dates, reference=reference, min_valid=min_valid,
+                              level=level, dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, aoi=aoi,
+                              masks=masks, seasons=seasons)
     if embedding:  # another model's embedding beside the raster: its own feature sets join the candidates
         from mpmae_core.runtime.inference.embedding_sources import with_embedding
         from mpmae_core.runtime.inference.raster import PreparedInput
@@ -562,18 +578,25 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     is_series = isinstance(prep, SeriesInput)
     if feature_sets is None:  # every set the input offers: a series adds the temporal, a change pair the differences
         offered = source_blocks(prep, meta)
-        feature_sets = [fs for fs in FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS +
-                        EXTERNAL_FEATURE_SETS if feature_set_blocks(offered, fs)]
+        feature_sets, seen = [], set()
+        for fs in FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS + EXTERNAL_FEATURE_SETS:
+            held = tuple(b.name for b in feature_set_blocks(offered, fs))
+            if held and held not in seen:  # a set holding what an earlier one holds (an embedding alone) is one
+                feature_sets.append(fs)
+                seen.add(held)
     else:
         empty = [fs for fs in feature_sets if not feature_set_blocks(source_blocks(prep, meta), fs)]
         if empty:
             raise ValueError(f"the feature set(s) {', '.join(empty)} hold nothing on this input: t-spectra, t-encoder "
                              "and t-both need a series of dates (a quoted glob, paths separated by commas, a text file "
-                             "of paths); d-spectra, d-encoder and d-both a change pair (mmearth change)")
+                             "of paths); d-spectra, d-encoder and d-both a change pair (mmearth change); spectra, "
+                             "encoder and both a Sentinel-2 raster and the encoder; embedding, embedding+spectra and "
+                             "embedding+encoder another model's embedding")
     cands = candidates(feature_sets, classifiers)
     for note in prep.notes:
         log(note)
-    small_raster_warning(prep, tile, log)
+    if not alone:
+        small_raster_warning(prep, tile, log)
     available = source_blocks(prep, meta)
     used = {b.name for c in cands for b in feature_set_blocks(available, c.feature_set)}
     blocks = [b for b in available if b.name in used]
@@ -597,8 +620,8 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                                class_colours=class_colours, report_path=report_path, cands=cands, folds=folds,
                                seed=seed, positions=positions, choose_on=choose_on,
                                pixel_size_m=abs(prep.geotransform[1]),
-                               block_m=block_m, progress=lambda f: progress(0.5 + 0.45 * f), cancelled=cancelled,
-                               log=log)
+                               block_m=block_m, embedding=prep if alone else None,
+                               progress=lambda f: progress(0.5 + 0.45 * f), cancelled=cancelled, log=log)
     progress(1.0)
     return res
 

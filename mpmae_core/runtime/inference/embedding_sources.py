@@ -1,6 +1,10 @@
 """Other models' embeddings read as feature sources (``io.embeddings`` has the rules): a TESSERA
 tile written once as a GeoTIFF, and ``EmbeddingRaster``, which reads any known or declared
-embedding raster as float32 windows with NaN for no data."""
+embedding raster as float32 windows with NaN for no data.
+
+Two ways in: beside a Sentinel-2 raster (``ExternalInput``: its blocks join the raster's spectra
+and MMEarth's maps), or alone (``EmbeddingInput``: no Sentinel-2 raster and no encoder model; the
+head reads the embedding's dimensions only, and records which source it was trained on)."""
 
 from __future__ import annotations
 
@@ -221,3 +225,116 @@ def with_embedding(prep, embedding, meta, kind: Optional[str] = None, log=lambda
     raster = EmbeddingRaster(embedding, spec)
     log(f"beside the raster: {raster.spec.title}, {raster.dims} dimensions")
     return ExternalInput(prep, raster, meta, log)
+
+
+#: What stands for "no encoder model" where a model is asked for: the input is an embedding read alone.
+NO_MODEL = ("", "none", "-")
+
+
+def without_model(model_path) -> bool:
+    """Whether ``model_path`` says "no encoder model" (None, '', 'none' or '-')."""
+    return model_path is None or str(model_path).strip().lower() in NO_MODEL
+
+
+class EmbeddingInput:
+    """Another model's embedding read alone as a head's input: a tile is the embedding's
+    dimensions (no data as 0), a pixel is valid where every dimension has a value, and its one
+    block is ``ext-<source>`` at stride 1. No context is needed (the features are the pixel's own),
+    so it is read without overlap."""
+
+    level = "embedding"
+    dn_offset, scale, mask = 0.0, 1.0, None
+
+    def __init__(self, raster: EmbeddingRaster, source=None):
+        from mpmae_core.runtime.inference.pixel_features import EXTERNAL_PREFIX, Block
+
+        self.embedding, self.ds = raster, raster.ds
+        self.source = str(source or raster.path)
+        self.name = f"{EXTERNAL_PREFIX}{raster.spec.name}"
+        self.width, self.height = raster.width, raster.height
+        self.geotransform, self.projection = raster.geotransform, raster.projection
+        self.notes = []
+        self.band_numbers = list(range(1, raster.dims + 1))
+        self.blocks = [Block(self.name, raster.dims, 1)]
+        self.files = [self.source]
+
+    def read_block(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        emb = np.full((self.embedding.dims, h, w), np.nan, np.float32)
+        y0, x0 = max(y, 0), max(x, 0)
+        y1, x1 = min(y + h, self.height), min(x + w, self.width)
+        if y1 > y0 and x1 > x0:
+            emb[:, y0 - y:y1 - y, x0 - x:x1 - x] = self.embedding.read(x0, y0, x1 - x0, y1 - y0)
+        seen = np.isfinite(emb).all(0)
+        return np.where(seen[None], emb, 0.0).astype(np.float32), seen
+
+    def has_data(self, y: int, x: int, h: int, w: int) -> bool:
+        return y < self.height and x < self.width and y + h > 0 and x + w > 0
+
+    def maps_runner(self, model, blocks):
+        name = self.name
+
+        def maps(x: np.ndarray) -> list:
+            return [{name: tile} for tile in x]
+
+        return maps
+
+    def fingerprint(self) -> dict:
+        """What a head trained on it records in place of an encoder's fingerprint."""
+        spec = self.embedding.spec
+        return {"name": Path(self.source).stem, "embedding_source": spec.name, "title": spec.title,
+                "embedding_dim": int(self.embedding.dims), "patch_size": 1}
+
+
+def embedding_input(source, kind: Optional[str] = None, *, series: Optional[bool] = None, dates=None, aoi=None,
+                    feature_raster=None, log=lambda m: None) -> EmbeddingInput:
+    """``source`` (an embedding file: AlphaEarth, a TESSERA tile or GeoTIFF, or a float raster
+    declared with ``kind``) read alone, for a head without Sentinel-2 and without an encoder. What
+    does not apply to it is refused in words."""
+    if hasattr(source, "read_block"):
+        if isinstance(source, EmbeddingInput):
+            return source
+        raise ValueError("without an encoder model the input must be another model's embedding")
+    if isinstance(source, (list, tuple)):
+        if len(source) != 1:
+            raise ValueError("an embedding read alone is one file (one year of one place); several dates of "
+                             "Sentinel-2 need the encoder model")
+        source = source[0]
+    if series or dates:
+        raise ValueError("an embedding read alone is one file: a series of dates needs the encoder model (give it "
+                         "instead of 'none')")
+    if aoi:
+        raise ValueError("an area of interest is not applied to an embedding read alone: clip the embedding to it "
+                         "first (QGIS: Raster > Extraction > Clip Raster by Mask Layer; gdalwarp -cutline "
+                         "AREA.gpkg -crop_to_cutline)")
+    if feature_raster:
+        raise ValueError("a precomputed feature raster belongs to an encoder: an embedding read alone is its own "
+                         "features (leave --features out)")
+    spec = registry.EMBEDDING_SOURCES[kind] if kind else None
+    raster = EmbeddingRaster(source, spec)
+    log(f"read alone: {raster.spec.title}, {raster.dims} dimensions per pixel (no Sentinel-2 raster, no encoder)")
+    return EmbeddingInput(raster, source)
+
+
+def check_embedding_head(head_meta, head_path, prep: EmbeddingInput) -> None:
+    """Refuse, in words, a head that cannot read this embedding alone: one that also reads
+    Sentinel-2 spectra or MMEarth's maps, or one trained on another embedding source."""
+    from mpmae_core.runtime.inference.pixel_features import EXTERNAL_PREFIX, is_external
+
+    if not head_meta.per_pixel:
+        raise ValueError(f"the head '{head_path}' is a patch head of an encoder: an embedding read alone needs a "
+                         "per-pixel head trained on it (train-head with the model 'none')")
+    others = [f for f in head_meta.features if not is_external(f)]
+    if others:
+        raise ValueError(f"the head '{head_path}' reads Sentinel-2 features too ({', '.join(others)}): give the "
+                         f"Sentinel-2 raster and the encoder, with this embedding beside it (--embedding)")
+    wanted = [f[len(EXTERNAL_PREFIX):] for f in head_meta.features]
+    have = prep.embedding.spec.name
+    if wanted != [have]:
+        titles = ", ".join(registry.EMBEDDING_SOURCES[w].title if w in registry.EMBEDDING_SOURCES else w
+                           for w in wanted)
+        raise ValueError(f"the head '{head_path}' was trained on {titles}, not on the {prep.embedding.spec.title} "
+                         f"given here: its map would be wrong. Give it that embedding, or train a head on this one")
+    channels = [int(c) for c in head_meta.feature_channels]
+    if channels != [prep.embedding.dims]:
+        raise ValueError(f"the head '{head_path}' expects {channels[0]} dimensions but '{prep.source}' has "
+                         f"{prep.embedding.dims}: train the head on this embedding")

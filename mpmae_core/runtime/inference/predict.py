@@ -429,9 +429,17 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     ``min_valid`` dates as ``series.prepare_series`` takes them."""
     from mpmae_core.runtime.inference.series import SeriesInput, prepare_source, source_blocks
 
+    from mpmae_core.runtime.inference.embedding_sources import without_model
+
     check_tiling(tile, overlap, batch)
-    inputs = input_files(source) + [str(model_path)] + ([str(head_path)] if head_path else [])
+    alone = without_model(model_path)
+    inputs = input_files(source) + ([] if alone else [str(model_path)]) + ([str(head_path)] if head_path else [])
     check_outputs({"class map": output, "probabilities": probabilities_path}, inputs)
+    if alone:
+        return _segment_embedding(source, output, head_path, probabilities_path, tile=tile, batch=batch,
+                                  device=device, cog=cog, style=style, progress=progress, cancelled=cancelled,
+                                  log=log, block=block, aoi=aoi, series=series, dates=dates, embedding=embedding,
+                                  embedding_kind=embedding_kind)
     model = OnnxModel(model_path, device=device, log=log)
     blocks = None
     head = OnnxModel(head_path, device=device, log=log) if head_path else None
@@ -482,14 +490,48 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
             log(f"the head reads the reference date's own features ({prep.dates[prep.reference]}): pixels masked on "
                 "that date are no data in the map")
     spec = TileSpec(tile, overlap, batch or auto_batch(model))
+    return _write_class_map(runner_for(model, prep, spec, head, blocks, meta.patch_size, log), prep, classes, output,
+                            probabilities_path, cog=cog, style=style, progress=progress, cancelled=cancelled, log=log,
+                            block=block, provider=model.providers[0])
+
+
+def runner_for(model, prep, spec, head, blocks, patch, log) -> "TiledPredictor":
+    """The class probabilities' runner: a per-pixel head on ``blocks``, or ``model`` (with ``head``)."""
     if blocks is not None:
         from mpmae_core.runtime.inference.pixel_features import small_raster_warning
 
-        small_raster_warning(prep, tile, log)
+        small_raster_warning(prep, spec.tile, log)
         encoder = model if any(b.name != "spectra" for b in blocks) else None
-        runner = TiledPredictor(encoder, prep, spec, "probabilities", head=head, blocks=blocks, patch=meta.patch_size)
-    else:
-        runner = TiledPredictor(model, prep, spec, "probabilities", head=head)
+        return TiledPredictor(encoder, prep, spec, "probabilities", head=head, blocks=blocks, patch=patch)
+    return TiledPredictor(model, prep, spec, "probabilities", head=head)
+
+
+def _segment_embedding(source, output, head_path, probabilities_path, *, tile, batch, device, embedding,
+                       embedding_kind, log, series=None, dates=None, aoi=None, **kw) -> dict:
+    """``segment`` of another model's embedding read alone (no encoder): a per-pixel head trained on
+    that embedding alone (``embedding_sources.check_embedding_head``)."""
+    from mpmae_core.runtime.inference.embedding_sources import check_embedding_head, embedding_input
+
+    if not head_path:
+        raise ValueError("an embedding read alone is mapped by a head trained on it: give the head (--head; train "
+                         "it with train-head and the model 'none')")
+    if embedding:
+        raise ValueError("without an encoder model the input itself is the embedding: give it as the input, or give "
+                         "the Sentinel-2 raster and the encoder with the embedding beside them")
+    head = OnnxModel(head_path, device=device, log=log)
+    if head.metadata.kind != "head":
+        raise ValueError(f"'{head_path}' is a {head.metadata.kind} model, not a head")
+    prep = embedding_input(source, embedding_kind, series=series, dates=dates, aoi=aoi, log=log)
+    check_embedding_head(head.metadata, head_path, prep)
+    runner = TiledPredictor(None, prep, TileSpec(tile, 0, batch or 1), "probabilities", head=head, blocks=prep.blocks,
+                            patch=1)
+    return _write_class_map(runner, prep, head.metadata, output, probabilities_path, log=log,
+                            provider=head.providers[0], **kw)
+
+
+def _write_class_map(runner, prep, classes, output, probabilities_path, *, cog, style, progress, cancelled, log,
+                     block, provider) -> dict:
+    """Run ``runner`` and write its class map (and probabilities): what every ``segment`` ends with."""
     names = classes.class_names or [f"class {i}" for i in range(runner.channels)]
     if len(names) != runner.channels:
         raise ValueError(f"the model gives {runner.channels} classes but its metadata names {len(names)}: the file's "
@@ -518,7 +560,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     writer_guard(writers, lambda: [w.close() for w in writers[1:]])
     writer_guard(writers[:1], lambda: writers[0].close({style_path(output): paletted_qml(names, colours)}
                                                        if style else None))
-    return dict(stats, output=str(output), probabilities=str(probabilities_path or ""), provider=model.providers[0],
+    return dict(stats, output=str(output), probabilities=str(probabilities_path or ""), provider=provider,
                 level=prep.level, classes=list(names), tile_rows=len(runner.windows()), height=y1 - y0)
 
 

@@ -84,6 +84,15 @@ def prepare_input(source: str | os.PathLike, meta: ModelMetadata, level: str = "
         gdal().Unlink(path)  # the window's VRT lives on in the open dataset only
     descriptions = [b.description for b in facts.bands]
     notes = []
+    if not band_map:
+        from mpmae_core.runtime.io.embeddings import recognise
+
+        other = recognise(ds, path)
+        if other is not None:
+            raise RasterError(f"'{source}' holds another model's embedding ({other.title}), not Sentinel-2 bands: "
+                              "the encoder cannot read it. "
+                              "Read it alone (the model 'none' on the command line; no model in QGIS), or beside "
+                              "a Sentinel-2 raster of the place (--embedding; in QGIS 'Another model's embedding')")
     if band_map:
         if len(band_map) != len(meta.input_bands):
             raise RasterError(f"the band map gives {len(band_map)} bands but the model takes {len(meta.input_bands)} "

@@ -80,9 +80,9 @@ def describe(fp: dict) -> str:
 def check_head_encoder(head_meta, head_path, encoder) -> str:
     """Refuse (ValueError naming both models) a head trained on another encoder than ``encoder``.
     Returns a warning for a head that records no encoder ('' otherwise). Heads on spectra alone do
-    not depend on the encoder and pass."""
-    if head_meta.per_pixel and all(f == "spectra" for f in head_meta.features):
-        return ""
+    not depend on the encoder and pass, as do heads on another model's embedding alone."""
+    if head_meta.per_pixel and all(f == "spectra" or f.startswith("ext-") for f in head_meta.features):
+        return ""  # spectra, or another model's embedding (checked by its name and size), need no encoder
     recorded = head_meta.encoder or {}
     if not recorded:
         return (f"warning: the head '{head_path}' does not record which encoder it was trained on (written by an "
