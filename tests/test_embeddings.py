@@ -355,3 +355,65 @@ def test_an_embedding_given_as_sentinel2_is_refused_in_words(scene_with_embeddin
     _, aef, _, _ = scene_with_embedding
     with pytest.raises(E.RasterError, match="another model's embedding \\(AlphaEarth.*not Sentinel-2.*model 'none'"):
         embed(str(aef), models_dir / "atto_test.onnx", tmp_path / "e.tif")
+
+
+def test_an_embedding_alone_through_qgis_processing(scene_with_embedding, models_dir, tmp_path, run_alg,
+                                                     monkeypatch):
+    """In QGIS: a TESSERA tile opened as a GeoTIFF layer, then train_head, segment and similarity
+    on it without a model; an AlphaEarth file with a model chosen (it is not used, and said)."""
+    from osgeo import ogr
+
+    from mpmae_core.runtime.io.labels import read_label_file
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, labels, census = scene_with_embedding
+    ref = gdal.Open(str(crop))
+    rng = np.random.default_rng(12)
+    v = rng.normal(size=(9, 128))[census] + 0.5 * rng.normal(size=census.shape + (128,))
+    tile = _tessera_tile(tmp_path, v.astype(np.float32), ref.GetGeoTransform(), ref.GetProjection())
+    result, feedback = run_alg("mmearth:tessera_tile", {"INPUT": str(tile), "OUTPUT": str(tmp_path / "tessera.tif")})
+    layer = gdal.Open(result["OUTPUT"])
+    assert layer.RasterCount == 128 and layer.GetGeoTransform() == ref.GetGeoTransform()
+    np.testing.assert_allclose(layer.GetRasterBand(3).ReadAsArray()[7, 9],
+                               np.round(v[7, 9, 2] / (np.abs(v[7, 9]).max() / 127)) * (np.abs(v[7, 9]).max() / 127),
+                               rtol=1e-5)
+    _, names, _, _ = read_label_file(labels, "landuse", ref.GetProjection())
+    for what, path, model in (("tessera", result["OUTPUT"], ""), ("alphaearth", str(aef), "atto_test")):
+        params = {"INPUT": path, "LABELS": str(labels), "CLASS_FIELD": "landuse",
+                  "OUTPUT": str(tmp_path / f"{what}.onnx"), "REPORT": str(tmp_path / f"{what}.html")}
+        if model:
+            params["MODEL"] = str(models_dir / f"{model}.onnx")
+        res, fb = run_alg("mmearth:train_head", params)
+        assert res["CHOSEN"].startswith(("embedding", "mean of")), res["CHOSEN"]
+        assert any("read alone" in line for line in fb.infos)
+        assert bool(model) == any("is not used" in line for line in fb.infos)
+        res, _ = run_alg("mmearth:segment", {"INPUT": path, "HEAD": str(tmp_path / f"{what}.onnx"),
+                                             "OUTPUT": str(tmp_path / f"{what}_map.tif")})
+        agree = _agreement(gdal.Open(res["OUTPUT"]).ReadAsArray(), census, names)
+        assert min(agree.values()) > 0.9, (what, agree)
+    # similarity to a few forest points, on the TESSERA layer without a model
+    from mpmae_core.data import sample
+
+    forest = census == sample.OSM_CLASSES.index("forest") + 1
+    gt = ref.GetGeoTransform()
+    rows, cols = np.nonzero(forest)
+    pts = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "q.gpkg"))
+    from osgeo import osr
+
+    lyr = pts.CreateLayer("q", osr.SpatialReference(wkt=ref.GetProjection()), ogr.wkbPoint)
+    for i in rng.choice(len(rows), 3, replace=False):
+        f = ogr.Feature(lyr.GetLayerDefn())
+        g = ogr.Geometry(ogr.wkbPoint)
+        g.AddPoint(gt[0] + (cols[i] + 0.5) * gt[1], gt[3] + (rows[i] + 0.5) * gt[5])
+        f.SetGeometry(g)
+        lyr.CreateFeature(f)
+    pts = None
+    res, _ = run_alg("mmearth:similarity", {"INPUT": result["OUTPUT"], "QUERY": str(tmp_path / "q.gpkg"),
+                                            "OUTPUT": str(tmp_path / "sim.tif")})
+    sim = gdal.Open(res["OUTPUT"]).ReadAsArray()
+    assert sim.shape == census.shape
+    assert np.nanmean(sim[forest]) > 0.5 > np.nanmean(sim[~forest])
+    # no model and a Sentinel-2 input: the message names the fix
+    with pytest.raises(Exception, match="Choose a model"):
+        run_alg("mmearth:segment", {"INPUT": str(crop), "HEAD": str(tmp_path / "tessera.onnx"),
+                                    "OUTPUT": str(tmp_path / "no.tif")})

@@ -10,7 +10,9 @@ def all_algorithms():
     from .segment import SegmentAlgorithm
     from .similarity import SimilarityAlgorithm
     from .stack import StackAlgorithm
+    from .tessera import TesseraTileAlgorithm
     from .train_head import TrainHeadAlgorithm
 
     return [InspectRasterAlgorithm(), EmbedAlgorithm(), TrainHeadAlgorithm(), SegmentAlgorithm(), SimilarityAlgorithm(),
-            FetchModelAlgorithm(), StackAlgorithm(), SampleDesignAlgorithm(), AssessAlgorithm(), ChangeAlgorithm()]
+            FetchModelAlgorithm(), StackAlgorithm(), SampleDesignAlgorithm(), AssessAlgorithm(), ChangeAlgorithm(),
+            TesseraTileAlgorithm()]

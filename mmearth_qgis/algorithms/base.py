@@ -214,10 +214,47 @@ class InferenceAlgorithm(MMEarthAlgorithm):
                     wrapper.setParameterValue(better.id(), context)
         return dialog
 
-    def add_model_parameters(self):
+    def add_model_parameters(self, embedding_alone: bool = False):
+        """The input and the model; with ``embedding_alone`` the input may be another model's
+        embedding read alone (``encoder_or_alone``), and the model is then optional."""
+        if embedding_alone:
+            self.addParameter(QgsProcessingParameterRasterLayer(
+                self.INPUT, "Sentinel-2 raster or product (a SAFE .zip, folder or MTD xml, a STAC item, a band "
+                "folder), or another model's embedding read alone (AlphaEarth, TESSERA)"))
+            self.addParameter(model_parameter(self.MODEL, "Model (a model of the models folder by name, or an .onnx "
+                                                          "file; not used for another model's embedding)",
+                                              optional=True))
+            return
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.INPUT, "Sentinel-2 raster or product (a SAFE .zip, folder or MTD xml, a STAC item, a band folder)"))
         self.addParameter(model_parameter(self.MODEL, "Model (a model of the models folder by name, or an .onnx file)"))
+
+    def encoder_or_alone(self, parameters, context, source, feedback) -> tuple:
+        """(the model's path, embedding options): the encoder for a Sentinel-2 input, or (None,
+        {"embedding_kind": ...}) when the input is another model's embedding, read alone (a
+        recognised file; or, with no model, any float raster declared by 'What that embedding
+        is' when no other embedding is given). A model chosen beside an embedding is not used, and
+        the log says so."""
+        from mpmae_core.runtime.inference.embedding_sources import external_embedding
+
+        value = (self.parameterAsString(parameters, self.MODEL, context) or "").strip()
+        kind = None
+        if self.parameterDefinition(self.OTHER_EMBEDDING_KIND) is not None:
+            kind = [None, "alphaearth", "tessera", "embedding"][
+                self.parameterAsEnum(parameters, self.OTHER_EMBEDDING_KIND, context)]
+        found = external_embedding(source)
+        if found is not None:
+            if value:
+                feedback.pushInfo(f"the input is {found.spec.title}: it is read alone, so the model '{value}' is not "
+                                  "used")
+            return None, {"embedding_kind": kind}
+        if not value:
+            if kind and not parameters.get(self.OTHER_EMBEDDING):
+                return None, {"embedding_kind": kind}
+            raise QgsProcessingException("Choose a model (MODEL): the input is a Sentinel-2 raster, which the encoder "
+                                         "reads. (Without a model, the input must be another model's embedding: "
+                                         "AlphaEarth, TESSERA, or a float raster with 'What that embedding is' set.)")
+        return self.model_path(parameters, self.MODEL, context), {}
 
     AREA = "AREA"
     EXTENT = "EXTENT"

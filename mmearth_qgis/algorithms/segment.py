@@ -25,11 +25,12 @@ class SegmentAlgorithm(InferenceAlgorithm):
             "esa_worldcover`). The class map carries the class names and colours; 255 marks pixels without data. "
             "Optionally writes one probability band per class. With other dates of the same place, the input and "
             "those dates are a series, mapped by a head trained on that series (its temporal features: medians, "
-            "percentiles and spread over the cloud-free dates)."
+            "percentiles and spread over the cloud-free dates). The input may also be another model's embedding "
+            "(AlphaEarth, TESSERA) read alone, mapped by a head trained on it alone: no model is used then."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.add_model_parameters()
+        self.add_model_parameters(embedding_alone=True)
         self.addParameter(model_parameter(self.HEAD, "Head (by name or .onnx file; leave empty for a segmenter model)",
                                           optional=True))
         self.add_area_parameters()
@@ -44,7 +45,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
         from mpmae_core.runtime.inference.predict import segment
 
         source = self.raster_source(parameters, self.INPUT, context)
-        model = self.model_path(parameters, self.MODEL, context)
+        model, alone = self.encoder_or_alone(parameters, context, source, feedback)
         head_value = self.parameterAsString(parameters, self.HEAD, context)
         head = self.model_path(parameters, self.HEAD, context, "head") if head_value else None
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
@@ -53,7 +54,7 @@ class SegmentAlgorithm(InferenceAlgorithm):
         opts = self.inference_options(parameters, context)
         opts["aoi"] = self.area_of_interest(parameters, context, feedback, source)
         source, series = self.series_source(parameters, context, source)
-        other = self.other_embedding(parameters, context)
+        other = alone or self.other_embedding(parameters, context)
         res = self.run_guarded(lambda **kw: segment(source, model, out, head_path=head, probabilities_path=probs,
                                                     **opts, **series, **other, **kw), feedback)
         feedback.pushInfo(f"classes: {', '.join(res['classes'])}; {res['run']} tiles run, {res['skipped']} empty "

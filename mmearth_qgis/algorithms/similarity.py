@@ -29,11 +29,12 @@ class SimilarityAlgorithm(InferenceAlgorithm):
             "are reused) and every 160 m cell gets the cosine similarity of its embedding to the embeddings at the "
             "query points or polygons, after centring on the scene's mean embedding (1 = same, 0 = unrelated). With "
             "several queries, 'max' keeps the best match and 'mean' compares with their average. Queries in another "
-            "CRS are reprojected; queries outside the raster are skipped with a warning."
+            "CRS are reprojected; queries outside the raster are skipped with a warning. The input may also be another "
+            "model's embedding (AlphaEarth, TESSERA): no model is used then, and the map is at its own 10 m cells."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.add_model_parameters()
+        self.add_model_parameters(embedding_alone=True)
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.QUERY, "Query points or polygons", [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterEnum(self.AGGREGATE, "Several queries", AGGREGATES, defaultValue=0))
@@ -46,7 +47,9 @@ class SimilarityAlgorithm(InferenceAlgorithm):
 
         source = self.raster_source(parameters, self.INPUT, context)
         embeddings = self.embeddings_source(parameters, context)
-        model = self.model_path(parameters, self.MODEL, context)
+        model, _ = self.encoder_or_alone(parameters, context, source, feedback)
+        if model is None:  # another model's embedding: the input is the embedding
+            source, embeddings = None, source
         queries = [wkb for wkb, _, _ in self.features_in(parameters, self.QUERY, context, feedback,
                                                         self.grid_crs(parameters, context))]
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)

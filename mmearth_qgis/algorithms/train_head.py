@@ -77,13 +77,16 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
             "median, 10th and 90th percentiles and spread of the spectra over the cloud-free dates, and the median "
             "of the encoder's features; the input's own features stay candidates only where it is clear at every "
             "label. "
+            "With another model's embedding of the place (AlphaEarth, TESSERA), its dimensions join as feature "
+            "sets of their own; given as the input itself, the embedding is read alone, without Sentinel-2 and "
+            "without a model. "
             "The head is saved as an .onnx file for 'Landcover map', which runs it per pixel. Labels in another "
             "CRS are reprojected; labels outside the raster are skipped with a warning; each class needs at least "
             "2 labelled features and there must be at least 2 classes."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.add_model_parameters()
+        self.add_model_parameters(embedding_alone=True)
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.LABELS, "Labelled points or polygons",
             [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
@@ -143,7 +146,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
 
         source = self.raster_source(parameters, self.INPUT, context)
         stored = self.embeddings_source(parameters, context)
-        model = self.model_path(parameters, self.MODEL, context)
+        model, alone = self.encoder_or_alone(parameters, context, source, feedback)
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
         if not field:
             raise QgsProcessingException("Choose the class field of the labels (CLASS_FIELD).")
@@ -159,7 +162,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         opts = self.inference_options(parameters, context)
         opts["aoi"] = self.area_of_interest(parameters, context, feedback, source)
         source, series = self.series_source(parameters, context, source)
-        other = self.other_embedding(parameters, context)
+        other = alone or self.other_embedding(parameters, context)
         feedback.pushInfo(f"{len(features)} labelled features in {len(names)} classes: {', '.join(names)}")
         res = self.run_guarded(lambda **kw: train_pixel_head(
             source, model, features, names, out, report_path=report or None,

@@ -250,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_mask_arguments(h)
     add_series_arguments(h)
     add_embedding_arguments(h)
+    sm = sub.add_parser("similarity", help="similarity map: how much each place resembles a few query points")
+    sm.add_argument("input", help="a Sentinel-2 raster or product, or another model's embedding (AlphaEarth, a "
+                                  "TESSERA tile) with the model 'none'")
+    sm.add_argument("model", help="the encoder (.onnx), or 'none' when the input is another model's embedding")
+    sm.add_argument("queries", help="a vector file of query points or polygons (any CRS)")
+    sm.add_argument("output", help="the similarity map (.tif): centred cosine similarity, 1 = the same")
+    sm.add_argument("--embeddings", help="an embedding raster of the input computed before (embed), to reuse")
+    sm.add_argument("--aggregate", default="max", type=cli.choice_of(["max", "mean"], "aggregate"),
+                    help="several queries: max (the best match, default) or mean (their average)")
+    add_run_arguments(sm)
+    add_mask_arguments(sm)
     fm = sub.add_parser("fetch-model", help="download a released MMEarth model and convert it, without torch")
     fm.add_argument("model", nargs="?", help="a catalogue name (see --list), an http(s) URL or a checkpoint file")
     fm.add_argument("--out", default=None, help="the models folder (default $MMEARTH_MODELS, else ./models)")
@@ -445,6 +456,8 @@ def main(argv=None) -> int:
             return 0
         if args.cmd == "train-head":
             return train_head_command(args, log)
+        if args.cmd == "similarity":
+            return similarity_command(args, log)
         if args.cmd == "fetch-model":
             return fetch_model_command(args, log)
         if args.cmd == "batch":
@@ -556,6 +569,37 @@ def change_command(args, log) -> int:
             log(f"wrote {out['output']} with the head {out['head']}")
     except Cancelled:
         raise KeyboardInterrupt from None
+    return 0
+
+
+def similarity_command(args, log) -> int:
+    from mpmae_core.runtime.inference.embedding_sources import EmbeddingRaster, without_model
+    from mpmae_core.runtime.inference.predict import Cancelled
+    from mpmae_core.runtime.inference.similarity import similarity
+    from mpmae_core.runtime.io.embeddings import is_tessera_tile
+    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.io.labels import read_label_file
+    from mpmae_core.runtime.io.products import stack_path
+
+    alone = without_model(args.model)
+    if alone and args.embeddings:
+        raise ValueError("without an encoder model the input itself is the embedding: leave --embeddings out")
+    emb = args.input if alone else args.embeddings
+    if emb and is_tessera_tile(emb):
+        wkt = EmbeddingRaster(emb).projection
+    else:
+        wkt = open_raster(emb or stack_path(args.input)).GetProjection()
+    queries, _, _, _ = read_label_file(args.queries, None, wkt)
+    try:
+        res = similarity(None if alone else args.input, None if alone else args.model, [wkb for wkb, _ in queries],
+                         args.output, embeddings=args.input if alone else args.embeddings, aggregate=args.aggregate,
+                         tile=args.tile, overlap=args.overlap, device=args.device, level=args.level,
+                         dn_offset=args.dn_offset, scale=args.scale, band_map=args.band_map, aoi=args.aoi,
+                         masks=mask_options(args), progress=Bar("similarity"), log=log)
+    except Cancelled:
+        raise KeyboardInterrupt from None
+    log(f"wrote {res['output']}: {res['queries']} query cell(s), similarity from {res['min']:.2f} to "
+        f"{res['max']:.2f}")
     return 0
 
 

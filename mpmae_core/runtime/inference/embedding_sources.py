@@ -21,9 +21,7 @@ from mpmae_core.runtime.io import embeddings as E
 def tessera_tile_raster(path, cache_dir=None) -> str:
     """A GeoTessera tile as a float32 GeoTIFF (written once into the cache, keyed by the files'
     identity): 128 bands ``tessera_0``.., NaN no data, on its landmask's grid."""
-    from mpmae_core.runtime.inference.raster import RasterWriter
     from mpmae_core.runtime.io.files import user_cache_dir
-    from mpmae_core.runtime.io.gdal_io import open_raster
 
     values, scales, mask = E.tessera_parts(path)
     ident = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in (values, scales, mask))
@@ -31,16 +29,30 @@ def tessera_tile_raster(path, cache_dir=None) -> str:
     out = folder / f"{values.stem[:60]}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}.tif"
     if out.is_file():
         return str(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_tessera_tile(path, out)
+
+
+def write_tessera_tile(path, out, cog: bool = False) -> str:
+    """A GeoTessera tile (``path``: its .npy, its _scales.npy or its landmask beside) written to
+    ``out`` as a float32 GeoTIFF of 128 bands on the landmask's grid, NaN no data: whole or not at
+    all, and never over one of the tile's own files."""
+    from mpmae_core.runtime.inference.raster import RasterWriter
+    from mpmae_core.runtime.io.files import check_output
+    from mpmae_core.runtime.io.gdal_io import open_raster
+
+    values, scales, mask = E.tessera_parts(path)
+    check_output(out, [str(values), str(scales), str(mask)], "raster", (".tif", ".tiff"), "a GeoTIFF")
     grid = open_raster(mask)
     arr = E.tessera_tile_array(values, scales)
     if (grid.RasterYSize, grid.RasterXSize) != arr.shape[1:]:
         raise E.EmbeddingError(f"the TESSERA tile '{values.name}' is {arr.shape[2]} x {arr.shape[1]} px but its landmask "
                              f"'{mask.name}' is {grid.RasterXSize} x {grid.RasterYSize}: they are not of one tile")
-    folder.mkdir(parents=True, exist_ok=True)
     writer = RasterWriter(out, arr.shape[2], arr.shape[1], arr.shape[0], "float32", grid.GetGeoTransform(),
                           grid.GetProjection(), nodata=float("nan"),
                           descriptions=[registry.TESSERA.band_name(i) for i in range(arr.shape[0])],
-                          metadata={"MMEARTH_EMBEDDING_SOURCE": "tessera", "MMEARTH_EMBEDDING_FROM": values.name})
+                          metadata={"MMEARTH_EMBEDDING_SOURCE": "tessera", "MMEARTH_EMBEDDING_FROM": values.name},
+                          cog=cog)
     try:
         writer.write_rows(0, arr)
         writer.close()

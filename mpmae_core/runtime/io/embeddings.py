@@ -117,7 +117,8 @@ def describe(spec: registry.EmbeddingSpec, ds) -> str:
     else:
         how = "values read as they are, NaN or the nodata value is no data"
     return (f"{spec.title} ({ds.RasterCount} dimensions, {abs(ds.GetGeoTransform()[1]):g} m): {how}. It is a feature "
-            "source of its own, not a model's input")
+            "source of its own, not a model's input: read it alone (train-head and segment with the model 'none'; "
+            "in QGIS no model) or beside a Sentinel-2 raster (--embedding)")
 
 
 # ----------------------------------------------------------------------------- TESSERA tiles
@@ -192,7 +193,8 @@ def inspect_embedding(path) -> Optional[list]:
                 f"Grid: {mask.name}, {grid.RasterXSize} x {grid.RasterYSize} px, {abs(grid.GetGeoTransform()[1]):g} m",
                 "Read as: the stored int8 times its scale; a scale that is not above 0 is no data" if ok else
                 "ERROR: the values are not int8 (rows, columns, 128): download the tile again",
-                "It is a feature source of its own (train-head --embedding), not a model's input"]
+                "It is a feature source of its own, not a model's input: read it alone (train-head and segment with "
+                "the model 'none') or beside a Sentinel-2 raster (--embedding)"]
     try:
         ds = open_raster(str(p))
     except RasterError:

@@ -252,14 +252,15 @@ def open_layer(path, layer_name: str, field: str, what: str, fix: str):
         raise RasterError(f"'{path}' has no layer {layer_name!r}")
     defn = layer.GetLayerDefn()
     fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
-    if field not in fields:
+    if field and field not in fields:
         raise RasterError(f"{what} in '{path}' have no field '{field}'; they have {', '.join(fields)} ({fix})")
     return ds, layer
 
 
 def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = ""):
     """Labelled features of a vector file, reprojected to ``target_wkt``: ([(wkb, class index)],
-    class names in a natural order, feature ids). Features without a geometry or class value are
+    class names in a natural order, feature ids); without a ``class_field`` every feature is of one
+    class ("query": query points). Features without a geometry or class value are
     skipped (and counted in the returned notes); an undefined CRS is an error naming the fix."""
     from osgeo import osr
 
@@ -279,7 +280,7 @@ def read_label_file(path, class_field: str, target_wkt: str, layer_name: str = "
     raw, notes = [], {"no_geometry": 0, "no_class": 0}
     for feat in layer:
         geom = feat.GetGeometryRef()
-        value = feat.GetField(class_field)
+        value = feat.GetField(class_field) if class_field else "query"
         if geom is None or geom.IsEmpty():
             notes["no_geometry"] += 1
             continue
