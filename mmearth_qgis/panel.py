@@ -242,6 +242,16 @@ class FewShotPanel(QgsDockWidget):
         self.other_dates.setDefaultText("none (one date)")
         self.other_dates.checkedItemsChanged.connect(self._inputs_changed)
         form.addRow("Other dates", self.other_dates)
+        self.embedding = QgsMapLayerComboBox()
+        self.embedding.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.embedding.setAllowEmptyLayer(True)
+        self.embedding.setLayer(None)
+        self.embedding.setToolTip("another model's embedding of the place (AlphaEarth, TESSERA as a GeoTIFF: "
+                                  "Processing > MMEarth > Open a TESSERA embedding tile) beside the raster: its "
+                                  "feature sets join the head's candidates. To read an embedding alone, choose it "
+                                  "as the raster")
+        self.embedding.layerChanged.connect(self._inputs_changed)
+        form.addRow("Embedding beside", self.embedding)
         form.addRow("", self.findings)
         form.addRow("Model", self.model)
         layout.addLayout(form)
@@ -476,7 +486,16 @@ class FewShotPanel(QgsDockWidget):
             self.findings.setText(str(exc))
             return None
 
+    def embedding_source(self):
+        """The file of the 'Embedding beside' layer, or None."""
+        layer = self.embedding.currentLayer()
+        if isinstance(layer, QgsRasterLayer) and layer.isValid() and layer is not self.raster.currentLayer():
+            return layer.source()
+        return None
+
     def _inputs_changed(self, *_):
+        from mpmae_core.runtime.inference.embedding_sources import external_embedding
+        from mpmae_core.runtime.io.embeddings import describe
         from mpmae_core.runtime.io.inspect import inspect_raster, summary_lines
 
         self.session = None
@@ -484,10 +503,16 @@ class FewShotPanel(QgsDockWidget):
             self.fill_other_dates()
         layer = self.raster_layer()
         if layer is None:
-            self.findings.setText("choose a Sentinel-2 raster")
+            self.findings.setText("choose a Sentinel-2 raster, or another model's embedding")
             return
         try:
             source = self.raster_source(layer)
+            other = external_embedding(source)
+            if other is not None:  # another model's embedding: read alone, no model
+                self.findings.setText(describe(other.spec, other.ds).split(". It is")[0] +
+                                      "\nread alone: no model is needed")
+                self.open_session(source, None)
+                return
             lines = summary_lines(inspect_raster(source))
             verdict = [ln for ln in lines if ln.startswith("Can feed")]
             masked = [ln.split(": ", 1)[-1] for ln in lines if "masked as no data by the product" in ln]
@@ -499,13 +524,15 @@ class FewShotPanel(QgsDockWidget):
             return
         path = self.model_path()
         if path:
-            self.open_session(source, path, self.other_date_sources())
+            self.open_session(source, path, self.other_date_sources(), self.embedding_source())
 
-    def open_session(self, raster: str, model: str, other_dates=()):
+    def open_session(self, raster: str, model, other_dates=(), embedding=None):
+        """A mapping session of ``raster`` with ``model`` (None: the raster is another model's
+        embedding, read alone), the other dates and another model's ``embedding`` beside."""
         from mpmae_core.runtime.heads.session import MappingSession
 
         try:
-            self.session = MappingSession(raster, model, other_dates=list(other_dates),
+            self.session = MappingSession(raster, model, other_dates=list(other_dates), embedding=embedding,
                                           log=lambda m: QgsMessageLog.logMessage(m, LOG_TAG, Qgis.Info))
             if self.session.is_series:
                 dates = self.session.prep.dates
@@ -518,7 +545,8 @@ class FewShotPanel(QgsDockWidget):
             self.session = None
             return
         if self.session.ready:
-            self.status.setText("features ready (cached)")
+            self.status.setText("features ready (the embedding itself)" if self.session.alone else
+                                "features ready (cached)")
             self.cache_ready.emit(True, "cached")
             return
         self.status.setText("computing the encoder's features once for this raster and model ...")
@@ -850,8 +878,9 @@ class FewShotPanel(QgsDockWidget):
         """Why a preview or a map cannot start now, in words that are true ('' when it can)."""
         if self.raster_layer() is None:
             return "choose a Sentinel-2 raster first"
-        if not self.model.currentText().strip():
-            return "choose a model first"
+        alone = self.session is not None and self.session.alone
+        if not alone and not self.model.currentText().strip():
+            return "choose a model first (or, as the raster, another model's embedding: it needs none)"
         if self.session is None:
             return "the raster and model could not be opened together: " + (self.findings.text() or "see above")
         if not self.session.ready:
@@ -1054,9 +1083,11 @@ class FewShotPanel(QgsDockWidget):
             QgsProject.instance().addMapLayer(layer, False)
             parent, index = self._above_raster()  # below the labels and suggestions, like the preview
             parent.insertLayer(index, layer)
+            inputs = "INPUT=..." if self.session.alone else "INPUT=... MODEL=..." + (
+                " OTHER_EMBEDDING=..." if self.embedding_source() else "")
             text = (f"wrote {out.name} ({res['seconds']:.1f} s from the cached features) and its head "
                     f"{head_path.name} ({trained['chosen']}); `qgis_process run mmearth:segment -- HEAD={head_path} "
-                    "INPUT=... MODEL=... OUTPUT=...` repeats it headless")
+                    f"{inputs} OUTPUT=...` repeats it headless")
             QgsMessageLog.logMessage(f"wrote {out} and {head_path}", LOG_TAG, Qgis.Info)
             self.status.setText(text)
             self.last_map = Path(out)
@@ -1199,7 +1230,8 @@ class FewShotPanel(QgsDockWidget):
                 "point_layer": self.point_layer.id() if self.point_layer and _alive(self.point_layer) else "",
                 "polygon_layer": self.polygon_layer.id() if self.polygon_layer and _alive(self.polygon_layer) else "",
                 "auto": self.auto.isChecked(), "output": self.output.filePath(),
-                "other_dates": list(self.other_dates.checkedItemsData())}
+                "other_dates": list(self.other_dates.checkedItemsData()),
+                "embedding": self.embedding.currentLayer().id() if self.embedding_source() else ""}
 
     @_while_alive
     def save_state(self, document=None):
@@ -1233,9 +1265,16 @@ class FewShotPanel(QgsDockWidget):
                 self._watch(layer)
         self.auto.setChecked(bool(state.get("auto", True)))
         self.output.setFilePath(state.get("output", ""))
+        # the inputs are set quietly, then opened once: a session opened on half of them would start
+        # computing features for a raster and model the project does not use
+        for widget in (self.model, self.raster, self.embedding):
+            widget.blockSignals(True)
         self.model.setEditText(state.get("model", ""))
         raster = project.mapLayer(state.get("raster", "")) if state.get("raster") else None
         self.raster.setLayer(raster)
+        self.embedding.setLayer(project.mapLayer(state.get("embedding", "")) if state.get("embedding") else None)
+        for widget in (self.model, self.raster, self.embedding):
+            widget.blockSignals(False)
         self.fill_other_dates()
         self.other_dates.blockSignals(True)
         wanted = set(state.get("other_dates", []))

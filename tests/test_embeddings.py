@@ -417,3 +417,107 @@ def test_an_embedding_alone_through_qgis_processing(scene_with_embedding, models
     with pytest.raises(Exception, match="Choose a model"):
         run_alg("mmearth:segment", {"INPUT": str(crop), "HEAD": str(tmp_path / "tessera.onnx"),
                                     "OUTPUT": str(tmp_path / "no.tif")})
+
+
+def test_the_mapping_session_on_an_embedding_alone_and_beside(scene_with_embedding, models_dir, tmp_path,
+                                                              monkeypatch):
+    """The panel's session: an AlphaEarth file alone (no model, nothing to cache) previews and maps
+    the classes it carries; beside the raster, its feature sets join the candidates, and the
+    preview reads the same features as the final head."""
+    from mpmae_core.runtime.heads.session import MappingSession
+    from mpmae_core.runtime.inference.predict import segment
+    from mpmae_core.runtime.io.labels import read_label_file
+    from mpmae_core.runtime.models.model import read_metadata
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, labels, census = scene_with_embedding
+    feats, names, _, _ = read_label_file(labels, "landuse", gdal.Open(str(crop)).GetProjection())
+    alone = MappingSession(str(aef), None)
+    assert alone.ready and alone.ensure_cache() == 0.0 and [b.name for b in alone.blocks] == ["ext-alphaearth"]
+    head, cv = alone.quick_head(feats, names)
+    assert cv["balanced_accuracy"] > 0.9
+    pv = alone.preview(head)
+    got = alone.map_to_file(head, tmp_path / "alone.tif")
+    classes = gdal.Open(got["output"]).ReadAsArray()
+    assert min(_agreement(classes, census, names).values()) > 0.9
+    assert (pv["probs"].argmax(0) == classes[::pv["step"], ::pv["step"]])[pv["valid"]].mean() > 0.99
+    res = alone.train_full_head(feats, names, tmp_path / "alone.onnx")
+    assert read_metadata(tmp_path / "alone.onnx").features == ["ext-alphaearth"]
+    full = alone.map_to_file(res["head"], tmp_path / "alone_full.tif")  # the session's features = segment's
+    again = segment(str(aef), None, tmp_path / "alone_seg.tif", head_path=tmp_path / "alone.onnx")
+    np.testing.assert_array_equal(gdal.Open(again["output"]).ReadAsArray(), gdal.Open(full["output"]).ReadAsArray())
+
+    beside = MappingSession(str(crop), models_dir / "atto_test.onnx", embedding=str(aef))
+    beside.ensure_cache()
+    assert {"spectra", "ext-alphaearth"} <= {b.name for b in beside.blocks}
+    res = beside.train_full_head(feats, names, tmp_path / "beside.onnx")
+    sets = {s["candidate"].feature_set for s in res["scores"]}
+    assert {"spectra", "both", "embedding", "embedding+spectra", "embedding+encoder"} <= sets
+    assert "ext-alphaearth" in read_metadata(tmp_path / "beside.onnx").features or \
+        "embedding" not in res["chosen"]
+    out = segment(str(crop), models_dir / "atto_test.onnx", tmp_path / "beside.tif",
+                  head_path=tmp_path / "beside.onnx", embedding=str(aef))
+    assert min(_agreement(gdal.Open(out["output"]).ReadAsArray(), census, names).values()) > 0.8
+
+
+def test_the_few_shot_panel_on_an_embedding_layer(scene_with_embedding, models_dir, qgis_app, qtbot, tmp_path,
+                                                  monkeypatch):
+    """The panel as an analyst uses it: an AlphaEarth layer as the raster (no model chosen), labels
+    clicked by class, the whole map; then the Sentinel-2 raster with the encoder and the AlphaEarth
+    layer in 'Embedding beside', which comes back with the project."""
+    from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer
+    from qgis.gui import QgsMapCanvas
+
+    from mmearth_qgis.panel import FewShotPanel
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, labels, census = scene_with_embedding
+    QgsProject.instance().clear()
+    s2, emb = QgsRasterLayer(str(crop), "scene", "gdal"), QgsRasterLayer(str(aef), "alphaearth", "gdal")
+    QgsProject.instance().addMapLayers([s2, emb])
+    canvas = QgsMapCanvas()
+    qtbot.addWidget(canvas)
+    panel = FewShotPanel(canvas)
+    qtbot.addWidget(panel)
+    panel.auto.setChecked(False)
+    panel.model.setEditText("")
+    panel.raster.setLayer(emb)
+    assert panel.session is not None and panel.session.alone, panel.findings.text()
+    assert "AlphaEarth" in panel.findings.text() and "no model" in panel.findings.text()
+    gt = gdal.Open(str(aef)).GetGeoTransform()
+    from mpmae_core.data import sample
+
+    rng = np.random.default_rng(8)
+    names = ["farm", "forest", "meadow", "residential"]
+    for name in names:
+        panel.add_class(name)
+        rows, cols = np.nonzero(census == sample.OSM_CLASSES.index(name) + 1)
+        for i in rng.choice(len(rows), 4, replace=False):
+            panel.add_point(QgsPointXY(gt[0] + (cols[i] + 0.5) * gt[1], gt[3] + (rows[i] + 0.5) * gt[5]))
+    out = tmp_path / "panel_map.tif"
+    with qtbot.waitSignal(panel.map_finished, timeout=120_000) as done:
+        panel.map_raster(out)
+    assert done.args[0] is True, done.args[1]
+    assert "MODEL" not in done.args[1]
+    mapped = gdal.Open(str(out)).ReadAsArray()
+    agree = _agreement(mapped, census, panel.class_names())
+    assert min(agree.values()) > 0.9, agree
+    # the Sentinel-2 raster with the encoder, the embedding beside it
+    with qtbot.waitSignal(panel.cache_ready, timeout=240_000) as ready:
+        panel.raster.setLayer(s2)
+        panel.embedding.setLayer(emb)
+        panel.model.setEditText("atto_test")
+    assert ready.args[0] is True, ready.args[1]
+    assert not panel.session.alone and "ext-alphaearth" in {b.name for b in panel.session.blocks}
+    project_file = tmp_path / "emb.qgz"
+    assert QgsProject.instance().write(str(project_file))
+    panel.shutdown()
+    QgsProject.instance().clear()
+    assert QgsProject.instance().read(str(project_file))
+    again = FewShotPanel(canvas)
+    qtbot.addWidget(again)
+    again.restore_state()
+    assert again.embedding.currentLayer() is not None and again.embedding.currentLayer().name() == "alphaearth"
+    assert again.session is not None and "ext-alphaearth" in {b.name for b in again.session.blocks}
+    again.shutdown()
+    QgsProject.instance().clear()

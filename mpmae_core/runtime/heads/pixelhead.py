@@ -513,6 +513,18 @@ def choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model
                    "folds": best["folds"], "kind": best["cv"]}, "cv_detail": cv, "head": head}
 
 
+def offered_feature_sets(blocks: Sequence[Block]) -> list:
+    """Every feature set that holds something of ``blocks``, once: a set holding what an earlier
+    one holds (an embedding read alone is 'embedding' and 'embedding+spectra' alike) is left out."""
+    out, seen = [], set()
+    for fs in FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS + EXTERNAL_FEATURE_SETS:
+        held = tuple(b.name for b in feature_set_blocks(blocks, fs))
+        if held and held not in seen:
+            out.append(fs)
+            seen.add(held)
+    return out
+
+
 def train_pixel_head(source, model_path, features, class_names, output, *, report_path=None, feature_ids=None,
                      class_colours=None, buffer_m: float = 0.0, feature_sets: Optional[Sequence[str]] = None,
                      classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
@@ -577,13 +589,7 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
         prep = with_embedding(prep, embedding, meta, embedding_kind, log)
     is_series = isinstance(prep, SeriesInput)
     if feature_sets is None:  # every set the input offers: a series adds the temporal, a change pair the differences
-        offered = source_blocks(prep, meta)
-        feature_sets, seen = [], set()
-        for fs in FEATURE_SETS + TEMPORAL_FEATURE_SETS + DIFFERENCE_FEATURE_SETS + EXTERNAL_FEATURE_SETS:
-            held = tuple(b.name for b in feature_set_blocks(offered, fs))
-            if held and held not in seen:  # a set holding what an earlier one holds (an embedding alone) is one
-                feature_sets.append(fs)
-                seen.add(held)
+        feature_sets = offered_feature_sets(source_blocks(prep, meta))
     else:
         empty = [fs for fs in feature_sets if not feature_set_blocks(source_blocks(prep, meta), fs)]
         if empty:

@@ -31,7 +31,7 @@ import numpy as np
 
 from mpmae_core.runtime.io.files import Cancelled
 from mpmae_core.runtime.inference.pixel_features import SPECTRA, Block, base_name, encoder_blocks, feature_set_columns, \
-    sample_bilinear
+    is_external, sample_bilinear
 
 #: The head the live preview fits after every label: fast to fit and to apply, and rarely far from
 #: the chosen one (the full choice runs when the raster is mapped).
@@ -52,7 +52,7 @@ def file_identity(path) -> dict:
 
 
 def cache_key(raster, model, options: dict) -> str:
-    ident = {"raster": file_identity(raster), "model": file_identity(model), "options": options,
+    ident = {"raster": file_identity(raster), "model": file_identity(model) if model else None, "options": options,
              "version": CACHE_VERSION}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -67,7 +67,9 @@ class StageCache:
 
     @property
     def complete(self) -> bool:
-        return (self.folder / "info.json").is_file() and all(self.path(b.name).is_file() for b in self.blocks)
+        """Every map is there (nothing to cache, as for an embedding read alone, is complete)."""
+        return not self.blocks or ((self.folder / "info.json").is_file() and
+                                   all(self.path(b.name).is_file() for b in self.blocks))
 
 
 def build_stage_cache(prep, model, folder: Path, tile: int = 512, overlap: int = 128,
@@ -156,30 +158,52 @@ def _locked(fn):
 
 
 class MappingSession:
-    """A raster and an encoder, with the stage-map cache, for live few-shot mapping."""
+    """A raster and an encoder, with the stage-map cache, for live few-shot mapping; or another
+    model's embedding read alone (``model_path`` None), or beside the raster (``embedding``)."""
 
     def __init__(self, raster, model_path, *, device: str = "auto", level: str = "auto", dn_offset="auto",
                  band_map=None, scale: float = 1.0, tile: int = 512, overlap: int = 128, cache_dir=None,
-                 masks=None, other_dates=(), dates=None, min_valid: int = 1,
-                 log: Callable[[str], None] = lambda m: None):
+                 masks=None, other_dates=(), dates=None, min_valid: int = 1, embedding=None,
+                 embedding_kind: Optional[str] = None, log: Callable[[str], None] = lambda m: None):
         """``other_dates``: more dates of the same place; the session then works on the series of
-        ``raster`` (its reference date) and them, with the temporal feature sets."""
+        ``raster`` (its reference date) and them, with the temporal feature sets. ``model_path``
+        None: ``raster`` is another model's embedding (``embedding_sources.embedding_input``),
+        read alone. ``embedding``: another model's embedding of the place beside the raster; its
+        feature sets join the candidates."""
         from mpmae_core.runtime.models.model import OnnxModel
+        from mpmae_core.runtime.inference.embedding_sources import embedding_input, with_embedding, without_model
         from mpmae_core.runtime.inference.series import SeriesInput, prepare_source, source_blocks
 
-        self.raster, self.model_path = str(raster), str(model_path)
-        self.model = OnnxModel(model_path, device=device, log=log)
-        if self.model.metadata.kind != "encoder":
-            raise ValueError(f"'{model_path}' is a {self.model.metadata.kind} model; few-shot mapping needs an encoder")
-        sources = [self.raster] + [str(o) for o in other_dates]
-        series = dict(series=True, reference=self.raster, dates=dates, min_valid=min_valid) if other_dates else {}
-        self.prep = prepare_source(sources if other_dates else self.raster, self.model.metadata, level=level,
-                                   dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, masks=masks, **series)
+        self.alone = without_model(model_path)
+        self.raster, self.model_path = str(raster), (None if self.alone else str(model_path))
+        if self.alone:
+            if other_dates or embedding:
+                raise ValueError("an embedding read alone takes no other dates and no other embedding: choose a "
+                                 "model for a Sentinel-2 raster")
+            self.model, meta = None, None
+            self.prep = embedding_input(self.raster, embedding_kind, log=log)
+        else:
+            self.model = OnnxModel(model_path, device=device, log=log)
+            meta = self.model.metadata
+            if meta.kind != "encoder":
+                raise ValueError(f"'{model_path}' is a {meta.kind} model; few-shot mapping needs an encoder")
+            sources = [self.raster] + [str(o) for o in other_dates]
+            series = dict(series=True, reference=self.raster, dates=dates, min_valid=min_valid) if other_dates else {}
+            self.prep = prepare_source(sources if other_dates else self.raster, meta, level=level,
+                                       dn_offset=dn_offset, band_map=band_map, log=log, scale=scale, masks=masks,
+                                       **series)
+            if embedding:
+                if other_dates:
+                    raise ValueError("another model's embedding goes beside one raster, not yet beside a series")
+                self.prep = with_embedding(self.prep, embedding, meta, embedding_kind, log)
         self.is_series = isinstance(self.prep, SeriesInput)
         self.sources = [m.source for m in self.prep.members] if self.is_series else [self.raster]
-        self.blocks = source_blocks(self.prep, self.model.metadata)
+        if embedding:
+            self.sources.append(str(self.prep.embedding.path))
+        self.blocks = source_blocks(self.prep, meta)
         self.tile, self.overlap = tile, overlap
         options = {"level": self.prep.level, "dn_offset": self.prep.dn_offset, "scale": scale,
+                   "embedding": file_identity(self.prep.embedding.path) if embedding else None,
                    "band_map": band_map, "tile": tile, "overlap": overlap}
         if masks is not None:  # other masks, other encoder inputs: another cache
             options["masks"] = repr(masks)
@@ -188,12 +212,18 @@ class MappingSession:
                                  "min_valid": self.prep.min_valid,
                                  "members": [file_identity(src) for src in self.sources]}
         root = Path(cache_dir) if cache_dir else cache_root()
-        self.cache = StageCache(root / cache_key(raster, model_path, options),
-                                [b for b in self.blocks if base_name(b.name) != SPECTRA])  # the encoder's maps
+        self.cache = StageCache(root / cache_key(raster, self.model_path, options),
+                                [b for b in self.blocks if not self.at_pixels(b)])  # the encoder's maps
         self._maps: dict = {}
         self.train_blocks = self.blocks  # the blocks of the last training data's columns
         self.label_conflicts = None  # the LabelCells of the last labels (their conflict_warning)
         self.lock = threading.RLock()
+
+    @staticmethod
+    def at_pixels(block) -> bool:
+        """Whether a block is read at its pixels (spectra, a series' spectral statistics, another
+        model's embedding) rather than sampled from a cached map of the encoder's."""
+        return base_name(block.name) == SPECTRA or is_external(block.name)
 
     # -- the cache ----------------------------------------------------------------------
     @property
@@ -227,10 +257,18 @@ class MappingSession:
         from mpmae_core.runtime.inference.raster import read_block
 
         x, valid = read_block(self.prep, y0, x0, h, w)
-        if not self.is_series:
+        if not self.is_series and not hasattr(self.prep, "maps_runner"):
             x = x.copy()
             x[:, ~valid] = np.nan
             return {SPECTRA: x}
+        if not self.is_series:  # another model's embedding, alone or beside the raster's spectra
+            maps = self.prep.maps_runner(None, [b for b in self.blocks if b.name in names])(x[None])[0]
+            out = {}
+            for name in names:
+                m = np.array(maps[name], np.float32)
+                m[:, ~valid] = np.nan
+                out[name] = m
+            return out
         runner = self.prep.maps_runner(None, [b for b in self.blocks if b.name in names])
         maps = runner.pixel_maps(*runner.split(x))
         out = {}
@@ -247,7 +285,7 @@ class MappingSession:
         """(n, F) features of ``blocks`` (default all) at raster pixels; NaN rows without data."""
         blocks = blocks or self.blocks
         rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-        pixel = [b.name for b in blocks if base_name(b.name) == SPECTRA]
+        pixel = [b.name for b in blocks if self.at_pixels(b)]
         read = {n: np.full((rows.size, b.channels), np.nan, np.float32) for b in blocks for n in [b.name] if n in pixel}
         if pixel and rows.size:
             keys = (rows // 512) * (self.prep.width // 512 + 1) + cols // 512  # read 512 px squares, no more
@@ -270,7 +308,7 @@ class MappingSession:
 
         blocks = blocks or self.blocks
         ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
-        pixel = [b.name for b in blocks if base_name(b.name) == SPECTRA]
+        pixel = [b.name for b in blocks if self.at_pixels(b)]
         maps = {}
         if pixel:
             y0, x0 = int(ys[0]), int(xs[0])
@@ -332,7 +370,11 @@ class MappingSession:
         x, y, groups = self.training_data(features, buffer_m=buffer_m)
         blocks = self.train_blocks
         fs, clf, l2 = PREVIEW_CANDIDATE
-        cand = Candidate("t-" + fs if self.is_series else fs, clf, l2)  # a series: its dates, robust to clouds
+        if self.is_series:  # a series: its dates, robust to clouds
+            fs = "t-" + fs
+        elif any(is_external(b.name) for b in blocks):  # another model's embedding: it, and the raster's beside
+            fs = "embedding" if self.alone else "all"
+        cand = Candidate(fs, clf, l2)
         present = sorted(set(y.tolist()))
         if len(present) < 2:
             raise ValueError("label at least two classes to see a map")
@@ -383,7 +425,7 @@ class MappingSession:
         from mpmae_core.runtime.inference.raster import RasterWriter
         from mpmae_core.runtime.io.styles import paletted_qml, style_path
 
-        check_outputs({"class map": output}, self.sources + [self.model_path])
+        check_outputs({"class map": output}, self.sources + ([self.model_path] if self.model_path else []))
         if not self.ready:
             raise ValueError("the encoder's features are not cached yet: wait until they are computed")
         prep, names, colours = self.prep, list(head.class_names), [list(c) for c in head.class_colours]
@@ -431,20 +473,20 @@ class MappingSession:
         from mpmae_core.runtime.io.files import check_output
         from mpmae_core.runtime.heads.pixelhead import choose_fit_and_write
 
-        check_output(output, self.sources + [self.model_path], "head", (".onnx",), "an ONNX model")
-        from mpmae_core.runtime.heads.pixelhead import candidates
-        from mpmae_core.runtime.inference.pixel_features import FEATURE_SETS, TEMPORAL_FEATURE_SETS, feature_set_blocks
+        check_output(output, self.sources + ([self.model_path] if self.model_path else []), "head", (".onnx",),
+                     "an ONNX model")
+        from mpmae_core.runtime.heads.pixelhead import candidates, offered_feature_sets
 
         x, y, groups, positions = self.training_data(features, buffer_m=buffer_m, positions=True)
         blocks = self.train_blocks
         if self.is_series and len(blocks) < len(self.blocks):
             log(f"the reference date {self.prep.dates[self.prep.reference]} is masked at a labelled pixel: only the "
                 "temporal feature sets are candidates")
-        sets = [fs for fs in FEATURE_SETS + TEMPORAL_FEATURE_SETS if feature_set_blocks(blocks, fs)]
         res = choose_fit_and_write(x, y, groups, blocks, class_names, output, self.model, self.model_path,
                                    class_colours=class_colours, report_path=report_path, cancelled=cancelled,
-                                   cands=candidates(sets), positions=positions,
-                                   pixel_size_m=abs(self.prep.geotransform[1]), log=log)
+                                   cands=candidates(offered_feature_sets(blocks)), positions=positions,
+                                   pixel_size_m=abs(self.prep.geotransform[1]),
+                                   embedding=self.prep if self.alone else None, log=log)
         log(res["text"])
         return res
 
