@@ -83,6 +83,8 @@ COMMANDS: dict[str, Command] = {
     "train-head": Command(RUNTIME, "few-shot per-pixel head from labelled points or polygons", _runtime("train-head"),
                           True),
     "segment": Command(RUNTIME, "class map of a scene (a head, or a segmenter model)", _runtime("segment"), True),
+    "compare-features": Command(RUNTIME, "which features map this place best? every source (spectra, MMEarth, "
+                                "AlphaEarth, TESSERA...) on your labels", _runtime("compare-features"), True),
     "similarity": Command(RUNTIME, "similarity map: how much each place resembles a few query points",
                           _runtime("similarity"), True),
     "preview": Command(RUNTIME, "PNG of a class map next to its scene in natural colour", _runtime("preview"), True),

@@ -521,3 +521,92 @@ def test_the_few_shot_panel_on_an_embedding_layer(scene_with_embedding, models_d
     assert again.session is not None and "ext-alphaearth" in {b.name for b in again.session.blocks}
     again.shutdown()
     QgsProject.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def validation_sample(scene_with_embedding, tmp_path_factory):
+    """A validation sample as sample-design draws it, on a noisy map of the four classes, its
+    reference classes filled in from the scene's landuse (points of other classes left empty)."""
+    from osgeo import ogr
+
+    from mpmae_core.data import sample
+    from mpmae_core.runtime.heads.validation import sample_design
+    from mpmae_core.runtime.inference.raster import RasterWriter
+
+    crop, _, _, census = scene_with_embedding
+    d = tmp_path_factory.mktemp("validation")
+    names = ["farm", "forest", "meadow", "residential"]
+    rng = np.random.default_rng(21)
+    truth = np.full(census.shape, -1)
+    for k, n in enumerate(names):
+        truth[census == sample.OSM_CLASSES.index(n) + 1] = k
+    noisy = np.where(truth >= 0, truth, rng.integers(0, 4, census.shape))
+    flip = rng.random(census.shape) < 0.2
+    noisy[flip] = rng.integers(0, 4, int(flip.sum()))
+    ref = gdal.Open(str(crop))
+    w = RasterWriter(d / "map.tif", census.shape[1], census.shape[0], 1, "uint8", ref.GetGeoTransform(),
+                     ref.GetProjection(), nodata=255, class_names=names)
+    w.write_rows(0, noisy[None].astype(np.uint8))
+    w.close()
+    points = d / "validation.gpkg"
+    sample_design(d / "map.tif", points, size=160, min_per_class=30)
+    ds = ogr.Open(str(points), 1)
+    layer = ds.GetLayer("validation")
+    gt = ref.GetGeoTransform()
+    for f in layer:
+        x, y = f.GetGeometryRef().GetX(), f.GetGeometryRef().GetY()
+        t = truth[int((y - gt[3]) / gt[5]), int((x - gt[0]) / gt[1])]
+        if t >= 0:
+            f.SetField("reference", names[t])
+            layer.SetFeature(f)
+    ds = None
+    return points
+
+
+def test_compare_features_with_cross_validation_and_a_validation_sample(scene_with_embedding, validation_sample,
+                                                                         models_dir, tmp_path, monkeypatch, capsys):
+    """Spectra, MMEarth's features and a toy embedding that follows the landuse, compared on the
+    same labels: one row per source; the validation figure is the design's stratified estimate,
+    recomputed here by hand from the points; the toy embedding wins on the validation sample."""
+    import json
+
+    from osgeo import ogr
+
+    from mpmae_core.runtime.__main__ import main
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, labels, census = scene_with_embedding
+    code = main(["compare-features", str(crop), str(models_dir / "atto_test.onnx"), str(labels), "--class-field",
+                 "landuse", "--embedding", str(aef), "--validation", str(validation_sample), "--classifiers",
+                 "logistic", "--report", str(tmp_path / "cmp.html"), "--table", str(tmp_path / "cmp.csv")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "best by validation overall accuracy: AlphaEarth" in out, out
+    rows = (tmp_path / "cmp.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["spectra", "encoder", "both", "embedding", "embedding+spectra",
+                                                   "embedding+encoder"]
+    # the stratified estimate by hand, from the points and the design the file carries
+    from mpmae_core.runtime.heads.compare import compare_features
+    from mpmae_core.runtime.io.labels import read_label_file
+
+    feats, names, ids, _ = read_label_file(labels, "landuse", gdal.Open(str(crop)).GetProjection())
+    res = compare_features(str(crop), models_dir / "atto_test.onnx", feats, names, embedding=str(aef),
+                           validation=str(validation_sample), feature_sets=["spectra", "embedding"],
+                           classifiers=["logistic"])
+    ds = ogr.Open(str(validation_sample))
+    design = json.loads(ds.GetMetadataItem("MMEARTH_SAMPLE_DESIGN"))
+    sizes = {s["stratum"]: s["pixels"] for s in design["strata"]}
+    pts = [(f.GetField("stratum"), f.GetField("reference")) for f in ds.GetLayer("validation")
+           if f.GetField("reference")]
+    for row in res["rows"]:
+        v = row["validation"]
+        strata = [pts[i][0] for i in v["used"]]
+        correct = [names[p] == pts[i][1] for p, i in zip(v["predicted"], v["used"])]
+        by_hand = sum(sizes[h] / sum(sizes.values()) *
+                      np.mean([c for c, s in zip(correct, strata) if s == h]) for h in sizes)
+        assert v["overall"] == pytest.approx(by_hand, abs=1e-9), row["feature_set"]
+    emb, spec = res["rows"][1]["validation"], res["rows"][0]["validation"]
+    assert emb["overall"] > 0.9 and emb["overall"] - emb["ci95"] > spec["overall"]
+    with pytest.raises(ValueError, match="not classes of the labels"):
+        compare_features(str(crop), models_dir / "atto_test.onnx", feats[:12], names[:2], embedding=str(aef),
+                         validation=str(validation_sample), feature_sets=["embedding"])

@@ -250,6 +250,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_mask_arguments(h)
     add_series_arguments(h)
     add_embedding_arguments(h)
+    cf = sub.add_parser("compare-features", help="which features map this place best? every source on your labels "
+                                                 "(and a validation sample)")
+    cf.add_argument("input", help="a Sentinel-2 raster or product (or a series), or another model's embedding read "
+                                  "alone (with the model 'none')")
+    cf.add_argument("model", help="the encoder (.onnx), or 'none' when the input is another model's embedding")
+    cf.add_argument("labels", help="a vector file of labelled points or polygons (any CRS)")
+    cf.add_argument("--class-field", required=True, help="the field holding each feature's class")
+    cf.add_argument("--validation", help="a validation sample (sample-design's points, each given its reference "
+                                         "class): every source's head is also assessed at its points")
+    cf.add_argument("--reference-field", default="reference", help="the validation points' field of reference "
+                                                                   "classes (default reference)")
+    cf.add_argument("--report", help="also write the table as an HTML page")
+    cf.add_argument("--table", help="also write the table as CSV")
+    cf.add_argument("--feature-sets", type=cli.list_of(list(ALL_FEATURE_SETS), "feature set"),
+                    help="the feature sets to compare (default: every set the input offers)")
+    cf.add_argument("--classifiers", type=cli.list_of(["logistic", "forest"], "classifier"),
+                    default=["logistic", "forest"], help="classifiers each set may choose (default logistic,forest)")
+    cf.add_argument("--buffer", type=cli.non_negative_float, default=0.0,
+                    help="a point labels the pixels within this many metres (default 0: its own pixel)")
+    cf.add_argument("--block-size", type=cli.positive_float, metavar="METRES",
+                    help="the side of the spatial cross-validation blocks (default: from the labels' spread)")
+    add_run_arguments(cf)
+    add_mask_arguments(cf)
+    add_series_arguments(cf)
+    add_embedding_arguments(cf)
     sm = sub.add_parser("similarity", help="similarity map: how much each place resembles a few query points")
     sm.add_argument("input", help="a Sentinel-2 raster or product, or another model's embedding (AlphaEarth, a "
                                   "TESSERA tile) with the model 'none'")
@@ -458,6 +483,8 @@ def main(argv=None) -> int:
             return train_head_command(args, log)
         if args.cmd == "similarity":
             return similarity_command(args, log)
+        if args.cmd == "compare-features":
+            return compare_features_command(args, log)
         if args.cmd == "fetch-model":
             return fetch_model_command(args, log)
         if args.cmd == "batch":
@@ -603,29 +630,59 @@ def similarity_command(args, log) -> int:
     return 0
 
 
-def train_head_command(args, log) -> int:
-    from mpmae_core.runtime.io.gdal_io import open_raster
-    from mpmae_core.runtime.io.labels import read_label_file
-    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
-    from mpmae_core.runtime.inference.predict import Cancelled
-
-    from mpmae_core.runtime.io.products import stack_path
-
-    from mpmae_core.runtime.inference.series import reference_source
-
+def label_projection(args) -> str:
+    """The CRS the labels go onto: the embedding's read alone, else the (reference) raster's."""
     from mpmae_core import registry
     from mpmae_core.runtime.inference.embedding_sources import EmbeddingRaster, without_model
+    from mpmae_core.runtime.inference.series import reference_source
+    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.io.products import stack_path
 
-    if without_model(args.model):  # another model's embedding read alone: the labels go onto its grid
+    if without_model(args.model):
         kind = args.embedding_kind
-        wkt = EmbeddingRaster(args.input, registry.EMBEDDING_SOURCES[kind] if kind else None).projection
-    else:
-        wkt = open_raster(stack_path(reference_source(args.input, **series_options(args)))).GetProjection()
-    features, names, ids, notes = read_label_file(args.labels, args.class_field, wkt)
+        return EmbeddingRaster(args.input, registry.EMBEDDING_SOURCES[kind] if kind else None).projection
+    return open_raster(stack_path(reference_source(args.input, **series_options(args)))).GetProjection()
+
+
+def read_labels(args, log) -> tuple:
+    from mpmae_core.runtime.io.labels import read_label_file
+
+    features, names, ids, notes = read_label_file(args.labels, args.class_field, label_projection(args))
     for what, n in (("without a geometry", notes["no_geometry"]), ("without a class value", notes["no_class"])):
         if n:
             log(f"warning: skipped {n} feature(s) {what}")
     log(f"{len(features)} labelled features in {len(names)} classes: {', '.join(names)}")
+    return features, names, ids
+
+
+def compare_features_command(args, log) -> int:
+    from mpmae_core.runtime.heads.compare import compare_features
+    from mpmae_core.runtime.inference.predict import Cancelled
+
+    features, names, ids = read_labels(args, log)
+    try:
+        res = compare_features(args.input, args.model, features, names, validation=args.validation,
+                               reference_field=args.reference_field, report=args.report, table=args.table,
+                               feature_ids=ids, feature_sets=args.feature_sets, classifiers=args.classifiers,
+                               buffer_m=args.buffer, block_m=args.block_size, tile=args.tile, overlap=args.overlap,
+                               device=args.device, level=args.level, dn_offset=args.dn_offset, scale=args.scale,
+                               band_map=args.band_map, aoi=args.aoi, masks=mask_options(args),
+                               embedding=args.embedding, embedding_kind=args.embedding_kind,
+                               progress=Bar("compare-features"), log=log, **series_options(args))
+    except Cancelled:
+        raise KeyboardInterrupt from None
+    print(res["text"])
+    for path in (args.report, args.table):
+        if path:
+            log(f"wrote {path}")
+    return 0
+
+
+def train_head_command(args, log) -> int:
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.inference.predict import Cancelled
+
+    features, names, ids = read_labels(args, log)
     try:
         res = train_pixel_head(args.input, args.model, features, names, args.output, report_path=args.report,
                                feature_ids=ids, buffer_m=args.buffer, feature_sets=args.feature_sets,

@@ -525,42 +525,20 @@ def offered_feature_sets(blocks: Sequence[Block]) -> list:
     return out
 
 
-def train_pixel_head(source, model_path, features, class_names, output, *, report_path=None, feature_ids=None,
-                     class_colours=None, buffer_m: float = 0.0, feature_sets: Optional[Sequence[str]] = None,
-                     classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
-                     seed: int = 0, tile: int = 512, overlap: int = 128, device: str = "auto", level: str = "auto",
-                     dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
-                     masks=None, block_m: Optional[float] = None, choose_on: str = "grouped",
-                     series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
-                     seasons=(), embedding=None, embedding_kind: Optional[str] = None, progress=lambda f: None,
-                     cancelled=lambda: False, log=lambda m: None) -> dict:
-    """Sample features under the labels (or read them from ``feature_raster``, written by
-    ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
-    label and save it (ONNX) with its report. Both outputs appear whole or not at all.
-
-    ``source`` may be a series of dates (``series.prepare_source``); the candidates then include
-    the temporal feature sets (default: every feature set; with ``seasons``, "MM-DD:MM-DD"
-    windows, the spectra's median within each joins t-spectra). The reference date's own feature sets
-    stay candidates only when that date is valid at every labelled pixel: a head on them would map
-    nothing where it is cloudy, and its labels there would be lost."""
-    from mpmae_core.runtime.io.files import check_output
+def open_head_input(source, model_path, *, embedding=None, embedding_kind: Optional[str] = None, tile: int = 512,
+                    overlap: int = 128, device: str = "auto", series: Optional[bool] = None, dates=None,
+                    reference: int = 0, min_valid: int = 1, level: str = "auto", dn_offset="auto", band_map=None,
+                    scale: float = 1.0, aoi=None, masks=None, seasons=(), feature_raster=None,
+                    log=lambda m: None) -> tuple:
+    """(model, its metadata, the prepared input, the overlap to use) for a per-pixel head: the
+    encoder and the raster (or series), with another model's ``embedding`` beside it; or, with no
+    model (``embedding_sources.without_model``), the input as another model's embedding read
+    alone (model and metadata None, no overlap)."""
     from mpmae_core.runtime.models.model import OnnxModel
-    from mpmae_core.runtime.inference.pixel_features import base_name, small_raster_warning
-    from mpmae_core.runtime.inference.predict import check_tiling, input_files
-    from mpmae_core.runtime.inference.series import SeriesInput, prepare_source, source_blocks
-
     from mpmae_core.runtime.inference.embedding_sources import embedding_input, without_model
+    from mpmae_core.runtime.inference.series import prepare_source
 
-    check_tiling(tile, overlap, 0)
-    if not isinstance(buffer_m, (int, float)) or not np.isfinite(buffer_m) or buffer_m < 0:
-        raise ValueError(f"the point buffer must be a distance in metres >= 0, got {buffer_m!r}")
-    alone = without_model(model_path)  # the input is another model's embedding, read alone
-    inputs = input_files(source) + ([] if alone else [str(model_path)]) + \
-        (input_files(feature_raster) if feature_raster else [])
-    check_output(output, inputs, "head", (".onnx",), "an ONNX model")
-    if report_path:
-        check_output(report_path, inputs + [str(output)], "report", (".html", ".htm"), "an HTML page")
-    candidates(feature_sets or FEATURE_SETS, classifiers)  # names checked before any work
+    alone = without_model(model_path)
     if alone:
         if embedding:
             raise ValueError("without an encoder model the input itself is the embedding: give it as the input, "
@@ -587,6 +565,48 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
         if not isinstance(prep, PreparedInput):
             raise ValueError("another model's embedding goes beside one raster, not yet beside a series of dates")
         prep = with_embedding(prep, embedding, meta, embedding_kind, log)
+    return model, meta, prep, overlap
+
+
+def train_pixel_head(source, model_path, features, class_names, output, *, report_path=None, feature_ids=None,
+                     class_colours=None, buffer_m: float = 0.0, feature_sets: Optional[Sequence[str]] = None,
+                     classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
+                     seed: int = 0, tile: int = 512, overlap: int = 128, device: str = "auto", level: str = "auto",
+                     dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
+                     masks=None, block_m: Optional[float] = None, choose_on: str = "grouped",
+                     series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
+                     seasons=(), embedding=None, embedding_kind: Optional[str] = None, progress=lambda f: None,
+                     cancelled=lambda: False, log=lambda m: None) -> dict:
+    """Sample features under the labels (or read them from ``feature_raster``, written by
+    ``predict.features`` with this encoder), score every candidate, fit the chosen one on every
+    label and save it (ONNX) with its report. Both outputs appear whole or not at all.
+
+    ``source`` may be a series of dates (``series.prepare_source``); the candidates then include
+    the temporal feature sets (default: every feature set; with ``seasons``, "MM-DD:MM-DD"
+    windows, the spectra's median within each joins t-spectra). The reference date's own feature sets
+    stay candidates only when that date is valid at every labelled pixel: a head on them would map
+    nothing where it is cloudy, and its labels there would be lost."""
+    from mpmae_core.runtime.io.files import check_output
+    from mpmae_core.runtime.inference.embedding_sources import without_model
+    from mpmae_core.runtime.inference.pixel_features import base_name, small_raster_warning
+    from mpmae_core.runtime.inference.predict import check_tiling, input_files
+    from mpmae_core.runtime.inference.series import SeriesInput, source_blocks
+
+    check_tiling(tile, overlap, 0)
+    if not isinstance(buffer_m, (int, float)) or not np.isfinite(buffer_m) or buffer_m < 0:
+        raise ValueError(f"the point buffer must be a distance in metres >= 0, got {buffer_m!r}")
+    alone = without_model(model_path)  # the input is another model's embedding, read alone
+    inputs = input_files(source) + ([] if alone else [str(model_path)]) + \
+        (input_files(feature_raster) if feature_raster else [])
+    check_output(output, inputs, "head", (".onnx",), "an ONNX model")
+    if report_path:
+        check_output(report_path, inputs + [str(output)], "report", (".html", ".htm"), "an HTML page")
+    candidates(feature_sets or FEATURE_SETS, classifiers)  # names checked before any work
+    model, meta, prep, overlap = open_head_input(
+        source, model_path, embedding=embedding, embedding_kind=embedding_kind, tile=tile, overlap=overlap,
+        device=device, series=series, dates=dates, reference=reference, min_valid=min_valid, level=level,
+        dn_offset=dn_offset, band_map=band_map, scale=scale, aoi=aoi, masks=masks, seasons=seasons,
+        feature_raster=feature_raster, log=log)
     is_series = isinstance(prep, SeriesInput)
     if feature_sets is None:  # every set the input offers: a series adds the temporal, a change pair the differences
         feature_sets = offered_feature_sets(source_blocks(prep, meta))

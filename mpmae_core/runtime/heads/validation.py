@@ -285,6 +285,13 @@ def _write_points(path, ds, picks, names, gt, design) -> None:
 
 def _read_points(path, field: str, wkt: str, layer_name: str = ""):
     """[(x, y, reference text)] of the points with a reference, in the map's CRS; and how many had none."""
+    pts, empty = read_points(path, field, wkt, layer_name)
+    return [p[:3] for p in pts], empty
+
+
+def read_points(path, field: str, wkt: str, layer_name: str = "", also: str = ""):
+    """[(x, y, reference text, the ``also`` field's text or '')] of the points with a reference, in
+    the CRS ``wkt``; and how many had none."""
     from osgeo import ogr, osr
 
     from mpmae_core.runtime.io.labels import open_layer
@@ -312,7 +319,10 @@ def _read_points(path, field: str, wkt: str, layer_name: str = ""):
         if tr is not None:
             g.Transform(tr)
         c = g.Centroid() if g.GetGeometryType() != ogr.wkbPoint else g
-        out.append((c.GetX(), c.GetY(), str(value).strip()))
+        extra = ""
+        if also and feat.GetFieldIndex(also) >= 0 and feat.IsFieldSetAndNotNull(also):
+            extra = str(feat.GetField(also)).strip()
+        out.append((c.GetX(), c.GetY(), str(value).strip(), extra))
     return out, empty
 
 
