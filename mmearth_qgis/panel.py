@@ -122,6 +122,7 @@ class FewShotPanel(QgsDockWidget):
 
     preview_ready = pyqtSignal()
     map_finished = pyqtSignal(bool, str)
+    compare_finished = pyqtSignal(bool, str)
     cache_ready = pyqtSignal(bool, str)
 
     def __init__(self, canvas, parent=None, message_bar=None):
@@ -385,6 +386,16 @@ class FewShotPanel(QgsDockWidget):
         self.accuracy = QLabel("")
         self.accuracy.setWordWrap(True)
         layout.addWidget(self.accuracy)
+        self.compare_button = QPushButton("Compare feature sources")
+        self.compare_button.setToolTip("every feature source of the raster (spectra, MMEarth's encoder, another "
+                                       "model's embedding, their combinations) given the same head on these labels; "
+                                       "with labelled validation points, each assessed at them: which features map "
+                                       "this place best?")
+        self.compare_button.clicked.connect(self.compare_sources)
+        layout.addWidget(self.compare_button)
+        self.comparison = QLabel("")
+        self.comparison.setWordWrap(True)
+        layout.addWidget(self.comparison)
         layout.addStretch(1)
         body.setMinimumWidth(340)
         self.setWidget(body)
@@ -1195,6 +1206,50 @@ class FewShotPanel(QgsDockWidget):
         done = sum(1 for f in layer.getFeatures() if f["reference"] not in (None, "") and
                    not (hasattr(f["reference"], "isNull") and f["reference"].isNull()))
         self.accuracy.setText(f"{done} of {layer.featureCount()} validation points labelled")
+
+    def compare_sources(self):
+        """``MappingSession.compare`` in the background: the table as an HTML page beside the
+        panel's map, and the best source (by the validation sample when its points are labelled)."""
+        reason = self.not_ready_reason()
+        if reason:
+            self.comparison.setText(reason)
+            return
+        features, names, counts = self.labelled_features()
+        if sum(1 for c in counts.values() if c) < 2:
+            self.comparison.setText("label at least two classes first")
+            return
+        validation = self.validation_path() if self.validation_layer is not None and \
+            _alive(self.validation_layer) else None
+        report = self.workdir / "feature_comparison.html"
+        session = self.session
+        self.compare_button.setEnabled(False)
+        self.comparison.setText("comparing every feature source on the labels ...")
+
+        def work(progress, cancelled):
+            return session.compare(features, names, validation=validation, report=report, cancelled=cancelled,
+                                   log=lambda m: QgsMessageLog.logMessage(m, LOG_TAG, Qgis.Info))
+
+        task = BackgroundTask("MMEarth: compare feature sources", work)
+        self._start(task, lambda ok: self._compare_done(task, ok))
+
+    def _compare_done(self, task, ok):
+        self.compare_button.setEnabled(True)
+        if ok:
+            res = task.result_
+            lines = [f"{r['title']}: " + (f"validation {r['validation']['overall']:.0%} "
+                                          f"+- {r['validation']['ci95']:.0%}" if "validation" in r else
+                                          f"CV balanced {r.get('spatial', r['grouped'])['balanced_accuracy']:.0%}")
+                     for r in res["rows"]]
+            text = (f"best: {res['best']} (by {res['by']})\n" + "\n".join(lines) +
+                    f"\ntable: {Path(res['report']).name}")
+            QgsMessageLog.logMessage(res["text"], LOG_TAG, Qgis.Info)
+            self.comparison.setText(text)
+        else:
+            text = task.error or "cancelled"
+            if task.error:
+                self.error(task.error)
+            self.comparison.setText(text)
+        self.compare_finished.emit(ok, text)
 
     def accuracy_report(self):
         """The accuracy and area report of the last map from the labelled validation points."""

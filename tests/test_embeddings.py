@@ -419,8 +419,8 @@ def test_an_embedding_alone_through_qgis_processing(scene_with_embedding, models
                                     "OUTPUT": str(tmp_path / "no.tif")})
 
 
-def test_the_mapping_session_on_an_embedding_alone_and_beside(scene_with_embedding, models_dir, tmp_path,
-                                                              monkeypatch):
+def test_the_mapping_session_on_an_embedding_alone_and_beside(scene_with_embedding, validation_sample, models_dir,
+                                                              tmp_path, monkeypatch):
     """The panel's session: an AlphaEarth file alone (no model, nothing to cache) previews and maps
     the classes it carries; beside the raster, its feature sets join the candidates, and the
     preview reads the same features as the final head."""
@@ -446,6 +446,9 @@ def test_the_mapping_session_on_an_embedding_alone_and_beside(scene_with_embeddi
     full = alone.map_to_file(res["head"], tmp_path / "alone_full.tif")  # the session's features = segment's
     again = segment(str(aef), None, tmp_path / "alone_seg.tif", head_path=tmp_path / "alone.onnx")
     np.testing.assert_array_equal(gdal.Open(again["output"]).ReadAsArray(), gdal.Open(full["output"]).ReadAsArray())
+
+    cmp = alone.compare(feats, names, validation=str(validation_sample), report=tmp_path / "cmp.html")
+    assert [r["feature_set"] for r in cmp["rows"]] == ["embedding"] and cmp["rows"][0]["validation"]["overall"] > 0.9
 
     beside = MappingSession(str(crop), models_dir / "atto_test.onnx", embedding=str(aef))
     beside.ensure_cache()
@@ -509,6 +512,11 @@ def test_the_few_shot_panel_on_an_embedding_layer(scene_with_embedding, models_d
         panel.model.setEditText("atto_test")
     assert ready.args[0] is True, ready.args[1]
     assert not panel.session.alone and "ext-alphaearth" in {b.name for b in panel.session.blocks}
+    with qtbot.waitSignal(panel.compare_finished, timeout=240_000) as compared:
+        qtbot.mouseClick(panel.compare_button, 1)
+    assert compared.args[0] is True, compared.args[1]
+    assert "best: AlphaEarth" in panel.comparison.text() and "Sentinel-2 spectra" in panel.comparison.text()
+    assert (panel.workdir / "feature_comparison.html").is_file()
     project_file = tmp_path / "emb.qgz"
     assert QgsProject.instance().write(str(project_file))
     panel.shutdown()

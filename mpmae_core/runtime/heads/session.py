@@ -491,6 +491,37 @@ class MappingSession:
         return res
 
 
+    @_locked
+    def compare(self, features, class_names, *, validation=None, report=None, buffer_m: float = 0.0,
+                cancelled=lambda: False, log=lambda m: None) -> dict:
+        """``heads.compare`` on the cached features: every feature source the session offers on the
+        labels, and with a ``validation`` sample (a points file with reference classes) each
+        source's head assessed at its points. ``report``: the HTML table (whole or not at all)."""
+        from mpmae_core.runtime.heads.compare import best_row, compare_sets, html_text, read_validation, table_text
+        from mpmae_core.runtime.io.files import atomic_write_text, check_output
+
+        if report:
+            check_output(report, self.sources, "report", (".html", ".htm"), "an HTML page")
+        x, y, groups, positions = self.training_data(features, buffer_m=buffer_m, positions=True)
+        blocks = self.train_blocks
+        val = vx = None
+        if validation:
+            p = self.prep
+            val = read_validation(validation, "reference", p.geotransform, p.width, p.height, p.projection,
+                                  list(class_names), log)
+            vx = self.features_at(val.rows, val.cols, blocks) if val.rows.size else None
+            if vx is None:
+                val = None
+                log("no validation point has a reference class yet: the table holds cross-validation only")
+        rows = compare_sets(x, y, groups, blocks, list(class_names), positions=positions,
+                            pixel_size_m=abs(self.prep.geotransform[1]), validation=val, validation_x=vx,
+                            cancelled=cancelled, log=log)
+        if report:
+            atomic_write_text(report, html_text(rows, "Which features map this place best?"))
+        return {"rows": rows, "text": table_text(rows), "best": rows[best_row(rows)[0]]["title"],
+                "by": best_row(rows)[1], "report": str(report or "")}
+
+
 __all__ = ["MappingSession", "StageCache", "build_stage_cache", "cache_root", "PREVIEW_CANDIDATE", "Block"]
 
 
