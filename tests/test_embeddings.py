@@ -618,3 +618,38 @@ def test_compare_features_with_cross_validation_and_a_validation_sample(scene_wi
     with pytest.raises(ValueError, match="not classes of the labels"):
         compare_features(str(crop), models_dir / "atto_test.onnx", feats[:12], names[:2], embedding=str(aef),
                          validation=str(validation_sample), feature_sets=["embedding"])
+
+
+from test_qgis_process import qgis_process  # noqa: E402,F401 (fixture)
+
+
+@pytest.mark.qgis_process
+def test_compare_features_and_an_embedding_alone_through_qgis_process(scene_with_embedding, validation_sample,
+                                                                       qgis_process, models_dir,  # noqa: F811
+                                                                       tmp_path):
+    """Headless, as a script runs it: mmearth:compare_features with the validation sample, then the
+    AlphaEarth file alone through train_head and segment with no model; a Sentinel-2 input
+    without a model is refused in words."""
+    import json
+
+    crop, aef, labels, census = scene_with_embedding
+    proc = qgis_process("--json", "run", "mmearth:compare_features", "--", f"INPUT={crop}",
+                        f"MODEL={models_dir / 'atto_test.onnx'}", f"LABELS={labels}", "CLASS_FIELD=landuse",
+                        f"OTHER_EMBEDDING={aef}", f"VALIDATION={validation_sample}",
+                        f"REPORT={tmp_path / 'cmp.html'}", f"TABLE={tmp_path / 'cmp.csv'}", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(proc.stdout)["results"]
+    assert results["BEST"].startswith("AlphaEarth") and (tmp_path / "cmp.csv").is_file()
+    assert "validation_overall_accuracy" in (tmp_path / "cmp.csv").read_text()
+    proc = qgis_process("--json", "run", "mmearth:train_head", "--", f"INPUT={aef}", f"LABELS={labels}",
+                        "CLASS_FIELD=landuse", f"OUTPUT={tmp_path / 'h.onnx'}", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = qgis_process("--json", "run", "mmearth:segment", "--", f"INPUT={aef}", f"HEAD={tmp_path / 'h.onnx'}",
+                        f"OUTPUT={tmp_path / 'map.tif'}", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = ["farm", "forest", "meadow", "residential"]
+    assert min(_agreement(gdal.Open(str(tmp_path / "map.tif")).ReadAsArray(), census, names).values()) > 0.9
+    proc = qgis_process("run", "mmearth:segment", "--", f"INPUT={crop}", f"HEAD={tmp_path / 'h.onnx'}",
+                        f"OUTPUT={tmp_path / 'no.tif'}", timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Choose a model" in text and "Traceback" not in text

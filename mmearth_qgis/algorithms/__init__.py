@@ -4,6 +4,7 @@
 def all_algorithms():
     from .accuracy import AssessAlgorithm, SampleDesignAlgorithm
     from .change import ChangeAlgorithm
+    from .compare import CompareFeaturesAlgorithm
     from .embed import EmbedAlgorithm
     from .fetch_model import FetchModelAlgorithm
     from .inspect_raster import InspectRasterAlgorithm
@@ -15,4 +16,4 @@ def all_algorithms():
 
     return [InspectRasterAlgorithm(), EmbedAlgorithm(), TrainHeadAlgorithm(), SegmentAlgorithm(), SimilarityAlgorithm(),
             FetchModelAlgorithm(), StackAlgorithm(), SampleDesignAlgorithm(), AssessAlgorithm(), ChangeAlgorithm(),
-            TesseraTileAlgorithm()]
+            TesseraTileAlgorithm(), CompareFeaturesAlgorithm()]
