@@ -653,3 +653,40 @@ def test_compare_features_and_an_embedding_alone_through_qgis_process(scene_with
                         f"OUTPUT={tmp_path / 'no.tif'}", timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Choose a model" in text and "Traceback" not in text
+
+
+def test_batch_maps_embedding_tiles_alone_on_a_dask_cluster(scene_with_embedding, tmp_path, monkeypatch):
+    """Two AlphaEarth tiles, a head trained on one alone, mapped by batch on a real LocalCluster in
+    row blocks: each map equals the single-process one; without a head the batch is refused."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    from mpmae_core.runtime import batch as B
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.inference.predict import segment
+    from mpmae_core.runtime.io.labels import read_label_file
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, labels, census = scene_with_embedding
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for i, x in enumerate((0, 128)):
+        gdal.Translate(str(tiles / f"aef_{i}.tif"), str(aef), srcWin=[x, 0, 128, 192])
+    feats, names, ids, _ = read_label_file(labels, "landuse", gdal.Open(str(aef)).GetProjection())
+    train_pixel_head(str(aef), "none", feats, names, tmp_path / "h.onnx", feature_ids=ids, classifiers=["logistic"])
+    with pytest.raises(B.BatchError, match="head trained on them"):
+        B.run_batch("segment", str(tiles / "*.tif"), "none", tmp_path / "out0")
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=40)
+    client = Client(cluster)
+    try:
+        report = B.run_batch("segment", str(tiles / "*.tif"), "none", tmp_path / "out", head=str(tmp_path / "h.onnx"),
+                             client=client, rows_per_block=1, options={"tile": 64})
+    finally:
+        client.close()
+        cluster.close()
+    assert len(report.done) == 2 and not report.failed, report.text()
+    for i in range(2):
+        one = segment(str(tiles / f"aef_{i}.tif"), "none", tmp_path / f"one_{i}.tif", head_path=tmp_path / "h.onnx")
+        np.testing.assert_array_equal(gdal.Open(str(tmp_path / "out" / f"aef_{i}_classes.tif")).ReadAsArray(),
+                                      gdal.Open(one["output"]).ReadAsArray())

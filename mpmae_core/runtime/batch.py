@@ -349,6 +349,7 @@ def plan_blocks(scene: Scene, job: Job, rows_per_block: int) -> tuple[int, list]
     from mpmae_core.runtime.models.model import read_metadata
     from mpmae_core.runtime.inference.tiling import raster_windows
 
+    from mpmae_core.runtime.inference.embedding_sources import without_model
     from mpmae_core.runtime.inference.series import reference_source
     from mpmae_core.runtime.io.products import stack_path
 
@@ -358,14 +359,16 @@ def plan_blocks(scene: Scene, job: Job, rows_per_block: int) -> tuple[int, list]
                                                      reference=opts.get("reference") or 0)))
     else:
         ds = open_raster(scene.source)
-    patch = read_metadata(job.model).patch_size
+    alone = without_model(job.model)  # another model's embedding read alone: pixel by pixel, no overlap
+    patch = 1 if alone else read_metadata(job.model).patch_size
+    overlap = 0 if alone else job.options.get("overlap", 128)
     height, width = ds.RasterYSize, ds.RasterXSize
     if job.options.get("aoi"):  # the tiles of the area's window (AoiError: the scene lies outside it)
         from mpmae_core.runtime.io.aoi import aoi_window, read_aoi
 
         _, _, width, height = aoi_window(read_aoi(job.options["aoi"], ds.GetProjection()), ds.GetGeoTransform(),
                                          width, height, patch)
-    n = len(raster_windows(height, width, job.options.get("tile", 512), job.options.get("overlap", 128), patch))
+    n = len(raster_windows(height, width, job.options.get("tile", 512), overlap, patch))
     step = max(1, int(rows_per_block))
     return n, [(a, min(a + step, n)) for a in range(0, n, step)]
 
@@ -534,19 +537,30 @@ def run_batch(mode: str, inputs: str, model: str, out_dir, *, head: Optional[str
         raise BatchError(f"the output folder '{out_dir}' is a file: give a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     check_output(out_dir / REPORT_NAME, [], "report", (".json",), "a JSON report")
-    meta = read_metadata(model)
-    if mode == "segment" and head is None and meta.kind != "segmenter":
-        raise BatchError(f"'{model}' is an encoder: give --head HEAD.onnx to map classes, or a segmenter model")
+    from mpmae_core.runtime.inference.embedding_sources import without_model
+
+    alone = without_model(model)  # the scenes are another model's embeddings, read alone by a head trained so
+    if alone:
+        if mode != "segment" or not head:
+            raise BatchError("embeddings read alone (the model 'none') are mapped by a head trained on them: use "
+                             "batch segment with --head HEAD.onnx")
+        if (options or {}).get("series"):
+            raise BatchError("an embedding read alone is one file per place, not a series of dates")
+    else:
+        meta = read_metadata(model)
+        if mode == "segment" and head is None and meta.kind != "segmenter":
+            raise BatchError(f"'{model}' is an encoder: give --head HEAD.onnx to map classes, or a segmenter model")
     if head:
         read_metadata(head)
     options = dict(options or {})
-    job = Job(mode, str(Path(model).resolve()), str(Path(head).resolve()) if head else None, options, device)
+    job = Job(mode, "none" if alone else str(Path(model).resolve()), str(Path(head).resolve()) if head else None,
+              options, device)
     if options.get("series") and mode != "segment":
         raise BatchError("a series is mapped with a head trained on it: use batch segment --series --head HEAD.onnx")
     scenes = series_scene(inputs, out_dir / "_inputs", options, log) if options.get("series") else \
         expand_inputs(inputs, out_dir / "_inputs", exclude=out_dir, log=log)
     t0 = time.time()
-    ident = {"model": model_identity(model), "head": model_identity(head) if head else None}
+    ident = {"model": None if alone else model_identity(model), "head": model_identity(head) if head else None}
     own = client is None
     cluster = None
     if own:

@@ -255,7 +255,7 @@ def compare_features(source, model_path, features, class_names, *, validation=No
     from mpmae_core.runtime.inference.series import source_blocks
     from mpmae_core.runtime.io.files import atomic_write_text, check_output
 
-    check_tiling(tile, overlap, 0)
+    check_tiling(tile, 0 if without_model(model_path) else overlap, 0)
     inputs = input_files(source) + ([] if without_model(model_path) else [str(model_path)]) + \
         ([str(validation)] if validation else [])
     for path, what, ext, kind in ((report, "report", (".html", ".htm"), "an HTML page"),

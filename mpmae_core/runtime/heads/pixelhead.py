@@ -592,10 +592,10 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     from mpmae_core.runtime.inference.predict import check_tiling, input_files
     from mpmae_core.runtime.inference.series import SeriesInput, source_blocks
 
-    check_tiling(tile, overlap, 0)
+    alone = without_model(model_path)  # the input is another model's embedding, read alone
+    check_tiling(tile, 0 if alone else overlap, 0)
     if not isinstance(buffer_m, (int, float)) or not np.isfinite(buffer_m) or buffer_m < 0:
         raise ValueError(f"the point buffer must be a distance in metres >= 0, got {buffer_m!r}")
-    alone = without_model(model_path)  # the input is another model's embedding, read alone
     inputs = input_files(source) + ([] if alone else [str(model_path)]) + \
         (input_files(feature_raster) if feature_raster else [])
     check_output(output, inputs, "head", (".onnx",), "an ONNX model")

@@ -431,8 +431,8 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
 
     from mpmae_core.runtime.inference.embedding_sources import without_model
 
-    check_tiling(tile, overlap, batch)
     alone = without_model(model_path)
+    check_tiling(tile, 0 if alone else overlap, batch)  # an embedding read alone needs no overlap
     inputs = input_files(source) + ([] if alone else [str(model_path)]) + ([str(head_path)] if head_path else [])
     check_outputs({"class map": output, "probabilities": probabilities_path}, inputs)
     if alone:
