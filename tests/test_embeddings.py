@@ -690,3 +690,61 @@ def test_batch_maps_embedding_tiles_alone_on_a_dask_cluster(scene_with_embedding
         one = segment(str(tiles / f"aef_{i}.tif"), "none", tmp_path / f"one_{i}.tif", head_path=tmp_path / "h.onnx")
         np.testing.assert_array_equal(gdal.Open(str(tmp_path / "out" / f"aef_{i}_classes.tif")).ReadAsArray(),
                                       gdal.Open(one["output"]).ReadAsArray())
+
+
+def test_change_between_two_years_of_an_embedding_alone(scene_with_embedding, tmp_path, monkeypatch, run_alg):
+    """Two years of AlphaEarth-format embeddings, the second with one rectangle's vectors turned to
+    another class: the cosine distance (the only band, no encoder) is high there and low elsewhere,
+    Otsu's threshold parts them, and a change head from a few labelled examples maps the change."""
+    from helpers import point_labels
+
+    from mpmae_core.runtime.heads.change import change_map
+    from mpmae_core.runtime.inference.change import change_magnitude
+    from mpmae_core.runtime.io.labels import read_label_file
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, _, census = scene_with_embedding
+    ds = gdal.Open(str(aef))
+    stored = np.stack([ds.GetRasterBand(i + 1).ReadAsArray().view(np.int8) for i in range(64)])
+    changed = np.zeros(census.shape, bool)
+    changed[40:100, 60:160] = True
+    rng = np.random.default_rng(31)
+    new = rng.normal(size=64) + 0.4 * rng.normal(size=(int(changed.sum()), 64))
+    new /= np.linalg.norm(new, axis=-1, keepdims=True)
+    after = stored.copy()
+    after[:, changed] = np.clip(np.round(np.sign(new) * np.sqrt(np.abs(new)) * 127.5), -127, 127).astype(np.int8).T
+    year2 = tmp_path / "aef_2024.tif"
+    out = gdal.GetDriverByName("GTiff").Create(str(year2), ds.RasterXSize, ds.RasterYSize, 64, gdal.GDT_Byte,
+                                               ["PIXELTYPE=SIGNEDBYTE"])
+    out.SetGeoTransform(ds.GetGeoTransform())
+    out.SetProjection(ds.GetProjection())
+    for i in range(64):
+        out.GetRasterBand(i + 1).SetDescription(f"A{i:02d}")
+        out.GetRasterBand(i + 1).WriteArray(after[i].view(np.uint8))
+    out = None
+    res = change_magnitude(str(aef), str(year2), "none", tmp_path / "change.tif")
+    dist = gdal.Open(res["output"])
+    assert dist.RasterCount == 1 and dist.GetRasterBand(1).GetDescription() == "cosine_distance"
+    d = dist.ReadAsArray()
+    assert np.nanmedian(d[changed]) > 0.5 > 0.05 > np.nanmedian(d[~changed])
+    t = res["thresholds"]["cosine_distance"]
+    assert ((d > t) == changed).mean() > 0.97
+    points = [(int(r), int(c), "cleared") for r, c in zip(rng.integers(45, 95, 8), rng.integers(65, 155, 8))]
+    points += [(int(r), int(c), "no change") for r, c in zip(rng.integers(120, 190, 8), rng.integers(0, 250, 8))]
+    labels = point_labels(tmp_path / "change.gpkg", points, ds.GetProjection(), ds.GetGeoTransform(), field="kind")
+    feats, names, ids, _ = read_label_file(labels, "kind", ds.GetProjection())
+    got = change_map(str(aef), str(year2), "none", tmp_path / "types.tif", features=feats, class_names=names,
+                     feature_ids=ids)
+    types = gdal.Open(got["output"]).ReadAsArray()
+    assert ((types == names.index("cleared")) == changed).mean() > 0.97
+    # the same in QGIS, without a model; and on the command line with the model 'none'
+    result, _ = run_alg("mmearth:change", {"INPUT": str(aef), "AFTER": str(year2), "OUTPUT": str(tmp_path / "q.tif"),
+                                           "LABELS": str(labels), "CLASS_FIELD": "kind",
+                                           "MAP": str(tmp_path / "q_types.tif")})
+    np.testing.assert_array_equal(gdal.Open(result["MAP"]).ReadAsArray(), types)
+    assert np.isnan(result["SPECTRAL_THRESHOLD"]) and result["COSINE_THRESHOLD"] == pytest.approx(t)
+    from mpmae_core.runtime.__main__ import main
+
+    assert main(["change", str(aef), str(year2), "none", str(tmp_path / "cli.tif"), "--labels", str(labels),
+                 "--class-field", "kind", "--map", str(tmp_path / "cli_types.tif")]) == 0
+    np.testing.assert_array_equal(gdal.Open(str(tmp_path / "cli_types.tif")).ReadAsArray(), types)

@@ -60,7 +60,8 @@ class ChangeAlgorithm(InferenceAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.INPUT, "Earlier date (a raster or a Sentinel-2 product)"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "Later date (a raster or a Sentinel-2 product)"))
-        self.addParameter(model_parameter(self.MODEL, "Model (a model of the models folder by name, or an .onnx file)"))
+        self.addParameter(model_parameter(self.MODEL, "Model (a model of the models folder by name, or an .onnx file; "
+                                                      "not used for two embeddings of another model)", optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Change (cosine distance, spectral "
                                                                                "change)"))
         self.addParameter(QgsProcessingParameterFeatureSource(
@@ -103,7 +104,8 @@ class ChangeAlgorithm(InferenceAlgorithm):
 
         before = self.side(parameters, context, self.INPUT, self.BEFORE_OTHER)
         after = self.side(parameters, context, self.AFTER, self.AFTER_OTHER)
-        model = self.model_path(parameters, self.MODEL, context)
+        first = before[0] if isinstance(before, list) else before
+        model, alone = self.encoder_or_alone(parameters, context, first, feedback)
         out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         has_labels = bool(parameters.get(self.LABELS))
         head_value = self.parameterAsString(parameters, self.HEAD, context)
@@ -119,11 +121,11 @@ class ChangeAlgorithm(InferenceAlgorithm):
                                          "field) or a change head trained before.")
         opts = self.inference_options(parameters, context)
         opts.pop("batch", None)
-        first = before[0] if isinstance(before, list) else before
+        opts.update(alone)
         opts["aoi"] = self.area_of_interest(parameters, context, feedback, first)
         res = self.run_guarded(lambda **kw: change_magnitude(before, after, model, out, **opts, **kw), feedback)
         results = {self.OUTPUT: out, self.COSINE_THRESHOLD: res["thresholds"]["cosine_distance"],
-                   self.SPECTRAL_THRESHOLD: res["thresholds"]["spectral_change"], self.CHOSEN: ""}
+                   self.SPECTRAL_THRESHOLD: res["thresholds"].get("spectral_change", float("nan")), self.CHOSEN: ""}
         self.style_on_load(context, out)
         if map_out:
             features = names = ids = None

@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("before", help="the earlier date (a raster or product) or period (a series: a quoted glob, paths "
                                    "separated by commas, a text file of paths)")
     ch.add_argument("after", help="the later date or period; brought onto the grid of the earlier")
-    ch.add_argument("model", help="the encoder")
+    ch.add_argument("model", help="the encoder, or 'none' when both sides are another model's embedding (two years of "
+                                   "AlphaEarth, say): the cosine distance of their vectors")
     ch.add_argument("output", help="the change raster (.tif): cosine distance of the encoder's features, and the "
                                    "spectral change, with a suggested threshold (Otsu) on each")
     ch.add_argument("--labels", help="labelled examples of change types (e.g. 'no change', 'forest to field'): also "
@@ -585,7 +586,10 @@ def change_command(args, log) -> int:
                 from mpmae_core.runtime.io.labels import read_label_file
                 from mpmae_core.runtime.io.products import stack_path
 
-                wkt = open_raster(stack_path(reference_source(args.before, dates=args.before_dates))).GetProjection()
+                from mpmae_core.runtime.inference.embedding_sources import EmbeddingRaster, without_model
+
+                wkt = EmbeddingRaster(args.before).projection if without_model(args.model) else \
+                    open_raster(stack_path(reference_source(args.before, dates=args.before_dates))).GetProjection()
                 features, names, ids, _ = read_label_file(args.labels, args.class_field, wkt)
                 log(f"{len(features)} labelled examples of {len(names)} change types: {', '.join(names)}")
             out = change_map(args.before, args.after, args.model, args.map, head_path=args.head, features=features,

@@ -28,7 +28,9 @@ def change_map(before, after, model_path, output, *, head_path=None, features=No
     if (head_path is None) == (features is None):
         raise ValueError("give either labelled examples of the change types (labels and a class field) or a change "
                          "head trained on such examples")
-    meta = read_metadata(model_path)
+    from mpmae_core.runtime.inference.embedding_sources import without_model
+
+    meta = None if without_model(model_path) else read_metadata(model_path)  # None: two embeddings read alone
     pair = prepare_pair(before, after, meta, before_dates=before_dates, after_dates=after_dates, min_valid=min_valid,
                         log=log, **prep_kw)
     trained = None

@@ -16,7 +16,8 @@ where both sides are valid.
 
 - ``cosine_distance``: 1 minus the mean, over the encoder's outputs (every stage and the
   embedding, upsampled to the pixel), of the cosine similarity of the two sides' vectors: 0 for
-  the same, 1 for unrelated, 2 for opposite;
+  the same, 1 for unrelated, 2 for opposite; for two embeddings of another model read alone
+  (two years of AlphaEarth, say; no encoder), of their vectors, and this is the only band;
 - ``spectral_change``: the length of the change vector of the normalised bands, divided by the
   square root of their number (so in units of the bands' standard deviations).
 
@@ -50,7 +51,7 @@ def side_blocks(prep, meta) -> list[Block]:
 
     if isinstance(prep, SeriesInput):
         return [b for b in prep.blocks if b.name.endswith(":median")]
-    return encoder_blocks(meta)
+    return list(getattr(prep, "blocks", None) or encoder_blocks(meta))  # another model's embedding: its block
 
 
 class PairInput:
@@ -75,20 +76,35 @@ class PairInput:
         # the ground, which a few "no change" examples teach far better than both sides side by side)
         self.blocks += [Block(f"{base_name(b.name)}@{CHANGE}", b.channels, b.stride) for b in self.own_blocks[0]]
         # one date: its bands and its validity; a series: its dates' bands and validity (SeriesInput)
-        self.widths = [len(p.band_numbers) + (0 if hasattr(p, "read_block") else 1) for p in self.sides]
+        self.widths = [len(p.band_numbers) + (0 if self._series(p) else 1) for p in self.sides]
         self.band_numbers = list(range(1, sum(self.widths) + 1))
         self.files = list(files)
 
+    @staticmethod
+    def _series(prep) -> bool:
+        from mpmae_core.runtime.inference.series import SeriesInput
+
+        return isinstance(prep, SeriesInput)
+
+    @property
+    def embedding(self):
+        """Another model's embedding, when both sides are one read alone (else None)."""
+        return getattr(self.sides[0], "embedding", None) if hasattr(self.sides[0], "fingerprint") else None
+
+    def fingerprint(self) -> dict:
+        """What a head on two embeddings read alone records (their source's)."""
+        return self.sides[0].fingerprint()
+
     def read_block(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         """Both sides' channels, each as it reads itself (a series: its dates' bands and validity;
-        one date: its bands, then its validity as one more channel); valid where both are."""
-        from mpmae_core.runtime.inference.raster import PreparedInput, read_block
+        one date, or an embedding: its values, then its validity as one more channel); valid where
+        both are."""
+        from mpmae_core.runtime.inference.raster import read_block
 
         parts, ok = [], np.ones((h, w), bool)
         for p in self.sides:
             values, valid = read_block(p, y, x, h, w)
-            parts.append(np.concatenate([values, valid[None].astype(np.float32)]) if isinstance(p, PreparedInput)
-                         else values)
+            parts.append(values if self._series(p) else np.concatenate([values, valid[None].astype(np.float32)]))
             ok &= valid
         return np.concatenate(parts, axis=0), ok
 
@@ -166,14 +182,17 @@ class ChangeRunner:
 
     def __init__(self, pair: PairInput, model):
         self.encoder = [(base_name(b.name), b.stride) for b in pair.own_blocks[0] if base_name(b.name) != SPECTRA]
+        self.spectra = any(base_name(b.name) == SPECTRA for b in pair.own_blocks[0])  # not of embeddings alone
+        self.names = ["cosine_distance"] + (["spectral_change"] if self.spectra else [])
         self.maps = PairMaps(pair, model, pair.blocks)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         b, _, th, tw = x.shape
-        out = np.empty((b, 2, th, tw), np.float32)
+        out = np.empty((b, len(self.names), th, tw), np.float32)
         for i, tile in enumerate(x):
             maps = self.maps(tile[None])[0]
-            out[i, 1] = spectral_change(maps[f"{SPECTRA}@before"], maps[f"{SPECTRA}@after"])
+            if self.spectra:
+                out[i, 1] = spectral_change(maps[f"{SPECTRA}@before"], maps[f"{SPECTRA}@after"])
             step = rows_per_chunk(2 * sum(maps[f"{n}@before"].shape[0] for n, _ in self.encoder), tw)
             for r0 in range(0, th, step):
                 r1 = min(th, r0 + step)
@@ -232,11 +251,24 @@ def otsu_threshold(counts: np.ndarray, edges: np.ndarray) -> float:
 def prepare_pair(before, after, meta, *, before_dates=None, after_dates=None, min_valid: int = 1,
                  log: Callable[[str], None] = lambda m: None, **prep_kw) -> PairInput:
     """Both sides prepared on the grid of ``before`` (``series.prepare_source`` for each: a raster,
-    a product or a series)."""
+    a product or a series); with ``meta`` None, two embeddings of another model read alone
+    (``embedding_sources.embedding_input``; e.g. two years of AlphaEarth)."""
     from mpmae_core.runtime.inference.predict import input_files
     from mpmae_core.runtime.inference.series import looks_like_series, prepare_source, reference_source
     from mpmae_core.runtime.io.gdal_io import open_raster
     from mpmae_core.runtime.io.products import stack_path
+
+    if meta is None:
+        from mpmae_core.runtime.inference.embedding_sources import EmbeddingInput, embedding_input, on_grid_of
+
+        kind = prep_kw.get("embedding_kind")
+        a = embedding_input(before, kind, dates=before_dates, aoi=prep_kw.get("aoi"), log=log)
+        b = embedding_input(after, kind, dates=after_dates, aoi=prep_kw.get("aoi"), log=log)
+        if a.embedding.spec is not b.embedding.spec or a.embedding.dims != b.embedding.dims:
+            raise ValueError(f"the two sides are different embeddings ({a.embedding.spec.title}, "
+                             f"{b.embedding.spec.title}): their change means nothing; give two of one source")
+        b = EmbeddingInput(on_grid_of(b.embedding, a, log), after)
+        return PairInput(a, b, None, input_files(before) + input_files(after))
 
     a = prepare_source(before, meta, dates=before_dates, min_valid=min_valid, log=log, **prep_kw)
     grid = open_raster(stack_path(reference_source(before, dates=before_dates)))
@@ -261,25 +293,27 @@ def change_magnitude(before, after, model_path, output, *, tile: int = 512, over
         input_files, writer_guard
     from mpmae_core.runtime.inference.raster import RasterWriter
     from mpmae_core.runtime.io.styles import pseudocolor_qml, style_path
+    from mpmae_core.runtime.inference.embedding_sources import without_model
     from mpmae_core.runtime.models.model import OnnxModel
 
-    check_tiling(tile, overlap, batch)
-    check_outputs({"output": output}, input_files(before) + input_files(after) + [str(model_path)])
-    model = OnnxModel(model_path, device=device, log=log)
-    if model.metadata.kind != "encoder":
+    alone = without_model(model_path)  # two embeddings of another model, read alone
+    check_tiling(tile, 0 if alone else overlap, batch)
+    check_outputs({"output": output}, input_files(before) + input_files(after) + ([] if alone else [str(model_path)]))
+    model = None if alone else OnnxModel(model_path, device=device, log=log)
+    if model is not None and model.metadata.kind != "encoder":
         raise ValueError(f"'{model_path}' is a {model.metadata.kind} model; change needs an encoder model")
-    pair = prepare_pair(before, after, model.metadata, before_dates=before_dates, after_dates=after_dates,
-                        min_valid=min_valid, log=log, **prep_kw)
+    pair = prepare_pair(before, after, model.metadata if model else None, before_dates=before_dates,
+                        after_dates=after_dates, min_valid=min_valid, log=log, **prep_kw)
     for note in pair.notes:
         log(note)
     runner = ChangeRunner(pair, model)
-    predictor = TiledPredictor(model, pair, TileSpec(tile, overlap, 1), "probabilities", runner=runner,
-                               patch=model.metadata.patch_size)
-    names = list(RANGES)
+    predictor = TiledPredictor(model, pair, TileSpec(tile, 0 if alone else overlap, 1), "probabilities",
+                               runner=runner, patch=model.metadata.patch_size if model else 1)
+    names = runner.names
     hist = {n: np.zeros(OTSU_BINS, np.int64) for n in names}
     edges = {n: np.linspace(*RANGES[n], OTSU_BINS + 1) for n in names}
-    writer = RasterWriter(output, predictor.out_w, predictor.out_h, 2, "float32", pair.geotransform, pair.projection,
-                          nodata=float("nan"), descriptions=names, cog=cog)
+    writer = RasterWriter(output, predictor.out_w, predictor.out_h, len(names), "float32", pair.geotransform,
+                          pair.projection, nodata=float("nan"), descriptions=names, cog=cog)
 
     def write(y, values, valid):
         writer.write_rows(y, values, valid)
@@ -303,4 +337,4 @@ def change_magnitude(before, after, model_path, output, *, tile: int = 512, over
                 "lie above it. A suggestion from the histogram, not a tested rule: check it against places you know")
     pair.close()
     return dict(stats, output=str(output), thresholds=thresholds, changed=changed, width=predictor.out_w,
-                height=predictor.out_h, provider=model.providers[0])
+                height=predictor.out_h, provider=model.providers[0] if model else "numpy")

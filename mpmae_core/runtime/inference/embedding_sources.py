@@ -302,8 +302,10 @@ def embedding_input(source, kind: Optional[str] = None, *, series: Optional[bool
     """``source`` (an embedding file: AlphaEarth, a TESSERA tile or GeoTIFF, or a float raster
     declared with ``kind``) read alone, for a head without Sentinel-2 and without an encoder. What
     does not apply to it is refused in words."""
-    if hasattr(source, "read_block"):
-        if isinstance(source, EmbeddingInput):
+    if hasattr(source, "read_block"):  # prepared already: an embedding, or a change pair of two of them
+        from mpmae_core.runtime.inference.pixel_features import is_external
+
+        if getattr(source, "blocks", None) and all(is_external(b.name) for b in source.blocks):
             return source
         raise ValueError("without an encoder model the input must be another model's embedding")
     if isinstance(source, (list, tuple)):
@@ -330,7 +332,7 @@ def embedding_input(source, kind: Optional[str] = None, *, series: Optional[bool
 def check_embedding_head(head_meta, head_path, prep: EmbeddingInput) -> None:
     """Refuse, in words, a head that cannot read this embedding alone: one that also reads
     Sentinel-2 spectra or MMEarth's maps, or one trained on another embedding source."""
-    from mpmae_core.runtime.inference.pixel_features import EXTERNAL_PREFIX, is_external
+    from mpmae_core.runtime.inference.pixel_features import EXTERNAL_PREFIX, base_name, is_external
 
     if not head_meta.per_pixel:
         raise ValueError(f"the head '{head_path}' is a patch head of an encoder: an embedding read alone needs a "
@@ -339,14 +341,14 @@ def check_embedding_head(head_meta, head_path, prep: EmbeddingInput) -> None:
     if others:
         raise ValueError(f"the head '{head_path}' reads Sentinel-2 features too ({', '.join(others)}): give the "
                          f"Sentinel-2 raster and the encoder, with this embedding beside it (--embedding)")
-    wanted = [f[len(EXTERNAL_PREFIX):] for f in head_meta.features]
+    wanted = sorted({base_name(f)[len(EXTERNAL_PREFIX):] for f in head_meta.features})
     have = prep.embedding.spec.name
     if wanted != [have]:
         titles = ", ".join(registry.EMBEDDING_SOURCES[w].title if w in registry.EMBEDDING_SOURCES else w
                            for w in wanted)
         raise ValueError(f"the head '{head_path}' was trained on {titles}, not on the {prep.embedding.spec.title} "
                          f"given here: its map would be wrong. Give it that embedding, or train a head on this one")
-    channels = [int(c) for c in head_meta.feature_channels]
-    if channels != [prep.embedding.dims]:
-        raise ValueError(f"the head '{head_path}' expects {channels[0]} dimensions but '{prep.source}' has "
+    channels = {int(c) for c in head_meta.feature_channels}
+    if channels != {prep.embedding.dims}:
+        raise ValueError(f"the head '{head_path}' expects {min(channels)} dimensions but '{prep.source}' has "
                          f"{prep.embedding.dims}: train the head on this embedding")

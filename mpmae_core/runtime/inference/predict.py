@@ -523,7 +523,11 @@ def _segment_embedding(source, output, head_path, probabilities_path, *, tile, b
         raise ValueError(f"'{head_path}' is a {head.metadata.kind} model, not a head")
     prep = embedding_input(source, embedding_kind, series=series, dates=dates, aoi=aoi, log=log)
     check_embedding_head(head.metadata, head_path, prep)
-    runner = TiledPredictor(None, prep, TileSpec(tile, 0, batch or 1), "probabilities", head=head, blocks=prep.blocks,
+    from mpmae_core.runtime.inference.pixel_features import blocks_by_name
+
+    blocks = blocks_by_name(prep.blocks, head.metadata.features, head.metadata.feature_channels,
+                            f"the head '{head_path}'")
+    runner = TiledPredictor(None, prep, TileSpec(tile, 0, batch or 1), "probabilities", head=head, blocks=blocks,
                             patch=1)
     return _write_class_map(runner, prep, head.metadata, output, probabilities_path, log=log,
                             provider=head.providers[0], **kw)
