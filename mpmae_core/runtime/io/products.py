@@ -403,6 +403,12 @@ def stack_path(source, cache_dir=None) -> str:
     once into ``cache_dir`` (default: the runtime's cache) under a name that follows the source's
     path, size and time, and reused while they stay the same."""
     if not is_product(source):
+        if str(source).lower().endswith(".npy"):
+            from mpmae_core.runtime.io.gdal_io import RasterError
+
+            raise RasterError(f"'{source}' is a TESSERA embedding tile, not Sentinel-2 bands: the encoder cannot read "
+                              "it. Read it alone (the model 'none' on the command line; no model in QGIS), or beside "
+                              "a Sentinel-2 raster of the place (--embedding)")
         return str(source)
     source = product_of_gdal_name(str(source)) or str(source)  # the whole product, not one resolution's bands
     if not re.match(r"https?://", str(source)) and not Path(str(source)).exists():
