@@ -775,3 +775,48 @@ def test_a_tessera_tile_through_the_command_line(scene_with_embedding, tmp_path,
     assert main(["segment", str(tile), str(tmp_path / "h.onnx"), str(tmp_path / "no.tif"), "--head",
                  str(tmp_path / "h.onnx")]) != 0
     assert not (tmp_path / "no.tif").exists()
+
+
+def test_an_embedding_beside_a_series_of_dates(scene_with_embedding, models_dir, tmp_path, monkeypatch):
+    """Three cloudy dates and an annual AlphaEarth file of the place: the candidates hold the
+    temporal sets and the embedding's, and the map with the series and the embedding follows the
+    classes the embedding carries wherever a date sees the ground."""
+    from helpers import series_dates
+
+    from mpmae_core.runtime.heads.pixelhead import train_pixel_head
+    from mpmae_core.runtime.inference.predict import segment
+    from mpmae_core.runtime.io.labels import read_label_file
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    _, aef, labels, census = scene_with_embedding
+    paths, clouds, _ = series_dates(tmp_path / "dates")
+    series = ",".join(str(p) for p in paths)
+    feats, names, ids, _ = read_label_file(labels, "landuse", gdal.Open(str(paths[0])).GetProjection())
+    logs = []
+    res = train_pixel_head(series, models_dir / "atto_test.onnx", feats, names, tmp_path / "h.onnx",
+                           feature_ids=ids, embedding=str(aef), classifiers=["logistic"], log=logs.append)
+    sets = {s["candidate"].feature_set for s in res["scores"]}
+    assert {"t-spectra", "embedding"} <= sets, sets
+    assert "embedding" in res["chosen"] or "all" in res["chosen"]
+    out = segment(series, models_dir / "atto_test.onnx", tmp_path / "map.tif", head_path=tmp_path / "h.onnx",
+                  embedding=str(aef))
+    got = gdal.Open(out["output"]).ReadAsArray()
+    seen = ~clouds.all(0)
+    assert (got[~seen] == 255).all()
+    agree = _agreement(np.where(seen, got, 254), census, names)
+    assert min(agree.values()) > 0.85, agree
+    with pytest.raises(ValueError, match="give it the embedding"):
+        segment(series, models_dir / "atto_test.onnx", tmp_path / "no.tif", head_path=tmp_path / "h.onnx")
+
+
+def test_an_annual_embedding_is_kept_where_the_reference_date_is_cloudy():
+    """A label under the reference date's clouds drops that date's own blocks, never the annual
+    embedding (nor the temporal blocks)."""
+    from mpmae_core.runtime.inference.pixel_features import Block, without_masked_reference
+
+    blocks = [Block("spectra", 2, 1), Block("spectra:median", 2, 1), Block("ext-alphaearth", 3, 1)]
+    x = np.arange(14, dtype=np.float32).reshape(2, 7)
+    x[0, :2] = np.nan  # the reference date is cloudy at the first label
+    got, kept, lost = without_masked_reference(x, blocks)
+    assert lost == 1 and [b.name for b in kept] == ["spectra:median", "ext-alphaearth"]
+    np.testing.assert_array_equal(got, x[:, 2:])

@@ -52,7 +52,7 @@ from mpmae_core.runtime.heads.forest import RandomForest
 from mpmae_core.runtime.models.metadata import METADATA_KEY, ModelMetadata
 from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS, DIFFERENCE_FEATURE_SETS, \
     EXTERNAL_FEATURE_SETS, FEATURE_SETS, SPECTRA, TEMPORAL_FEATURE_SETS, Block, feature_set_blocks, \
-    feature_set_columns, is_temporal, union_feature_set
+    feature_set_columns, reference_own, union_feature_set
 
 CLASSIFIERS = ("logistic", "forest")
 L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
@@ -561,9 +561,10 @@ def open_head_input(source, model_path, *, embedding=None, embedding_kind: Optio
     if embedding:  # another model's embedding beside the raster: its own feature sets join the candidates
         from mpmae_core.runtime.inference.embedding_sources import with_embedding
         from mpmae_core.runtime.inference.raster import PreparedInput
+        from mpmae_core.runtime.inference.series import SeriesInput
 
-        if not isinstance(prep, PreparedInput):
-            raise ValueError("another model's embedding goes beside one raster, not yet beside a series of dates")
+        if not isinstance(prep, (PreparedInput, SeriesInput)):
+            raise ValueError("another model's embedding goes beside a raster or a series of dates")
         prep = with_embedding(prep, embedding, meta, embedding_kind, log)
     return model, meta, prep, overlap
 
@@ -590,7 +591,7 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     from mpmae_core.runtime.inference.embedding_sources import without_model
     from mpmae_core.runtime.inference.pixel_features import base_name, small_raster_warning
     from mpmae_core.runtime.inference.predict import check_tiling, input_files
-    from mpmae_core.runtime.inference.series import SeriesInput, source_blocks
+    from mpmae_core.runtime.inference.series import series_of, source_blocks
 
     alone = without_model(model_path)  # the input is another model's embedding, read alone
     check_tiling(tile, 0 if alone else overlap, 0)
@@ -607,7 +608,7 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
         device=device, series=series, dates=dates, reference=reference, min_valid=min_valid, level=level,
         dn_offset=dn_offset, band_map=band_map, scale=scale, aoi=aoi, masks=masks, seasons=seasons,
         feature_raster=feature_raster, log=log)
-    is_series = isinstance(prep, SeriesInput)
+    is_series = series_of(prep) is not None  # a series, alone or with another model's embedding beside
     if feature_sets is None:  # every set the input offers: a series adds the temporal, a change pair the differences
         feature_sets = offered_feature_sets(source_blocks(prep, meta))
     else:
@@ -631,7 +632,7 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
     if feature_raster:
         stored = (str(feature_raster), check_feature_raster(feature_raster, prep, meta, blocks))
     t0 = time.time()
-    single = [b.name for b in blocks if not is_temporal(b.name)]
+    single = [b.name for b in blocks if reference_own(b.name)]
     single = single if is_series and len(single) < len(blocks) else []  # optional only beside temporal blocks
     x, y, groups, samples, positions = gather_pixels(prep, model if needs_encoder else None, blocks, features,
                                                      class_names, buffer_m=buffer_m,
@@ -640,7 +641,7 @@ def train_pixel_head(source, model_path, features, class_names, output, *, repor
                                                      progress=lambda f: progress(0.5 * f), cancelled=cancelled,
                                                      feature_raster=stored, optional=single)
     if single:
-        x, blocks, cands = _reference_date_sets(x, blocks, cands, prep, log)
+        x, blocks, cands = _reference_date_sets(x, blocks, cands, series_of(prep), log)
     log(f"features of {len(y)} labelled pixels ({x.shape[1]} per pixel) in {time.time() - t0:.1f} s")
     res = choose_fit_and_write(x, y, groups, blocks, class_names, output, model, model_path, samples=samples,
                                class_colours=class_colours, report_path=report_path, cands=cands, folds=folds,
@@ -666,7 +667,8 @@ def _reference_date_sets(x, blocks, cands, prep, log) -> tuple:
     log(f"the reference date {prep.dates[prep.reference]} is masked at {lost} of {len(x)} labelled pixels: only the "
         "temporal feature sets are candidates (a head on that date's own features would map nothing under its "
         "clouds)")
-    return x, kept, [c for c in cands if all(is_temporal(b.name) for b in feature_set_blocks(blocks, c.feature_set))]
+    return x, kept, [c for c in cands if not any(reference_own(b.name)
+                                                 for b in feature_set_blocks(blocks, c.feature_set))]
 
 
 def check_feature_raster(path, prep, meta, blocks) -> list:

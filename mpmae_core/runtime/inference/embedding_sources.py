@@ -129,7 +129,8 @@ def on_grid_of(raster: EmbeddingRaster, prep, log=lambda m: None) -> EmbeddingRa
     from mpmae_core.runtime.io.files import user_cache_dir
     from mpmae_core.runtime.io.gdal_io import gdal, gdal_errors, same_grid
 
-    if same_grid(raster.ds, prep.ds):
+    grid = getattr(prep, "ds", None) or prep.preps[prep.reference].ds  # one raster's, or a series' reference date's
+    if same_grid(raster.ds, grid):
         return raster
     key = hashlib.sha256(f"{Path(raster.path).resolve()}|{Path(raster.path).stat().st_mtime_ns}|{prep.width}|"
                          f"{prep.height}|{tuple(prep.geotransform)}|{prep.projection}".encode()).hexdigest()[:12]
@@ -167,24 +168,32 @@ def on_grid_of(raster: EmbeddingRaster, prep, log=lambda m: None) -> EmbeddingRa
 
 
 class ExternalInput:
-    """A raster (or product) prepared for the model, with another model's embedding on its grid: a
-    tile is the raster's bands, then the embedding's dimensions; a pixel is valid where both are.
-    Its blocks: the raster's (spectra, MMEarth's maps) and ``ext-<source>``."""
+    """A raster (or product, or a series of dates: ``series.SeriesInput``) prepared for the model,
+    with another model's embedding on its grid: a tile is the input's channels, then the
+    embedding's dimensions; a pixel is valid where both are. Its blocks: the input's (spectra,
+    MMEarth's maps, a series' temporal blocks) and ``ext-<source>``."""
 
     def __init__(self, prep, raster: EmbeddingRaster, meta, log=lambda m: None):
-        from mpmae_core.runtime.inference.pixel_features import EXTERNAL_PREFIX, Block, encoder_blocks
+        from mpmae_core.runtime.inference.pixel_features import EXTERNAL_PREFIX, Block
 
         self.prep, self.meta = prep, meta
         self.embedding = on_grid_of(raster, prep, log)
         self.name = f"{EXTERNAL_PREFIX}{raster.spec.name}"
+        self.block = Block(self.name, self.embedding.dims, 1)
         self.width, self.height = prep.width, prep.height
         self.geotransform, self.projection = prep.geotransform, prep.projection
         self.level, self.dn_offset, self.scale = prep.level, prep.dn_offset, prep.scale
         self.source, self.notes = prep.source, list(prep.notes)
         self.channels = len(prep.band_numbers)
         self.band_numbers = list(range(1, self.channels + self.embedding.dims + 1))
-        self.blocks = encoder_blocks(meta) + [Block(self.name, self.embedding.dims, 1)]
-        self.files = [str(prep.source), str(raster.path)]
+        self.files = [str(f) for f in getattr(prep, "files", [prep.source])] + [str(raster.path)]
+
+    @property
+    def blocks(self) -> list:
+        """The input's blocks (a series' grow with the seasons a head names), then the embedding's."""
+        from mpmae_core.runtime.inference.series import source_blocks
+
+        return source_blocks(self.prep, self.meta) + [self.block]
 
     def read_block(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         from mpmae_core.runtime.inference.raster import read_block
@@ -204,25 +213,30 @@ class ExternalInput:
         return has_data(self.prep, y, x, h, w)
 
     def maps_runner(self, model, blocks):
-        return ExternalMaps(model, blocks, self.channels, self.name)
+        return ExternalMaps(model, blocks, self.channels, self.name, self.prep)
 
 
 class ExternalMaps:
-    """A batch of tiles (B, C + D, th, tw) -> per tile: the raster's blocks and the embedding's."""
+    """A batch of tiles (B, C + D, th, tw) -> per tile: the input's blocks (its own runner's, or
+    the encoder's) and the embedding's."""
 
-    def __init__(self, model, blocks, channels: int, name: str):
+    def __init__(self, model, blocks, channels: int, name: str, prep=None):
         from mpmae_core.runtime.inference.pixel_features import SPECTRA, EncoderMaps
 
         self.c, self.name = int(channels), name
-        self.encoder = EncoderMaps(model, [b for b in blocks if b.name not in (name, SPECTRA)])
+        own = getattr(prep, "maps_runner", None)  # a series reads its dates itself (spectra included)
+        self.spectra_here = own is None
+        self.inner = own(model, [b for b in blocks if b.name != name]) if own is not None else \
+            EncoderMaps(model, [b for b in blocks if b.name not in (name, SPECTRA)])
 
     def __call__(self, x: np.ndarray) -> list:
         from mpmae_core.runtime.inference.pixel_features import SPECTRA
 
         out = []
-        maps = self.encoder(np.ascontiguousarray(x[:, :self.c]))
+        maps = self.inner(np.ascontiguousarray(x[:, :self.c]))
         for tile, m in zip(x, maps):
-            m[SPECTRA] = tile[:self.c]
+            if self.spectra_here:
+                m[SPECTRA] = tile[:self.c]
             m[self.name] = tile[self.c:]
             out.append(m)
         return out

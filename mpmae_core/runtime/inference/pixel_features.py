@@ -57,6 +57,12 @@ def is_temporal(name: str) -> bool:
     return ":" in name
 
 
+def reference_own(name: str) -> bool:
+    """Whether a block belongs to one date of a series (its reference date's own spectra and maps),
+    not to every date (a temporal statistic) nor to none (another model's annual embedding)."""
+    return not is_temporal(name) and not is_external(name)
+
+
 def base_name(name: str) -> str:
     """The encoder output (or spectra) a block comes from: "stage1:median" (a temporal statistic)
     and "stage1@after" (one side of a change pair) -> "stage1"."""
@@ -158,15 +164,15 @@ def without_masked_reference(x: np.ndarray, blocks: Sequence[Block]) -> tuple[np
     """(x, blocks, lost) for a head on a series' labelled pixels ``x`` (n, F): when the reference
     date's own blocks lack data at ``lost`` > 0 pixels that the temporal blocks see (it is cloudy
     there), the temporal columns and blocks alone; else ``x`` and ``blocks`` as they are."""
-    single = block_columns(blocks, lambda b: not is_temporal(b.name))
-    temporal = block_columns(blocks, lambda b: is_temporal(b.name))
+    single = block_columns(blocks, lambda b: reference_own(b.name))
+    temporal = block_columns(blocks, lambda b: not reference_own(b.name))  # and another model's embedding
     if not len(single) or not len(temporal):
         return x, list(blocks), 0
     seen = np.isfinite(x[:, temporal]).all(1)
     lost = int((seen & ~np.isfinite(x[:, single]).all(1)).sum())
     if not lost:
         return x, list(blocks), 0
-    return x[:, temporal], [b for b in blocks if is_temporal(b.name)], lost
+    return x[:, temporal], [b for b in blocks if not reference_own(b.name)], lost
 
 
 def feature_set_columns(blocks: Sequence[Block], feature_set: str) -> tuple[list[Block], np.ndarray]:
@@ -307,7 +313,7 @@ def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols
     ty = axis_owner(rows, [r[0].y for r in windows], th)
     tx = axis_owner(cols, [w.x for w in windows[0]], tw)
     runner = maps_runner(prep, model, blocks)
-    single = block_columns(blocks, lambda bl: not is_temporal(bl.name))
+    single = block_columns(blocks, lambda bl: reference_own(bl.name))
     owners = sorted(set(zip(ty.tolist(), tx.tolist())))
     for i, (a, b) in enumerate(owners):
         if cancelled():

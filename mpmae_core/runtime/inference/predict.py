@@ -427,7 +427,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     ``source`` may be a series of dates (``series.prepare_source``: a glob, a list, or ``series``
     True) for a per-pixel head trained on one: ``dates``, the ``reference`` member and
     ``min_valid`` dates as ``series.prepare_series`` takes them."""
-    from mpmae_core.runtime.inference.series import SeriesInput, prepare_source, source_blocks
+    from mpmae_core.runtime.inference.series import prepare_source, series_of, source_blocks
 
     from mpmae_core.runtime.inference.embedding_sources import without_model
 
@@ -470,8 +470,9 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
     if embedding:  # another model's embedding beside the raster, for a head trained with it
         from mpmae_core.runtime.inference.embedding_sources import with_embedding
 
-        if not isinstance(prep, PreparedInput) or blocks is None:
-            raise ValueError("another model's embedding feeds a per-pixel head trained with it, beside one raster")
+        if series_of(prep) is None and not isinstance(prep, PreparedInput) or blocks is None:
+            raise ValueError("another model's embedding feeds a per-pixel head trained with it, beside a raster or "
+                             "a series of dates")
         prep = with_embedding(prep, embedding, meta, embedding_kind, log)
     for note in prep.notes:
         log(note)
@@ -479,16 +480,17 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
         raise ValueError("a series of dates (or a pair of them) is mapped by a per-pixel head trained on it (train-head "
                          "on the series, or mmearth change with labels); this model maps one raster: give one date")
     if blocks is not None:
-        from mpmae_core.runtime.inference.pixel_features import blocks_by_name, is_temporal
+        from mpmae_core.runtime.inference.pixel_features import blocks_by_name, is_external, is_temporal
 
-        if isinstance(prep, SeriesInput):  # a head trained with seasons names their windows
-            prep.offer(head.metadata.features, log)
+        series = series_of(prep)
+        if series is not None:  # a head trained with seasons names their windows
+            series.offer(head.metadata.features, log)
         blocks = blocks_by_name(source_blocks(prep, meta), head.metadata.features, head.metadata.feature_channels,
                                 f"the head '{head_path}'")
-        if isinstance(prep, SeriesInput) and any(not is_temporal(b.name) for b in blocks):
-            prep.require_reference = True
-            log(f"the head reads the reference date's own features ({prep.dates[prep.reference]}): pixels masked on "
-                "that date are no data in the map")
+        if series is not None and any(not is_temporal(b.name) and not is_external(b.name) for b in blocks):
+            series.require_reference = True
+            log(f"the head reads the reference date's own features ({series.dates[series.reference]}): pixels masked "
+                "on that date are no data in the map")
     spec = TileSpec(tile, overlap, batch or auto_batch(model))
     return _write_class_map(runner_for(model, prep, spec, head, blocks, meta.patch_size, log), prep, classes, output,
                             probabilities_path, cog=cog, style=style, progress=progress, cancelled=cancelled, log=log,

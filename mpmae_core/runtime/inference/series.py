@@ -137,6 +137,15 @@ def source_blocks(prep, meta) -> list[Block]:
     return list(getattr(prep, "blocks", None) or encoder_blocks(meta))
 
 
+def series_of(prep) -> Optional["SeriesInput"]:
+    """The series a prepared input is, or holds beside another model's embedding
+    (``embedding_sources.ExternalInput``); None for anything else."""
+    if isinstance(prep, SeriesInput):
+        return prep
+    inner = getattr(prep, "prep", None)
+    return inner if isinstance(inner, SeriesInput) else None
+
+
 class SeriesInput:
     """Several dates of one place on one grid, read as one input (see the module).
 
