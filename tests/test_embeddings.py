@@ -820,3 +820,40 @@ def test_an_annual_embedding_is_kept_where_the_reference_date_is_cloudy():
     got, kept, lost = without_masked_reference(x, blocks)
     assert lost == 1 and [b.name for b in kept] == ["spectra:median", "ext-alphaearth"]
     np.testing.assert_array_equal(got, x[:, 2:])
+
+
+def test_a_stored_sample_design_survives_any_bytes():
+    """The design compare-features reads from a stranger's points file: any text is a clean
+    AccuracyError or a valid design, never a crash; a valid one is read exactly."""
+    import json
+
+    from mpmae_core.runtime.heads import accuracy as A
+    from mpmae_core.runtime.heads.compare import sample_design_strata
+
+    good = {"strata": [{"stratum": "forest", "value": 1, "pixels": 900}, {"stratum": "farm", "value": 2,
+                                                                          "pixels": 100.5}]}
+    assert sample_design_strata(json.dumps(good)) == ({"forest": 1, "farm": 2}, {1: 900.0, 2: 100.5})
+    assert sample_design_strata(json.dumps({"strata": []})) is None
+    rng = random.Random(7)
+    text = json.dumps(good)
+    hostile = ["", "[", "null", "1e999", "[" * 100000, json.dumps({"strata": "x"}), json.dumps({"strata": [1]}),
+               json.dumps({"strata": [{"stratum": "a", "value": True, "pixels": 1}]}),
+               json.dumps({"strata": [{"stratum": "a", "value": 1, "pixels": float("nan")}]}),
+               json.dumps({"strata": [{"stratum": "a", "value": 1, "pixels": 5}] * 2}),
+               json.dumps({"strata": [{"stratum": "a", "value": 1, "pixels": -5}]}),
+               json.dumps({"strata": [{"stratum": str(i), "value": i, "pixels": 1} for i in range(5000)]})]
+    for _ in range(3000):
+        b = list(text)
+        for _ in range(rng.randint(1, 6)):
+            i = rng.randrange(len(b))
+            b[i] = rng.choice(['"', "{", "}", "[", "]", ",", ":", "0", "-", "e", "x", "", "null", "true"])
+        hostile.append("".join(b))
+    for t in hostile:
+        try:
+            out = sample_design_strata(t)
+        except A.AccuracyError as exc:
+            assert "damaged" in str(exc)
+            continue
+        if out is not None:
+            names, sizes = out
+            assert all(isinstance(v, int) and sizes[v] > 0 for v in names.values())

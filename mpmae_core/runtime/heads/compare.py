@@ -54,6 +54,39 @@ def set_title(feature_set: str, blocks) -> str:
     return titles.get(feature_set, feature_set)
 
 
+MAX_STRATA = 1000
+
+
+def sample_design_strata(text: str, path="") -> Optional[tuple[dict, dict]]:
+    """(stratum name -> value, value -> pixels) of the design ``sample-design`` stores in its
+    points file (JSON in the file's metadata, so a stranger's bytes): a malformed one is refused in
+    words; None when it names no strata."""
+    bad = A.AccuracyError(f"the sample design stored in '{path}' is damaged: draw the sample again with "
+                          "sample-design, or give the points without it (they are then a simple random sample)")
+    if len(text) > 1_000_000:
+        raise bad
+    try:
+        design = json.loads(text)
+    except (ValueError, RecursionError):
+        raise bad from None
+    strata = design.get("strata") if isinstance(design, dict) else None
+    if not strata:
+        return None
+    if not isinstance(strata, list) or len(strata) > MAX_STRATA:
+        raise bad
+    names, sizes = {}, {}
+    for st in strata:
+        if not isinstance(st, dict):
+            raise bad
+        name, value, pixels = st.get("stratum"), st.get("value"), st.get("pixels")
+        if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, int) or \
+                isinstance(pixels, bool) or not isinstance(pixels, (int, float)) or not np.isfinite(pixels) or \
+                pixels <= 0 or name in names or value in sizes:
+            raise bad
+        names[name], sizes[value] = value, float(pixels)
+    return names, sizes
+
+
 def read_validation(path, reference_field: str, geotransform, width: int, height: int, projection: str,
                     class_names: Sequence[str], log=lambda m: None) -> ValidationSample:
     """The labelled points of a validation sample on the grid; its design from the file that
@@ -79,10 +112,9 @@ def read_validation(path, reference_field: str, geotransform, width: int, height
     ref = np.array([lookup.get(t.lower(), -1) for _, _, t, _ in pts], np.int64)
     ds = ogr.Open(str(path))
     meta = ds.GetMetadataItem("MMEARTH_SAMPLE_DESIGN") if ds is not None else None
-    design = json.loads(meta) if meta else None
-    if design and design.get("strata"):
-        names = {str(s["stratum"]): int(s["value"]) for s in design["strata"]}
-        sizes = {int(s["value"]): float(s["pixels"]) for s in design["strata"]}
+    design = sample_design_strata(meta, path) if meta else None
+    if design:
+        names, sizes = design
         strata = np.array([names.get(str(st), -1) for _, _, _, st in pts], np.int64)
         if (inside & (strata < 0)).any():
             raise A.AccuracyError(f"points of '{path}' lie in strata its design does not name: give the sample as "
