@@ -48,7 +48,8 @@ from qgis.gui import QgsCheckableComboBox, QgsDockWidget, QgsFileWidget, QgsMapL
 from qgis.PyQt.QtCore import QTimer, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import (QCheckBox, QColorDialog, QComboBox, QFormLayout, QHBoxLayout, QInputDialog, QLabel,
-                                 QLineEdit, QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                                 QLineEdit, QListWidget, QListWidgetItem, QPushButton, QScrollArea, QSpinBox,
+                                 QVBoxLayout, QWidget)
 
 from . import models
 from .layers import first_feeding_layer, mark_output
@@ -398,7 +399,15 @@ class FewShotPanel(QgsDockWidget):
         layout.addWidget(self.comparison)
         layout.addStretch(1)
         body.setMinimumWidth(340)
-        self.setWidget(body)
+        # in a scroll area: on a short screen the rows keep their height (a squeezed form overlaps its
+        # rows, as the desktop's screenshots showed) and the panel scrolls
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # the rows wrap; only the height scrolls
+        scroll.setMinimumWidth(body.minimumWidth() + scroll.verticalScrollBar().sizeHint().width() + 4)
+        scroll.setWidget(body)
+        self.scroll = scroll
+        self.setWidget(scroll)
         self.point_tool = QgsMapToolEmitPoint(self.canvas)
         self.point_tool.canvasClicked.connect(self.add_point)
         self.validation_tool = QgsMapToolEmitPoint(self.canvas)
@@ -510,6 +519,7 @@ class FewShotPanel(QgsDockWidget):
         from mpmae_core.runtime.io.inspect import inspect_raster, summary_lines
 
         self.session = None
+        self.validation_result = None  # the accuracy of a map of other inputs says nothing of these
         if self.sender() is self.raster:
             self.fill_other_dates()
         layer = self.raster_layer()
@@ -1244,6 +1254,7 @@ class FewShotPanel(QgsDockWidget):
                     f"\ntable: {Path(res['report']).name}")
             QgsMessageLog.logMessage(res["text"], LOG_TAG, Qgis.Info)
             self.comparison.setText(text)
+            QTimer.singleShot(150, lambda: self.scroll.ensureWidgetVisible(self.comparison, 10, 10))
         else:
             text = task.error or "cancelled"
             if task.error:

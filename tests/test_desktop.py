@@ -63,3 +63,11 @@ def test_the_panel_in_the_real_desktop(models_dir, tmp_path, qgis_app):
     assert {"INPUT", "AFTER", "MODEL", "OUTPUT", "LABELS", "CLASS_FIELD", "MAP"} <= set(checks["change_dialog_parameters"])
     assert (tmp_path / "desktop" / "5_change_dialog.png").stat().st_size > 10_000
     assert checks["other_dates_offered"] == 0  # the scene is the only raster that can feed a model
+    # another model's embedding as the raster: read alone, the same labels preview over it, and the
+    # comparison names it (the toy file follows the landuse, so it wins by construction)
+    assert checks["embedding_layer_valid"] and checks["embedding_alone"], checks.get("embedding_findings")
+    assert "AlphaEarth" in checks["embedding_findings"] and "no model" in checks["embedding_findings"]
+    assert checks["comparison_text"].startswith("best: AlphaEarth"), checks["comparison_text"]
+    arr = _pixels(tmp_path / "desktop" / "6_embedding_alone_preview.png")
+    shares = [float((np.abs(arr - np.array(c)).sum(-1) <= 6).mean()) for c in colours]
+    assert sum(s > 0.002 for s in shares) >= 4, shares

@@ -46,7 +46,28 @@ def scene_and_labels(work: Path, per_class: int = 2, seed: int = 0):
         r, c = np.nonzero(inner & (lab == sample.OSM_CLASSES.index(name) + 1))
         for i in rng.choice(len(r), per_class, replace=False):
             labels.append((name, gt[0] + (c[i] + 0.5) * gt[1], gt[3] + (r[i] + 0.5) * gt[5]))
+    toy_embedding(work / "alphaearth_toy.tif", lab, gdal.Open(str(path)))
     return path, labels
+
+
+def toy_embedding(path: Path, census, ref, seed: int = 5):
+    """An AlphaEarth-format file (64 int8 bands A00..A63, the documented quantisation) whose vectors
+    follow the scene's landuse census: one direction per class plus noise. A stand-in for a
+    downloaded AlphaEarth tile (no network here), right by construction."""
+    from osgeo import gdal
+
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(int(census.max()) + 1, 64))[census] + 0.4 * rng.normal(size=census.shape + (64,))
+    v /= np.linalg.norm(v, axis=-1, keepdims=True)
+    stored = np.clip(np.round(np.sign(v) * np.sqrt(np.abs(v)) * 127.5), -127, 127).astype(np.int8)
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), census.shape[1], census.shape[0], 64, gdal.GDT_Byte,
+                                              ["PIXELTYPE=SIGNEDBYTE"])
+    ds.SetGeoTransform(ref.GetGeoTransform())
+    ds.SetProjection(ref.GetProjection())
+    for i in range(64):
+        ds.GetRasterBand(i + 1).SetDescription(f"A{i:02d}")
+        ds.GetRasterBand(i + 1).WriteArray(stored[:, :, i].view(np.uint8))
+    ds = None
 
 
 def free_display() -> int:
@@ -72,6 +93,7 @@ def run(out: Path, model: str, models: Path, scene: str | None = None, timeout_s
 
     config.write_text(json.dumps({"out": str(out), "scene": scene or str(path), "model": model, "classes": CLASSES,
                                   "labels": labels, "landuse": str(work / "landuse.tif"),
+                                  "embedding": str(work / "alphaearth_toy.tif"),
                                   "osm_classes": list(sample.OSM_CLASSES)}))
     site = [p for p in sys.path if p.endswith("site-packages") and sys.prefix in p]
     (work / "tmp").mkdir()

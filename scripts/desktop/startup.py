@@ -4,8 +4,9 @@ As a person would: load the scene, open the dock from the plugin's menu action, 
 the drop-down, type classes and press Add, click labels on the map with the point tool, wait for the
 preview, press 'Suggest where to label', screenshot; save the project, clear it, reopen it and count
 the labels; map the whole raster from the cache; draw a validation sample, label its points with
-clicks and read the accuracy report; open the change algorithm's dialog; quit through QGIS's own
-Exit action. Steps are
+clicks and read the accuracy report; open the change algorithm's dialog; choose a toy AlphaEarth
+file as the raster (read alone, no model), preview and compare the feature sources; quit through
+QGIS's own Exit action. Steps are
 chained with QTimer so QGIS's event loop runs between them. Everything measured and checked goes to
 ``log.json`` in the output folder, screenshots beside it.
 """
@@ -257,6 +258,40 @@ def step_change_dialog():
     log("screenshot", file="5_change_dialog.png")
     LOG["checks"]["other_dates_offered"] = _panel().other_dates.count()
     dialog.close()
+    later(300, step_embedding)
+
+
+def step_embedding():
+    """Another model's embedding as the panel's raster (a toy AlphaEarth-format file of the scene):
+    read alone, no model needed; the same labels give a preview over it."""
+    p = _panel()
+    layer = iface.addRasterLayer(CONFIG["embedding"], "AlphaEarth (toy)")
+    LOG["checks"]["embedding_layer_valid"] = bool(layer and layer.isValid())
+    p.raster.setLayer(layer)
+    QApplication.processEvents()
+    LOG["checks"]["embedding_alone"] = bool(p.session is not None and p.session.alone)
+    LOG["checks"]["embedding_findings"] = p.findings.text()
+    LOG["preview_count"] = p.preview_count
+    p.preview()
+    wait_for(lambda: p.preview_count > LOG["preview_count"] and not p.tasks, step_embedding_compare,
+             what="the preview over the embedding")
+
+
+def step_embedding_compare():
+    p = _panel()
+    LOG.pop("preview_count", None)
+    LOG["checks"]["embedding_preview_status"] = p.status.text()
+    shot("6_embedding_alone_preview")
+    QTest.mouseClick(p.compare_button, Qt.LeftButton)
+    wait_for(lambda: p.compare_button.isEnabled() and not p.tasks and bool(p.comparison.text())
+             and not p.comparison.text().startswith("comparing"), lambda: later(600, step_embedding_done),
+             what="the comparison of feature sources")
+
+
+def step_embedding_done():
+    p = _panel()
+    LOG["checks"]["comparison_text"] = p.comparison.text()
+    shot("7_compare_feature_sources")
     log("done")
     quit_qgis()
 
