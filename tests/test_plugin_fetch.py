@@ -169,9 +169,10 @@ def test_model_parameter_is_a_drop_down_of_the_installed_models(qtbot, qgis_app,
     from processing.gui.wrappers import WidgetWrapperFactory
     from qgis.core import QgsApplication
 
-    alg = QgsApplication.processingRegistry().algorithmById("mmearth:segment")
-    for param_name, optional in (("MODEL", False), ("HEAD", True)):
-        param = alg.parameterDefinition(param_name)
+    # segment's model is optional (another model's embedding needs none); embed's is not
+    for alg_id, param_name, optional in (("mmearth:embed", "MODEL", False), ("mmearth:segment", "MODEL", True),
+                                         ("mmearth:segment", "HEAD", True)):
+        param = QgsApplication.processingRegistry().algorithmById(alg_id).parameterDefinition(param_name)
 
         class Dialog:  # a standard dialog for the wrapper's purposes
             pass
