@@ -65,6 +65,15 @@ def error_message(exc: BaseException) -> str:
             + (f"; the details were saved to {log}" if log else "") + ".")
 
 
+def class_order(values) -> list:
+    """Distinct class values in a stable, natural order: numbers numerically, otherwise by text."""
+    distinct = {str(v).strip(): v for v in values}
+    try:
+        return sorted(distinct, key=float)
+    except ValueError:
+        return sorted(distinct, key=str.casefold)
+
+
 class MMEarthAlgorithm(QgsProcessingAlgorithm):
     """Base class: every mmearth algorithm is re-creatable and reports errors an analyst understands.
 
@@ -550,6 +559,18 @@ class InferenceAlgorithm(MMEarthAlgorithm):
             optional=True)
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(p)
+
+    def class_labels(self, parameters, context, feedback, crs, labels: str = "LABELS",
+                     field_param: str = "CLASS_FIELD") -> tuple:
+        """([(WKB in ``crs``, class index)], class names in natural order, feature ids) of a labels
+        parameter and its class field, or a message naming the missing field."""
+        field = self.parameterAsString(parameters, field_param, context)
+        if not field:
+            raise QgsProcessingException(f"Choose the class field of the labels ({field_param}).")
+        labelled = self.features_in(parameters, labels, context, feedback, crs, class_field=field)
+        names = class_order(v for _, v, _ in labelled)
+        index = {n: i for i, n in enumerate(names)}
+        return [(wkb, index[str(v).strip()]) for wkb, v, _ in labelled], names, [fid for _, _, fid in labelled]
 
     def features_in(self, parameters, name, context, feedback, crs, class_field=None):
         """(WKB in ``crs``, class value, feature id) per feature of a vector parameter, reprojected when needed;

@@ -15,8 +15,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from .base import CLASS_FIELD_WIDGET, InferenceAlgorithm, model_parameter
-from .train_head import class_order
+from .base import CLASS_FIELD_WIDGET, InferenceAlgorithm, class_order, model_parameter
 
 
 class ChangeAlgorithm(InferenceAlgorithm):

@@ -12,7 +12,6 @@ from qgis.core import (
 )
 
 from .base import CLASS_FIELD_WIDGET, InferenceAlgorithm
-from .train_head import class_order
 
 
 class CompareFeaturesAlgorithm(InferenceAlgorithm):
@@ -69,14 +68,7 @@ class CompareFeaturesAlgorithm(InferenceAlgorithm):
 
         source = self.raster_source(parameters, self.INPUT, context)
         model, alone = self.encoder_or_alone(parameters, context, source, feedback)
-        field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
-        if not field:
-            raise QgsProcessingException("Choose the class field of the labels (CLASS_FIELD).")
-        labelled = self.features_in(parameters, self.LABELS, context, feedback, self.source_crs(source),
-                                    class_field=field)
-        names = class_order(v for _, v, _ in labelled)
-        index = {n: i for i, n in enumerate(names)}
-        features = [(wkb, index[str(v).strip()]) for wkb, v, _ in labelled]
+        features, names, ids = self.class_labels(parameters, context, feedback, self.source_crs(source))
         validation = None
         if parameters.get(self.VALIDATION):
             layer = self.parameterAsVectorLayer(parameters, self.VALIDATION, context)
@@ -93,7 +85,7 @@ class CompareFeaturesAlgorithm(InferenceAlgorithm):
         res = self.run_guarded(lambda **kw: compare_features(
             source, model, features, names, validation=validation,
             reference_field=self.parameterAsString(parameters, self.REFERENCE_FIELD, context) or "reference",
-            report=report, table=table, feature_ids=[fid for _, _, fid in labelled], **opts, **series, **other,
+            report=report, table=table, feature_ids=ids, **opts, **series, **other,
             **kw), feedback)
         for line in res["text"].splitlines():
             feedback.pushInfo(line)

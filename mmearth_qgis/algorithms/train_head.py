@@ -2,7 +2,6 @@
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterDefinition,
@@ -14,15 +13,6 @@ from qgis.core import (
 )
 
 from .base import CLASS_FIELD_WIDGET, InferenceAlgorithm
-
-
-def class_order(values) -> list:
-    """Distinct class values in a stable, natural order: numbers numerically, otherwise by text."""
-    distinct = {str(v).strip(): v for v in values}
-    try:
-        return sorted(distinct, key=float)
-    except ValueError:
-        return sorted(distinct, key=str.casefold)
 
 
 FEATURE_SETS = ["spectra", "encoder", "both", "t-spectra", "t-encoder", "t-both", "embedding", "embedding+spectra",
@@ -147,14 +137,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         source = self.raster_source(parameters, self.INPUT, context)
         stored = self.embeddings_source(parameters, context)
         model, alone = self.encoder_or_alone(parameters, context, source, feedback)
-        field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
-        if not field:
-            raise QgsProcessingException("Choose the class field of the labels (CLASS_FIELD).")
-        labelled = self.features_in(parameters, self.LABELS, context, feedback, self.grid_crs(parameters, context),
-                                    class_field=field)
-        names = class_order(v for _, v, _ in labelled)
-        index = {n: i for i, n in enumerate(names)}
-        features = [(wkb, index[str(v).strip()]) for wkb, v, _ in labelled]
+        features, names, ids = self.class_labels(parameters, context, feedback, self.grid_crs(parameters, context))
         out = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         report = self.parameterAsFileOutput(parameters, self.REPORT, context) if parameters.get(self.REPORT) else ""
         sets = [FEATURE_SETS[i] for i in self.parameterAsEnums(parameters, self.FEATURE_SETS, context)] or None
@@ -166,7 +149,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
         feedback.pushInfo(f"{len(features)} labelled features in {len(names)} classes: {', '.join(names)}")
         res = self.run_guarded(lambda **kw: train_pixel_head(
             source, model, features, names, out, report_path=report or None,
-            feature_ids=[fid for _, _, fid in labelled], buffer_m=self.parameterAsDouble(parameters, self.BUFFER, context),
+            feature_ids=ids, buffer_m=self.parameterAsDouble(parameters, self.BUFFER, context),
             feature_sets=sets, classifiers=clfs, feature_raster=stored,
             max_pixels_per_class=self.parameterAsInt(parameters, self.MAX_PIXELS, context),
             block_m=self.parameterAsDouble(parameters, self.BLOCK_SIZE, context) or None,

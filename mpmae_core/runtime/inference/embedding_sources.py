@@ -108,6 +108,18 @@ class EmbeddingRaster:
         return out
 
 
+    def window(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """(C, h, w) float32 of any window (parts beyond the raster are no data) with no data as 0,
+        and where every dimension has a value: what an input's ``read_block`` gives."""
+        emb = np.full((self.dims, h, w), np.nan, np.float32)
+        y0, x0 = max(y, 0), max(x, 0)
+        y1, x1 = min(y + h, self.height), min(x + w, self.width)
+        if y1 > y0 and x1 > x0:
+            emb[:, y0 - y:y1 - y, x0 - x:x1 - x] = self.read(x0, y0, x1 - x0, y1 - y0)
+        seen = np.isfinite(emb).all(0)
+        return np.where(seen[None], emb, 0.0).astype(np.float32), seen
+
+
 def external_embedding(path) -> Optional[EmbeddingRaster]:
     """``path`` as another model's embedding when it is one (recognised, or a TESSERA tile), else
     None (an embedding raster of this toolkit's, or any other raster)."""
@@ -199,13 +211,8 @@ class ExternalInput:
         from mpmae_core.runtime.inference.raster import read_block
 
         values, valid = read_block(self.prep, y, x, h, w)
-        emb = np.full((self.embedding.dims, h, w), np.nan, np.float32)
-        y0, x0 = max(y, 0), max(x, 0)
-        y1, x1 = min(y + h, self.height), min(x + w, self.width)
-        if y1 > y0 and x1 > x0:
-            emb[:, y0 - y:y1 - y, x0 - x:x1 - x] = self.embedding.read(x0, y0, x1 - x0, y1 - y0)
-        seen = np.isfinite(emb).all(0)
-        return np.concatenate([values, np.where(seen[None], emb, 0.0)]), valid & seen
+        emb, seen = self.embedding.window(y, x, h, w)
+        return np.concatenate([values, emb]), valid & seen
 
     def has_data(self, y: int, x: int, h: int, w: int) -> bool:
         from mpmae_core.runtime.inference.raster import has_data
@@ -285,13 +292,7 @@ class EmbeddingInput:
         self.files = [self.source]
 
     def read_block(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        emb = np.full((self.embedding.dims, h, w), np.nan, np.float32)
-        y0, x0 = max(y, 0), max(x, 0)
-        y1, x1 = min(y + h, self.height), min(x + w, self.width)
-        if y1 > y0 and x1 > x0:
-            emb[:, y0 - y:y1 - y, x0 - x:x1 - x] = self.embedding.read(x0, y0, x1 - x0, y1 - y0)
-        seen = np.isfinite(emb).all(0)
-        return np.where(seen[None], emb, 0.0).astype(np.float32), seen
+        return self.embedding.window(y, x, h, w)
 
     def has_data(self, y: int, x: int, h: int, w: int) -> bool:
         return y < self.height and x < self.width and y + h > 0 and x + w > 0
