@@ -623,6 +623,7 @@ def test_compare_features_with_cross_validation_and_a_validation_sample(scene_wi
 from test_qgis_process import qgis_process  # noqa: E402,F401 (fixture)
 
 
+@pytest.mark.slow
 @pytest.mark.qgis_process
 def test_compare_features_and_an_embedding_alone_through_qgis_process(scene_with_embedding, validation_sample,
                                                                        qgis_process, models_dir,  # noqa: F811
@@ -777,6 +778,7 @@ def test_a_tessera_tile_through_the_command_line(scene_with_embedding, tmp_path,
     assert not (tmp_path / "no.tif").exists()
 
 
+@pytest.mark.slow
 def test_an_embedding_beside_a_series_of_dates(scene_with_embedding, models_dir, tmp_path, monkeypatch):
     """Three cloudy dates and an annual AlphaEarth file of the place: the candidates hold the
     temporal sets and the embedding's, and the map with the series and the embedding follows the
