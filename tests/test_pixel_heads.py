@@ -471,3 +471,56 @@ def test_whole_raster_map_from_the_cache_equals_segment(encoders, scene, tmp_pat
     ct_a, ct_b = ds_a.GetRasterBand(1).GetRasterColorTable(), ds_b.GetRasterBand(1).GetRasterColorTable()
     assert [ct_a.GetColorEntry(i) for i in range(3)] == [ct_b.GetColorEntry(i) for i in range(3)]
     assert (tmp_path / "cached.qml").read_text() == (tmp_path / "segment.qml").read_text()
+
+
+@pytest.mark.parametrize("p", [16, 8])
+def test_a_linear_head_applied_at_each_stages_resolution_equals_it_on_the_hypercolumns(encoders, scene, tmp_path,
+                                                                                       monkeypatch, p):
+    """Issue 26: a logistic-regression head's map, its weights applied per block at the block's own
+    stride and the class scores upsampled, equals today's map on the upsampled hypercolumns (class
+    agreement at least 99.99 %, probabilities within 1e-4); a forest is not taken for linear."""
+    from mpmae_core.runtime.inference import pixel_features as PF
+
+    _, path = encoders[p]
+    src, lab = scene
+    head = _fit_head(None, path, src, lab, tmp_path / "both.onnx", feature_sets=("both",),
+                     classifiers=("logistic",))
+    fast = segment(src, path, tmp_path / "fast.tif", head_path=head, probabilities_path=tmp_path / "fast_p.tif",
+                   device="cpu")
+    onnx_head = OnnxModel(head, device="cpu")
+    w, b = PF.linear_weights(onnx_head, sum(onnx_head.metadata.feature_channels))
+    assert w.shape[0] == 4 and np.isfinite(w).all()
+    monkeypatch.setattr(PF, "linear_weights", lambda *a, **k: None)  # today's path: the full hypercolumns
+    slow = segment(src, path, tmp_path / "slow.tif", head_path=head, probabilities_path=tmp_path / "slow_p.tif",
+                   device="cpu")
+    a, c = (gdal.Open(r["output"]).ReadAsArray() for r in (fast, slow))
+    assert (a == c).mean() >= 0.9999
+    pa, pc = (gdal.Open(str(tmp_path / f)).ReadAsArray() for f in ("fast_p.tif", "slow_p.tif"))
+    assert np.nanmax(np.abs(pa - pc)) < 1e-4
+    np.testing.assert_array_equal(np.isnan(pa), np.isnan(pc))
+    monkeypatch.undo()
+    forest = _fit_head(None, path, src, lab, tmp_path / "forest.onnx", feature_sets=("spectra",),
+                       classifiers=("forest",))
+    assert PF.linear_weights(OnnxModel(forest, device="cpu"), 12) is None
+
+
+def test_the_panels_linear_preview_equals_it_on_the_features(encoders, scene, tmp_path):
+    """The panel's preview and whole-raster map with a logistic head: its weights applied at each
+    stage's cached resolution equal the head on the interpolated features (the same head wrapped
+    as an ensemble of one takes the features' path)."""
+    from mpmae_core.runtime.heads.session import MappingSession
+
+    path, lab = scene
+    _, model = encoders[16]
+    session = MappingSession(path, model, device="cpu", cache_dir=tmp_path / "cache")
+    session.ensure_cache()
+    feats = _points(path, lab, [1, 2, 3], 6)
+    head, _ = session.quick_head(feats, ["water", "forest", "farm"])
+    assert head.weight is not None and not head.members
+    wrapped = pixelhead.PixelHead(head.blocks, "ensemble", head.class_names, head.class_colours,
+                                  members=[(head, np.arange(head.n_features))])
+    fast, slow = session.preview(head, max_pixels=40_000), session.preview(wrapped, max_pixels=40_000)
+    np.testing.assert_array_equal(fast["valid"], slow["valid"])
+    v = fast["valid"]
+    assert np.abs(fast["probs"][:, v] - slow["probs"][:, v]).max() < 1e-4
+    assert (fast["probs"].argmax(0)[v] == slow["probs"].argmax(0)[v]).mean() >= 0.9999

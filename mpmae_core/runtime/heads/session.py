@@ -31,7 +31,7 @@ import numpy as np
 
 from mpmae_core.runtime.io.files import Cancelled
 from mpmae_core.runtime.inference.pixel_features import SPECTRA, Block, base_name, encoder_blocks, feature_set_columns, \
-    is_external, sample_bilinear
+    is_external, sample_bilinear, softmax
 
 #: The head the live preview fits after every label: fast to fit and to apply, and rarely far from
 #: the chosen one (the full choice runs when the raster is mapped).
@@ -300,13 +300,24 @@ class MappingSession:
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     @_locked
-    def grid_features(self, ys: np.ndarray, xs: np.ndarray, blocks=None) -> np.ndarray:
+    def grid_features(self, ys: np.ndarray, xs: np.ndarray, blocks=None, weight: Optional[np.ndarray] = None
+                      ) -> np.ndarray:
         """(F, len(ys), len(xs)) features on the grid of pixel rows ``ys`` x columns ``xs`` (both
         increasing): the window's bands read once, each stage interpolated separably (rows, then
-        columns: the same numbers as :meth:`features_at`, far fewer operations)."""
-        from mpmae_core.runtime.inference.pixel_features import bilinear_axis
+        columns: the same numbers as :meth:`features_at`, far fewer operations). With ``weight``
+        (K, F), an affine head's weights: (K, ...) their sum over the features instead, each block's
+        weights applied at its own resolution before interpolating (the same sum up to float
+        rounding; the features are never built)."""
+        from mpmae_core.runtime.inference.pixel_features import bilinear_axis, block_slices
 
         blocks = blocks or self.blocks
+        sl = block_slices(blocks)
+        total = None
+
+        def add(part, b):
+            nonlocal total
+            z = np.tensordot(weight[:, sl[b.name]].astype(np.float32), part, axes=(1, 0))
+            total = z if total is None else total + z
         ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
         pixel = [b.name for b in blocks if self.at_pixels(b)]
         maps = {}
@@ -316,7 +327,11 @@ class MappingSession:
         parts = []
         for b in blocks:
             if b.name in maps:
-                parts.append(maps[b.name][:, ys - int(ys[0])][:, :, xs - int(xs[0])])
+                part = maps[b.name][:, ys - int(ys[0])][:, :, xs - int(xs[0])]
+                if weight is None:
+                    parts.append(part)
+                else:
+                    add(part, b)
                 continue
             m = self._stage(b.name)
             ly, hy, fy = bilinear_axis(m.shape[1], b.stride, ys)
@@ -324,8 +339,16 @@ class MappingSession:
             r0, r1 = int(ly.min()), int(hy.max()) + 1
             c0, c1 = int(lx.min()), int(hx.max()) + 1
             win = m[:, r0:r1, c0:c1]
+            if weight is not None:  # the K scores at the stage's own cells, then interpolated
+                win = np.tensordot(weight[:, sl[b.name]].astype(np.float32), win, axes=(1, 0))
             rows = win[:, ly - r0] * (1 - fy)[None, :, None] + win[:, hy - r0] * fy[None, :, None]
-            parts.append(rows[:, :, lx - c0] * (1 - fx)[None, None, :] + rows[:, :, hx - c0] * fx[None, None, :])
+            part = rows[:, :, lx - c0] * (1 - fx)[None, None, :] + rows[:, :, hx - c0] * fx[None, None, :]
+            if weight is None:
+                parts.append(part)
+            else:
+                total = part if total is None else total + part
+        if weight is not None:
+            return total.astype(np.float32, copy=False)
         return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
 
     def label_pixels(self, features, buffer_m: float = 0.0):
@@ -401,8 +424,16 @@ class MappingSession:
         k = len(head.class_names)
         probs = np.full((k, len(ys), len(xs)), np.nan, np.float32)
         valid = np.zeros((len(ys), len(xs)), bool)
-        chunk = max(1, 2_000_000 // max(1, head.n_features * len(xs)))  # bounded memory, whatever the window
+        linear = head.weight is not None and not head.members  # its weights at each block's resolution
+        chunk = max(1, 2_000_000 // max(1, (k if linear else head.n_features) * len(xs)))  # bounded memory
         for i in range(0, len(ys), chunk):
+            if linear:
+                logits = self.grid_features(ys[i:i + chunk], xs, head.blocks, weight=head.weight) + \
+                    head.bias.astype(np.float32)[:, None, None]
+                ok = np.isfinite(logits).all(0)
+                probs[:, i:i + chunk] = np.where(ok[None], softmax(np.where(ok[None], logits, 0.0), axis=0), np.nan)
+                valid[i:i + chunk] = ok
+                continue
             feats = self.grid_features(ys[i:i + chunk], xs, head.blocks)
             flat = feats.reshape(feats.shape[0], -1).T
             ok = np.isfinite(flat).all(1)

@@ -333,17 +333,66 @@ def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols
     return out
 
 
+def linear_weights(head, n_features: int, seed: int = 0) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(W (K, F), b (K,)) when the head's logits are an affine function of its features, read by
+    running it on the unit vectors (and zero), and confirmed on random features; else None."""
+    probe = np.zeros((1, n_features, 1, n_features + 1), np.float32)
+    probe[0, np.arange(n_features), 0, np.arange(n_features)] = 1.0
+    try:
+        out = np.asarray(head.run(probe), np.float64)[0, :, 0]
+    except Exception:  # noqa: BLE001 - a head that cannot take this shape is applied the general way
+        return None
+    bias = out[:, n_features]
+    weight = out[:, :n_features] - bias[:, None]
+    x = np.random.default_rng(seed).standard_normal((1, n_features, 1, 8)).astype(np.float32)
+    got = np.asarray(head.run(x), np.float64)[0, :, 0]
+    want = weight @ x[0, :, 0].astype(np.float64) + bias[:, None]
+    scale = max(1.0, float(np.abs(want).max()))
+    if not np.allclose(got, want, rtol=0, atol=1e-4 * scale):
+        return None
+    return weight, bias
+
+
+def linear_logits(weight: np.ndarray, bias: np.ndarray, spectra: np.ndarray, maps: dict,
+                  blocks: Sequence[Block]) -> np.ndarray:
+    """(K, h, w) logits of an affine head on a tile's hypercolumns, without building them: each
+    block's weights applied at the block's own resolution, the K scores upsampled (bilinear
+    upsampling is linear and its weights sum to 1, so this equals the head on the upsampled
+    features up to float rounding), plus the bias. NaN where a feature has none."""
+    sl = block_slices(blocks)
+    h, w = spectra.shape[1:]
+    total = np.zeros((weight.shape[0], h, w), np.float32)
+    for b in blocks:
+        src = spectra if b.name == SPECTRA and SPECTRA not in maps else maps[b.name]
+        z = np.tensordot(weight[:, sl[b.name]].astype(np.float32), np.asarray(src, np.float32), axes=(1, 0))
+        total += upsample_bilinear(z, b.stride) if b.stride > 1 else z
+    return total + bias.astype(np.float32)[:, None, None]
+
+
 class PixelHeadRunner:
-    """Class probabilities per pixel of a batch of tiles: features, then the head, a few rows at a time."""
+    """Class probabilities per pixel of a batch of tiles: features, then the head, a few rows at a
+    time; an affine head (logistic regression) is applied block by block at each block's own
+    resolution instead (``linear_logits``), so the full hypercolumns are never built."""
 
     def __init__(self, model, head, blocks: Sequence[Block], prep=None):
         self.maps = maps_runner(prep, model, blocks)
         self.head, self.blocks = head, list(blocks)
         self.features = sum(b.channels for b in blocks)
+        self.linear = linear_weights(head, self.features)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         b, _, th, tw = x.shape
         all_maps = self.maps(x)
+        if self.linear is not None:
+            out = np.empty((b, self.linear[0].shape[0], th, tw), np.float32)
+            for i, maps in enumerate(all_maps):
+                check_maps(maps, self.blocks, th, tw)
+                logits = linear_logits(*self.linear, x[i], maps, self.blocks)
+                missing = ~np.isfinite(logits).all(0)
+                out[i] = softmax(np.where(missing[None], 0.0, logits), axis=0)
+                if missing.any():
+                    out[i][:, missing] = np.nan
+            return out
         out = None
         step = rows_per_chunk(self.features, tw)
         for i, maps in enumerate(all_maps):
