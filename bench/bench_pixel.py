@@ -41,6 +41,7 @@ def main() -> int:
     args = p.parse_args()
     from mpmae_core.data import sample
     from mpmae_core.runtime.heads import pixelhead
+    from mpmae_core.runtime.inference import pixel_features
     from mpmae_core.runtime.io.gdal_io import open_raster
     from mpmae_core.runtime.inference.predict import embed, features, segment
 
@@ -73,6 +74,14 @@ def main() -> int:
                                        **kw)
             timed(f"pixel: map scene, {label} head",
                   lambda: segment(scene, model, work / f"m{r}.tif", head_path=head, style=False, **kw))
+            if clf == "logistic":  # the baseline in the same run: the head on the full hypercolumns
+                real = pixel_features.linear_weights
+                pixel_features.linear_weights = lambda *a, **k: None
+                try:
+                    timed(f"pixel: map scene, {label} head on full hypercolumns (before issue 26)",
+                          lambda: segment(scene, model, work / f"m{r}.tif", head_path=head, style=False, **kw))
+                finally:
+                    pixel_features.linear_weights = real
         if args.features_raster:
             timed("pixel: feature raster (612 bands, float16)",
                   lambda: features(scene, model, work / f"f{r}.tif", dtype="float16", **kw))
