@@ -207,12 +207,18 @@ def test_onnx_head_equals_the_numpy_head(classifier, k):
     cand = pixelhead.Candidate("both", classifier, 1e-2)
     head = pixelhead.PixelHead.fit(x, y, blocks, cand, [f"c{i}" for i in range(k)])
     grid = x[:280].T.reshape(1, 32, 14, 20)
+    meta = OnnxModel(_write(head.onnx_bytes(16)), device="cpu").metadata
+    if classifier == "forest":  # the graph takes only the features its trees split on
+        used = sorted({int(f) for t in head.forest.trees for f in t.feature[t.feature >= 0]})
+        assert meta.input_columns == (used if len(used) < 32 else [])
+        grid = grid[:, used]
+    else:
+        assert meta.input_columns == []
     logits = ort.InferenceSession(head.onnx_bytes(16), providers=["CPUExecutionProvider"]).run(
         None, {"features": grid})[0]
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = (e / e.sum(1, keepdims=True))[0].reshape(k, -1).T
     np.testing.assert_allclose(probs, head.probabilities(x[:280]), atol=1e-5)
-    meta = OnnxModel(_write(head.onnx_bytes(16)), device="cpu").metadata
     assert meta.per_pixel and meta.features == ["spectra", "stage1"] and meta.feature_channels == [12, 20]
     assert meta.output_stride == 1 and meta.embedding_dim == 32
 
@@ -524,3 +530,61 @@ def test_the_panels_linear_preview_equals_it_on_the_features(encoders, scene, tm
     v = fast["valid"]
     assert np.abs(fast["probs"][:, v] - slow["probs"][:, v]).max() < 1e-4
     assert (fast["probs"].argmax(0)[v] == slow["probs"].argmax(0)[v]).mean() >= 0.9999
+
+
+def _full_input_bytes(head, meta_json):
+    """The head's graph as written before issue 26: every column of the features as its input."""
+    from mpmae_core.runtime.models import onnx_writer
+    from mpmae_core.runtime.models.metadata import METADATA_KEY
+
+    meta = {METADATA_KEY: meta_json}
+    k = len(head.class_names)
+    if head.members:
+        parts = [{"columns": cols, "kind": "forest", "trees": h.forest.onnx_arrays()} if h.forest is not None
+                 else {"columns": cols, "kind": "linear", "weight": h.weight, "bias": h.bias} for h, cols in head.members]
+        return onnx_writer.ensemble_head(head.n_features, k, parts, metadata=meta)
+    return onnx_writer.forest_head(head.n_features, k, head.forest.onnx_arrays(), metadata=meta)
+
+
+@pytest.mark.parametrize("kind", ["forest", "ensemble"])
+def test_forests_read_only_the_features_their_trees_use_and_map_the_same(encoders, scene, tmp_path, kind):
+    """Issue 26: a forest's graph (alone or in an ensemble) takes only the columns its trees split
+    on, and segment builds only those; the map and probabilities are identical to the graph that
+    takes every column."""
+    import dataclasses
+
+    from mpmae_core.runtime.models.metadata import ModelMetadata
+
+    _, path = encoders[16]
+    src, lab = scene
+    feats = _points(src, lab, [1, 2, 3, 4], 6)
+    names = ["water", "forest", "farm", "meadow"]
+    res = pixelhead.train_pixel_head(src, path, feats, names, tmp_path / "new.onnx", device="cpu",
+                                     feature_sets=("spectra", "both") if kind == "ensemble" else ("both",),
+                                     classifiers=("forest",) if kind == "forest" else ("logistic", "forest"))
+    head = res["head"]
+    if kind == "ensemble":  # an ensemble of forests (with a linear member on every column nothing is saved)
+        cand = pixelhead.Candidate.ensemble([pixelhead.Candidate("spectra", "forest"),
+                                             pixelhead.Candidate("both", "forest")])
+        rows, cols = np.nonzero(lab > 0)
+        pick = np.random.default_rng(0).choice(len(rows), 400, replace=False)
+        from mpmae_core.runtime.inference.raster import prepare_input
+
+        model = OnnxModel(path, device="cpu")
+        prep = prepare_input(src, model.metadata)
+        x = pixel_features.sample_features(prep, model, head.blocks, rows[pick], cols[pick])
+        y = np.clip(lab[rows[pick], cols[pick]] - 1, 0, 3)
+        head = pixelhead.PixelHead.fit(x, y, head.blocks, cand, names)
+        (tmp_path / "new.onnx").write_bytes(head.onnx_bytes(16))
+    new_meta = OnnxModel(tmp_path / "new.onnx", device="cpu").metadata
+    assert 0 < len(new_meta.input_columns) < head.n_features  # far fewer than the 612 columns
+    old_meta = dataclasses.replace(new_meta, input_columns=[])
+    (tmp_path / "old.onnx").write_bytes(_full_input_bytes(head, ModelMetadata.to_json(old_meta)))
+    outs = {}
+    for name in ("new", "old"):
+        segment(src, path, tmp_path / f"{name}.tif", head_path=tmp_path / f"{name}.onnx", device="cpu",
+                probabilities_path=tmp_path / f"{name}_p.tif")
+        outs[name] = (gdal.Open(str(tmp_path / f"{name}.tif")).ReadAsArray(),
+                      gdal.Open(str(tmp_path / f"{name}_p.tif")).ReadAsArray())
+    np.testing.assert_array_equal(outs["new"][0], outs["old"][0])
+    np.testing.assert_array_equal(outs["new"][1], outs["old"][1])

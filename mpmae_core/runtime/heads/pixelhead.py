@@ -172,24 +172,45 @@ class PixelHead:
         return f"{how} on {sets} ({self.n_features} features per pixel)"
 
     def metadata(self, patch_size: int, source: str = "", task: str = "few-shot",
-                 encoder: Optional[dict] = None) -> ModelMetadata:
+                 encoder: Optional[dict] = None, input_columns: Sequence[int] = ()) -> ModelMetadata:
         return ModelMetadata(kind="head", task=task, class_names=list(self.class_names), encoder=dict(encoder or {}),
                              class_colours=[[int(v) for v in c] for c in self.class_colours],
                              embedding_dim=self.n_features, patch_size=patch_size, output_stride=1, source=source,
                              features=[b.name for b in self.blocks], feature_channels=[b.channels for b in self.blocks],
-                             classifier=self.describe())
+                             classifier=self.describe(), input_columns=[int(c) for c in input_columns])
+
+    def graph_parts(self) -> tuple[list, np.ndarray]:
+        """(the graph's members, the columns of the features it reads): a forest's trees read only
+        the features they split on, so its graph takes only those (``input_columns`` of the
+        metadata; ``segment`` then builds only them); a linear member reads all of its columns."""
+        own = self.members or [(self, np.arange(self.n_features))]
+        parts = []
+        for h, cols in own:
+            cols = np.asarray(cols, np.int64)
+            if h.forest is not None:
+                trees = h.forest.onnx_arrays()
+                split = trees["mode"] != "LEAF" if isinstance(trees["mode"], np.ndarray) else \
+                    np.array([m != "LEAF" for m in trees["mode"]])
+                used = np.unique(trees["feature"][split]) if split.any() else np.zeros(1, np.int64)
+                trees = dict(trees, feature=np.where(split, np.searchsorted(used, trees["feature"]), 0))
+                parts.append({"columns": cols[used], "kind": "forest", "trees": trees})
+            else:
+                parts.append({"columns": cols, "kind": "linear", "weight": h.weight, "bias": h.bias})
+        needed = np.unique(np.concatenate([p["columns"] for p in parts]))
+        for p in parts:  # each member's columns among those the graph takes
+            p["columns"] = np.searchsorted(needed, p["columns"])
+        return parts, needed
 
     def onnx_bytes(self, patch_size: int, source: str = "", encoder: Optional[dict] = None) -> bytes:
-        meta = {METADATA_KEY: self.metadata(patch_size, source, encoder=encoder).to_json()}
+        if self.weight is not None and not self.members:
+            meta = {METADATA_KEY: self.metadata(patch_size, source, encoder=encoder).to_json()}
+            return onnx_writer.linear_head(self.weight, self.bias, metadata=meta, input_name="features")
+        parts, needed = self.graph_parts()
+        columns = needed if needed.size < self.n_features else ()
+        meta = {METADATA_KEY: self.metadata(patch_size, source, encoder=encoder, input_columns=columns).to_json()}
         if self.members:
-            parts = [{"columns": cols, "kind": "forest", "trees": h.forest.onnx_arrays()} if h.forest is not None
-                     else {"columns": cols, "kind": "linear", "weight": h.weight, "bias": h.bias}
-                     for h, cols in self.members]
-            return onnx_writer.ensemble_head(self.n_features, len(self.class_names), parts, metadata=meta)
-        if self.forest is not None:
-            return onnx_writer.forest_head(self.n_features, len(self.class_names), self.forest.onnx_arrays(),
-                                           metadata=meta)
-        return onnx_writer.linear_head(self.weight, self.bias, metadata=meta, input_name="features")
+            return onnx_writer.ensemble_head(int(needed.size), len(self.class_names), parts, metadata=meta)
+        return onnx_writer.forest_head(int(needed.size), len(self.class_names), parts[0]["trees"], metadata=meta)
 
 
 # ----------------------------------------------------------------------------- selection

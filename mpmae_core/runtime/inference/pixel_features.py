@@ -221,15 +221,24 @@ def sample_bilinear(x: np.ndarray, factor: int, ys: np.ndarray, xs: np.ndarray) 
     return (a * (1 - fx)[None] + b * fx[None]).T.copy()
 
 
-def hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], r0: int, r1: int) -> np.ndarray:
+def hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], r0: int, r1: int,
+                 columns: Optional[np.ndarray] = None) -> np.ndarray:
     """(F, r1 - r0, w) features of rows r0..r1-1 of a tile: ``spectra`` (C, h, w) is the tile's
-    normalised input, ``maps`` name -> (c, h/stride, w/stride) the encoder's outputs for it."""
-    parts = []
+    normalised input, ``maps`` name -> (c, h/stride, w/stride) the encoder's outputs for it. With
+    ``columns`` (increasing), only those features, each computed as in the whole."""
+    parts, start = [], 0
     for b in blocks:
+        src = spectra if b.name == SPECTRA and SPECTRA not in maps else maps[b.name]
+        if columns is not None:  # the block's channels among the columns
+            mine = columns[(columns >= start) & (columns < start + b.channels)] - start
+            start += b.channels
+            if not mine.size:
+                continue
+            src = src[mine]
         if b.name == SPECTRA and SPECTRA not in maps:
-            parts.append(spectra[:, r0:r1])
+            parts.append(src[:, r0:r1])
         else:  # an encoder map, or (a series) a map at stride 1 of the tile's spectra
-            parts.append(upsample_rows(maps[b.name], b.stride, r0, r1))
+            parts.append(upsample_rows(src, b.stride, r0, r1))
     return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
 
 
@@ -378,7 +387,9 @@ class PixelHeadRunner:
         self.maps = maps_runner(prep, model, blocks)
         self.head, self.blocks = head, list(blocks)
         self.features = sum(b.channels for b in blocks)
-        self.linear = linear_weights(head, self.features)
+        cols = getattr(getattr(head, "metadata", None), "input_columns", None) or []
+        self.columns = np.asarray(cols, np.int64) if cols else None  # a forest's: only what its trees read
+        self.linear = linear_weights(head, self.features) if self.columns is None else None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         b, _, th, tw = x.shape
@@ -394,12 +405,12 @@ class PixelHeadRunner:
                     out[i][:, missing] = np.nan
             return out
         out = None
-        step = rows_per_chunk(self.features, tw)
+        step = rows_per_chunk(self.features if self.columns is None else len(self.columns), tw)
         for i, maps in enumerate(all_maps):
             check_maps(maps, self.blocks, th, tw)
             for r0 in range(0, th, step):
                 r1 = min(r0 + step, th)
-                feats = hypercolumns(x[i], maps, self.blocks, r0, r1)
+                feats = hypercolumns(x[i], maps, self.blocks, r0, r1, self.columns)
                 missing = ~np.isfinite(feats).all(0)  # a feature without data (a season no date saw): no class
                 logits = self.head.run(np.nan_to_num(feats)[None] if missing.any() else feats[None])[0]
                 if out is None:

@@ -56,6 +56,9 @@ class ModelMetadata:
     #: and their channels; empty for a head on patch-stride embeddings
     features: list = field(default_factory=list)
     feature_channels: list = field(default_factory=list)
+    #: per-pixel head: the columns of its blocks' joined features that its graph takes, increasing
+    #: (a forest reads only the features its trees split on); empty: every column
+    input_columns: list = field(default_factory=list)
     classifier: str = ""  # what the head is, in words (e.g. "logistic regression, L2 0.01")
     precision: str = "float32"  # of the graph's arithmetic ("float16": a GPU variant; float32 in and out)
     #: head: the encoder it was trained on (``fingerprint.encoder_fingerprint``); empty in older files
@@ -155,6 +158,11 @@ class ModelMetadata:
         if not isinstance(self.feature_channels, list) or len(self.feature_channels) != len(self.features) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.feature_channels):
             raise MetadataError("'feature_channels' must give a positive channel count for each of 'features'")
+        cols = self.input_columns
+        if not isinstance(cols, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in cols) or \
+                any(b <= a for a, b in zip(cols, cols[1:])) or (cols and (cols[0] < 0 or not self.features or
+                                                                          cols[-1] >= sum(self.feature_channels))):
+            raise MetadataError("'input_columns' must be increasing column numbers of the head's features")
         if self.features and sum(self.feature_channels) != self.embedding_dim:
             raise MetadataError(f"the head's feature blocks have {sum(self.feature_channels)} channels in all but it "
                                 f"takes {self.embedding_dim}")

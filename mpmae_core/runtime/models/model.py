@@ -190,9 +190,9 @@ def graph_problem(meta: ModelMetadata, input_shapes: list, output_shapes: list) 
     if len(shape_in) != 4 or len(shape_out) != 4:
         return f"input rank {len(shape_in)} and output rank {len(shape_out)}; ours are (batch, channels, height, width)"
     if meta.kind == "head":
-        want_in = meta.embedding_dim or None
+        want_in = len(meta.input_columns) or meta.embedding_dim or None  # a forest: the columns it reads
         want_out = len(meta.class_names) or None
-        what_in, what_out = "embedding channels", "classes"
+        what_in, what_out = "input columns" if meta.input_columns else "embedding channels", "classes"
     else:
         want_in = len(meta.input_bands)
         want_out = (meta.embedding_dim or None) if meta.kind == "encoder" else len(meta.class_names) or None
