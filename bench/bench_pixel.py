@@ -60,6 +60,14 @@ def main() -> int:
         times.setdefault(name, []).append(time.perf_counter() - t)
         return out
 
+    def full_input(fitted, path, label, r):
+        """The baseline in the same run: a head with forests as written before issue 26 (every column)."""
+        if fitted.forest is None and not any(h.forest is not None for h, _ in fitted.members):
+            return
+        path.write_bytes(fitted.onnx_bytes(16, full_input=True))
+        timed(f"pixel: map scene, {label} head, forests on every column (before issue 26)",
+              lambda: segment(scene, model, work / f"mf{r}.tif", head_path=path, style=False, **kw))
+
     fixed = {"spectra RF": ("spectra", "forest"), "both LR": ("both", "logistic"), "both RF": ("both", "forest")}
     for r in range(args.rounds):
         emb = work / f"emb{r}.tif"
@@ -68,12 +76,15 @@ def main() -> int:
                     lambda: pixelhead.train_pixel_head(scene, model, feats, names, work / f"pix{r}.onnx", **kw))
         timed("pixel: map scene, chosen head", lambda: segment(scene, model, work / f"pixmap{r}.tif",
                                                                head_path=work / f"pix{r}.onnx", style=False, **kw))
+        full_input(res["head"], work / f"pix{r}_full.onnx", "chosen", r)
         for label, (fs, clf) in fixed.items():
             head = work / f"{label.replace(' ', '_')}{r}.onnx"
-            pixelhead.train_pixel_head(scene, model, feats, names, head, feature_sets=[fs], classifiers=[clf],
-                                       **kw)
+            fitted = pixelhead.train_pixel_head(scene, model, feats, names, head, feature_sets=[fs],
+                                                classifiers=[clf], **kw)
             timed(f"pixel: map scene, {label} head",
                   lambda: segment(scene, model, work / f"m{r}.tif", head_path=head, style=False, **kw))
+            if clf == "forest":
+                full_input(fitted["head"], work / f"{label.replace(' ', '_')}{r}_full.onnx", label, r)
             if clf == "logistic":  # the baseline in the same run: the head on the full hypercolumns
                 real = pixel_features.linear_weights
                 pixel_features.linear_weights = lambda *a, **k: None

@@ -179,7 +179,7 @@ class PixelHead:
                              features=[b.name for b in self.blocks], feature_channels=[b.channels for b in self.blocks],
                              classifier=self.describe(), input_columns=[int(c) for c in input_columns])
 
-    def graph_parts(self) -> tuple[list, np.ndarray]:
+    def graph_parts(self, full_input: bool = False) -> tuple[list, np.ndarray]:
         """(the graph's members, the columns of the features it reads): a forest's trees read only
         the features they split on, so its graph takes only those (``input_columns`` of the
         metadata; ``segment`` then builds only them); a linear member reads all of its columns."""
@@ -187,7 +187,9 @@ class PixelHead:
         parts = []
         for h, cols in own:
             cols = np.asarray(cols, np.int64)
-            if h.forest is not None:
+            if h.forest is not None and full_input:
+                parts.append({"columns": cols, "kind": "forest", "trees": h.forest.onnx_arrays()})
+            elif h.forest is not None:
                 trees = h.forest.onnx_arrays()
                 split = trees["mode"] != "LEAF" if isinstance(trees["mode"], np.ndarray) else \
                     np.array([m != "LEAF" for m in trees["mode"]])
@@ -201,11 +203,14 @@ class PixelHead:
             p["columns"] = np.searchsorted(needed, p["columns"])
         return parts, needed
 
-    def onnx_bytes(self, patch_size: int, source: str = "", encoder: Optional[dict] = None) -> bytes:
+    def onnx_bytes(self, patch_size: int, source: str = "", encoder: Optional[dict] = None,
+                   full_input: bool = False) -> bytes:
+        """The head as ONNX with its metadata; ``full_input``: a forest's graph on every column, as
+        written before issue 26 (the benchmark's and the tests' baseline)."""
         if self.weight is not None and not self.members:
             meta = {METADATA_KEY: self.metadata(patch_size, source, encoder=encoder).to_json()}
             return onnx_writer.linear_head(self.weight, self.bias, metadata=meta, input_name="features")
-        parts, needed = self.graph_parts()
+        parts, needed = self.graph_parts(full_input)
         columns = needed if needed.size < self.n_features else ()
         meta = {METADATA_KEY: self.metadata(patch_size, source, encoder=encoder, input_columns=columns).to_json()}
         if self.members:
