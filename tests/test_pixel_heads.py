@@ -479,7 +479,7 @@ def test_whole_raster_map_from_the_cache_equals_segment(encoders, scene, tmp_pat
     assert (tmp_path / "cached.qml").read_text() == (tmp_path / "segment.qml").read_text()
 
 
-@pytest.mark.parametrize("p", [16, 8])
+@pytest.mark.parametrize("p", [16, pytest.param(8, marks=pytest.mark.slow)])
 def test_a_linear_head_applied_at_each_stages_resolution_equals_it_on_the_hypercolumns(encoders, scene, tmp_path,
                                                                                        monkeypatch, p):
     """Issue 26: a logistic-regression head's map, its weights applied per block at the block's own
@@ -532,7 +532,7 @@ def test_the_panels_linear_preview_equals_it_on_the_features(encoders, scene, tm
     assert (fast["probs"].argmax(0)[v] == slow["probs"].argmax(0)[v]).mean() >= 0.9999
 
 
-@pytest.mark.parametrize("kind", ["forest", "ensemble"])
+@pytest.mark.parametrize("kind", ["forest", pytest.param("ensemble", marks=pytest.mark.slow)])
 def test_forests_read_only_the_features_their_trees_use_and_map_the_same(encoders, scene, tmp_path, kind):
     """Issue 26: a forest's graph (alone or in an ensemble) takes only the columns its trees split
     on, and segment builds only those; the map and probabilities are identical to the graph that
