@@ -183,3 +183,21 @@ def point_labels(path, points, srs_wkt, geotransform, field="landuse"):
         layer.CreateFeature(f)
     ds = None
     return path
+
+
+def quantise_alphaearth(v):
+    """Unit vectors (..., 64) stored as AlphaEarth stores them: int8 of sign(v) sqrt(|v|) 127.5."""
+    return np.clip(np.round(np.sign(v) * np.sqrt(np.abs(v)) * 127.5), -127, 127).astype(np.int8)
+
+
+def write_alphaearth(path, stored, geotransform, wkt):
+    """An AlphaEarth-format GeoTIFF: ``stored`` int8 (h, w, 64) in signed-byte bands A00..A63."""
+    h, w, n = stored.shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, n, gdal.GDT_Byte, ["PIXELTYPE=SIGNEDBYTE"])
+    ds.SetGeoTransform(geotransform)
+    ds.SetProjection(wkt)
+    for i in range(n):
+        ds.GetRasterBand(i + 1).SetDescription(f"A{i:02d}")
+        ds.GetRasterBand(i + 1).WriteArray(stored[:, :, i].view(np.uint8))
+    ds = None
+    return path

@@ -201,7 +201,7 @@ def test_qgis_inspect_names_the_embedding(alphaearth, run_alg):
 def scene_with_embedding(tmp_path_factory):
     """A crop of the embedded scene, and an AlphaEarth-format file of the same place whose vectors
     follow the scene's OpenStreetMap landuse (one direction per class, noise on top)."""
-    from helpers import point_labels
+    from helpers import point_labels, quantise_alphaearth, write_alphaearth
 
     from mpmae_core.data import sample
 
@@ -214,16 +214,8 @@ def scene_with_embedding(tmp_path_factory):
     dirs = rng.normal(size=(9, 64))
     v = dirs[census] + 0.4 * rng.normal(size=(h, w, 64))
     v /= np.linalg.norm(v, axis=-1, keepdims=True)
-    stored = np.clip(np.round(np.sign(v) * np.sqrt(np.abs(v)) * 127.5), -127, 127).astype(np.int8)
     ref = gdal.Open(str(crop))
-    aef = d / "aef.tif"
-    ds = gdal.GetDriverByName("GTiff").Create(str(aef), w, h, 64, gdal.GDT_Byte, ["PIXELTYPE=SIGNEDBYTE"])
-    ds.SetGeoTransform(ref.GetGeoTransform())
-    ds.SetProjection(ref.GetProjection())
-    for i in range(64):
-        ds.GetRasterBand(i + 1).SetDescription(f"A{i:02d}")
-        ds.GetRasterBand(i + 1).WriteArray(stored[:, :, i].view(np.uint8))
-    ds = None
+    aef = write_alphaearth(d / "aef.tif", quantise_alphaearth(v), ref.GetGeoTransform(), ref.GetProjection())
     points = []
     for name in ("forest", "farm", "meadow", "residential"):
         rows, cols = np.nonzero(census == sample.OSM_CLASSES.index(name) + 1)
@@ -697,7 +689,7 @@ def test_change_between_two_years_of_an_embedding_alone(scene_with_embedding, tm
     """Two years of AlphaEarth-format embeddings, the second with one rectangle's vectors turned to
     another class: the cosine distance (the only band, no encoder) is high there and low elsewhere,
     Otsu's threshold parts them, and a change head from a few labelled examples maps the change."""
-    from helpers import point_labels
+    from helpers import point_labels, quantise_alphaearth, write_alphaearth
 
     from mpmae_core.runtime.heads.change import change_map
     from mpmae_core.runtime.inference.change import change_magnitude
@@ -713,16 +705,9 @@ def test_change_between_two_years_of_an_embedding_alone(scene_with_embedding, tm
     new = rng.normal(size=64) + 0.4 * rng.normal(size=(int(changed.sum()), 64))
     new /= np.linalg.norm(new, axis=-1, keepdims=True)
     after = stored.copy()
-    after[:, changed] = np.clip(np.round(np.sign(new) * np.sqrt(np.abs(new)) * 127.5), -127, 127).astype(np.int8).T
-    year2 = tmp_path / "aef_2024.tif"
-    out = gdal.GetDriverByName("GTiff").Create(str(year2), ds.RasterXSize, ds.RasterYSize, 64, gdal.GDT_Byte,
-                                               ["PIXELTYPE=SIGNEDBYTE"])
-    out.SetGeoTransform(ds.GetGeoTransform())
-    out.SetProjection(ds.GetProjection())
-    for i in range(64):
-        out.GetRasterBand(i + 1).SetDescription(f"A{i:02d}")
-        out.GetRasterBand(i + 1).WriteArray(after[i].view(np.uint8))
-    out = None
+    after[:, changed] = quantise_alphaearth(new).T
+    year2 = write_alphaearth(tmp_path / "aef_2024.tif", after.transpose(1, 2, 0), ds.GetGeoTransform(),
+                             ds.GetProjection())
     res = change_magnitude(str(aef), str(year2), "none", tmp_path / "change.tif")
     dist = gdal.Open(res["output"])
     assert dist.RasterCount == 1 and dist.GetRasterBand(1).GetDescription() == "cosine_distance"
@@ -859,3 +844,4 @@ def test_a_stored_sample_design_survives_any_bytes():
         if out is not None:
             names, sizes = out
             assert all(isinstance(v, int) and sizes[v] > 0 for v in names.values())
+

@@ -560,6 +560,16 @@ class InferenceAlgorithm(MMEarthAlgorithm):
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(p)
 
+    def add_label_parameters(self, labels: str = "LABELS", field_param: str = "CLASS_FIELD") -> None:
+        """Labelled points or polygons and their class field (a drop-down that follows the layer)."""
+        from qgis.core import QgsProcessing, QgsProcessingParameterFeatureSource, QgsProcessingParameterField
+
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            labels, "Labelled points or polygons", [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
+        field = QgsProcessingParameterField(field_param, "Class field", parentLayerParameterName=labels)
+        field.setMetadata({"widget_wrapper": {"class": CLASS_FIELD_WIDGET, "parent_param": labels}})
+        self.addParameter(field)
+
     def class_labels(self, parameters, context, feedback, crs, labels: str = "LABELS",
                      field_param: str = "CLASS_FIELD") -> tuple:
         """([(WKB in ``crs``, class index)], class names in natural order, feature ids) of a labels

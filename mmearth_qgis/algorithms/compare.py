@@ -4,14 +4,12 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputString,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorLayer,
 )
 
-from .base import CLASS_FIELD_WIDGET, InferenceAlgorithm
+from .base import InferenceAlgorithm
 
 
 class CompareFeaturesAlgorithm(InferenceAlgorithm):
@@ -43,12 +41,7 @@ class CompareFeaturesAlgorithm(InferenceAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_model_parameters(embedding_alone=True)
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.LABELS, "Labelled points or polygons",
-            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
-        class_field = QgsProcessingParameterField(self.CLASS_FIELD, "Class field", parentLayerParameterName=self.LABELS)
-        class_field.setMetadata({"widget_wrapper": {"class": CLASS_FIELD_WIDGET, "parent_param": self.LABELS}})
-        self.addParameter(class_field)
+        self.add_label_parameters(self.LABELS, self.CLASS_FIELD)
         self.addParameter(QgsProcessingParameterVectorLayer(
             self.VALIDATION, "Validation sample (points with their reference class; from 'Validation sample "
             "design')", [QgsProcessing.TypeVectorPoint], optional=True))

@@ -1,18 +1,15 @@
 """mmearth:train_head - a raster, labelled points or polygons and an encoder -> a few-shot head (ONNX)."""
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
 )
 
-from .base import CLASS_FIELD_WIDGET, InferenceAlgorithm
+from .base import InferenceAlgorithm
 
 
 FEATURE_SETS = ["spectra", "encoder", "both", "t-spectra", "t-encoder", "t-both", "embedding", "embedding+spectra",
@@ -77,12 +74,7 @@ class TrainHeadAlgorithm(InferenceAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.add_model_parameters(embedding_alone=True)
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.LABELS, "Labelled points or polygons",
-            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
-        class_field = QgsProcessingParameterField(self.CLASS_FIELD, "Class field", parentLayerParameterName=self.LABELS)
-        class_field.setMetadata({"widget_wrapper": {"class": CLASS_FIELD_WIDGET, "parent_param": self.LABELS}})
-        self.addParameter(class_field)
+        self.add_label_parameters(self.LABELS, self.CLASS_FIELD)
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "Few-shot head", "ONNX model (*.onnx)"))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.REPORT, "Report", "HTML files (*.html)", optional=True, createByDefault=True))
