@@ -845,3 +845,42 @@ def test_a_stored_sample_design_survives_any_bytes():
             names, sizes = out
             assert all(isinstance(v, int) and sizes[v] > 0 for v in names.values())
 
+
+
+from test_plugin_dialogs import _run_check, _set, _wrappers, desktop  # noqa: E402,F401 (fixture)
+
+
+def test_the_embedding_algorithms_from_their_own_dialogs(scene_with_embedding, validation_sample, desktop,  # noqa: F811
+                                                         tmp_path, monkeypatch):
+    """QGIS's own Processing dialogs, as a person fills them: 'Open a TESSERA embedding tile' with a
+    .npy; 'Train few-shot head' on an AlphaEarth file with the model left empty (QGIS's check and
+    the algorithm's accept it); 'Compare feature sources' with the validation sample layer."""
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingFeedback
+
+    monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
+    crop, aef, labels, census = scene_with_embedding
+    ref = gdal.Open(str(crop))
+    rng = np.random.default_rng(14)
+    v = rng.normal(size=(9, 128))[census] + 0.5 * rng.normal(size=census.shape + (128,))
+    tile = _tessera_tile(tmp_path, v.astype(np.float32), ref.GetGeoTransform(), ref.GetProjection())
+    runs = [("mmearth:tessera_tile", {"INPUT": str(tile), "OUTPUT": str(tmp_path / "tessera.tif")}),
+            ("mmearth:train_head", {"INPUT": str(aef), "LABELS": str(labels), "CLASS_FIELD": "landuse",
+                                    "OUTPUT": str(tmp_path / "head.onnx")}),
+            ("mmearth:compare_features", {"INPUT": str(aef), "LABELS": str(labels), "CLASS_FIELD": "landuse",
+                                          "VALIDATION": str(validation_sample), "REPORT": str(tmp_path / "c.html")})]
+    results = {}
+    for alg_id, values in runs:
+        dialog = processing.createAlgorithmDialog(alg_id, {})
+        alg = QgsApplication.processingRegistry().algorithmById(alg_id)
+        w = _wrappers(dialog)
+        if "MODEL" in w:
+            assert not w["MODEL"].value()  # left empty: the embedding needs none
+        for name, value in values.items():
+            _set(w[name], value)
+        params, ok, message, context = _run_check(dialog, alg)
+        assert ok, (alg_id, message)
+        results[alg_id] = processing.run(alg_id, params, context=context, feedback=QgsProcessingFeedback())
+    assert gdal.Open(results["mmearth:tessera_tile"]["OUTPUT"]).RasterCount == 128
+    assert results["mmearth:train_head"]["CHOSEN"].startswith(("embedding", "mean of"))
+    assert results["mmearth:compare_features"]["BEST"].startswith("AlphaEarth")
