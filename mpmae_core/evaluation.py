@@ -33,6 +33,7 @@ import numpy as np
 from mpmae_core import registry
 from mpmae_core.runtime.heads import linear, metrics
 from mpmae_core.runtime.io.labels import window_labels
+from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 SPECTRA = "raw spectra"
 
@@ -747,7 +748,7 @@ def pixel_chosen_predict(x_train, y_train, x_test, blocks, class_names, seed):
     return head.predict(x_test[:, cols]), cand.name
 
 
-def pixel_features(image, model_path, rows, cols, tile: int = 512, overlap: int = 128):
+def pixel_features(image, model_path, rows, cols, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP):
     """(n, F) per-pixel features of every block of an ONNX encoder at the pixels, and the blocks."""
     from mpmae_core.runtime.models.model import OnnxModel
     from mpmae_core.runtime.inference.pixel_features import encoder_blocks, sample_features

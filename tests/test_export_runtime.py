@@ -265,10 +265,24 @@ def test_band_map_by_hand_for_unnamed_bands(models, scene, tmp_path):
 
 
 def test_pure_tiling_and_upsampling():
-    assert tiling.axis_starts(1000, 512, 128) == [0, 384, 488]
+    # worked by hand: 3 windows are needed ((2048 - 96) / (1024 - 96) -> 3), each (2048 + 2 * 96) / 3
+    # = 746.7 -> 752 px (patch 16), the middle one at (2048 - 752) / 2 = 648 -> 640
+    assert tiling.axis_layout(2048, 1024, 96, 16) == (752, [0, 640, 1296])
     assert tiling.axis_starts(300, 512, 128) == [0]
     rows = tiling.tile_windows(1000, 300, 512, 128)
-    assert len(rows) == 3 and all(len(r) == 1 for r in rows) and rows[0][0].w == 300
+    assert len(rows) == 3 and all(len(r) == 1 for r in rows) and rows[0][0].w == 300 and rows[0][0].h == 419
+    rng = np.random.default_rng(0)
+    for _ in range(3000):  # properties of every layout of an axis longer than the tile
+        align = int(rng.choice([1, 8, 16, 32]))
+        overlap = align * int(rng.integers(0, 12))
+        tile = max(overlap + align, align * int(rng.integers(1, 70)))
+        length = align * int(rng.integers(tile // align + 1, 40 * tile // align + 2))
+        size, starts = tiling.axis_layout(length, tile, overlap, align)
+        n = -(-(length - overlap) // (tile - overlap))
+        assert len(starts) == n and starts[0] == 0 and starts[-1] + size == length  # the fewest, edge to edge
+        assert size <= tile and size % align == 0 and all(s % align == 0 for s in starts)
+        assert size >= min(tile, tiling.round_up(tiling.MIN_CONTEXT, align)) or size == tile
+        assert all(size - (b - a) >= overlap for a, b in zip(starts, starts[1:]))  # at least the overlap
     w = tiling.ramp(8, 4, True, False)
     assert w[0] > 0 and w[-1] == 1 and np.all(np.diff(w) >= 0)
     x = np.random.default_rng(0).normal(size=(3, 5, 7)).astype(np.float32)
@@ -340,3 +354,27 @@ def test_cuda_request_falls_back_to_cpu_with_a_message(models):
     assert model.device == "cpu"
     assert messages and "CUDAExecutionProvider is not available" in messages[0]
     assert OnnxModel(models["enc_path"], device="auto", log=messages.append).device == "cpu"
+
+
+def test_grn_norms_are_exported_as_a_matrix_product_equal_to_torch(tmp_path):
+    """GRN's spatial L2 norm is written as sqrt(ones @ x*x) (ONNX Runtime reduces non-trailing axes
+    slowly); with GRN weights that are not zero (a fresh model's gamma is) it still equals torch."""
+    import onnx
+
+    torch.manual_seed(3)
+    enc = build_encoder("atto", patch_size=16).eval()
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if ".grn." in name:
+                p.add_(torch.randn(p.shape) * 0.5)
+    path, _ = export_encoder(enc, tmp_path / "e.onnx", registry.S2_MMEARTH_BANDS,
+                             default_normalisation(registry.S2_MMEARTH_BANDS))
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "ReduceL2" not in ops and "ReduceSumSquare" not in ops
+    assert ops.count("MatMul") >= 2 * sum(enc.depths) + sum(enc.depths)  # two linears and one norm per block
+    x = np.random.default_rng(0).normal(size=(2, 12, 80, 112)).astype(np.float32)
+    got = OnnxModel(path, device="cpu").run_outputs(x, ["stage1", "embedding"])
+    with torch.no_grad():
+        s1, _, _, s4 = enc.forward_stages(torch.from_numpy(x))
+    for a, b in zip(got, (s1, s4)):
+        assert np.abs(a - b.numpy()).max() / np.abs(b.numpy()).max() < 1e-5

@@ -408,11 +408,13 @@ class InferenceAlgorithm(MMEarthAlgorithm):
             QgsProcessingParameterString,
         )
 
+        from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+
         params = [
-            QgsProcessingParameterNumber(self.TILE, "Tile size (pixels, multiple of the patch size)",
-                                         QgsProcessingParameterNumber.Integer, 512, minValue=16),
-            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (pixels)", QgsProcessingParameterNumber.Integer,
-                                         128, minValue=0),
+            QgsProcessingParameterNumber(self.TILE, "Largest tile side (pixels, multiple of the patch size)",
+                                         QgsProcessingParameterNumber.Integer, DEFAULT_TILE, minValue=16),
+            QgsProcessingParameterNumber(self.OVERLAP, "Least tile overlap (pixels)",
+                                         QgsProcessingParameterNumber.Integer, DEFAULT_OVERLAP, minValue=0),
             QgsProcessingParameterEnum(self.DEVICE, "Device", DEVICES, defaultValue=0),
             QgsProcessingParameterEnum(self.LEVEL, "Sentinel-2 processing level", LEVELS, defaultValue=0),
             QgsProcessingParameterString(self.DN_OFFSET, "DN offset ('auto' from the raster's metadata, 0, or 1000 "

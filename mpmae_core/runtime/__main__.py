@@ -145,9 +145,10 @@ def add_run_arguments(parser) -> None:
     offset, scale, band map."""
     from mpmae_core import registry
     from mpmae_core.runtime import cli
+    from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
-    parser.add_argument("--tile", type=cli.positive_int, default=512)
-    parser.add_argument("--overlap", type=cli.non_negative_int, default=128)
+    parser.add_argument("--tile", type=cli.positive_int, default=DEFAULT_TILE)
+    parser.add_argument("--overlap", type=cli.non_negative_int, default=DEFAULT_OVERLAP)
     parser.add_argument("--device", default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))
     parser.add_argument("--level", default="auto", type=cli.choice_of(registry.level_choices(), "processing level"))
     parser.add_argument("--dn-offset", default="auto", type=cli.dn_offset)
@@ -180,6 +181,7 @@ def _users_accuracy(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
     from mpmae_core import registry
     from mpmae_core.runtime import cli
     from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS
@@ -191,8 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("input")
     common.add_argument("model")
     common.add_argument("output")
-    common.add_argument("--tile", type=cli.positive_int, default=512, help="tile side in pixels (multiple of the patch size)")
-    common.add_argument("--overlap", type=cli.non_negative_int, default=128, help="overlap between tiles in pixels")
+    common.add_argument("--tile", type=cli.positive_int, default=DEFAULT_TILE,
+                        help="largest tile side in pixels (multiple of the patch size)")
+    common.add_argument("--overlap", type=cli.non_negative_int, default=DEFAULT_OVERLAP,
+                        help="least overlap between tiles in pixels")
     common.add_argument("--batch", type=cli.non_negative_int, default=0,
                         help="tiles per model call (default 0: 1 on CPU, 8 on CUDA)")
     common.add_argument("--device", default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))
@@ -306,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--scheduler", help="a running Dask scheduler, e.g. tcp://HOST:8786 (instead of a local cluster)")
     bt.add_argument("--rows-per-task", type=cli.positive_int, default=8,
                     help="tile rows per task: a scene taller than this is split across tasks")
-    for name, kw in (("--tile", dict(type=cli.positive_int, default=512)),
-                     ("--overlap", dict(type=cli.non_negative_int, default=128)),
+    for name, kw in (("--tile", dict(type=cli.positive_int, default=DEFAULT_TILE)),
+                     ("--overlap", dict(type=cli.non_negative_int, default=DEFAULT_OVERLAP)),
                      ("--batch", dict(type=cli.non_negative_int, default=0)),
                      ("--device", dict(default="auto", type=cli.choice_of(["auto", "cpu", "cuda"], "device"))),
                      ("--level", dict(default="auto", type=cli.choice_of(registry.level_choices(), "processing level"))),

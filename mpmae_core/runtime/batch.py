@@ -347,7 +347,7 @@ def plan_blocks(scene: Scene, job: Job, rows_per_block: int) -> tuple[int, list]
     """(tile rows of the scene, [(a, b), ...] blocks of at most ``rows_per_block`` tile rows)."""
     from mpmae_core.runtime.io.gdal_io import open_raster
     from mpmae_core.runtime.models.model import read_metadata
-    from mpmae_core.runtime.inference.tiling import raster_windows
+    from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, raster_windows
 
     from mpmae_core.runtime.inference.embedding_sources import without_model
     from mpmae_core.runtime.inference.series import reference_source
@@ -361,14 +361,14 @@ def plan_blocks(scene: Scene, job: Job, rows_per_block: int) -> tuple[int, list]
         ds = open_raster(scene.source)
     alone = without_model(job.model)  # another model's embedding read alone: pixel by pixel, no overlap
     patch = 1 if alone else read_metadata(job.model).patch_size
-    overlap = 0 if alone else job.options.get("overlap", 128)
+    overlap = 0 if alone else job.options.get("overlap", DEFAULT_OVERLAP)
     height, width = ds.RasterYSize, ds.RasterXSize
     if job.options.get("aoi"):  # the tiles of the area's window (AoiError: the scene lies outside it)
         from mpmae_core.runtime.io.aoi import aoi_window, read_aoi
 
         _, _, width, height = aoi_window(read_aoi(job.options["aoi"], ds.GetProjection()), ds.GetGeoTransform(),
                                          width, height, patch)
-    n = len(raster_windows(height, width, job.options.get("tile", 512), overlap, patch))
+    n = len(raster_windows(height, width, job.options.get("tile", DEFAULT_TILE), overlap, patch))
     step = max(1, int(rows_per_block))
     return n, [(a, min(a + step, n)) for a in range(0, n, step)]
 

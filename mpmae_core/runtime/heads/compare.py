@@ -27,6 +27,7 @@ from mpmae_core.runtime.heads import accuracy as A
 from mpmae_core.runtime.heads.pixelhead import CLASSIFIERS, PixelHead, candidates, choose, offered_feature_sets, \
     score_candidates
 from mpmae_core.runtime.inference.pixel_features import feature_set_blocks, feature_set_columns, is_external
+from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 
 @dataclass
@@ -274,7 +275,7 @@ def compare_features(source, model_path, features, class_names, *, validation=No
                      reference_field: str = "reference", report=None, table=None, feature_ids=None,
                      feature_sets: Optional[Sequence[str]] = None, classifiers: Sequence[str] = CLASSIFIERS,
                      buffer_m: float = 0.0, max_pixels_per_class: int = 1000, folds: int = 5, seed: int = 0,
-                     block_m: Optional[float] = None, tile: int = 512, overlap: int = 128, embedding=None,
+                     block_m: Optional[float] = None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, embedding=None,
                      embedding_kind: Optional[str] = None, progress=lambda f: None, cancelled=lambda: False,
                      log=lambda m: None, **input_options) -> dict:
     """The comparison (see the module) on ``source`` (a raster with ``model_path``, with another

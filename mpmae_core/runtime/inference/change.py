@@ -36,6 +36,7 @@ import numpy as np
 
 from mpmae_core.runtime.inference.pixel_features import CHANGE_SUFFIX, SPECTRA, Block, base_name, encoder_blocks, \
     rows_per_chunk, upsample_rows
+from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 SIDES = ("before", "after")
 CHANGE = CHANGE_SUFFIX[1:]  # the blocks of after minus before
@@ -283,7 +284,7 @@ def prepare_pair(before, after, meta, *, before_dates=None, after_dates=None, mi
     return PairInput(a, b, meta, input_files(before) + input_files(after))
 
 
-def change_magnitude(before, after, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 0,
+def change_magnitude(before, after, model_path, output, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, batch: int = 0,
                      device: str = "auto", before_dates=None, after_dates=None, min_valid: int = 1, cog: bool = False,
                      style: bool = True, progress=lambda f: None, cancelled=lambda: False, log=lambda m: None,
                      **prep_kw) -> dict:

@@ -31,7 +31,7 @@ from mpmae_core.runtime.models.model import OnnxModel
 from mpmae_core.runtime.inference.pixel_features import PixelHeadRunner, softmax, upsample_bilinear  # noqa: F401 (upsample_bilinear: API)
 from mpmae_core.runtime.inference.raster import PreparedInput, RasterWriter, has_data, output_geotransform, read_block
 from mpmae_core.runtime.io.styles import BandMoments, paletted_qml, style_path
-from mpmae_core.runtime.inference.tiling import blend_weights, raster_windows, round_up
+from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, blend_weights, raster_windows, round_up
 
 
 F16_MAX = float(np.finfo(np.float16).max)
@@ -39,15 +39,21 @@ F16_MAX = float(np.finfo(np.float16).max)
 
 @dataclass
 class TileSpec:
-    tile: int = 512  # pixels, a multiple of the patch size
-    overlap: int = 128  # pixels, a multiple of the patch size
+    tile: int = DEFAULT_TILE  # pixels, a multiple of the patch size
+    overlap: int = DEFAULT_OVERLAP  # pixels, a multiple of the patch size
     batch: int = 1  # tiles per model call
 
 
-def auto_batch(model: OnnxModel) -> int:
+#: Rows per GeoTIFF block of an embedding: written whole and flushed as each block row completes,
+#: so GDAL's cache does not fill with a large raster's unfinished blocks (issue 26).
+EMBED_BLOCK_ROWS = 16
+
+
+def auto_batch(model: OnnxModel, tile: int = DEFAULT_TILE) -> int:
     """Tiles per call: batching buys nothing on CPU but costs memory (ORT's arena grows with the
-    batch: about 0.5 GB at 1 tile of 512 px, 1.8 GB at 4); on a GPU it keeps the device busy."""
-    return 8 if model.device == "cuda" else 1
+    batch: about 0.5 GB at 1 tile of 512 px, 1.8 GB at 4); on a GPU it keeps the device busy with
+    about 2 Mpx per call (8 tiles of 512 px, 2 of 1,024)."""
+    return max(1, (8 * 512 * 512) // (tile * tile)) if model.device == "cuda" else 1
 
 
 class TiledPredictor:
@@ -162,13 +168,16 @@ class TiledPredictor:
                     n = finish - acc_y
                     valid = wsum[:n, :self.out_w] > 0
                     if valid.any() and r >= a:
-                        values = acc[:, :n, :self.out_w] / np.maximum(wsum[:n, :self.out_w],
-                                                                      1e-12)[None].astype(np.float32)
+                        # normalised in place (these rows are done): no copy of a band of rows as wide
+                        # as the raster; ``write`` must not keep ``values`` beyond its call
+                        values = acc[:, :n, :self.out_w]
+                        values /= np.maximum(wsum[:n, :self.out_w], 1e-12)[None].astype(np.float32)
                         values[:, ~valid] = np.nan
                         write(acc_y, values, valid)
-                    acc[:, :depth - n] = acc[:, n:].copy()
+                    for i in range(depth - n):  # shift the rest up a row at a time (no temporary copy)
+                        acc[:, i] = acc[:, i + n]
+                        wsum[i] = wsum[i + n]
                     acc[:, depth - n:] = 0
-                    wsum[:depth - n] = wsum[n:].copy()
                     wsum[depth - n:] = 0
                     acc_y = finish
         finally:
@@ -214,7 +223,7 @@ def writer_guard(writers, fn):
     return result
 
 
-def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, batch: int = 0, device: str = "auto",
+def embed(source, model_path, output, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, batch: int = 0, device: str = "auto",
           dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto", band_map=None,
           scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
           log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None) -> dict:
@@ -238,12 +247,13 @@ def embed(source, model_path, output, *, tile: int = 512, overlap: int = 128, ba
                          scale=scale, aoi=aoi, masks=masks)
     for note in prep.notes:
         log(note)
-    runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model)), "embed", upsample=upsample)
+    runner = TiledPredictor(model, prep, TileSpec(tile, overlap, batch or auto_batch(model, tile)), "embed",
+                            upsample=upsample)
     y0, y1 = runner.row_span(block) if block is not None else (0, runner.out_h)
     writer = RasterWriter(output, runner.out_w, y1 - y0, runner.channels, "float32",
                           block_geotransform(prep.geotransform, runner.stride, y0), prep.projection,
                           nodata=float("nan"), descriptions=[f"embedding_{i}" for i in range(runner.channels)],
-                          half_float=dtype == "float16", cog=cog)
+                          half_float=dtype == "float16", cog=cog, stream_rows=EMBED_BLOCK_ROWS)
     moments = BandMoments(runner.channels)
 
     def write(y, values, valid):
@@ -264,7 +274,7 @@ FEATURES_KEY = "MMEARTH_FEATURES"  # GDAL metadata item of a per-pixel feature r
 FEATURE_BLOCK_ROWS = 16  # rows per GeoTIFF block of a feature raster: written whole, one chunk at a time
 
 
-def features(source, model_path, output, *, blocks=None, tile: int = 512, overlap: int = 128, batch: int = 0,
+def features(source, model_path, output, *, blocks=None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, batch: int = 0,
              device: str = "auto", dtype: str = "float32", level: str = "auto", dn_offset="auto", band_map=None,
              scale: float = 1.0, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
              log=lambda m: None, aoi=None, masks=None, series: Optional[bool] = None, dates=None, reference: int = 0,
@@ -414,8 +424,8 @@ def check_tiling(tile, overlap, batch) -> None:
         raise ValueError(f"the overlap ({overlap} px) must be smaller than the tile ({tile} px)")
 
 
-def segment(source, model_path, output, *, head_path=None, probabilities_path=None, tile: int = 512,
-            overlap: int = 128, batch: int = 0, device: str = "auto", level: str = "auto", dn_offset="auto",
+def segment(source, model_path, output, *, head_path=None, probabilities_path=None, tile: int = DEFAULT_TILE,
+            overlap: int = DEFAULT_OVERLAP, batch: int = 0, device: str = "auto", level: str = "auto", dn_offset="auto",
             band_map=None, scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None,
             cancelled=lambda: False, log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None,
             series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
@@ -491,7 +501,7 @@ def segment(source, model_path, output, *, head_path=None, probabilities_path=No
             series.require_reference = True
             log(f"the head reads the reference date's own features ({series.dates[series.reference]}): pixels masked "
                 "on that date are no data in the map")
-    spec = TileSpec(tile, overlap, batch or auto_batch(model))
+    spec = TileSpec(tile, overlap, batch or auto_batch(model, tile))
     return _write_class_map(runner_for(model, prep, spec, head, blocks, meta.patch_size, log), prep, classes, output,
                             probabilities_path, cog=cog, style=style, progress=progress, cancelled=cancelled, log=log,
                             block=block, provider=model.providers[0])

@@ -292,9 +292,14 @@ class RasterWriter:
                  geotransform: Sequence[float], projection: str, nodata=None, descriptions: Sequence[str] = (),
                  half_float: bool = False, cog: bool = False, class_names: Sequence[str] = (),
                  class_colours: Sequence[Sequence[int]] = (), block_rows: int = 0, metadata: Optional[dict] = None,
-                 compress: str = "DEFLATE"):
+                 compress: str = "DEFLATE", stream_rows: int = 0):
         g = gdal()
         self.path, self.cog = Path(path), cog
+        # ``stream_rows``: blocks of that many rows, written whole and flushed out of GDAL's cache as
+        # soon as they are complete (rows must come in order), so memory does not grow with the raster
+        self.stream = int(stream_rows)
+        block_rows = self.stream or block_rows
+        self._stage, self._stage_valid, self._stage_y, self._filled = None, None, 0, 0
         self.width, self.height, self.bands = width, height, bands
         self.class_names = list(class_names) if bands == 1 else []
         self.pending = PendingOutput(self.path)
@@ -350,7 +355,40 @@ class RasterWriter:
 
     def write_rows(self, y: int, block: np.ndarray, valid: Optional[np.ndarray] = None) -> None:
         """block (bands, rows, width) at output row y; rows beyond the raster are dropped. With
-        ``valid`` (rows, width), column blocks without any valid value are skipped."""
+        ``valid`` (rows, width), column blocks without any valid value are skipped. A streaming
+        writer stages rows until a block row is complete, writes it and flushes it (rows that come
+        out of order are written at once, after what is staged)."""
+        rows = min(block.shape[1], self.height - y)
+        if not self.stream or rows <= 0:
+            return self._write(y, block, valid)
+        if y != self._stage_y + self._filled:
+            self._drain()
+            self._stage_y = y
+            if y % self.stream:  # not at a block row's start: no staging until the next one
+                return self._write(y, block, valid)
+        if self._stage is None:
+            self._stage = np.empty((block.shape[0], self.stream, self.width), block.dtype)
+            self._stage_valid = np.zeros((self.stream, self.width), bool)
+        i = 0
+        while i < rows:
+            n = min(rows - i, self.stream - self._filled)
+            self._stage[:, self._filled:self._filled + n] = block[:, i:i + n]
+            self._stage_valid[self._filled:self._filled + n] = True if valid is None else valid[i:i + n]
+            self._filled += n
+            i += n
+            if self._filled == self.stream or self._stage_y + self._filled >= self.height:
+                self._drain()
+
+    def _drain(self) -> None:
+        """Write the staged rows and flush them out of GDAL's block cache."""
+        if not self._filled:
+            return
+        n, y = self._filled, self._stage_y
+        self._filled, self._stage_y = 0, y + n
+        self._write(y, self._stage[:, :n], self._stage_valid[:n], flush=True)
+
+    def _write(self, y: int, block: np.ndarray, valid: Optional[np.ndarray] = None, flush: bool = False) -> None:
+        """``flush``: each band's blocks leave GDAL's cache as soon as they are written."""
         rows = min(block.shape[1], self.height - y)
         if rows <= 0:
             return
@@ -366,6 +404,8 @@ class RasterWriter:
                     if band.WriteArray(np.ascontiguousarray(block[i, :rows, x0:x1]), x0, y) != 0:
                         errors.append(f"writing band {i + 1} rows {y}..{y + rows - 1} failed")
                         break
+                if flush and not errors and band.FlushCache() not in (None, 0):
+                    errors.append(f"writing band {i + 1} rows {y}..{y + rows - 1} failed")
                 if errors:
                     break
         if errors:
@@ -375,6 +415,7 @@ class RasterWriter:
         """Flush, close, convert to COG when asked, verify, write ``sidecars`` and rename."""
         g = gdal()
         try:
+            self._drain()
             with gdal_errors() as errors:
                 err = self.ds.FlushCache()
                 self.ds = None  # closing writes the last blocks and the .aux.xml (category names)

@@ -69,10 +69,16 @@ class BandMoments:
         self.ss = np.zeros(bands)
 
     def add(self, values: np.ndarray, valid: np.ndarray) -> None:
-        v = values[:, valid].astype(np.float64)
-        self.n += v.shape[1]
-        self.s += v.sum(1)
-        self.ss += (v * v).sum(1)
+        """``values`` (bands, rows, width), ``valid`` (rows, width): a row at a time, so the float64
+        copies stay one row of the raster whatever the block's size."""
+        for r in range(values.shape[1]):
+            keep = valid[r]
+            if not keep.any():
+                continue
+            v = values[:, r, keep].astype(np.float64)
+            self.n += v.shape[1]
+            self.s += v.sum(1)
+            self.ss += np.einsum("ij,ij->i", v, v)
 
     def mean_std(self):
         n = max(self.n, 1)
