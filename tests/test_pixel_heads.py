@@ -532,6 +532,32 @@ def test_the_panels_linear_preview_equals_it_on_the_features(encoders, scene, tm
     assert (fast["probs"].argmax(0)[v] == slow["probs"].argmax(0)[v]).mean() >= 0.9999
 
 
+def test_the_panels_forest_preview_builds_only_the_columns_its_trees_read(encoders, scene, tmp_path):
+    """Issue 26: the panel's preview and whole-raster map with a forest interpolate only the columns
+    its trees split on; the probabilities are those of the forest on every feature."""
+    from mpmae_core.runtime.heads.session import MappingSession
+
+    path, lab = scene
+    _, model = encoders[16]
+    session = MappingSession(path, model, device="cpu", cache_dir=tmp_path / "cache")
+    session.ensure_cache()
+    names = ["water", "forest", "farm"]
+    x, y, _ = session.training_data(_points(path, lab, [1, 2, 3], 6))
+    head = pixelhead.PixelHead.fit(x, y, session.train_blocks, pixelhead.Candidate("both", "forest"), names)
+    used = head.used_columns()
+    assert 0 < used.size < head.n_features
+    pv = session.preview(head, max_pixels=40_000)
+    (x0, y0), step = pv["origin"], pv["step"]
+    ys = np.arange(y0, session.prep.height, step)
+    xs = np.arange(x0, session.prep.width, step)
+    full = session.grid_features(ys, xs, head.blocks)  # every feature, as before issue 26
+    flat = full.reshape(full.shape[0], -1).T
+    ok = np.isfinite(flat[:, used]).all(1)
+    np.testing.assert_array_equal(pv["valid"].ravel(), ok)
+    want = head.probabilities(np.nan_to_num(flat[ok])).astype(np.float32)
+    np.testing.assert_array_equal(pv["probs"].reshape(len(names), -1)[:, ok].T, want)
+
+
 @pytest.mark.parametrize("kind", ["forest", pytest.param("ensemble", marks=pytest.mark.slow)])
 def test_forests_read_only_the_features_their_trees_use_and_map_the_same(encoders, scene, tmp_path, kind):
     """Issue 26: a forest's graph (alone or in an ensemble) takes only the columns its trees split

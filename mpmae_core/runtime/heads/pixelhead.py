@@ -53,6 +53,7 @@ from mpmae_core.runtime.models.metadata import METADATA_KEY, ModelMetadata
 from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS, DIFFERENCE_FEATURE_SETS, \
     EXTERNAL_FEATURE_SETS, FEATURE_SETS, SPECTRA, TEMPORAL_FEATURE_SETS, Block, feature_set_blocks, \
     feature_set_columns, reference_own, union_feature_set
+from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 CLASSIFIERS = ("logistic", "forest")
 L2_STRENGTHS = (1e-3, 1e-2, 1e-1)
@@ -178,6 +179,12 @@ class PixelHead:
                              embedding_dim=self.n_features, patch_size=patch_size, output_stride=1, source=source,
                              features=[b.name for b in self.blocks], feature_channels=[b.channels for b in self.blocks],
                              classifier=self.describe(), input_columns=[int(c) for c in input_columns])
+
+    def used_columns(self) -> np.ndarray:
+        """The feature columns the head reads (a forest: only those its trees split on), increasing."""
+        if getattr(self, "_used_columns", None) is None:
+            self._used_columns = self.graph_parts()[1]
+        return self._used_columns
 
     def graph_parts(self, full_input: bool = False) -> tuple[list, np.ndarray]:
         """(the graph's members, the columns of the features it reads): a forest's trees read only
@@ -402,7 +409,7 @@ def report_html(scores: list[dict], chosen: int, why: str, samples: dict, title:
 # ----------------------------------------------------------------------------- the whole job
 
 def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float = 0.0, max_per_class: int = 1000,
-                  seed: int = 0, tile: int = 512, overlap: int = 128, feature_ids=None, log=lambda m: None,
+                  seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, feature_ids=None, log=lambda m: None,
                   progress=lambda f: None, cancelled=lambda: False, feature_raster=None, optional=()) -> tuple:
     """Features (n, F) under the labels at pixel resolution, their classes, groups and counts;
     computed from the raster, or read from a precomputed ``feature_raster`` (blocks in order).
@@ -551,8 +558,8 @@ def offered_feature_sets(blocks: Sequence[Block]) -> list:
     return out
 
 
-def open_head_input(source, model_path, *, embedding=None, embedding_kind: Optional[str] = None, tile: int = 512,
-                    overlap: int = 128, device: str = "auto", series: Optional[bool] = None, dates=None,
+def open_head_input(source, model_path, *, embedding=None, embedding_kind: Optional[str] = None, tile: int = DEFAULT_TILE,
+                    overlap: int = DEFAULT_OVERLAP, device: str = "auto", series: Optional[bool] = None, dates=None,
                     reference: int = 0, min_valid: int = 1, level: str = "auto", dn_offset="auto", band_map=None,
                     scale: float = 1.0, aoi=None, masks=None, seasons=(), feature_raster=None,
                     log=lambda m: None) -> tuple:
@@ -598,7 +605,7 @@ def open_head_input(source, model_path, *, embedding=None, embedding_kind: Optio
 def train_pixel_head(source, model_path, features, class_names, output, *, report_path=None, feature_ids=None,
                      class_colours=None, buffer_m: float = 0.0, feature_sets: Optional[Sequence[str]] = None,
                      classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
-                     seed: int = 0, tile: int = 512, overlap: int = 128, device: str = "auto", level: str = "auto",
+                     seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, device: str = "auto", level: str = "auto",
                      dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
                      masks=None, block_m: Optional[float] = None, choose_on: str = "grouped",
                      series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,

@@ -32,11 +32,12 @@ import numpy as np
 from mpmae_core.runtime.io.files import Cancelled
 from mpmae_core.runtime.inference.pixel_features import SPECTRA, Block, base_name, encoder_blocks, feature_set_columns, \
     is_external, sample_bilinear, softmax
+from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 #: The head the live preview fits after every label: fast to fit and to apply, and rarely far from
 #: the chosen one (the full choice runs when the raster is mapped).
 PREVIEW_CANDIDATE = ("both", "logistic", 1e-2)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: windows spread evenly (issue 26): other tiles, other maps
 
 
 def cache_root() -> Path:
@@ -72,7 +73,7 @@ class StageCache:
                                    all(self.path(b.name).is_file() for b in self.blocks))
 
 
-def build_stage_cache(prep, model, folder: Path, tile: int = 512, overlap: int = 128,
+def build_stage_cache(prep, model, folder: Path, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                       progress: Callable[[float], None] = lambda f: None,
                       cancelled: Callable[[], bool] = lambda: False, blocks=None) -> StageCache:
     """Every encoder stage map of the raster at its own stride, each cell from the owner tile of
@@ -162,7 +163,7 @@ class MappingSession:
     model's embedding read alone (``model_path`` None), or beside the raster (``embedding``)."""
 
     def __init__(self, raster, model_path, *, device: str = "auto", level: str = "auto", dn_offset="auto",
-                 band_map=None, scale: float = 1.0, tile: int = 512, overlap: int = 128, cache_dir=None,
+                 band_map=None, scale: float = 1.0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, cache_dir=None,
                  masks=None, other_dates=(), dates=None, min_valid: int = 1, embedding=None,
                  embedding_kind: Optional[str] = None, log: Callable[[str], None] = lambda m: None):
         """``other_dates``: more dates of the same place; the session then works on the series of
@@ -300,19 +301,27 @@ class MappingSession:
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     @_locked
-    def grid_features(self, ys: np.ndarray, xs: np.ndarray, blocks=None, weight: Optional[np.ndarray] = None
-                      ) -> np.ndarray:
+    def grid_features(self, ys: np.ndarray, xs: np.ndarray, blocks=None, weight: Optional[np.ndarray] = None,
+                      columns: Optional[np.ndarray] = None) -> np.ndarray:
         """(F, len(ys), len(xs)) features on the grid of pixel rows ``ys`` x columns ``xs`` (both
         increasing): the window's bands read once, each stage interpolated separably (rows, then
         columns: the same numbers as :meth:`features_at`, far fewer operations). With ``weight``
         (K, F), an affine head's weights: (K, ...) their sum over the features instead, each block's
         weights applied at its own resolution before interpolating (the same sum up to float
-        rounding; the features are never built)."""
+        rounding; the features are never built). With ``columns`` (increasing), only those features
+        (what a forest's trees read), each computed as in the whole."""
         from mpmae_core.runtime.inference.pixel_features import bilinear_axis, block_slices
 
         blocks = blocks or self.blocks
         sl = block_slices(blocks)
         total = None
+        keep = {}  # block -> its channels among the columns
+        if columns is not None:
+            columns = np.asarray(columns, np.int64)
+            for b in blocks:
+                s0 = sl[b.name].start
+                keep[b.name] = columns[(columns >= s0) & (columns < s0 + b.channels)] - s0
+            blocks = [b for b in blocks if keep[b.name].size]
 
         def add(part, b):
             nonlocal total
@@ -328,6 +337,8 @@ class MappingSession:
         for b in blocks:
             if b.name in maps:
                 part = maps[b.name][:, ys - int(ys[0])][:, :, xs - int(xs[0])]
+                if b.name in keep:
+                    part = part[keep[b.name]]
                 if weight is None:
                     parts.append(part)
                 else:
@@ -338,7 +349,7 @@ class MappingSession:
             lx, hx, fx = bilinear_axis(m.shape[2], b.stride, xs)
             r0, r1 = int(ly.min()), int(hy.max()) + 1
             c0, c1 = int(lx.min()), int(hx.max()) + 1
-            win = m[:, r0:r1, c0:c1]
+            win = m[:, r0:r1, c0:c1] if b.name not in keep else m[keep[b.name], r0:r1, c0:c1]
             if weight is not None:  # the K scores at the stage's own cells, then interpolated
                 win = np.tensordot(weight[:, sl[b.name]].astype(np.float32), win, axes=(1, 0))
             rows = win[:, ly - r0] * (1 - fy)[None, :, None] + win[:, hy - r0] * fy[None, :, None]
@@ -425,7 +436,8 @@ class MappingSession:
         probs = np.full((k, len(ys), len(xs)), np.nan, np.float32)
         valid = np.zeros((len(ys), len(xs)), bool)
         linear = head.weight is not None and not head.members  # its weights at each block's resolution
-        chunk = max(1, 2_000_000 // max(1, (k if linear else head.n_features) * len(xs)))  # bounded memory
+        used = None if linear else head.used_columns()  # a forest's: only what its trees read
+        chunk = max(1, 2_000_000 // max(1, (k if linear else max(used.size, head.n_features // 4)) * len(xs)))
         for i in range(0, len(ys), chunk):
             if linear:
                 logits = self.grid_features(ys[i:i + chunk], xs, head.blocks, weight=head.weight) + \
@@ -434,12 +446,14 @@ class MappingSession:
                 probs[:, i:i + chunk] = np.where(ok[None], softmax(np.where(ok[None], logits, 0.0), axis=0), np.nan)
                 valid[i:i + chunk] = ok
                 continue
-            feats = self.grid_features(ys[i:i + chunk], xs, head.blocks)
+            feats = self.grid_features(ys[i:i + chunk], xs, head.blocks, columns=used)
             flat = feats.reshape(feats.shape[0], -1).T
             ok = np.isfinite(flat).all(1)
             part = np.full((k, flat.shape[0]), np.nan, np.float32)
             if ok.any():
-                part[:, ok] = head.probabilities(flat[ok]).T
+                x = np.zeros((int(ok.sum()), head.n_features), np.float32)  # columns no tree reads stay 0
+                x[:, used] = flat[ok]
+                part[:, ok] = head.probabilities(x).T
             probs[:, i:i + chunk] = part.reshape(k, -1, len(xs))
             valid[i:i + chunk] = ok.reshape(-1, len(xs))
         gt = self.prep.geotransform

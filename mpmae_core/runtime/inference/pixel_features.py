@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 SPECTRA = "spectra"
 #: The feature sets a head chooses from on one raster: block selections by role.
@@ -194,14 +195,26 @@ def bilinear_axis(n: int, factor: int, positions: np.ndarray) -> tuple[np.ndarra
     return np.clip(lo, 0, n - 1), np.clip(lo + 1, 0, n - 1), frac
 
 
-def upsample_rows(x: np.ndarray, factor: int, r0: int, r1: int) -> np.ndarray:
-    """Rows r0..r1-1 of the bilinear upsampling of (C, h, w) by ``factor``: (C, r1 - r0, w * factor)."""
+def upsample_rows(x: np.ndarray, factor: int, r0: int, r1: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Rows r0..r1-1 of the bilinear upsampling of (C, h, w) by ``factor``: (C, r1 - r0, w * factor),
+    written into ``out`` when given (no temporary of the output's size is made)."""
     if factor == 1:
-        return x[:, r0:r1]
+        if out is None:
+            return x[:, r0:r1]
+        out[...] = x[:, r0:r1]
+        return out
     ly, hy, fy = bilinear_axis(x.shape[1], factor, np.arange(r0, r1))
     lx, hx, fx = bilinear_axis(x.shape[2], factor, np.arange(x.shape[2] * factor))
     rows = x[:, ly] * (1 - fy)[None, :, None] + x[:, hy] * fy[None, :, None]
-    return rows[:, :, lx] * (1 - fx)[None, None, :] + rows[:, :, hx] * fx[None, None, :]
+    if out is None:
+        out = np.empty((x.shape[0], r1 - r0, x.shape[2] * factor), np.float32)
+    # out = rows[..., lx] * (1 - fx) + rows[..., hx] * fx, the same float operations in the same order
+    np.take(rows, lx, axis=2, out=out)
+    out *= (1 - fx)[None, None, :]
+    high = np.take(rows, hx, axis=2)
+    high *= fx[None, None, :]
+    out += high
+    return out
 
 
 def upsample_bilinear(x: np.ndarray, factor: int) -> np.ndarray:
@@ -225,7 +238,8 @@ def hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], r0: i
                  columns: Optional[np.ndarray] = None) -> np.ndarray:
     """(F, r1 - r0, w) features of rows r0..r1-1 of a tile: ``spectra`` (C, h, w) is the tile's
     normalised input, ``maps`` name -> (c, h/stride, w/stride) the encoder's outputs for it. With
-    ``columns`` (increasing), only those features, each computed as in the whole."""
+    ``columns`` (increasing), only those features, each computed as in the whole. Each block is
+    written straight into its rows of the result."""
     parts, start = [], 0
     for b in blocks:
         src = spectra if b.name == SPECTRA and SPECTRA not in maps else maps[b.name]
@@ -235,11 +249,18 @@ def hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], r0: i
             if not mine.size:
                 continue
             src = src[mine]
+        parts.append((b, src))
+    width = spectra.shape[2]
+    out = np.empty((sum(src.shape[0] for _, src in parts), r1 - r0, width), np.float32)
+    at = 0
+    for b, src in parts:
+        dst = out[at:at + src.shape[0]]
+        at += src.shape[0]
         if b.name == SPECTRA and SPECTRA not in maps:
-            parts.append(src[:, r0:r1])
+            dst[...] = src[:, r0:r1]
         else:  # an encoder map, or (a series) a map at stride 1 of the tile's spectra
-            parts.append(upsample_rows(src, b.stride, r0, r1))
-    return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+            upsample_rows(np.asarray(src, np.float32), b.stride, r0, r1, out=dst)
+    return out
 
 
 def sample_hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], ys: np.ndarray,
@@ -302,8 +323,8 @@ def check_maps(maps: dict, blocks: Sequence[Block], th: int, tw: int) -> None:
                              "its graph: export it again")
 
 
-def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols: np.ndarray, tile: int = 512,
-                    overlap: int = 128, progress: Callable[[float], None] = lambda f: None,
+def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols: np.ndarray, tile: int = DEFAULT_TILE,
+                    overlap: int = DEFAULT_OVERLAP, progress: Callable[[float], None] = lambda f: None,
                     cancelled: Callable[[], bool] = lambda: False) -> np.ndarray:
     """(n, F) features at raster pixels (rows, cols), each from its owner tile; NaN rows where the
     pixel has no data. Only tiles owning a requested pixel are read and run."""
