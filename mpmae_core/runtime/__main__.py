@@ -181,9 +181,9 @@ def _users_accuracy(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
     from mpmae_core import registry
     from mpmae_core.runtime import cli
+    from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
     from mpmae_core.runtime.inference.pixel_features import ALL_FEATURE_SETS
 
     p = argparse.ArgumentParser(prog=program_name("python -m mpmae_core.runtime"), description=__doc__.split("\n\n")[0],

@@ -16,9 +16,9 @@ from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 def change_map(before, after, model_path, output, *, head_path=None, features=None, class_names=None,
                head_output=None, report_path=None, probabilities_path=None, feature_ids=None, class_colours=None,
-               buffer_m: float = 0.0, before_dates=None, after_dates=None, min_valid: int = 1, tile: int = DEFAULT_TILE,
-               overlap: int = DEFAULT_OVERLAP, device: str = "auto", progress=lambda f: None, cancelled=lambda: False,
-               log=lambda m: None, **prep_kw) -> dict:
+               buffer_m: float = 0.0, before_dates=None, after_dates=None, min_valid: int = 1,
+               tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, device: str = "auto",
+               progress=lambda f: None, cancelled=lambda: False, log=lambda m: None, **prep_kw) -> dict:
     """A map of change classes: with labelled examples (``features``, ``class_names``), the
     self-choosing head is trained on the pair's features (saved to ``head_output``, with its
     report) and maps it; with ``head_path``, that head maps it."""

@@ -275,9 +275,9 @@ def compare_features(source, model_path, features, class_names, *, validation=No
                      reference_field: str = "reference", report=None, table=None, feature_ids=None,
                      feature_sets: Optional[Sequence[str]] = None, classifiers: Sequence[str] = CLASSIFIERS,
                      buffer_m: float = 0.0, max_pixels_per_class: int = 1000, folds: int = 5, seed: int = 0,
-                     block_m: Optional[float] = None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, embedding=None,
-                     embedding_kind: Optional[str] = None, progress=lambda f: None, cancelled=lambda: False,
-                     log=lambda m: None, **input_options) -> dict:
+                     block_m: Optional[float] = None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                     embedding=None, embedding_kind: Optional[str] = None, progress=lambda f: None,
+                     cancelled=lambda: False, log=lambda m: None, **input_options) -> dict:
     """The comparison (see the module) on ``source`` (a raster with ``model_path``, with another
     model's ``embedding`` beside; or an embedding alone with no model), ``features`` its labels.
     Writes the HTML ``report`` and the CSV ``table`` (each optional, whole or not at all)."""

@@ -409,8 +409,9 @@ def report_html(scores: list[dict], chosen: int, why: str, samples: dict, title:
 # ----------------------------------------------------------------------------- the whole job
 
 def gather_pixels(prep, model, blocks, features, class_names, *, buffer_m: float = 0.0, max_per_class: int = 1000,
-                  seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, feature_ids=None, log=lambda m: None,
-                  progress=lambda f: None, cancelled=lambda: False, feature_raster=None, optional=()) -> tuple:
+                  seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, feature_ids=None,
+                  log=lambda m: None, progress=lambda f: None, cancelled=lambda: False, feature_raster=None,
+                  optional=()) -> tuple:
     """Features (n, F) under the labels at pixel resolution, their classes, groups and counts;
     computed from the raster, or read from a precomputed ``feature_raster`` (blocks in order).
     A labelled pixel without data is dropped, unless only the ``optional`` blocks lack it (they
@@ -558,11 +559,11 @@ def offered_feature_sets(blocks: Sequence[Block]) -> list:
     return out
 
 
-def open_head_input(source, model_path, *, embedding=None, embedding_kind: Optional[str] = None, tile: int = DEFAULT_TILE,
-                    overlap: int = DEFAULT_OVERLAP, device: str = "auto", series: Optional[bool] = None, dates=None,
-                    reference: int = 0, min_valid: int = 1, level: str = "auto", dn_offset="auto", band_map=None,
-                    scale: float = 1.0, aoi=None, masks=None, seasons=(), feature_raster=None,
-                    log=lambda m: None) -> tuple:
+def open_head_input(source, model_path, *, embedding=None, embedding_kind: Optional[str] = None,
+                    tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, device: str = "auto",
+                    series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
+                    level: str = "auto", dn_offset="auto", band_map=None, scale: float = 1.0, aoi=None, masks=None,
+                    seasons=(), feature_raster=None, log=lambda m: None) -> tuple:
     """(model, its metadata, the prepared input, the overlap to use) for a per-pixel head: the
     encoder and the raster (or series), with another model's ``embedding`` beside it; or, with no
     model (``embedding_sources.without_model``), the input as another model's embedding read
@@ -605,9 +606,9 @@ def open_head_input(source, model_path, *, embedding=None, embedding_kind: Optio
 def train_pixel_head(source, model_path, features, class_names, output, *, report_path=None, feature_ids=None,
                      class_colours=None, buffer_m: float = 0.0, feature_sets: Optional[Sequence[str]] = None,
                      classifiers: Sequence[str] = CLASSIFIERS, max_pixels_per_class: int = 1000, folds: int = 5,
-                     seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, device: str = "auto", level: str = "auto",
-                     dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None, aoi=None,
-                     masks=None, block_m: Optional[float] = None, choose_on: str = "grouped",
+                     seed: int = 0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, device: str = "auto",
+                     level: str = "auto", dn_offset="auto", band_map=None, scale: float = 1.0, feature_raster=None,
+                     aoi=None, masks=None, block_m: Optional[float] = None, choose_on: str = "grouped",
                      series: Optional[bool] = None, dates=None, reference: int = 0, min_valid: int = 1,
                      seasons=(), embedding=None, embedding_kind: Optional[str] = None, progress=lambda f: None,
                      cancelled=lambda: False, log=lambda m: None) -> dict:

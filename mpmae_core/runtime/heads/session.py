@@ -163,8 +163,8 @@ class MappingSession:
     model's embedding read alone (``model_path`` None), or beside the raster (``embedding``)."""
 
     def __init__(self, raster, model_path, *, device: str = "auto", level: str = "auto", dn_offset="auto",
-                 band_map=None, scale: float = 1.0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, cache_dir=None,
-                 masks=None, other_dates=(), dates=None, min_valid: int = 1, embedding=None,
+                 band_map=None, scale: float = 1.0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                 cache_dir=None, masks=None, other_dates=(), dates=None, min_valid: int = 1, embedding=None,
                  embedding_kind: Optional[str] = None, log: Callable[[str], None] = lambda m: None):
         """``other_dates``: more dates of the same place; the session then works on the series of
         ``raster`` (its reference date) and them, with the temporal feature sets. ``model_path``
@@ -310,17 +310,13 @@ class MappingSession:
         weights applied at its own resolution before interpolating (the same sum up to float
         rounding; the features are never built). With ``columns`` (increasing), only those features
         (what a forest's trees read), each computed as in the whole."""
-        from mpmae_core.runtime.inference.pixel_features import bilinear_axis, block_slices
+        from mpmae_core.runtime.inference.pixel_features import bilinear_axis, block_channels, block_slices
 
         blocks = blocks or self.blocks
         sl = block_slices(blocks)
         total = None
-        keep = {}  # block -> its channels among the columns
+        keep = block_channels(blocks, columns) if columns is not None else {}  # block -> its channels
         if columns is not None:
-            columns = np.asarray(columns, np.int64)
-            for b in blocks:
-                s0 = sl[b.name].start
-                keep[b.name] = columns[(columns >= s0) & (columns < s0 + b.channels)] - s0
             blocks = [b for b in blocks if keep[b.name].size]
 
         def add(part, b):
@@ -437,7 +433,7 @@ class MappingSession:
         valid = np.zeros((len(ys), len(xs)), bool)
         linear = head.weight is not None and not head.members  # its weights at each block's resolution
         used = None if linear else head.used_columns()  # a forest's: only what its trees read
-        chunk = max(1, 2_000_000 // max(1, (k if linear else max(used.size, head.n_features // 4)) * len(xs)))
+        chunk = max(1, 2_000_000 // max(1, (k if linear else head.n_features) * len(xs)))  # bounded memory
         for i in range(0, len(ys), chunk):
             if linear:
                 logits = self.grid_features(ys[i:i + chunk], xs, head.blocks, weight=head.weight) + \

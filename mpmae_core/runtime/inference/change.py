@@ -284,10 +284,10 @@ def prepare_pair(before, after, meta, *, before_dates=None, after_dates=None, mi
     return PairInput(a, b, meta, input_files(before) + input_files(after))
 
 
-def change_magnitude(before, after, model_path, output, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, batch: int = 0,
-                     device: str = "auto", before_dates=None, after_dates=None, min_valid: int = 1, cog: bool = False,
-                     style: bool = True, progress=lambda f: None, cancelled=lambda: False, log=lambda m: None,
-                     **prep_kw) -> dict:
+def change_magnitude(before, after, model_path, output, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                     batch: int = 0, device: str = "auto", before_dates=None, after_dates=None, min_valid: int = 1,
+                     cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
+                     log=lambda m: None, **prep_kw) -> dict:
     """The change magnitudes (see the module) as a 2-band float32 GeoTIFF, with the suggested
     thresholds in its metadata and a .qml showing the cosine distance."""
     from mpmae_core.runtime.inference.predict import TiledPredictor, TileSpec, check_outputs, check_tiling, \

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
 from mpmae_core.runtime.inference.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 SPECTRA = "spectra"
@@ -154,6 +155,13 @@ def block_slices(blocks: Sequence[Block]) -> dict:
     return out
 
 
+def block_channels(blocks: Sequence[Block], columns: np.ndarray) -> dict:
+    """name -> the block's own channel indices among ``columns`` (indices into the joined features
+    of ``blocks``, increasing): what a head that reads only those columns needs of each block."""
+    columns, slices = np.asarray(columns, np.int64), block_slices(blocks)
+    return {name: columns[(columns >= sl.start) & (columns < sl.stop)] - sl.start for name, sl in slices.items()}
+
+
 def block_columns(blocks: Sequence[Block], keep: Callable[[Block], bool]) -> np.ndarray:
     """The columns, in the joined feature vector of ``blocks``, of the blocks ``keep`` accepts."""
     sl = block_slices(blocks)
@@ -240,15 +248,14 @@ def hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], r0: i
     normalised input, ``maps`` name -> (c, h/stride, w/stride) the encoder's outputs for it. With
     ``columns`` (increasing), only those features, each computed as in the whole. Each block is
     written straight into its rows of the result."""
-    parts, start = [], 0
+    keep = block_channels(blocks, columns) if columns is not None else {}
+    parts = []
     for b in blocks:
         src = spectra if b.name == SPECTRA and SPECTRA not in maps else maps[b.name]
-        if columns is not None:  # the block's channels among the columns
-            mine = columns[(columns >= start) & (columns < start + b.channels)] - start
-            start += b.channels
-            if not mine.size:
+        if columns is not None:
+            if not keep[b.name].size:
                 continue
-            src = src[mine]
+            src = src[keep[b.name]]
         parts.append((b, src))
     width = spectra.shape[2]
     out = np.empty((sum(src.shape[0] for _, src in parts), r1 - r0, width), np.float32)
@@ -323,8 +330,9 @@ def check_maps(maps: dict, blocks: Sequence[Block], th: int, tw: int) -> None:
                              "its graph: export it again")
 
 
-def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols: np.ndarray, tile: int = DEFAULT_TILE,
-                    overlap: int = DEFAULT_OVERLAP, progress: Callable[[float], None] = lambda f: None,
+def sample_features(prep, model, blocks: Sequence[Block], rows: np.ndarray, cols: np.ndarray,
+                    tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                    progress: Callable[[float], None] = lambda f: None,
                     cancelled: Callable[[], bool] = lambda: False) -> np.ndarray:
     """(n, F) features at raster pixels (rows, cols), each from its owner tile; NaN rows where the
     pixel has no data. Only tiles owning a requested pixel are read and run."""

@@ -223,10 +223,10 @@ def writer_guard(writers, fn):
     return result
 
 
-def embed(source, model_path, output, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, batch: int = 0, device: str = "auto",
-          dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto", band_map=None,
-          scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None, cancelled=lambda: False,
-          log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None) -> dict:
+def embed(source, model_path, output, *, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, batch: int = 0,
+          device: str = "auto", dtype: str = "float32", upsample: bool = False, level: str = "auto", dn_offset="auto",
+          band_map=None, scale: float = 1.0, cog: bool = False, style: bool = True, progress=lambda f: None,
+          cancelled=lambda: False, log=lambda m: None, block: Optional[tuple] = None, aoi=None, masks=None) -> dict:
     """Embedding raster (D bands) at patch stride, or upsampled to pixels; NaN where no data. With
     ``style``, a .qml beside it shows the three bands of largest spread as RGB."""
     from mpmae_core.runtime.inference.raster import prepare_input
@@ -274,9 +274,9 @@ FEATURES_KEY = "MMEARTH_FEATURES"  # GDAL metadata item of a per-pixel feature r
 FEATURE_BLOCK_ROWS = 16  # rows per GeoTIFF block of a feature raster: written whole, one chunk at a time
 
 
-def features(source, model_path, output, *, blocks=None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, batch: int = 0,
-             device: str = "auto", dtype: str = "float32", level: str = "auto", dn_offset="auto", band_map=None,
-             scale: float = 1.0, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
+def features(source, model_path, output, *, blocks=None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+             batch: int = 0, device: str = "auto", dtype: str = "float32", level: str = "auto", dn_offset="auto",
+             band_map=None, scale: float = 1.0, cog: bool = False, progress=lambda f: None, cancelled=lambda: False,
              log=lambda m: None, aoi=None, masks=None, series: Optional[bool] = None, dates=None, reference: int = 0,
              min_valid: int = 1, seasons=()) -> dict:
     """Per-pixel feature raster: each pixel's normalised spectra and every encoder stage upsampled

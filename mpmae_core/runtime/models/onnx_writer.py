@@ -356,8 +356,8 @@ class _Graph:
         if self.float16:
             return self.op("Sqrt", [self.op("ReduceSumSquare", [x], axes=[1, 2], keepdims=1)])
         flat = self.op("Reshape", [self.op("Mul", [x, x]), self.const("shape", np.array([0, -1, channels], np.int64))])
-        size = self.op("Concat", [self.const("ones", np.array([1, 1], np.int64)), self.op("Shape", [flat], start=1, end=2)],
-                       axis=0)
+        size = self.op("Concat", [self.const("ones", np.array([1, 1], np.int64)),
+                                  self.op("Shape", [flat], start=1, end=2)], axis=0)
         ones = self.op("Expand", [self.scalar(1.0), size])
         return self.op("Unsqueeze", [self.op("Sqrt", [self.op("MatMul", [ones, flat])]),
                                      self.const("axis", np.array([1], np.int64))])
