@@ -300,6 +300,14 @@ def _tessera_tile(folder, v, gt, wkt, name="grid_0.05_51.95"):
     return folder / f"{name}.npy"
 
 
+def _class_tessera_tile(folder, crop, census, rng):
+    """A GeoTessera tile over ``crop`` whose vectors separate the census classes (one random vector
+    per class plus noise, drawn from ``rng``): (the tile's .npy path, the float vectors it quantises)."""
+    ref = gdal.Open(str(crop))
+    v = rng.normal(size=(9, 128))[census] + 0.5 * rng.normal(size=census.shape + (128,))
+    return _tessera_tile(folder, v.astype(np.float32), ref.GetGeoTransform(), ref.GetProjection()), v
+
+
 def _agreement(got, census, names):
     from mpmae_core.data import sample
 
@@ -317,9 +325,7 @@ def test_an_embedding_alone_maps_without_sentinel2_or_an_encoder(scene_with_embe
     monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
     crop, aef, labels, census = scene_with_embedding
     ref = gdal.Open(str(crop))
-    rng = np.random.default_rng(11)
-    v = rng.normal(size=(9, 128))[census] + 0.5 * rng.normal(size=census.shape + (128,))
-    tile = _tessera_tile(tmp_path, v.astype(np.float32), ref.GetGeoTransform(), ref.GetProjection())
+    tile, _ = _class_tessera_tile(tmp_path, crop, census, np.random.default_rng(11))
     feats, names, ids, _ = read_label_file(labels, "landuse", ref.GetProjection())
     heads = {}
     for what, path in (("alphaearth", aef), ("tessera", tile)):
@@ -361,8 +367,7 @@ def test_an_embedding_alone_through_qgis_processing(scene_with_embedding, models
     crop, aef, labels, census = scene_with_embedding
     ref = gdal.Open(str(crop))
     rng = np.random.default_rng(12)
-    v = rng.normal(size=(9, 128))[census] + 0.5 * rng.normal(size=census.shape + (128,))
-    tile = _tessera_tile(tmp_path, v.astype(np.float32), ref.GetGeoTransform(), ref.GetProjection())
+    tile, v = _class_tessera_tile(tmp_path, crop, census, rng)
     result, feedback = run_alg("mmearth:tessera_tile", {"INPUT": str(tile), "OUTPUT": str(tmp_path / "tessera.tif")})
     layer = gdal.Open(result["OUTPUT"])
     assert layer.RasterCount == 128 and layer.GetGeoTransform() == ref.GetGeoTransform()
@@ -743,10 +748,7 @@ def test_a_tessera_tile_through_the_command_line(scene_with_embedding, tmp_path,
 
     monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
     crop, _, labels, census = scene_with_embedding
-    ref = gdal.Open(str(crop))
-    rng = np.random.default_rng(13)
-    v = rng.normal(size=(9, 128))[census] + 0.5 * rng.normal(size=census.shape + (128,))
-    tile = _tessera_tile(tmp_path, v.astype(np.float32), ref.GetGeoTransform(), ref.GetProjection())
+    tile, _ = _class_tessera_tile(tmp_path, crop, census, np.random.default_rng(13))
     assert main(["inspect", str(tile)]) == 0
     assert "TESSERA" in capsys.readouterr().out
     assert main(["train-head", str(tile), "none", str(labels), str(tmp_path / "h.onnx"), "--class-field",
@@ -860,10 +862,7 @@ def test_the_embedding_algorithms_from_their_own_dialogs(scene_with_embedding, v
 
     monkeypatch.setenv("MMEARTH_CACHE", str(tmp_path / "cache"))
     crop, aef, labels, census = scene_with_embedding
-    ref = gdal.Open(str(crop))
-    rng = np.random.default_rng(14)
-    v = rng.normal(size=(9, 128))[census] + 0.5 * rng.normal(size=census.shape + (128,))
-    tile = _tessera_tile(tmp_path, v.astype(np.float32), ref.GetGeoTransform(), ref.GetProjection())
+    tile, _ = _class_tessera_tile(tmp_path, crop, census, np.random.default_rng(14))
     runs = [("mmearth:tessera_tile", {"INPUT": str(tile), "OUTPUT": str(tmp_path / "tessera.tif")}),
             ("mmearth:train_head", {"INPUT": str(aef), "LABELS": str(labels), "CLASS_FIELD": "landuse",
                                     "OUTPUT": str(tmp_path / "head.onnx")}),
