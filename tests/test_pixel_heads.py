@@ -98,6 +98,40 @@ def test_hypercolumns_equal_a_direct_computation_on_a_small_tile(encoders, p):
     np.testing.assert_array_equal(pixel_features.sample_hypercolumns(x, maps, blocks, ys, xs), got[:, ys, xs].T)
 
 
+def test_hypercolumns_built_in_threads_and_from_a_cut_tile_are_the_same_numbers(encoders, monkeypatch):
+    """Issue 26: the columns are built in worker threads, each a share of every block's channels,
+    into a reused buffer, and a forest's few columns from a tile cut once (``select_columns``): the
+    numbers are those of one thread on the whole tile, bit for bit."""
+    _, path = encoders[16]
+    model = OnnxModel(path, device="cpu")
+    blocks = pixel_features.encoder_blocks(model.metadata)
+    x = np.random.default_rng(3).normal(size=(12, 96, 64)).astype(np.float32)
+    maps = pixel_features.EncoderMaps(model, blocks)(x[None])[0]
+    monkeypatch.setattr(pixel_features, "column_threads", lambda values: 1)
+    one = pixel_features.hypercolumns(x, maps, blocks, 7, 90)
+    for n in (2, 3, 5):  # more shares than some blocks have channels, and uneven ones
+        monkeypatch.setattr(pixel_features, "COLUMN_THREADS", n)
+        monkeypatch.setattr(pixel_features, "column_threads", lambda values, n=n: n)
+        monkeypatch.setattr(pixel_features, "_pool", None)
+        buffer = np.full(one.size + 100, np.nan, np.float32)
+        got = pixel_features.hypercolumns(x, maps, blocks, 7, 90, buffer=buffer)
+        np.testing.assert_array_equal(got, one)
+        assert np.shares_memory(got, buffer) and got.flags.c_contiguous
+        cols = np.sort(np.random.default_rng(n).choice(one.shape[0], 40, replace=False))
+        cols[0] = 3  # a spectra column too
+        cols = np.unique(cols)
+        np.testing.assert_array_equal(pixel_features.hypercolumns(x, maps, blocks, 7, 90, cols), one[cols])
+        spectra, cut, kept = pixel_features.select_columns(x, maps, blocks, cols)
+        assert sum(b.channels for b in kept) == len(cols)
+        np.testing.assert_array_equal(pixel_features.hypercolumns(spectra, cut, kept, 7, 90), one[cols])
+    # a share that fails is reported, not lost, and the pool still works afterwards
+    monkeypatch.setattr(pixel_features, "upsample_rows", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        pixel_features.hypercolumns(x, maps, blocks, 7, 90)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(pixel_features.hypercolumns(x, maps, blocks, 7, 90), one)
+
+
 def test_small_raster_is_mirrored_and_its_map_does_not_depend_on_where_it_sits(encoders, scene, tmp_path):
     enc, path = encoders[16]
     src, lab = scene

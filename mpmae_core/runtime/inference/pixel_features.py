@@ -16,6 +16,9 @@ bounded by the tile, not by the raster or the number of channels.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -243,31 +246,92 @@ def sample_bilinear(x: np.ndarray, factor: int, ys: np.ndarray, xs: np.ndarray) 
 
 
 def hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], r0: int, r1: int,
-                 columns: Optional[np.ndarray] = None) -> np.ndarray:
+                 columns: Optional[np.ndarray] = None, buffer: Optional[np.ndarray] = None) -> np.ndarray:
     """(F, r1 - r0, w) features of rows r0..r1-1 of a tile: ``spectra`` (C, h, w) is the tile's
     normalised input, ``maps`` name -> (c, h/stride, w/stride) the encoder's outputs for it. With
     ``columns`` (increasing), only those features, each computed as in the whole. Each block is
-    written straight into its rows of the result."""
-    keep = block_channels(blocks, columns) if columns is not None else {}
-    parts = []
-    for b in blocks:
-        src = spectra if b.name == SPECTRA and SPECTRA not in maps else maps[b.name]
-        if columns is not None:
-            if not keep[b.name].size:
-                continue
-            src = src[keep[b.name]]
-        parts.append((b, src))
-    width = spectra.shape[2]
-    out = np.empty((sum(src.shape[0] for _, src in parts), r1 - r0, width), np.float32)
-    at = 0
+    written straight into its rows of the result, in worker threads (``in_threads``); with
+    ``buffer`` (float32, at least F * (r1 - r0) * w values), the result is a view of its start."""
+    if columns is not None:
+        spectra, maps, blocks = select_columns(spectra, maps, blocks, columns)
+    parts = [(b, spectra if b.name == SPECTRA and SPECTRA not in maps else maps[b.name]) for b in blocks]
+    shape = (sum(src.shape[0] for _, src in parts), r1 - r0, spectra.shape[2])
+    if buffer is not None and buffer.dtype == np.float32 and buffer.size >= np.prod(shape):
+        out = buffer.reshape(-1)[:int(np.prod(shape))].reshape(shape)  # contiguous: no page faults again
+    else:
+        out = np.empty(shape, np.float32)
+    jobs, at = [], 0
     for b, src in parts:
-        dst = out[at:at + src.shape[0]]
+        copy = b.name == SPECTRA and SPECTRA not in maps  # else an encoder map, or (a series) one at stride 1
+        jobs.append((copy, np.asarray(src, np.float32), b.stride, out[at:at + src.shape[0]]))
         at += src.shape[0]
-        if b.name == SPECTRA and SPECTRA not in maps:
-            dst[...] = src[:, r0:r1]
-        else:  # an encoder map, or (a series) a map at stride 1 of the tile's spectra
-            upsample_rows(np.asarray(src, np.float32), b.stride, r0, r1, out=dst)
+    in_threads(lambda share: _columns(jobs, share, r0, r1), column_threads(out.size))
     return out
+
+
+def select_columns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block],
+                   columns: np.ndarray) -> tuple[np.ndarray, dict, list[Block]]:
+    """The tile's spectra, maps and blocks cut to ``columns`` (increasing; blocks without one
+    dropped): ``hypercolumns`` of the result equals ``hypercolumns(..., columns)``. A head that
+    reads a few columns cuts a tile once, not every chunk of its rows."""
+    keep = block_channels(blocks, columns)
+    maps, kept = dict(maps), []
+    for b in blocks:
+        if not keep[b.name].size:
+            continue
+        kept.append(Block(b.name, int(keep[b.name].size), b.stride))
+        if b.name == SPECTRA and SPECTRA not in maps:
+            spectra = spectra[keep[b.name]]
+        else:
+            maps[b.name] = maps[b.name][keep[b.name]]
+    return spectra, maps, kept
+
+
+def _columns(jobs, share: tuple[int, int], r0: int, r1: int) -> None:
+    """Share (i, n) of every block's channels: the i-th of n channel ranges of each, upsampled."""
+    i, n = share
+    for copy, src, stride, dst in jobs:
+        c0, c1 = src.shape[0] * i // n, src.shape[0] * (i + 1) // n
+        if c0 == c1:
+            continue
+        if copy:
+            dst[c0:c1] = src[c0:c1, r0:r1]
+        else:
+            upsample_rows(src[c0:c1], stride, r0, r1, out=dst[c0:c1])
+
+
+# ----------------------------------------------------------------------------- worker threads
+
+#: Threads that build feature columns: numpy's copies and arithmetic release the GIL, and the model
+#: does not run while the columns of its input are built, so the cores would otherwise wait.
+COLUMN_THREADS = max(1, min(4, os.cpu_count() or 1))
+_pool_lock = threading.Lock()
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def column_threads(values: int) -> int:
+    """Threads worth starting for ``values`` output values (a small chunk is not worth the hand-off)."""
+    return max(1, min(COLUMN_THREADS, values // 262_144))
+
+
+def in_threads(fn: Callable[[tuple[int, int]], None], n: int) -> None:
+    """``fn((i, n))`` for i < n: share 0 in this thread, the rest in the process's worker threads.
+    Each share writes only its own part of the result, so the numbers do not depend on ``n``."""
+    global _pool
+    if n <= 1:
+        fn((0, 1))
+        return
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=COLUMN_THREADS - 1, thread_name_prefix="mmearth-columns")
+        pending = [_pool.submit(fn, (i, n)) for i in range(1, n)]
+    try:
+        fn((0, n))
+    finally:
+        for f in pending:  # every share finishes (or fails) before the result is used or dropped
+            f.exception()
+    for f in pending:
+        f.result()
 
 
 def sample_hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], ys: np.ndarray,
@@ -434,18 +498,29 @@ class PixelHeadRunner:
                     out[i][:, missing] = np.nan
             return out
         out = None
-        step = rows_per_chunk(self.features if self.columns is None else len(self.columns), tw)
+        width = self.features if self.columns is None else len(self.columns)
+        step = rows_per_chunk(width, tw)
+        buffer = np.empty(width * min(step, th) * tw, np.float32)  # one chunk's features, reused
         for i, maps in enumerate(all_maps):
             check_maps(maps, self.blocks, th, tw)
+            # bilinear weights are in [0, 1]: from inputs this far inside float32's range every feature is finite
+            bounded = all(np.all(np.abs(m) < 1e30) for m in (x[i], *maps.values()))
+            spectra, blocks = x[i], self.blocks
+            if self.columns is not None:
+                spectra, maps, blocks = select_columns(spectra, maps, blocks, self.columns)
             for r0 in range(0, th, step):
                 r1 = min(r0 + step, th)
-                feats = hypercolumns(x[i], maps, self.blocks, r0, r1, self.columns)
-                missing = ~np.isfinite(feats).all(0)  # a feature without data (a season no date saw): no class
-                logits = self.head.run(np.nan_to_num(feats)[None] if missing.any() else feats[None])[0]
+                feats = hypercolumns(spectra, maps, blocks, r0, r1, buffer=buffer)
+                if bounded:
+                    logits = self.head.run(feats[None])[0]
+                    missing = None
+                else:
+                    missing = ~np.isfinite(feats).all(0)  # a feature without data (a season no date saw): no class
+                    logits = self.head.run(np.nan_to_num(feats)[None] if missing.any() else feats[None])[0]
                 if out is None:
                     out = np.empty((b, logits.shape[0], th, tw), np.float32)
                 out[i, :, r0:r1] = softmax(logits, axis=0)
-                if missing.any():
+                if missing is not None and missing.any():
                     out[i, :, r0:r1][:, missing] = np.nan
         return out
 
