@@ -592,6 +592,29 @@ def test_the_panels_forest_preview_builds_only_the_columns_its_trees_read(encode
     np.testing.assert_array_equal(pv["probs"].reshape(len(names), -1)[:, ok].T, want)
 
 
+def test_the_panels_grid_features_in_threads_are_the_pixels_own_features(encoders, scene, tmp_path, monkeypatch):
+    """Issue 26: the panel's grid of features (preview and whole-raster map) is interpolated in
+    worker threads, a share of every block's channels each: bit for bit one thread's numbers, and
+    those of the labelled pixels' own features (``features_at``)."""
+    from mpmae_core.runtime.heads import session as session_module
+
+    path, _ = scene
+    _, model = encoders[16]
+    session = session_module.MappingSession(path, model, device="cpu", cache_dir=tmp_path / "cache")
+    session.ensure_cache()
+    ys, xs = np.arange(3, 200, 7), np.arange(0, session.prep.width, 5)
+    monkeypatch.setattr(pixel_features, "column_threads", lambda values: 1)
+    one = session.grid_features(ys, xs)
+    monkeypatch.setattr(pixel_features, "COLUMN_THREADS", 3)
+    monkeypatch.setattr(pixel_features, "column_threads", lambda values: 3)
+    monkeypatch.setattr(pixel_features, "_pool", None)
+    np.testing.assert_array_equal(session.grid_features(ys, xs), one)
+    rows, cols = np.repeat(ys, len(xs)), np.tile(xs, len(ys))
+    at = session.features_at(rows, cols)
+    np.testing.assert_array_equal(one.reshape(one.shape[0], -1).T, at)
+    assert np.isfinite(one).all() and one.shape[0] == sum(b.channels for b in session.blocks)
+
+
 @pytest.mark.parametrize("kind", ["forest", pytest.param("ensemble", marks=pytest.mark.slow)])
 def test_forests_read_only_the_features_their_trees_use_and_map_the_same(encoders, scene, tmp_path, kind):
     """Issue 26: a forest's graph (alone or in an ensemble) takes only the columns its trees split

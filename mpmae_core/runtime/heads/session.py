@@ -158,6 +158,34 @@ def _locked(fn):
     return wrapper
 
 
+
+def _interpolate(win: np.ndarray, axes: tuple) -> np.ndarray:
+    """A stage window's bilinear interpolation, rows then columns: (C, len(ly), len(lx))."""
+    ly, hy, fy, lx, hx, fx = axes
+    rows = win[:, ly] * (1 - fy)[None, :, None] + win[:, hy] * fy[None, :, None]
+    return rows[:, :, lx] * (1 - fx)[None, None, :] + rows[:, :, hx] * fx[None, None, :]
+
+
+def _joined(parts: list, ny: int, nx: int) -> np.ndarray:
+    """(F, ny, nx) float32: the parts one after another, the stages interpolated in worker threads
+    (each a share of every part's channels: the numbers do not depend on the threads)."""
+    from mpmae_core.runtime.inference.pixel_features import column_threads, in_threads
+
+    out = np.empty((sum(p.shape[0] for p, _ in parts), ny, nx), np.float32)
+    jobs, at = [], 0
+    for part, axes in parts:
+        jobs.append((part, axes, out[at:at + part.shape[0]]))
+        at += part.shape[0]
+
+    def share(which):
+        i, n = which
+        for part, axes, dst in jobs:
+            c0, c1 = part.shape[0] * i // n, part.shape[0] * (i + 1) // n
+            if c0 < c1:
+                dst[c0:c1] = part[c0:c1] if axes is None else _interpolate(part[c0:c1], axes)
+    in_threads(share, column_threads(out.size))
+    return out
+
 class MappingSession:
     """A raster and an encoder, with the stage-map cache, for live few-shot mapping; or another
     model's embedding read alone (``model_path`` None), or beside the raster (``embedding``)."""
@@ -329,14 +357,14 @@ class MappingSession:
         if pixel:
             y0, x0 = int(ys[0]), int(xs[0])
             maps = self._pixel_maps(y0, x0, int(ys[-1]) - y0 + 1, int(xs[-1]) - x0 + 1, pixel)
-        parts = []
+        parts = []  # without weights: (pixel part, None) or (stage window, its bilinear rows and columns)
         for b in blocks:
             if b.name in maps:
                 part = maps[b.name][:, ys - int(ys[0])][:, :, xs - int(xs[0])]
                 if b.name in keep:
                     part = part[keep[b.name]]
                 if weight is None:
-                    parts.append(part)
+                    parts.append((part, None))
                 else:
                     add(part, b)
                 continue
@@ -346,17 +374,15 @@ class MappingSession:
             r0, r1 = int(ly.min()), int(hy.max()) + 1
             c0, c1 = int(lx.min()), int(hx.max()) + 1
             win = m[:, r0:r1, c0:c1] if b.name not in keep else m[keep[b.name], r0:r1, c0:c1]
-            if weight is not None:  # the K scores at the stage's own cells, then interpolated
-                win = np.tensordot(weight[:, sl[b.name]].astype(np.float32), win, axes=(1, 0))
-            rows = win[:, ly - r0] * (1 - fy)[None, :, None] + win[:, hy - r0] * fy[None, :, None]
-            part = rows[:, :, lx - c0] * (1 - fx)[None, None, :] + rows[:, :, hx - c0] * fx[None, None, :]
-            if weight is None:
-                parts.append(part)
-            else:
-                total = part if total is None else total + part
+            if weight is None:  # interpolated below, in worker threads
+                parts.append((win, (ly - r0, hy - r0, fy, lx - c0, hx - c0, fx)))
+                continue
+            win = np.tensordot(weight[:, sl[b.name]].astype(np.float32), win, axes=(1, 0))  # K scores per cell
+            part = _interpolate(win, (ly - r0, hy - r0, fy, lx - c0, hx - c0, fx))
+            total = part if total is None else total + part
         if weight is not None:
             return total.astype(np.float32, copy=False)
-        return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+        return _joined(parts, len(ys), len(xs))
 
     def label_pixels(self, features, buffer_m: float = 0.0):
         """(rows, cols, classes, groups) of labelled features on the raster's grid."""
