@@ -54,19 +54,15 @@ def grn_variants(model: str, work: Path, gamma_scale: float = 1.0) -> tuple[str,
     import onnx
     from onnx import TensorProto, helper
 
-    def load():
-        proto = onnx.load(without_fast_norms(model, work))  # GRN's norm as one ReduceL2 node per layer
-        return proto, scale_grn_gamma(proto, gamma_scale)
-
-    proto, gamma = load()
-    norms = [n for n in proto.graph.node if n.op_type == "ReduceL2"]
-    if not norms:
+    record = onnx.load(without_fast_norms(model, work))  # GRN's norm as one ReduceL2 node per layer
+    gamma = scale_grn_gamma(record, gamma_scale)
+    names = [n.output[0] for n in record.graph.node if n.op_type == "ReduceL2"]
+    if not names:
         raise SystemExit(f"'{model}' has no GRN norm (ReduceL2) to share")
-    names = [n.output[0] for n in norms]
-    record = proto
+    shared = onnx.ModelProto()
+    shared.CopyFrom(record)
     for name in names:
         record.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    shared, _ = load()
     keep = [n for n in shared.graph.node if n.output[0] not in names]
     del shared.graph.node[:]
     shared.graph.node.extend(keep)

@@ -268,7 +268,7 @@ def test_pure_tiling_and_upsampling():
     # worked by hand: 3 windows are needed ((2048 - 96) / (1024 - 96) -> 3), each (2048 + 2 * 96) / 3
     # = 746.7 -> 752 px (patch 16), the middle one at (2048 - 752) / 2 = 648 -> 640
     assert tiling.axis_layout(2048, 1024, 96, 16) == (752, [0, 640, 1296])
-    assert tiling.axis_starts(300, 512, 128) == [0]
+    assert tiling.axis_layout(300, 512, 128)[1] == [0]
     rows = tiling.tile_windows(1000, 300, 512, 128)
     assert len(rows) == 3 and all(len(r) == 1 for r in rows) and rows[0][0].w == 300 and rows[0][0].h == 419
     rng = np.random.default_rng(0)

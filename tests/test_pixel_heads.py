@@ -145,7 +145,7 @@ def test_small_raster_is_mirrored_and_its_map_does_not_depend_on_where_it_sits(e
     rows, cols = np.mgrid[0:120, 0:120]
     got = pixel_features.sample_features(prep, model, blocks, rows.ravel(), cols.ravel())
     # independent: the raster mirrored out to the 256 px context, centred on the patch grid, by numpy
-    start = tiling.axis_starts(128, 512, 128, 16)[0]
+    start = tiling.axis_layout(128, 512, 128, 16)[1][0]
     assert start < 0 and tiling.window_length(128, 512, 16) == tiling.MIN_CONTEXT
     mean, std = registry.s2_default_statistics("l1c", BANDS)
     order = [descs.index(b if b in ("B8A", "B10", "B11", "B12") else f"B{int(b[1:]):02d}") for b in BANDS]

@@ -158,7 +158,6 @@ def _locked(fn):
     return wrapper
 
 
-
 def _interpolate(win: np.ndarray, axes: tuple) -> np.ndarray:
     """A stage window's bilinear interpolation, rows then columns: (C, len(ly), len(lx))."""
     ly, hy, fy, lx, hx, fx = axes
@@ -167,24 +166,17 @@ def _interpolate(win: np.ndarray, axes: tuple) -> np.ndarray:
 
 
 def _joined(parts: list, ny: int, nx: int) -> np.ndarray:
-    """(F, ny, nx) float32: the parts one after another, the stages interpolated in worker threads
-    (each a share of every part's channels: the numbers do not depend on the threads)."""
-    from mpmae_core.runtime.inference.pixel_features import column_threads, in_threads
+    """(F, ny, nx) float32: the parts one after another, the stages interpolated in worker threads."""
+    from mpmae_core.runtime.inference.pixel_features import fill_channel_shares
 
     out = np.empty((sum(p.shape[0] for p, _ in parts), ny, nx), np.float32)
-    jobs, at = [], 0
-    for part, axes in parts:
-        jobs.append((part, axes, out[at:at + part.shape[0]]))
-        at += part.shape[0]
 
-    def share(which):
-        i, n = which
-        for part, axes, dst in jobs:
-            c0, c1 = part.shape[0] * i // n, part.shape[0] * (i + 1) // n
-            if c0 < c1:
-                dst[c0:c1] = part[c0:c1] if axes is None else _interpolate(part[c0:c1], axes)
-    in_threads(share, column_threads(out.size))
+    def fill(j, c0, c1, dst):
+        part, axes = parts[j]
+        dst[...] = part[c0:c1] if axes is None else _interpolate(part[c0:c1], axes)
+    fill_channel_shares(out, [p.shape[0] for p, _ in parts], fill)
     return out
+
 
 class MappingSession:
     """A raster and an encoder, with the stage-map cache, for live few-shot mapping; or another

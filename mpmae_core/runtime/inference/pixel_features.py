@@ -250,22 +250,27 @@ def hypercolumns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block], r0: i
     """(F, r1 - r0, w) features of rows r0..r1-1 of a tile: ``spectra`` (C, h, w) is the tile's
     normalised input, ``maps`` name -> (c, h/stride, w/stride) the encoder's outputs for it. With
     ``columns`` (increasing), only those features, each computed as in the whole. Each block is
-    written straight into its rows of the result, in worker threads (``in_threads``); with
+    written straight into its rows of the result, in worker threads (``fill_channel_shares``); with
     ``buffer`` (float32, at least F * (r1 - r0) * w values), the result is a view of its start."""
     if columns is not None:
         spectra, maps, blocks = select_columns(spectra, maps, blocks, columns)
-    parts = [(b, spectra if b.name == SPECTRA and SPECTRA not in maps else maps[b.name]) for b in blocks]
+    # (copy its rows, source): the tile's spectra, else an encoder map (or, in a series, one at stride 1)
+    parts = [(True, spectra) if b.name == SPECTRA and SPECTRA not in maps else
+             (False, np.asarray(maps[b.name], np.float32)) for b in blocks]
     shape = (sum(src.shape[0] for _, src in parts), r1 - r0, spectra.shape[2])
-    if buffer is not None and buffer.dtype == np.float32 and buffer.size >= np.prod(shape):
-        out = buffer.reshape(-1)[:int(np.prod(shape))].reshape(shape)  # contiguous: no page faults again
+    size = shape[0] * shape[1] * shape[2]
+    if buffer is not None and buffer.dtype == np.float32 and buffer.size >= size:
+        out = buffer.reshape(-1)[:size].reshape(shape)  # contiguous: no page faults again
     else:
         out = np.empty(shape, np.float32)
-    jobs, at = [], 0
-    for b, src in parts:
-        copy = b.name == SPECTRA and SPECTRA not in maps  # else an encoder map, or (a series) one at stride 1
-        jobs.append((copy, np.asarray(src, np.float32), b.stride, out[at:at + src.shape[0]]))
-        at += src.shape[0]
-    in_threads(lambda share: _columns(jobs, share, r0, r1), column_threads(out.size))
+
+    def fill(j, c0, c1, dst):
+        copy, src = parts[j]
+        if copy:
+            dst[...] = src[c0:c1, r0:r1]
+        else:
+            upsample_rows(src[c0:c1], blocks[j].stride, r0, r1, out=dst)
+    fill_channel_shares(out, [src.shape[0] for _, src in parts], fill)
     return out
 
 
@@ -287,19 +292,6 @@ def select_columns(spectra: np.ndarray, maps: dict, blocks: Sequence[Block],
     return spectra, maps, kept
 
 
-def _columns(jobs, share: tuple[int, int], r0: int, r1: int) -> None:
-    """Share (i, n) of every block's channels: the i-th of n channel ranges of each, upsampled."""
-    i, n = share
-    for copy, src, stride, dst in jobs:
-        c0, c1 = src.shape[0] * i // n, src.shape[0] * (i + 1) // n
-        if c0 == c1:
-            continue
-        if copy:
-            dst[c0:c1] = src[c0:c1, r0:r1]
-        else:
-            upsample_rows(src[c0:c1], stride, r0, r1, out=dst[c0:c1])
-
-
 # ----------------------------------------------------------------------------- worker threads
 
 #: Threads that build feature columns: numpy's copies and arithmetic release the GIL, and the model
@@ -312,6 +304,22 @@ _pool: Optional[ThreadPoolExecutor] = None
 def column_threads(values: int) -> int:
     """Threads worth starting for ``values`` output values (a small chunk is not worth the hand-off)."""
     return max(1, min(COLUMN_THREADS, values // 262_144))
+
+
+def fill_channel_shares(out: np.ndarray, sizes: Sequence[int],
+                        fill: Callable[[int, int, int, np.ndarray], None]) -> None:
+    """``out`` (F, ...) is parts of ``sizes`` channels one after another; ``fill(j, c0, c1, dst)``
+    writes channels c0..c1-1 of part j into ``dst`` (their place in ``out``). In worker threads, each
+    a share of every part's channels, so the numbers do not depend on the threads."""
+    starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+
+    def share(which):
+        i, n = which
+        for j, size in enumerate(sizes):
+            c0, c1 = size * i // n, size * (i + 1) // n
+            if c0 < c1:
+                fill(j, c0, c1, out[starts[j] + c0:starts[j] + c1])
+    in_threads(share, column_threads(out.size))
 
 
 def in_threads(fn: Callable[[tuple[int, int]], None], n: int) -> None:

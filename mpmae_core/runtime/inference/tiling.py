@@ -81,11 +81,6 @@ def axis_layout(length: int, tile: int, overlap: int, align: int = 1) -> tuple[i
         size += align
 
 
-def axis_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
-    """The window start offsets of :func:`axis_layout`."""
-    return axis_layout(length, tile, overlap, align)[1]
-
-
 @dataclass(frozen=True)
 class Window:
     y: int
