@@ -175,6 +175,23 @@ def test_a_label_raster_with_implausibly_many_classes_is_refused(tmp_path):
         labels_on_grid(path, Prep())
 
 
+def test_a_label_raster_a_few_rows_off_the_image_grid_is_refused(tmp_path):
+    """Same size, origin four rows north: labels read as they are would sit 40 m off their pixels."""
+    from mpmae_core.runtime.io.labels import LabelError, labels_on_grid
+
+    class Prep:
+        width, height = 64, 64
+        geotransform = (330000.0, 10.0, 0.0, 5822040.0, 0.0, -10.0)
+
+    lab = np.zeros((64, 64), "uint8")
+    lab[10:20, 10:20] = 1
+    on = write_geotiff(tmp_path / "on.tif", lab)
+    assert labels_on_grid(on, Prep())[0].sum() == 100
+    off = write_geotiff(tmp_path / "off.tif", lab, geotransform=(330000.0, 10.0, 0.0, 5822080.0, 0.0, -10.0))
+    with pytest.raises(LabelError, match="not on the image's grid"):
+        labels_on_grid(off, Prep())
+
+
 def test_labels_with_too_many_or_too_few_classes_are_refused():
     from mpmae_core.runtime.heads.linear import FewShotError, check_labels
 

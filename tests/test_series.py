@@ -93,3 +93,39 @@ def test_the_command_line(dates, models_dir, tmp_path, capsys):
                  "--dates", "2020-01-01"]) != 0
     err = capsys.readouterr().err
     assert "dates given for" in err and "Traceback" not in err and not (tmp_path / "g.tif").exists()
+
+
+def test_grids_match_to_a_thousandth_of_a_pixel_not_relative_to_the_coordinates():
+    from mpmae_core.runtime.io.gdal_io import grids_match
+
+    gt = (330000.0, 10.0, 0.0, 5822040.0, 0.0, -10.0)
+    assert grids_match(gt, gt, 256, 192)
+    assert grids_match(gt, (330000.005, 10.0, 0.0, 5822039.995, 0.0, -10.0), 256, 192)  # 0.5 mm: the same
+    # four rows north: np.allclose took this for the same grid (1e-5 of 5.8e6 m is 58 m)
+    assert np.allclose(gt, (330000.0, 10.0, 0.0, 5822080.0, 0.0, -10.0))
+    assert not grids_match(gt, (330000.0, 10.0, 0.0, 5822080.0, 0.0, -10.0), 256, 192)
+    assert not grids_match(gt, (330001.0, 10.0, 0.0, 5822040.0, 0.0, -10.0), 256, 192)  # a tenth of a pixel
+    # a pixel size off by 1e-4 m is 0.1 px over 10,000 columns: the far corner tells
+    assert grids_match(gt, (330000.0, 10.0001, 0.0, 5822040.0, 0.0, -10.0), 10, 10)
+    assert not grids_match(gt, (330000.0, 10.0001, 0.0, 5822040.0, 0.0, -10.0), 10000, 10)
+    assert not grids_match(gt, (330000.0, 10.0, 0.01, 5822040.0, 0.0, -10.0), 256, 192)  # rotated
+
+
+def test_a_date_a_few_rows_off_the_reference_grid_is_warped_onto_it(tmp_path):
+    """Same size and CRS, origin four rows (40 m) north: not the same grid. It is warped, and the
+    warped date equals the reference crop where they overlap, instead of being read four rows off."""
+    from mpmae_core.runtime.io.gdal_io import open_raster, same_grid
+
+    stack = str(sample.build(verbose=False)["stack"])
+    ref, shifted = tmp_path / "ref.tif", tmp_path / "shifted.tif"
+    gdal.Translate(str(ref), stack, srcWin=[600, 200, 256, 192])
+    gdal.Translate(str(shifted), stack, srcWin=[600, 196, 256, 192])
+    ref_ds, shifted_ds = open_raster(str(ref)), open_raster(str(shifted))
+    assert not same_grid(ref_ds, shifted_ds)
+    assert same_grid(ref_ds, open_raster(str(ref)))
+    logs = []
+    out = S.on_grid(str(shifted), ref_ds, log=logs.append)
+    assert out != str(shifted) and any("another grid" in m for m in logs), logs
+    warped, want = gdal.Open(out).ReadAsArray(), ref_ds.ReadAsArray()
+    np.testing.assert_array_equal(warped[:, :188], want[:, :188])
+    assert not np.array_equal(shifted_ds.ReadAsArray()[:, :188], want[:, :188])  # unwarped it would be off

@@ -708,7 +708,7 @@ def _reference_date_sets(x, blocks, cands, prep, log) -> tuple:
 def check_feature_raster(path, prep, meta, blocks) -> list:
     """The blocks stored in a per-pixel feature raster, after checking it was written for this
     raster's grid by this encoder and holds every block needed; a ValueError names the fix."""
-    from mpmae_core.runtime.io.gdal_io import open_raster
+    from mpmae_core.runtime.io.gdal_io import grids_match, open_raster
     from mpmae_core.runtime.inference.predict import read_feature_raster_info
 
     info = read_feature_raster_info(path)
@@ -719,7 +719,7 @@ def check_feature_raster(path, prep, meta, blocks) -> list:
                          f"per-pixel head): {fix}")
     ds = open_raster(path)
     if (ds.RasterXSize, ds.RasterYSize) != (prep.width, prep.height) or \
-            not np.allclose(ds.GetGeoTransform(), prep.geotransform):
+            not grids_match(ds.GetGeoTransform(), prep.geotransform, prep.width, prep.height):
         raise ValueError(f"the feature raster '{path}' is not on the input raster's grid ({prep.width} x "
                          f"{prep.height} px): {fix}")
     stored = [Block(str(n), int(c), int(st)) for n, c, st in info["blocks"]]

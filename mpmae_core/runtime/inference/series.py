@@ -108,8 +108,10 @@ def on_grid(source: str, ref_ds, log=lambda m: None) -> str:
         warped.GetRasterBand(i).SetDescription(ds.GetRasterBand(i).GetDescription())
     warped.SetMetadata(ds.GetMetadata() or {})
     warped = None
-    log(f"'{Path(source).name}' lies on another grid ({_crs_name(ds)}); warped onto the series' grid "
-        f"({_crs_name(ref_ds)}) by nearest neighbour")
+    crs, ref_crs = _crs_name(ds), _crs_name(ref_ds)
+    where = f"{crs}" if crs != ref_crs else f"{crs} too, but its pixel edges lie elsewhere"
+    log(f"'{Path(source).name}' lies on another grid ({where}); warped onto the series' grid "
+        f"({ref_crs}) by nearest neighbour")
     return out
 
 

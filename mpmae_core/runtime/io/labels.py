@@ -357,6 +357,8 @@ def labels_on_grid(path, prep, class_field: str = "") -> tuple[np.ndarray, list]
 
     from osgeo import gdal, ogr
 
+    from mpmae_core.runtime.io.gdal_io import grids_match
+
     path = Path(path)
     if not path.exists():
         raise LabelError(f"label file '{path}' does not exist")
@@ -365,7 +367,7 @@ def labels_on_grid(path, prep, class_field: str = "") -> tuple[np.ndarray, list]
         raise LabelError(f"'{path}' is neither a raster nor a vector file GDAL can read")
     if ds.RasterCount:
         if (ds.RasterXSize, ds.RasterYSize) != (prep.width, prep.height) or \
-                not np.allclose(ds.GetGeoTransform(), prep.geotransform):
+                not grids_match(ds.GetGeoTransform(), prep.geotransform, prep.width, prep.height):
             raise LabelError(f"the label raster '{path}' is not on the image's grid ({prep.width} x {prep.height} "
                                   "px, same geotransform): resample it onto the image first (gdalwarp -te ... -tr ...)")
         band = ds.GetRasterBand(1)
