@@ -12,6 +12,21 @@ def can_feed(layer) -> bool:
             and layer.bandCount() >= 3 and not layer.customProperty(OUTPUT_PROPERTY, False))
 
 
+def can_be_a_date(layer) -> bool:
+    """A layer that may be another date of a Sentinel-2 series: one that can feed a model and holds a
+    sensor's bands, not features (another model's embedding, an embedding or feature raster)."""
+    if not can_feed(layer):
+        return False
+    from mpmae_core.runtime.io.embeddings import features_not_bands
+    from mpmae_core.runtime.io.gdal_io import RasterError, open_raster
+
+    try:
+        ds = open_raster(layer.source())
+    except RasterError:
+        return False
+    return features_not_bands(ds, layer.source()) is None
+
+
 def mark_output(layer):
     layer.setCustomProperty(OUTPUT_PROPERTY, True)
     return layer

@@ -427,16 +427,17 @@ class FewShotPanel(QgsDockWidget):
             self.raster.setLayer(layer)
 
     def fill_other_dates(self, *_):
-        """The other dates offered: every raster of the project that can feed a model, but the raster;
-        the ones checked stay checked."""
-        from .layers import can_feed
+        """The other dates offered: every raster of the project that can feed a model and holds bands,
+        not features (another model's embedding, an embedding or feature raster), but the raster; the
+        ones checked stay checked."""
+        from .layers import can_be_a_date
 
         checked = set(self.other_dates.checkedItemsData())
         chosen = self.raster.currentLayer()
         self.other_dates.blockSignals(True)
         self.other_dates.clear()
         for layer in QgsProject.instance().layerTreeRoot().layerOrder():
-            if layer is chosen or not can_feed(layer):
+            if layer is chosen or not can_be_a_date(layer):
                 continue
             state = Qt.Checked if layer.id() in checked else Qt.Unchecked
             self.other_dates.addItemWithCheckState(layer.name(), state, layer.id())

@@ -5,7 +5,6 @@ the whole raster, then repeat the run headless from the saved head with qgis_pro
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -298,6 +297,40 @@ def test_labels_live_beside_the_project_and_come_back_when_it_is_reopened(qtbot,
     assert sorted(f["class"] for f in again.point_layer.getFeatures()) == ["forest"] * 3 + ["water"] * 3
     again.shutdown()
     assert not again.workdir.exists()  # the temporary folder goes with the panel
+
+
+def test_other_dates_offer_images_only_not_embeddings(qtbot, canvas_and_layer, scene, tmp_path):
+    """'Other dates' lists the project's other Sentinel-2 rasters, never another model's embedding
+    (AlphaEarth's 64 bands) nor an embedding raster of this toolkit's, which are not dates."""
+    from helpers import write_alphaearth
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    from mmearth_qgis.panel import FewShotPanel
+
+    canvas, layer = canvas_and_layer
+    path, _ = scene
+    ds = gdal.Open(str(path))
+    gt, wkt = ds.GetGeoTransform(), ds.GetProjection()
+    other = tmp_path / "S2A_MSIL1C_20170318T102101_T33UUU.tif"
+    gdal.Translate(str(other), str(path))
+    ae = write_alphaearth(tmp_path / "alphaearth.tif", np.ones((64, 96, 64), np.int8), gt, wkt)
+    ours = tmp_path / "embedding.tif"
+    e = gdal.GetDriverByName("GTiff").Create(str(ours), 48, 32, 3, gdal.GDT_Float32)
+    e.SetGeoTransform((gt[0], 160.0, 0.0, gt[3], 0.0, -160.0))
+    e.SetProjection(wkt)
+    for i in range(3):
+        e.GetRasterBand(i + 1).SetDescription(f"embedding_{i}")
+    e = None
+    added = [QgsRasterLayer(str(f), n, "gdal") for f, n in ((other, "date 2"), (ae, "AlphaEarth"), (ours, "ours"))]
+    assert all(a.isValid() for a in added)
+    QgsProject.instance().addMapLayers(added)
+    panel = FewShotPanel(canvas)
+    qtbot.addWidget(panel)
+    panel.auto.setChecked(False)
+    panel.raster.setLayer(layer)
+    panel.fill_other_dates()
+    assert [panel.other_dates.itemText(i) for i in range(panel.other_dates.count())] == ["date 2"]
+    panel.shutdown()
 
 
 def test_errors_reach_the_message_bar_and_status_texts_are_true(qtbot, canvas_and_layer, models_dir):

@@ -129,3 +129,14 @@ def test_a_date_a_few_rows_off_the_reference_grid_is_warped_onto_it(tmp_path):
     warped, want = gdal.Open(out).ReadAsArray(), ref_ds.ReadAsArray()
     np.testing.assert_array_equal(warped[:, :188], want[:, :188])
     assert not np.array_equal(shifted_ds.ReadAsArray()[:, :188], want[:, :188])  # unwarped it would be off
+
+
+def test_an_embedding_given_as_a_date_is_refused_with_the_fix(dates, tmp_path):
+    from helpers import write_alphaearth
+
+    paths = dates[0]
+    ds = gdal.Open(str(paths[0]))
+    ae = write_alphaearth(tmp_path / "alphaearth_2017.tif", np.ones((19, 25, 64), np.int8), ds.GetGeoTransform(),
+                          ds.GetProjection())
+    with pytest.raises(S.SeriesError, match="is AlphaEarth.*not an image.*Leave it out of the dates.*--embedding"):
+        S.dated_members([str(paths[0]), str(ae)])

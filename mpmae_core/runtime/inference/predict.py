@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from mpmae_core import registry
+from mpmae_core.runtime.io.embeddings import FEATURES_KEY
 from mpmae_core.runtime.io.files import Cancelled, check_outputs  # noqa: F401 (API: re-exported)
 from mpmae_core.runtime.io.sources import input_files  # noqa: F401 (API: re-exported)
 from mpmae_core.runtime.models.model import OnnxModel
@@ -270,7 +271,6 @@ def embed(source, model_path, output, *, tile: int = DEFAULT_TILE, overlap: int 
                 width=runner.out_w, height=y1 - y0, bands=runner.channels, tile_rows=len(runner.windows()))
 
 
-FEATURES_KEY = "MMEARTH_FEATURES"  # GDAL metadata item of a per-pixel feature raster (JSON)
 FEATURE_BLOCK_ROWS = 16  # rows per GeoTIFF block of a feature raster: written whole, one chunk at a time
 
 

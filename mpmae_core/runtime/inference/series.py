@@ -56,7 +56,9 @@ class Member:
 
 
 def dated_members(sources: Sequence[str], dates: Optional[Sequence] = None) -> list[Member]:
-    """The members with their dates (given, or from metadata and names), sorted by date."""
+    """The members with their dates (given, or from metadata and names), sorted by date; a member that
+    holds features (another model's embedding, an embedding raster) is refused."""
+    from mpmae_core.runtime.io.embeddings import features_not_bands
     from mpmae_core.runtime.io.gdal_io import open_raster
     from mpmae_core.runtime.io.products import stack_path
 
@@ -64,13 +66,18 @@ def dated_members(sources: Sequence[str], dates: Optional[Sequence] = None) -> l
         raise SeriesError(f"{len(dates)} dates given for {len(sources)} members: give one date per member")
     out = []
     for i, src in enumerate(sources):
+        ds = open_raster(stack_path(src))
+        kind = features_not_bands(ds, str(src))
+        if kind is not None:
+            raise SeriesError(f"'{src}' is {kind}, not an image: a series' dates are Sentinel-2 images of one place. "
+                              "Leave it out of the dates (another model's embedding goes beside the raster: "
+                              "--embedding on the command line)")
         if dates is not None:
             d = dates[i] if isinstance(dates[i], _dt.date) else temporal.date_from_text(str(dates[i]))
             if d is None:
                 raise SeriesError(f"{dates[i]!r} is not a date: give YYYY-MM-DD")
         else:
-            meta = open_raster(stack_path(src)).GetMetadata() or {}
-            d = temporal.date_of(src, meta)
+            d = temporal.date_of(src, ds.GetMetadata() or {})
             if d is None:
                 raise SeriesError(f"the date of '{src}' is neither in its metadata nor in its name: give the dates "
                                   "(YYYY-MM-DD,... in the members' order: --dates on the command line, 'Dates' in "

@@ -107,6 +107,24 @@ def recognise(ds, path: str = "") -> Optional[registry.EmbeddingSpec]:
     return None
 
 
+#: GDAL metadata item of a per-pixel feature raster this toolkit wrote (JSON: its blocks and encoder)
+FEATURES_KEY = "MMEARTH_FEATURES"
+
+
+def features_not_bands(ds, path: str = "") -> Optional[str]:
+    """What a raster is when it holds features rather than a sensor's bands, in words: another
+    model's embedding (recognised), or an embedding or per-pixel feature raster this toolkit wrote;
+    None for anything else. Such a raster is no date of a Sentinel-2 series."""
+    spec = recognise(ds, path)
+    if spec is not None:
+        return spec.title
+    if ds.GetMetadataItem(FEATURES_KEY):
+        return "a per-pixel feature raster"
+    if ds.RasterCount and ds.GetRasterBand(1).GetDescription().startswith("embedding_"):
+        return "an embedding raster"
+    return None
+
+
 def describe(spec: registry.EmbeddingSpec, ds) -> str:
     """One line for ``inspect``: what the file is and how it is read."""
     band = ds.GetRasterBand(1)
