@@ -1124,8 +1124,17 @@ class FewShotPanel(QgsDockWidget):
 
     # ------------------------------------------------------------------------- check accuracy
     def validation_path(self) -> Path:
+        """Where a new validation sample is written: beside the labels."""
         store = self.labels_store()
         return store.with_name(store.stem + "_validation.gpkg")
+
+    def validation_file(self) -> Path:
+        """The file of the validation sample in use: its layer's (which a reopened project brings back
+        wherever it was drawn), else where a new one would go."""
+        layer = self.validation_layer
+        if layer is not None and _alive(layer):
+            return Path(layer.source().split("|")[0])
+        return self.validation_path()
 
     def draw_validation(self):
         """A stratified random sample of the last whole-raster map, away from the training labels,
@@ -1229,7 +1238,7 @@ class FewShotPanel(QgsDockWidget):
         if sum(1 for c in counts.values() if c) < 2:
             self.comparison.setText("label at least two classes first")
             return
-        validation = self.validation_path() if self.validation_layer is not None and \
+        validation = self.validation_file() if self.validation_layer is not None and \
             _alive(self.validation_layer) else None
         report = self.workdir / "feature_comparison.html"
         session = self.session
@@ -1272,7 +1281,7 @@ class FewShotPanel(QgsDockWidget):
             return
         report = Path(self.last_map).with_name(Path(self.last_map).stem + "_accuracy.html")
         try:
-            res = assess_map(self.last_map, self.validation_path(), report=report,
+            res = assess_map(self.last_map, self.validation_file(), report=report,
                              table=report.with_suffix(".csv"), figures=report.with_suffix(".json"))
         except Exception as exc:  # noqa: BLE001
             from .algorithms.base import error_message
@@ -1298,7 +1307,10 @@ class FewShotPanel(QgsDockWidget):
                 "polygon_layer": self.polygon_layer.id() if self.polygon_layer and _alive(self.polygon_layer) else "",
                 "auto": self.auto.isChecked(), "output": self.output.filePath(),
                 "other_dates": list(self.other_dates.checkedItemsData()),
-                "embedding": self.embedding.currentLayer().id() if self.embedding_source() else ""}
+                "embedding": self.embedding.currentLayer().id() if self.embedding_source() else "",
+                "validation_layer": self.validation_layer.id() if self.validation_layer is not None and
+                _alive(self.validation_layer) else "",
+                "last_map": str(self.last_map) if self.last_map else ""}
 
     @_while_alive
     def save_state(self, document=None):
@@ -1350,6 +1362,12 @@ class FewShotPanel(QgsDockWidget):
                 self.other_dates.setItemCheckState(i, Qt.Checked)
         self.other_dates.blockSignals(False)
         self._inputs_changed()
+        # the validation sample and the map it was drawn from: labelling its points and the accuracy
+        # report go on where they were left
+        last = state.get("last_map") or ""
+        self.last_map = Path(last) if last and Path(last).is_file() else None
+        val = project.mapLayer(state.get("validation_layer", "")) if state.get("validation_layer") else None
+        self.validation_layer = val if isinstance(val, QgsVectorLayer) and val.isValid() else None
 
 
 WORK_KEEP_DAYS = 7

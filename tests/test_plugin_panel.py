@@ -464,6 +464,25 @@ def test_check_accuracy_with_a_validation_sample_labelled_by_clicks(qtbot, canva
         qtbot.mouseClick(panel.preview_button, 1)
     assert "agreement with the labels in cross-validation" in panel.status.text()
     assert "validation points" in panel.status.text() and "map accuracy" in panel.status.text()
+    # the project saved and reopened: the sample and the map it was drawn from come back with it, so the
+    # report (and labelling more points) goes on where it was left
+    from qgis.core import QgsProject
+
+    project_file = tmp_path / "accuracy.qgz"
+    assert QgsProject.instance().write(str(project_file))
+    panel.shutdown()
+    QgsProject.instance().clear()
+    assert QgsProject.instance().read(str(project_file))
+    again = FewShotPanel(canvas)
+    qtbot.addWidget(again)
+    again.restore_state()
+    assert again.last_map == out
+    assert again.validation_layer is not None and again.validation_layer.featureCount() == labelled
+    assert again.validation_file() == panel.validation_path()  # where it was drawn, not beside the project
+    qtbot.mouseClick(again.report_button, 1)
+    assert "map accuracy" in again.accuracy.text(), again.accuracy.text()
+    assert again.validation_result["overall_accuracy"] == direct["overall_accuracy"]
+    again.shutdown()
 
 
 @pytest.mark.slow
