@@ -121,6 +121,23 @@ def faster_spatial_norms(proto) -> int:
     return count
 
 
+def drop_exporter_traces(proto) -> int:
+    """Remove what torch's exporter writes on every node beside the computation: the Python stack at
+    the call (with the absolute paths of this machine's files: the user's home, the project's
+    folder), fx and module names, doc strings. A model is shared with others; it carries its weights,
+    graph and metadata, not a map of the exporting machine. Returns how many entries were removed."""
+    count = 0
+    graphs = [proto.graph] + [f for f in proto.functions]
+    for g in graphs:
+        for node in g.node:
+            count += len(node.metadata_props) + bool(node.doc_string)
+            del node.metadata_props[:]
+            node.doc_string = ""
+    count += bool(proto.graph.doc_string)
+    proto.graph.doc_string = ""
+    return count
+
+
 @contextlib.contextmanager
 def _removed(path: Path):
     """Delete ``path`` when the block ends, however it ends."""
@@ -154,6 +171,7 @@ def _export(module: nn.Module, example: Tensor, path: Path, input_name: str, out
                               verbose=False)
         proto = onnx.load(str(tmp))  # also reads weights the exporter put in an external .data file
         faster_spatial_norms(proto)  # checked with the rest by the parity test below
+        drop_exporter_traces(proto)
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, metadata.to_json()
         onnx.save(proto, str(tmp))  # one self-contained file (models here are far below 2 GB)

@@ -88,6 +88,19 @@ def test_export_leaves_only_the_model_file(models):
     assert sorted(p.name for p in folder.iterdir()) == ["encoder.onnx", "head.onnx", "worldcover.onnx"]
 
 
+def test_exported_models_carry_no_stack_traces_or_machine_paths(models):
+    """torch's exporter writes the Python stack (absolute paths of this machine) on every node; a model
+    that is shared must not carry them."""
+    import onnx
+
+    here = str(Path(__file__).resolve().parents[1])
+    for key in ("enc_path", "seg_path", "head_path"):
+        raw = Path(models[key]).read_bytes()
+        assert here.encode() not in raw and b"stack_trace" not in raw and b".py\", line" not in raw, key
+        proto = onnx.load(str(models[key]))
+        assert not any(n.metadata_props or n.doc_string for n in proto.graph.node), key
+
+
 def test_metadata_inside_the_file(models):
     meta = OnnxModel(models["enc_path"], device="cpu").metadata
     assert meta.kind == "encoder" and meta.input_bands == BANDS and meta.patch_size == 16
