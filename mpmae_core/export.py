@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mpmae_core import registry
-from mpmae_core.models.convnextv2 import ConvNeXtV2Encoder, size_from_dims
+from mpmae_core.models.convnextv2 import ConvNeXtV2Encoder
 from mpmae_core.models.losses import unpatchify
 from mpmae_core.models.mpmae import MPMAE
 from mpmae_core.runtime.io.files import atomic_output

@@ -16,7 +16,7 @@ from mpmae_core.export import export_encoder, export_head, export_pretext_segmen
 from mpmae_core.models import build_encoder, build_mpmae
 from mpmae_core.runtime.inference import tiling
 from mpmae_core.runtime.io.gdal_io import RasterError
-from mpmae_core.runtime.models.metadata import ModelMetadata, default_normalisation
+from mpmae_core.runtime.models.metadata import default_normalisation
 from mpmae_core.runtime.models.model import ModelError, OnnxModel
 from mpmae_core.runtime.inference.predict import Cancelled, embed, segment, upsample_bilinear
 
