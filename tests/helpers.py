@@ -201,3 +201,21 @@ def write_alphaearth(path, stored, geotransform, wkt):
         ds.GetRasterBand(i + 1).WriteArray(stored[:, :, i].view(np.uint8))
     ds = None
     return path
+
+
+def reopened_panel(panel, canvas, qtbot, project_file):
+    """Save the project to ``project_file``, close ``panel``, clear and read the project again, and
+    return a new few-shot panel that restored its state from it: what a person does who reopens
+    their work."""
+    from qgis.core import QgsProject
+
+    from mmearth_qgis.panel import FewShotPanel
+
+    assert QgsProject.instance().write(str(project_file))
+    panel.shutdown()
+    QgsProject.instance().clear()
+    assert QgsProject.instance().read(str(project_file))
+    again = FewShotPanel(canvas)
+    qtbot.addWidget(again)
+    again.restore_state()
+    return again

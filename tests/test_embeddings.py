@@ -465,6 +465,7 @@ def test_the_few_shot_panel_on_an_embedding_layer(scene_with_embedding, models_d
     """The panel as an analyst uses it: an AlphaEarth layer as the raster (no model chosen), labels
     clicked by class, the whole map; then the Sentinel-2 raster with the encoder and the AlphaEarth
     layer in 'Embedding beside', which comes back with the project."""
+    from helpers import reopened_panel
     from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer
     from qgis.gui import QgsMapCanvas
 
@@ -514,14 +515,7 @@ def test_the_few_shot_panel_on_an_embedding_layer(scene_with_embedding, models_d
     assert compared.args[0] is True, compared.args[1]
     assert "best: AlphaEarth" in panel.comparison.text() and "Sentinel-2 spectra" in panel.comparison.text()
     assert (panel.workdir / "feature_comparison.html").is_file()
-    project_file = tmp_path / "emb.qgz"
-    assert QgsProject.instance().write(str(project_file))
-    panel.shutdown()
-    QgsProject.instance().clear()
-    assert QgsProject.instance().read(str(project_file))
-    again = FewShotPanel(canvas)
-    qtbot.addWidget(again)
-    again.restore_state()
+    again = reopened_panel(panel, canvas, qtbot, tmp_path / "emb.qgz")
     assert again.embedding.currentLayer() is not None and again.embedding.currentLayer().name() == "alphaearth"
     assert again.session is not None and "ext-alphaearth" in {b.name for b in again.session.blocks}
     again.shutdown()

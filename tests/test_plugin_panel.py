@@ -466,16 +466,9 @@ def test_check_accuracy_with_a_validation_sample_labelled_by_clicks(qtbot, canva
     assert "validation points" in panel.status.text() and "map accuracy" in panel.status.text()
     # the project saved and reopened: the sample and the map it was drawn from come back with it, so the
     # report (and labelling more points) goes on where it was left
-    from qgis.core import QgsProject
+    from helpers import reopened_panel
 
-    project_file = tmp_path / "accuracy.qgz"
-    assert QgsProject.instance().write(str(project_file))
-    panel.shutdown()
-    QgsProject.instance().clear()
-    assert QgsProject.instance().read(str(project_file))
-    again = FewShotPanel(canvas)
-    qtbot.addWidget(again)
-    again.restore_state()
+    again = reopened_panel(panel, canvas, qtbot, tmp_path / "accuracy.qgz")
     assert again.last_map == out
     assert again.validation_layer is not None and again.validation_layer.featureCount() == labelled
     assert again.validation_file() == panel.validation_path()  # where it was drawn, not beside the project
@@ -491,7 +484,7 @@ def test_a_series_of_dates_in_the_panel(qtbot, qgis_app, models_dir, tmp_path, m
     dates'; the panel computes the series' features once, labels clicked under one date's clouds
     count, the whole map has no data only where no date sees the ground, and the choice of dates
     comes back with the project."""
-    from helpers import series_dates
+    from helpers import reopened_panel, series_dates
     from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer
     from qgis.gui import QgsMapCanvas
     from qgis.PyQt.QtCore import Qt
@@ -533,14 +526,7 @@ def test_a_series_of_dates_in_the_panel(qtbot, qgis_app, models_dir, tmp_path, m
     assert done.args[0] is True, done.args[1]
     mapped = gdal.Open(str(out)).ReadAsArray()
     np.testing.assert_array_equal(mapped == 255, clouds.all(0))
-    project_file = tmp_path / "series.qgz"
-    assert QgsProject.instance().write(str(project_file))
-    panel.shutdown()
-    QgsProject.instance().clear()
-    assert QgsProject.instance().read(str(project_file))
-    again = FewShotPanel(canvas)
-    qtbot.addWidget(again)
-    again.restore_state()
+    again = reopened_panel(panel, canvas, qtbot, tmp_path / "series.qgz")
     assert sorted(QgsProject.instance().mapLayer(i).name() for i in again.other_dates.checkedItemsData()) == \
         ["date 2", "date 3"]
     assert again.session is not None and again.session.is_series
