@@ -261,6 +261,22 @@ def test_hostile_inputs_each_fail_alone_in_one_line(scenes, models_dir, tmp_path
         B.expand_inputs(str(tmp_path / "list.json"), tmp_path / "x")
 
 
+def test_a_tessera_tiles_scales_file_is_part_of_its_tile_not_a_scene(tmp_path):
+    """'tiles/*.npy' names each tile's values and scales files: one scene per tile, said."""
+    d = tmp_path / "tiles"
+    d.mkdir()
+    for stem in ("grid_0.05_51.05", "grid_0.15_51.05"):
+        np.save(d / f"{stem}.npy", np.zeros((4, 4, 128), np.int8))
+        np.save(d / f"{stem}_scales.npy", np.ones((4, 4), np.float32))
+    notes = []
+    scenes = B.expand_inputs(str(d / "*.npy"), tmp_path / "w", log=notes.append)
+    assert [(s.id, Path(s.source).name) for s in scenes] == [("grid_0.05_51.05", "grid_0.05_51.05.npy"),
+                                                           ("grid_0.15_51.05", "grid_0.15_51.05.npy")]
+    assert any("2 TESSERA scales file(s) taken as part of their tile" in n for n in notes), notes
+    only = B.expand_inputs(str(d / "grid_0.15_51.05_scales.npy"), tmp_path / "w")  # alone: it names its tile
+    assert [Path(s.source).name for s in only] == ["grid_0.15_51.05.npy"]
+
+
 def test_a_replaced_scene_with_the_same_size_and_time_is_redone(cluster, scenes, models_dir, tmp_path):
     model = str(models_dir / "atto_test.onnx")
     work = tmp_path / "w"

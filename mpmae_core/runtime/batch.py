@@ -80,7 +80,7 @@ def expand_inputs(spec: str, work_dir: Path, exclude: Optional[Path] = None,
         scenes = [Scene("", m) for m in matches if Path(m).is_file() or list(Path(m).glob("MTD_MSIL*.xml"))]
     scenes = scenes if stac else _without_outputs(scenes, exclude, log)
     scenes = [s if s.error or stac else _product_scene(s, work_dir) for s in scenes]
-    scenes = _without_duplicates(scenes, log)
+    scenes = _without_duplicates(_tiles_not_parts(scenes, log), log)
     used: dict = {}
     for s in scenes:
         if not s.id:
@@ -122,6 +122,26 @@ def _without_outputs(scenes: list, exclude: Optional[Path], log) -> list:
     if len(keep) < len(scenes):
         log(f"note: left out {len(scenes) - len(keep)} file(s) inside the output folder '{exclude}' (this batch's own "
             "outputs are not inputs)")
+    return keep
+
+
+def _tiles_not_parts(scenes: list, log) -> list:
+    """A TESSERA tile's ``NAME_scales.npy`` is part of the tile ``NAME.npy``, not a scene of its own (a
+    glob '*.npy' names both): it stands for its tile, once, with a note."""
+    sources = {_local_key(s.source) for s in scenes}
+    keep, parts = [], 0
+    for s in scenes:
+        name = Path(s.source).name
+        if not s.error and name.lower().endswith("_scales.npy"):
+            parts += 1
+            tile = str(Path(s.source).with_name(name[:-len("_scales.npy")] + ".npy"))
+            if _local_key(tile) in sources:
+                continue
+            sources.add(_local_key(tile))
+            s = Scene(s.id, tile)
+        keep.append(s)
+    if parts:
+        log(f"note: {parts} TESSERA scales file(s) taken as part of their tile, not as scenes")
     return keep
 
 
