@@ -285,13 +285,9 @@ def test_labels_live_beside_the_project_and_come_back_when_it_is_reopened(qtbot,
     from osgeo import ogr
 
     assert ogr.Open(str(store)).GetLayerByName("points").GetFeatureCount() == 6  # on disk before any save
-    assert QgsProject.instance().write(str(project_file))
-    panel.shutdown()
-    QgsProject.instance().clear()
-    assert QgsProject.instance().read(str(project_file))
-    again = FewShotPanel(canvas)
-    qtbot.addWidget(again)
-    again.restore_state()
+    from helpers import reopened_panel
+
+    again = reopened_panel(panel, canvas, qtbot, project_file)
     assert again.class_names() == ["water", "forest"]
     assert again.point_layer is not None and again.point_layer.featureCount() == 6
     assert sorted(f["class"] for f in again.point_layer.getFeatures()) == ["forest"] * 3 + ["water"] * 3
