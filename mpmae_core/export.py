@@ -127,8 +127,7 @@ def drop_exporter_traces(proto) -> int:
     folder), fx and module names, doc strings. A model is shared with others; it carries its weights,
     graph and metadata, not a map of the exporting machine. Returns how many entries were removed."""
     count = 0
-    graphs = [proto.graph] + [f for f in proto.functions]
-    for g in graphs:
+    for g in [proto.graph, *proto.functions]:
         for node in g.node:
             count += len(node.metadata_props) + bool(node.doc_string)
             del node.metadata_props[:]

@@ -128,13 +128,14 @@ def _without_outputs(scenes: list, exclude: Optional[Path], log) -> list:
 def _tiles_not_parts(scenes: list, log) -> list:
     """A TESSERA tile's ``NAME_scales.npy`` is part of the tile ``NAME.npy``, not a scene of its own (a
     glob '*.npy' names both): it stands for its tile, once, with a note."""
+    from mpmae_core.runtime.io.embeddings import tessera_tile_of
+
     sources = {_local_key(s.source) for s in scenes}
     keep, parts = [], 0
     for s in scenes:
-        name = Path(s.source).name
-        if not s.error and name.lower().endswith("_scales.npy"):
+        if not s.error and s.source.endswith("_scales.npy"):
             parts += 1
-            tile = str(Path(s.source).with_name(name[:-len("_scales.npy")] + ".npy"))
+            tile = str(tessera_tile_of(s.source))
             if _local_key(tile) in sources:
                 continue
             sources.add(_local_key(tile))

@@ -153,12 +153,18 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     return arr
 
 
+def tessera_tile_of(path) -> Path:
+    """The values file ``NAME.npy`` of the GeoTessera tile a file of it names (``NAME_scales.npy`` or
+    ``NAME.npy`` itself)."""
+    p = Path(path)
+    return p.with_name(re.sub(r"_scales$", "", p.stem) + ".npy")
+
+
 def tessera_parts(path) -> tuple[Path, Path, Path]:
     """(values .npy, scales .npy, landmask GeoTIFF) of a GeoTessera tile named by any of them."""
-    p = Path(path)
-    stem = re.sub(r"_scales$", "", p.stem)
-    folder = p.parent
-    values, scales = folder / f"{stem}.npy", folder / f"{stem}_scales.npy"
+    values = tessera_tile_of(path)
+    stem, folder = values.stem, values.parent
+    scales = folder / f"{stem}_scales.npy"
     for f, what in ((values, "values"), (scales, "scales")):
         if not f.is_file():
             raise EmbeddingError(f"the TESSERA tile '{stem}' needs its {what} file '{f.name}' beside it: download the "
